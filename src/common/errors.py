@@ -1,0 +1,59 @@
+"""The project's exception tree: one root, one sub-root per boundary, and control-flow types."""
+
+from __future__ import annotations
+
+
+class IngestionError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class SettingsError(IngestionError):
+    """A setting is missing or invalid; the message names it and says what is expected."""
+
+
+class AuthError(IngestionError):
+    """Credentials were refused or cannot be obtained; a person has to act."""
+
+
+class TokenRefreshError(AuthError):
+    """The OAuth2 token endpoint refused to refresh the access token."""
+
+
+class TokenEndpointError(IngestionError):
+    """The OAuth2 token endpoint could not be reached; retrying may help."""
+
+
+class ImapError(IngestionError):
+    """Root of IMAP-side failures."""
+
+
+class ImapConnectionError(ImapError):
+    """The IMAP connection failed, dropped or timed out; reconnecting may help."""
+
+
+class ImapThrottledError(ImapConnectionError):
+    """The server asked us to slow down ([THROTTLED], [OVERQUOTA], too many connections)."""
+
+
+class ImapProtocolError(ImapError):
+    """The server answered a command with NO/BAD in a way reconnecting will not fix."""
+
+
+class StateError(IngestionError):
+    """Root of Redis/state failures."""
+
+
+class RedisUnavailableError(StateError):
+    """Redis cannot be reached or is loading; waiting and retrying may help."""
+
+
+class WorkerError(IngestionError):
+    """Root of worker-side failures."""
+
+
+class PermanentError(WorkerError):
+    """Raised by a handler when retrying cannot help: the message goes straight to the DLQ."""
+
+
+class RetryLater(WorkerError):
+    """Raised by a handler to ask for a retry with backoff (any other exception does too)."""

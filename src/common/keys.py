@@ -1,0 +1,95 @@
+"""Every Redis key and stream name this project uses, in one place.
+
+Sharding unit: the stream. A stream is one key, so it lives on one Redis Cluster shard; every
+other key a producer or worker touches together with the stream (UID state, dedup index,
+retry schedule, DLQ, idempotency markers) carries the stream's name as its hash tag, so that
+the Lua scripts and MULTI blocks that move them together stay on one slot. A key without
+braces hashes like a tag holding its whole name, so `{email_ingestion_stream}` and the plain
+`email_ingestion_stream` share a slot. To spread mailboxes across shards, give each mailbox
+its own stream (REDIS_STREAM_NAME).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "email_ingestion"
+
+
+def hash_tag(stream: str) -> str:
+    """The cluster hash tag that puts a key on the same slot as `stream`."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        return stream[start:end + 1]
+    return "{" + stream + "}"
+
+
+def _part(value: str) -> str:
+    # Account and mailbox names may hold ':' or braces; escape them so keys stay unambiguous
+    # and no name can open a second hash tag.
+    return value.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
+
+
+@dataclass(frozen=True)
+class MailboxKeys:
+    """Keys of one mailbox feeding one stream."""
+
+    stream: str
+    account: str
+    mailbox: str
+
+    @property
+    def _base(self) -> str:
+        return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.account)}:{_part(self.mailbox)}"
+
+    @property
+    def state(self) -> str:
+        """Hash: uidvalidity, last_uid, since_ms, updated_at_ms."""
+        return f"{self._base}:state"
+
+    @property
+    def seen(self) -> str:
+        """Hash: message fingerprint -> "uidvalidity:uid" of every message ever emitted."""
+        return f"{self._base}:seen"
+
+    @property
+    def lock(self) -> str:
+        """String: the producer instance that owns this mailbox, with a TTL."""
+        return f"{self._base}:lock"
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Keys of the consumer side of one stream."""
+
+    stream: str
+    group: str
+
+    @property
+    def _base(self) -> str:
+        return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.group)}"
+
+    @property
+    def retries(self) -> str:
+        """Sorted set: retry record id scored by due time in ms."""
+        return f"{self._base}:retry:due"
+
+    @property
+    def retry_payloads(self) -> str:
+        """Hash: retry record id -> JSON record (payload, attempts, errors)."""
+        return f"{self._base}:retry:data"
+
+    def idempotency(self, key: str) -> str:
+        """String: "lease:<consumer>" while handled, "done" afterwards (TTL)."""
+        return f"{self._base}:idem:{key}"
+
+    def heartbeat(self, consumer: str) -> str:
+        """String with TTL: present while the consumer is alive."""
+        return f"{self._base}:hb:{_part(consumer)}"
+
+
+def dlq_stream(stream: str, dlq_name: str) -> str:
+    """The DLQ stream of `stream`: the configured name plus the stream's hash tag, so a
+    message moves to the DLQ in the same atomic step that removes it from the retry path."""
+    return dlq_name if "{" in dlq_name else f"{dlq_name}:{hash_tag(stream)}"

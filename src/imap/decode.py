@@ -1,0 +1,125 @@
+"""Turning the bytes of real-world mail into text without ever raising.
+
+Mail lies about its charset, declares ones that don't exist, and puts raw 8-bit bytes in
+headers. Every function here returns text (undecodable bytes become U+FFFD) and reports
+what it had to repair as a defect string.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+from email.errors import HeaderParseError
+from email.header import decode_header
+
+# Labels seen in the wild that Python does not know, or knows under a narrower charset.
+_ALIASES = {
+    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "gb2312": "gb18030", "gbk": "gb18030",
+    "x-gbk": "gb18030", "iso-8859-8-i": "iso-8859-8", "windows-874": "cp874",
+    "x-mac-roman": "mac_roman", "macintosh": "mac_roman", "x-sjis": "shift_jis",
+    "shift-jis": "shift_jis", "utf8": "utf-8", "x-user-defined": "cp1252",
+    "iso-8859-1": "cp1252", "latin1": "cp1252", "us-ascii": "ascii", "ansi_x3.4-1968": "ascii",
+}
+_NO_CHARSET = {"", "unknown-8bit", "x-unknown", "unknown", "default", "none", "charset"}
+
+
+def normalize_charset(charset: str | None) -> str | None:
+    """The codec name to try for a declared charset, or None when none is usable."""
+    if not charset:
+        return None
+    label = charset.strip().strip("\"'").lower()
+    if label in _NO_CHARSET:
+        return None
+    label = _ALIASES.get(label, label)
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = None,
+                 final: bool = True) -> str:
+    """Decode with the declared charset; if that fails or is unknown, UTF-8, then cp1252.
+
+    ASCII and Latin-1 declarations are tried as UTF-8 first: mislabelled UTF-8 is far more
+    common than real Latin-1 bytes that happen to form valid UTF-8 sequences.
+    """
+    codec = normalize_charset(charset)
+    if charset and codec is None and charset.strip().lower() not in _NO_CHARSET:
+        _note(defects, f"unknown charset {charset.strip()[:40]!r}")
+    candidates = [c for c in (codec, "utf-8") if c]
+    if codec in ("ascii", "cp1252"):
+        candidates = ["utf-8", codec]
+    for candidate in dict.fromkeys(candidates):
+        try:
+            return _decode(data, candidate, "strict", final)
+        except UnicodeDecodeError:
+            continue
+    fallback = codec if codec not in (None, "ascii", "utf-8") else "cp1252"
+    _note(defects, f"undecodable bytes for charset {charset or 'none'!r}, replaced")
+    return _decode(data, fallback, "replace", final)
+
+
+def _decode(data: bytes, codec: str, errors: str, final: bool) -> str:
+    if final:
+        return data.decode(codec, errors)
+    # A partial fetch can cut a multi-byte sequence: drop the incomplete tail.
+    return codecs.getincrementaldecoder(codec)(errors).decode(data, final=False)
+
+
+def _note(defects: list[str] | None, text: str) -> None:
+    if defects is not None and text not in defects:
+        defects.append(text)
+
+
+def unescape_8bit(value: str, defects: list[str] | None = None) -> str:
+    """compat32 keeps raw 8-bit header bytes as surrogate escapes; decode them properly."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+        return value
+    _note(defects, "raw 8-bit bytes in header")
+    return decode_bytes(value.encode("ascii", "surrogateescape"), None, defects)
+
+
+def decode_header_value(value: str | None, defects: list[str] | None = None) -> str | None:
+    """An unfolded, RFC 2047-decoded header value."""
+    if value is None:
+        return None
+    text = unescape_8bit(str(value), defects)
+    text = " ".join(text.replace("\r", "").split("\n")).strip()
+    if "=?" not in text:
+        return _clean(text, defects)
+    try:
+        parts = decode_header(text)
+    except (HeaderParseError, ValueError, LookupError, AssertionError):
+        _note(defects, "malformed encoded-word in header")
+        return _clean(text, defects)
+    out = [chunk if isinstance(chunk, str) else decode_bytes(chunk, cs, defects) for chunk, cs in parts]
+    return _clean("".join(out), defects)
+
+
+def _clean(text: str, defects: list[str] | None) -> str:
+    if "\x00" in text:
+        _note(defects, "NUL byte in header")
+        text = text.replace("\x00", "\ufffd")
+    return text
+
+
+def decode_addresses(value: str | None, defects: list[str] | None = None) -> list[tuple[str, str]]:
+    """(display name, address) pairs, display names decoded; never raises."""
+    if not value:
+        return []
+    text = unescape_8bit(str(value), defects)
+    text = " ".join(text.replace("\r", "").split("\n"))
+    try:
+        pairs = email.utils.getaddresses([text])
+    except Exception:  # noqa: BLE001 - stdlib address parser raises assorted errors on junk
+        _note(defects, "unparseable address header")
+        return [("", text.strip()[:320])]
+    out = []
+    for name, address in pairs:
+        if not name and not address:
+            continue
+        out.append((decode_header_value(name, defects) or "", _clean(address, defects)))
+    if not out and text.strip():
+        _note(defects, "unparseable address header")
+    return out

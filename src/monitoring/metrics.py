@@ -1,0 +1,44 @@
+"""Prometheus metrics, each process with its own registry (nothing registered at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from src import __version__
+
+NS = "email_ingestion"
+
+
+class ProducerMetrics:
+    """Producer metrics for one mailbox; labels stay low-cardinality (account, mailbox)."""
+
+    def __init__(self, account: str, mailbox: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, labels = self.registry, ("account", "mailbox")
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"{NS}_{name}", doc, labels, registry=r).labels(account, mailbox)
+
+        self.produced = counter("emails_produced_total", "Emails appended to the stream")
+        self.dedup_skipped = counter("producer_duplicates_skipped_total", "Emails not appended because already emitted")
+        self.polls = counter("imap_polls_total", "Sync passes against the mailbox")
+        self.uidvalidity_changes = counter("uidvalidity_changes_total", "UIDVALIDITY changes seen")
+        self.throttled = counter("imap_throttled_total", "Throttling answers from the IMAP server")
+        self.reconnects = counter("imap_reconnects_total", "IMAP/Redis reconnect attempts after a failure")
+        self.oauth_refreshes = counter("oauth_refresh_total", "OAuth2 access token refreshes")
+        self.oauth_failures = counter("oauth_refresh_failures_total", "OAuth2 refreshes that failed")
+        self.poll_duration = Histogram(f"{NS}_imap_poll_duration_seconds", "Duration of one sync pass", labels,
+                                       registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+                                       ).labels(account, mailbox)
+        self.backpressure = Gauge(f"{NS}_producer_backpressure", "1 while fetching is paused for backpressure",
+                                  labels, registry=r).labels(account, mailbox)
+        self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels,
+                              registry=r).labels(account, mailbox)
+        Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
+              registry=r).labels(__version__, "producer").set(1)
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on host:port in a daemon thread; port 0 disables it."""
+    if port:
+        start_http_server(port, addr=host, registry=registry)

@@ -1,0 +1,142 @@
+"""`python producer.py`: follow one mailbox and append each new message to the Redis Stream.
+
+Exit status: 0 stopped cleanly (or --once done), 1 gave up on a failure (--once), 2 bad
+setting, 3 credentials refused (a person must act: see the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from src.auth.oauth2_gmail import TokenStore, XOAuth2Authenticator, run_setup
+from src.auth.password import PasswordAuthenticator
+from src.common.errors import AuthError, IngestionError, SettingsError
+from src.common.keys import MailboxKeys
+from src.common.logging import Redactor, setup_logging
+from src.common.redis_client import describe, make_redis
+from src.common.settings import Settings, load_settings, require_producer_settings
+from src.imap.session import Authenticator, ImapSession
+from src.monitoring.metrics import ProducerMetrics, serve
+from src.producer.dry_run import DryRunStore, NullGuard
+from src.producer.fetch import MessageFetcher
+from src.producer.runner import ProducerRunner
+from src.producer.state import StateStore, StreamGuard
+from src.producer.sync import MailboxSync
+
+log = logging.getLogger("src.producer")
+
+EXIT_OK, EXIT_FAILED, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python producer.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--once", action="store_true", help="one sync pass, then exit 0 (cron, tests)")
+    p.add_argument("--dry-run", action="store_true", help="fetch and parse, print a line per message, write nothing")
+    p.add_argument("--auth-setup", action="store_true", help="authorise Gmail access in a browser, write GOOGLE_TOKEN_FILE")
+    p.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    p.add_argument("--username", help="IMAP_USER")
+    p.add_argument("--mailbox", help="IMAP_MAILBOX")
+    p.add_argument("--host", help="IMAP_HOST")
+    p.add_argument("--port", type=int, help="IMAP_PORT")
+    p.add_argument("--batch-size", type=int, help="BATCH_SIZE: UIDs per UID FETCH")
+    p.add_argument("--poll-interval", type=float, help="POLL_INTERVAL_SECONDS")
+    p.add_argument("--initial-sync", help="INITIAL_SYNC: all | new | since:YYYY-MM-DD")
+    p.add_argument("--redis-url", help="REDIS_URL")
+    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--metrics-port", type=int, help="PRODUCER_METRICS_PORT (0 disables)")
+    p.add_argument("--log-level", help="LOG_LEVEL")
+    p.add_argument("--log-format", choices=("json", "text"), help="LOG_FORMAT")
+    return p.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "imap": {"user": args.username, "mailbox": args.mailbox, "host": args.host, "port": args.port},
+        "redis": {"url": args.redis_url, "stream_name": args.stream},
+        "producer": {"batch_size": args.batch_size, "poll_interval_seconds": args.poll_interval,
+                     "initial_sync": args.initial_sync, "producer_metrics_port": args.metrics_port},
+        "log": {"level": args.log_level, "format": args.log_format},
+    }
+
+
+def build_authenticator(settings: Settings, redactor: Redactor, metrics: ProducerMetrics) -> Authenticator:
+    if settings.imap.auth_method == "password":
+        assert settings.imap.password is not None
+        return PasswordAuthenticator(settings.imap.password)
+
+    def on_new_token(token: str) -> None:
+        redactor.add_secret(token)
+        metrics.oauth_refreshes.inc()
+
+    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token))
+
+
+def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
+                 dry_run: bool = False) -> ProducerRunner:
+    """Wire the producer from settings; nothing connects until the runner runs."""
+    imap = settings.imap
+    metrics = ProducerMetrics(imap.user, imap.mailbox)
+    session = ImapSession(imap, build_authenticator(settings, redactor, metrics))
+    fetcher = MessageFetcher(session, settings.producer, imap.user, imap.mailbox)
+    if dry_run:
+        store: Any = DryRunStore()
+        guard: Any = NullGuard()
+    else:
+        client = make_redis(settings.redis)
+        store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
+        guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
+        serve(metrics.registry, settings.producer.producer_metrics_port)
+    sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait)
+    return ProducerRunner(settings, session, sync, metrics, stop_event)
+
+
+def install_signal_handlers(stop_event: threading.Event) -> None:
+    def handle(signum: int, _frame: Any) -> None:
+        if not stop_event.is_set():
+            log.info("stop requested: finishing the batch in hand", extra={"signal": signal.Signals(signum).name})
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(overrides(args), env_file=args.env_file)
+        if args.auth_setup:
+            print(f"token written to {run_setup(settings.google)} (mode 0600)")
+            return EXIT_OK
+        require_producer_settings(settings)
+    except SettingsError as exc:
+        print(f"producer: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except AuthError as exc:
+        print(f"producer: {exc}", file=sys.stderr)
+        return EXIT_AUTH
+    redactor = Redactor(settings.secrets())
+    setup_logging(settings.log.level, settings.log.format, "producer", redactor)
+    stop_event = threading.Event()
+    install_signal_handlers(stop_event)
+    return run(settings, stop_event, redactor, once=args.once, dry_run=args.dry_run)
+
+
+def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, once: bool, dry_run: bool) -> int:
+    log.info("producer starting", extra={
+        "account": settings.imap.user, "mailbox": settings.imap.mailbox, "imap_host": settings.imap.host,
+        "auth": settings.imap.auth_method, "redis": describe(settings.redis),
+        "stream": settings.redis.stream_name, "once": once, "dry_run": dry_run})
+    try:
+        build_runner(settings, stop_event, redactor, dry_run).run(once=once or dry_run)
+    except AuthError as exc:
+        log.error("authentication failed; not retrying", extra={"error": str(exc)})
+        return EXIT_AUTH
+    except IngestionError as exc:
+        log.error("giving up", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,155 @@
+"""The producer's Redis state: UID position per mailbox, the dedup index, and the stream.
+
+Entries and state move together in one Lua script: the dedup check (HSETNX on the
+fingerprint), the XADD and the advance of `last_uid` happen atomically. A crash before the
+script leaves nothing written; after it, everything. A script whose reply was lost
+(connection dropped mid-call) is simply run again: the fingerprints it already recorded
+make the second run add nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from src.common.keys import MailboxKeys
+from src.common.redis_client import TRANSIENT_ERRORS
+from src.common.errors import RedisUnavailableError
+
+_EMIT = """
+local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
+local uidvalidity, last_uid, now_ms, since_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local added = {}
+for i = 5, #ARGV, 3 do
+  if redis.call('HSETNX', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1]) == 1 then
+    added[#added + 1] = redis.call('XADD', stream, '*', 'payload', ARGV[i + 2])
+  end
+end
+local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid')
+local position = tonumber(stored[2] or '0')
+if stored[1] ~= uidvalidity then position = 0 end
+if last_uid > position then position = last_uid end
+redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', now_ms)
+redis.call('HSETNX', state, 'since_ms', since_ms)
+return added
+"""
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    uidvalidity: int
+    last_uid: int
+    since_ms: int
+
+
+@dataclass(frozen=True)
+class Emission:
+    """One message ready to append: its dedup fingerprint, UID and payload JSON."""
+
+    fingerprint: str
+    uid: int
+    payload: str
+
+
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except TRANSIENT_ERRORS as exc:
+        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc
+
+
+class StateStore:
+    """UID state and stream writes of one mailbox."""
+
+    def __init__(self, client: redis.Redis, keys: MailboxKeys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._emit = client.register_script(_EMIT)
+
+    def load(self) -> MailboxState | None:
+        with redis_errors("state load"):
+            values = self.redis.hmget(self.keys.state, "uidvalidity", "last_uid", "since_ms")
+        if values[0] is None:
+            return None
+        return MailboxState(int(values[0]), int(values[1] or 0), int(values[2] or 0))
+
+    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission],
+             since_ms: int = 0, now_ms: int | None = None) -> list[str]:
+        """Append the new items and move the position to `last_uid`, atomically.
+
+        Returns the stream ids of the entries added (fewer than items when some were
+        already emitted)."""
+        args: list[str | int] = [uidvalidity, last_uid, now_ms or int(time.time() * 1000), since_ms]
+        for item in items:
+            args.extend((item.fingerprint, item.uid, item.payload))
+        keys = [self.keys.stream, self.keys.state, self.keys.seen]
+        with redis_errors("stream append"):
+            added = self._emit(keys=keys, args=args)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in added]
+
+    def seen(self, fingerprints: Sequence[str]) -> list[bool]:
+        if not fingerprints:
+            return []
+        with redis_errors("dedup lookup"):
+            found = self.redis.hmget(self.keys.seen, list(fingerprints))
+        return [value is not None for value in found]
+
+
+class StreamGuard:
+    """Backpressure and trimming that never lose an entry a consumer group has not acked."""
+
+    def __init__(self, client: redis.Redis, stream: str, max_unacked: int) -> None:
+        self.redis = client
+        self.stream = stream
+        self.max_unacked = max_unacked
+
+    def unacknowledged(self) -> int:
+        """Entries not yet acknowledged by the slowest group (all entries when no group)."""
+        with redis_errors("stream depth check"):
+            length = int(self.redis.xlen(self.stream))
+            groups = self._groups()
+        if not groups:
+            return length
+        worst = 0
+        for group in groups:
+            lag = group.get("lag")
+            worst = max(worst, int(group.get("pending", 0)) + (length if lag is None else int(lag)))
+        return min(worst, length) if groups else length
+
+    def is_full(self) -> bool:
+        return self.unacknowledged() >= self.max_unacked
+
+    def trim_acknowledged(self) -> int:
+        """When the stream is longer than the limit, drop entries every group has acked."""
+        with redis_errors("stream trim"):
+            if int(self.redis.xlen(self.stream)) <= self.max_unacked:
+                return 0
+            groups = self._groups()
+            if not groups:
+                return 0
+            safe = min(self._first_unacked(group) for group in groups)
+            return int(self.redis.xtrim(self.stream, minid=safe))
+
+    def _groups(self) -> list[dict[str, object]]:
+        try:
+            return list(self.redis.xinfo_groups(self.stream))
+        except redis.ResponseError:  # no such key yet
+            return []
+
+    def _first_unacked(self, group: dict[str, object]) -> str:
+        name = group["name"]
+        if int(group.get("pending", 0) or 0) > 0:
+            summary = self.redis.xpending(self.stream, name)
+            return _text(summary["min"])
+        last = _text(group["last-delivered-id"])
+        ms, seq = last.split("-")
+        return f"{ms}-{int(seq) + 1}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
