@@ -1,10 +1,16 @@
 """The producer's Redis state: UID position per mailbox, the dedup index, and the stream.
 
-Entries and state move together in one Lua script: the dedup check (HSETNX on the
-fingerprint), the XADD and the advance of `last_uid` happen atomically. A crash before the
+Entries and state move together in one Lua script: the dedup check, the XADD, the
+fingerprint record and the advance of `last_uid` happen atomically. A crash before the
 script leaves nothing written; after it, everything. A script whose reply was lost
-(connection dropped mid-call) is simply run again: the fingerprints it already recorded
-make the second run add nothing.
+(connection dropped mid-call), or a second producer racing on the same mailbox, runs the
+same batch again and adds nothing: within one UIDVALIDITY, a UID at or below the stored
+position is already in the stream.
+
+Fingerprints (see fetch.fingerprint) are consulted only after a UIDVALIDITY change, where
+UIDs mean nothing any more. They are not used otherwise because two distinct messages can
+share Message-ID, size and arrival second (mail re-sent by a list, test fixtures): checking
+them on every message would silently drop the second one.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ from src.common.errors import RedisUnavailableError
 _EMIT = """
 local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
 local uidvalidity, last_uid, now_ms, since_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local added = {}
-for i = 5, #ARGV, 3 do
-  if redis.call('HSETNX', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1]) == 1 then
-    added[#added + 1] = redis.call('XADD', stream, '*', 'payload', ARGV[i + 2])
-  end
-end
+local by_fingerprint = ARGV[5] == '1'
 local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid')
 local position = tonumber(stored[2] or '0')
 if stored[1] ~= uidvalidity then position = 0 end
+local added = {}
+for i = 6, #ARGV, 3 do
+  local fresh = tonumber(ARGV[i + 1]) > position
+  if fresh and by_fingerprint then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
+  if fresh then
+    redis.call('HSET', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1])
+    added[#added + 1] = redis.call('XADD', stream, '*', 'payload', ARGV[i + 2])
+  end
+end
 if last_uid > position then position = last_uid end
 redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', now_ms)
 redis.call('HSETNX', state, 'since_ms', since_ms)
@@ -78,13 +88,15 @@ class StateStore:
             return None
         return MailboxState(int(values[0]), int(values[1] or 0), int(values[2] or 0))
 
-    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission],
-             since_ms: int = 0, now_ms: int | None = None) -> list[str]:
+    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0,
+             by_fingerprint: bool = False, now_ms: int | None = None) -> list[str]:
         """Append the new items and move the position to `last_uid`, atomically.
 
         Returns the stream ids of the entries added (fewer than items when some were
-        already emitted)."""
-        args: list[str | int] = [uidvalidity, last_uid, now_ms or int(time.time() * 1000), since_ms]
+        already emitted). `by_fingerprint` also skips items whose fingerprint was ever
+        emitted (re-synchronisation after a UIDVALIDITY change)."""
+        now_ms = now_ms or int(time.time() * 1000)
+        args: list[str | int] = [uidvalidity, last_uid, now_ms, since_ms, int(by_fingerprint)]
         for item in items:
             args.extend((item.fingerprint, item.uid, item.payload))
         keys = [self.keys.stream, self.keys.state, self.keys.seen]

@@ -115,7 +115,8 @@ class MailboxSync:
             batch = list(uids[offset:offset + size])
             todo = batch if resync_since_ms is None else self._not_yet_emitted(batch, resync_since_ms)
             items = self.fetcher.fetch(todo, large, uidvalidity, pass_id)
-            added = self.store.emit(uidvalidity, batch[-1], items, since_ms=since_ms)
+            added = self.store.emit(uidvalidity, batch[-1], items, since_ms=since_ms,
+                                    by_fingerprint=resync_since_ms is not None)
             self._count(result, len(batch), len(items), len(added))
             self.metrics.last_uid.set(batch[-1])
             progress.advance(len(batch))

@@ -1,0 +1,149 @@
+"""Sync behaviour against a real Dovecot and a real Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from src.imap.session import ImapSession
+from tests.conftest import CORPUS, run_once, stream_payloads
+from tests.support.mail import BROKEN_MESSAGES, sample_message
+
+
+def test_first_sync_emits_every_message_once_in_uid_order(mailbox, make_settings, redis_client):
+    """Given 7 messages, a first pass emits 7 entries with UIDs 1..7 and valid payloads."""
+    mailbox.append(*[sample_message(i) for i in range(7)])
+    assert run_once(make_settings(BATCH_SIZE=3)) == 0
+    payloads = stream_payloads(redis_client)
+    assert [p["uid"] for p in payloads] == [1, 2, 3, 4, 5, 6, 7]
+    assert payloads[0]["message_id"] == "<msg-0-0@example.org>"
+    assert payloads[0]["from"] == {"name": "Sender 0", "address": "sender0@example.org"}
+    assert payloads[0]["body_text"].startswith(sample_message(0).split(b"\r\n\r\n")[1][:20].decode())
+    assert len({p["idempotency_key"] for p in payloads}) == 7
+
+
+def test_incremental_sync_emits_only_new_mail(mailbox, make_settings, redis_client):
+    mailbox.append(sample_message(1), sample_message(2))
+    settings = make_settings()
+    run_once(settings)
+    mailbox.append(sample_message(3))
+    run_once(settings)
+    assert [p["uid"] for p in stream_payloads(redis_client)] == [1, 2, 3]
+
+
+def test_no_new_mail_emits_nothing(mailbox, make_settings, redis_client):
+    """RFC 3501: `UID SEARCH 4:*` returns UID 3 when 3 is the highest; it must not be re-sent."""
+    mailbox.append(sample_message(1), sample_message(2), sample_message(3))
+    settings = make_settings()
+    run_once(settings)
+    run_once(settings)
+    run_once(settings)
+    assert redis_client.xlen("email_ingestion_stream") == 3
+
+
+def test_nothing_is_marked_seen(mailbox, make_settings, redis_client, dovecot):
+    from tests.conftest import imap_admin
+    mailbox.append(sample_message(1))
+    run_once(make_settings())
+    client = imap_admin(dovecot)
+    client.select_folder(mailbox.name, readonly=True)
+    flags = client.get_flags([1])[1]
+    client.logout()
+    assert b"\\Seen" not in flags
+
+
+def test_fetches_in_batches_not_per_message(mailbox, make_settings, redis_client, monkeypatch):
+    """25 messages with BATCH_SIZE=10 take 3 UID FETCH commands, not 25."""
+    mailbox.append(*[sample_message(i) for i in range(25)])
+    calls = []
+    original = ImapSession.fetch
+
+    def counting(self, uids, items):
+        calls.append(len(uids))
+        return original(self, uids, items)
+
+    monkeypatch.setattr(ImapSession, "fetch", counting)
+    run_once(make_settings(BATCH_SIZE=10))
+    assert calls == [10, 10, 5]
+    assert redis_client.xlen("email_ingestion_stream") == 25
+
+
+def test_uidvalidity_change_emits_only_new_messages(mailbox, make_settings, redis_client):
+    """Mailbox deleted and re-created with the same messages plus two new ones: only the
+    two new ones are emitted, the change is counted and logged once."""
+    when = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    old = [sample_message(i) for i in range(4)]
+    for raw in old:
+        mailbox.append(raw, msg_time=when)
+    settings = make_settings()
+    run_once(settings)
+    before = mailbox.uidvalidity()
+    mailbox.recreate()
+    for raw in old + [sample_message(10), sample_message(11)]:
+        mailbox.append(raw, msg_time=when)
+    assert mailbox.uidvalidity() != before
+    run_once(settings)
+    payloads = stream_payloads(redis_client)
+    assert len(payloads) == 6
+    assert [p["message_id"] for p in payloads[4:]] == ["<msg-0-10@example.org>", "<msg-0-11@example.org>"]
+    assert payloads[4]["uidvalidity"] == mailbox.uidvalidity()
+    run_once(settings)
+    assert redis_client.xlen("email_ingestion_stream") == 6
+
+
+def test_initial_sync_new_skips_existing_mail_even_after_uidvalidity_change(mailbox, make_settings, redis_client):
+    mailbox.append(sample_message(1), sample_message(2))
+    settings = make_settings(INITIAL_SYNC="new")
+    run_once(settings)
+    assert redis_client.xlen("email_ingestion_stream") == 0
+    mailbox.append(sample_message(3))
+    run_once(settings)
+    assert [p["message_id"] for p in stream_payloads(redis_client)] == ["<msg-0-3@example.org>"]
+
+
+def test_initial_sync_since_date(mailbox, make_settings, redis_client):
+    mailbox.append(sample_message(1), msg_time=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    mailbox.append(sample_message(2), msg_time=dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc))
+    run_once(make_settings(INITIAL_SYNC="since:2024-01-01"))
+    assert [p["message_id"] for p in stream_payloads(redis_client)] == ["<msg-0-2@example.org>"]
+
+
+def test_broken_messages_all_come_out_as_payloads(mailbox, make_settings, redis_client):
+    mailbox.append(*[raw for _, raw in BROKEN_MESSAGES])
+    assert run_once(make_settings()) == 0
+    payloads = stream_payloads(redis_client)
+    assert len(payloads) == len(BROKEN_MESSAGES)
+    by_name = dict(zip([name for name, _ in BROKEN_MESSAGES], payloads))
+    assert "Café" in by_name["unknown charset"]["body_text"]
+    assert "unknown charset 'x-no-such-charset'" in by_name["unknown charset"]["parse_defects"]
+    assert by_name["8-bit headers"]["from"]["name"] == "Jürgen"
+    assert "\x00" not in by_name["NUL bytes"]["subject"] + by_name["NUL bytes"]["body_text"]
+    assert "missing From" in by_name["no headers at all"]["parse_defects"]
+    assert by_name["garbage date and addresses"]["date"] is None
+    assert by_name["rfc2231 filename"]["attachments"][0]["filename"] == "résumé.pdf"
+    assert by_name["html only, bad QP"]["body_text"].startswith("Café")
+
+
+def test_dry_run_writes_nothing(mailbox, producer_env, redis_client):
+    import subprocess
+
+    from tests.conftest import producer_cmd
+    mailbox.append(sample_message(1), sample_message(2))
+    done = subprocess.run(producer_cmd("--dry-run"), env=producer_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["uid=1", "uid=2"]
+    assert redis_client.dbsize() == 0
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="shared corpus not present")
+def test_corpus_through_a_real_sync(mailbox, make_settings, redis_client):
+    """Every message of the public corpus goes through Dovecot and comes out as a payload."""
+    files = sorted(CORPUS.rglob("*.eml"))
+    raws = [f.read_bytes() for f in files]
+    for start in range(0, len(raws), 50):
+        mailbox.append(*raws[start:start + 50])
+    assert run_once(make_settings(BATCH_SIZE=40)) == 0
+    payloads = stream_payloads(redis_client)
+    assert len(payloads) == len(files)
+    assert sorted(p["uid"] for p in payloads) == list(range(1, len(files) + 1))
