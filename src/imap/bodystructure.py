@@ -39,8 +39,9 @@ class PartInfo:
         return _filename(self.params, self.disposition_params)
 
     def attachment(self) -> AttachmentInfo:
-        # BODYSTRUCTURE gives the encoded size; base64 is 4/3 of the decoded size.
-        size = self.size * 3 // 4 if self.encoding == "base64" else self.size
+        # BODYSTRUCTURE gives the encoded size. Base64 is 4 characters per 3 bytes, in
+        # lines of 76 characters plus CRLF (RFC 2045 §6.8): decoded = encoded * 3/4 * 76/78.
+        size = self.size * 57 // 78 if self.encoding == "base64" else self.size
         return AttachmentInfo(self.filename, self.content_type, size)
 
 

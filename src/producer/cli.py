@@ -139,4 +139,7 @@ def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, onc
     except IngestionError as exc:
         log.error("giving up", extra={"error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
+    except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
+        log.exception("unexpected error; exiting so the supervisor restarts the producer")
+        return EXIT_FAILED
     return EXIT_OK

@@ -131,7 +131,7 @@ class StreamGuard:
         for group in groups:
             lag = group.get("lag")
             worst = max(worst, int(group.get("pending", 0)) + (length if lag is None else int(lag)))
-        return min(worst, length) if groups else length
+        return min(worst, length)
 
     def is_full(self) -> bool:
         return self.unacknowledged() >= self.max_unacked
@@ -144,8 +144,8 @@ class StreamGuard:
             groups = self._groups()
             if not groups:
                 return 0
-            safe = min(self._first_unacked(group) for group in groups)
-            return int(self.redis.xtrim(self.stream, minid=safe))
+            ms, seq = min(self._first_unacked(group) for group in groups)
+            return int(self.redis.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False))
 
     def _groups(self) -> list[dict[str, object]]:
         try:
@@ -153,14 +153,22 @@ class StreamGuard:
         except redis.ResponseError:  # no such key yet
             return []
 
-    def _first_unacked(self, group: dict[str, object]) -> str:
-        name = group["name"]
-        if int(group.get("pending", 0) or 0) > 0:
-            summary = self.redis.xpending(self.stream, name)
-            return _text(summary["min"])
+    def _first_unacked(self, group: dict[str, object]) -> tuple[int, int]:
+        """The oldest entry this group still needs. XINFO and XPENDING are two calls, so
+        entries acked in between are fine: the answer can only be too old, never too new."""
         last = _text(group["last-delivered-id"])
-        ms, seq = last.split("-")
-        return f"{ms}-{int(seq) + 1}"
+        if int(group.get("pending", 0) or 0) > 0:
+            oldest = self.redis.xpending(self.stream, group["name"]).get("min")
+            if oldest is not None:
+                return _stream_id(_text(oldest))
+        ms, seq = _stream_id(last)
+        return ms, seq + 1
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    # Compare ids as numbers: as strings "999-0" would sort after "1000-0".
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: object) -> str:

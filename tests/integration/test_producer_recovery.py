@@ -1,0 +1,196 @@
+"""Crash, signal and outage paths with a real producer process, real Dovecot, real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import base_env, producer_cmd, stream_payloads
+from tests.support.dovecot import DovecotServer
+from tests.support.mail import sample_message
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+def start_producer(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(producer_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout_s: float = 15) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"producer did not exit within {timeout_s}s after {sig}") from None
+    return proc.returncode, err
+
+
+def assert_exactly_once(client, expected: int) -> None:
+    payloads = stream_payloads(client)
+    counts = Counter(p["message_id"] for p in payloads)
+    assert len(payloads) == expected, f"{len(payloads)} entries for {expected} messages"
+    assert max(counts.values()) == 1
+
+
+def test_sigkill_mid_batch_then_rerun_gives_every_message_exactly_once(mailbox, producer_env, redis_client):
+    """SIGKILL while batches are being written; the re-run completes without loss or duplicates."""
+    total = 1500
+    mailbox.append(*[sample_message(i) for i in range(total)])
+    env = {**producer_env, "BATCH_SIZE": "20"}
+    proc = start_producer(env, "--once")
+    assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 100, 60)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    partial = redis_client.xlen("email_ingestion_stream")
+    assert 0 < partial < total, "the kill must land mid-sync for this test to mean anything"
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_exactly_once(redis_client, total)
+    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
+    assert int(state[b"last_uid"]) == total
+
+
+def test_sigterm_finishes_batch_and_exits_zero_quickly(mailbox, producer_env, redis_client):
+    mailbox.append(*[sample_message(i) for i in range(800)])
+    proc = start_producer({**producer_env, "BATCH_SIZE": "50"})
+    assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 50, 60)
+    started = time.monotonic()
+    code, err = stop(proc, signal.SIGTERM, timeout_s=10)
+    assert code == 0, err[-2000:]
+    assert time.monotonic() - started < 10
+    written = redis_client.xlen("email_ingestion_stream")
+    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
+    # The position never runs ahead of (or behind) what is in the stream.
+    assert int(state[b"last_uid"]) == written
+
+
+def test_idle_delivers_appended_message_without_waiting_for_the_poll(mailbox, producer_env, redis_client):
+    """With a 60 s poll interval, only IDLE can explain an entry that shows up in seconds."""
+    proc = start_producer({**producer_env, "POLL_INTERVAL_SECONDS": "60", "LOG_LEVEL": "DEBUG"})
+    try:
+        time.sleep(1.0)  # let it reach IDLE
+        mailbox.append(sample_message(1))
+        appended = time.monotonic()
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 1, 10, 0.005)
+        latency_s = time.monotonic() - appended
+        print(f"IDLE latency: {latency_s * 1000:.0f} ms")
+        assert latency_s < 5, "IDLE notification expected, got something as slow as polling"
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err[-2000:]
+
+
+def test_imap_server_restart_under_running_producer(tmp_path, redis_server, redis_client):
+    """Dovecot goes away and comes back; the producer reconnects and catches up."""
+    server = DovecotServer(tmp_path / "dc", users={"alice@example.com": "alice-pw"}).start()
+    from tests.conftest import Mailbox, imap_admin
+    client = imap_admin(server)
+    client.create_folder("restart")
+    client.logout()
+    box = Mailbox(server, "restart")
+    box.append(sample_message(1))
+    env = {**os.environ, **base_env(server.port, redis_server.url, "restart"), "POLL_INTERVAL_SECONDS": "1",
+           "IMAP_TIMEOUT_SECONDS": "3"}
+    proc = start_producer(env)
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 1, 20)
+        server.stop()
+        time.sleep(1.5)
+        server.start()
+        box.append(sample_message(2), sample_message(3))
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 3, 60)
+    finally:
+        code, err = stop(proc)
+        server.stop()
+    assert code == 0
+    assert "reconnecting after backoff" in err
+    assert_exactly_once(redis_client, 3)
+
+
+def test_silently_dead_connection_is_detected_and_replaced(mailbox, producer_env, dovecot, redis_client):
+    """The network swallows everything on the idling connection (no FIN, no RST); the
+    producer notices when the poll interval ends IDLE, reconnects, and ingests new mail."""
+    proxy = TcpProxy(dovecot.port).start()
+    env = {**producer_env, "IMAP_PORT": str(proxy.port), "POLL_INTERVAL_SECONDS": "2", "IMAP_TIMEOUT_SECONDS": "2"}
+    proc = start_producer(env)
+    try:
+        mailbox.append(sample_message(1))
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 1, 20)
+        proxy.freeze_existing()
+        mailbox.append(sample_message(2))
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 2, 30)
+    finally:
+        code, err = stop(proc)
+        proxy.stop()
+    assert proxy.connections >= 2
+    assert_exactly_once(redis_client, 2)
+
+
+def test_redis_restart_under_running_producer_loses_and_duplicates_nothing(tmp_path, mailbox, dovecot):
+    """Redis stops mid-sync and comes back (with its data, AOF); the producer waits with
+    backoff and resumes; every message ends up exactly once."""
+    server = RedisServer(tmp_path / "r", extra_args=("--appendonly", "yes", "--appendfsync", "always")).start()
+    client = server.client()
+    mailbox.append(*[sample_message(i) for i in range(600)])
+    env = {**os.environ, **base_env(dovecot.port, server.url, mailbox.name), "BATCH_SIZE": "20",
+           "REDIS_SOCKET_TIMEOUT_SECONDS": "2"}
+    proc = start_producer(env)
+    try:
+        assert wait_until(lambda: client.xlen("email_ingestion_stream") >= 40, 60)
+        server.stop()
+        time.sleep(2)
+        server.start()
+        client = server.client()
+        mailbox.append(sample_message(1000))
+        assert wait_until(lambda: client.xlen("email_ingestion_stream") == 601, 90)
+        code, err = stop(proc)
+        assert code == 0
+        assert "RedisUnavailableError" in err
+        assert_exactly_once(client, 601)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+
+
+def test_backpressure_pauses_fetching_until_workers_catch_up(mailbox, producer_env, redis_client):
+    """With REDIS_MAX_STREAM_LENGTH=30 and a consumer group that has read nothing, the
+    producer stops at 30 unacknowledged entries and resumes as they are acknowledged."""
+    redis_client.xgroup_create("email_ingestion_stream", "g", id="0", mkstream=True)
+    mailbox.append(*[sample_message(i) for i in range(100)])
+    proc = start_producer({**producer_env, "BATCH_SIZE": "10", "REDIS_MAX_STREAM_LENGTH": "30"})
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 30, 30)
+        time.sleep(2)
+        assert redis_client.xlen("email_ingestion_stream") == 30
+        acked = 0
+        deadline = time.monotonic() + 60
+        while acked < 100 and time.monotonic() < deadline:
+            entries = redis_client.xreadgroup("g", "c1", {"email_ingestion_stream": ">"}, count=10, block=500)
+            for _, items in entries or []:
+                redis_client.xack("email_ingestion_stream", "g", *[i for i, _ in items])
+                acked += len(items)
+    finally:
+        code, err = stop(proc)
+    assert acked == 100
+    assert "backpressure: stream full" in err
+    assert code == 0, err[-3000:]
