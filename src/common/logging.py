@@ -17,7 +17,7 @@ _correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlati
 
 # Shapes of secrets that can reach a log line through third-party code (imapclient's
 # protocol debug lines, requests' errors): XOAUTH2 strings raw and base64 ("user=" is
-# "dXNlcj0"), bearer tokens, JWTs, Google tokens, and key=value credentials.
+# "dXNlcj0"), bearer tokens, JWTs, Google tokens, passwords in URLs, key=value credentials.
 _PATTERNS = [
     re.compile(r"dXNlcj0[A-Za-z0-9+/=]+"),
     re.compile(r"auth=Bearer\s+[^\x01\s'\"]+", re.I),
@@ -25,6 +25,7 @@ _PATTERNS = [
     re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
     re.compile(r"ya29\.[A-Za-z0-9._-]+"),
     re.compile(r"1//[A-Za-z0-9._-]{10,}"),
+    re.compile(r"(\w+://[^/\s:@]*:)[^@\s/]+(?=@)"),
     re.compile(r"((?:refresh_token|access_token|client_secret|password)[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+", re.I),
 ]
 REDACTED = "[REDACTED]"

@@ -1,0 +1,123 @@
+"""The producer's Redis state on a real redis-server: atomic emit, dedup, safe trimming."""
+
+from __future__ import annotations
+
+import imaplib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from src.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
+from src.common.keys import MailboxKeys
+from src.imap.session import imap_errors
+from src.producer.state import Emission, StateStore, StreamGuard
+
+STREAM = "email_ingestion_stream"
+
+
+def items(*uids: int) -> list[Emission]:
+    return [Emission(f"fp{uid}", uid, f'{{"uid": {uid}}}') for uid in uids]
+
+
+@pytest.fixture
+def store(redis_client):
+    return StateStore(redis_client, MailboxKeys(STREAM, "a@x.org", "INBOX"))
+
+
+def test_emit_appends_and_advances_together(store, redis_client):
+    assert len(store.emit(5, 3, items(1, 2, 3))) == 3
+    state = store.load()
+    assert (state.uidvalidity, state.last_uid) == (5, 3)
+    assert redis_client.xlen(STREAM) == 3
+
+
+def test_replaying_a_batch_adds_nothing(store, redis_client):
+    """A batch whose reply was lost is sent again: the UID position makes it a no-op."""
+    store.emit(5, 3, items(1, 2, 3))
+    assert store.emit(5, 3, items(1, 2, 3)) == []
+    assert store.emit(5, 4, items(3, 4)) != []
+    assert redis_client.xlen(STREAM) == 4
+
+
+def test_position_never_moves_backwards(store):
+    store.emit(5, 10, items(10))
+    store.emit(5, 4, [])
+    assert store.load().last_uid == 10
+
+
+def test_new_uidvalidity_resets_position_and_fingerprints_dedup(store, redis_client):
+    store.emit(5, 3, items(1, 2, 3))
+    added = store.emit(9, 2, [Emission("fp1", 1, "{}"), Emission("fp-new", 2, "{}")], by_fingerprint=True)
+    assert len(added) == 1
+    assert (store.load().uidvalidity, store.load().last_uid) == (9, 2)
+    assert store.seen(["fp1", "fp-new", "fp-other"]) == [True, True, False]
+
+
+def test_script_survives_a_script_cache_flush(store, redis_client):
+    store.emit(5, 1, items(1))
+    redis_client.script_flush()
+    store.emit(5, 2, items(2))
+    assert redis_client.xlen(STREAM) == 2
+
+
+def test_unacknowledged_counts_pending_and_undelivered(redis_client):
+    guard = StreamGuard(redis_client, STREAM, max_unacked=5)
+    assert guard.unacknowledged() == 0
+    for i in range(4):
+        redis_client.xadd(STREAM, {"payload": str(i)})
+    assert guard.unacknowledged() == 4 and not guard.is_full()
+    redis_client.xgroup_create(STREAM, "g", id="0")
+    read = redis_client.xreadgroup("g", "c", {STREAM: ">"}, count=3)[0][1]
+    redis_client.xack(STREAM, "g", read[0][0])
+    assert guard.unacknowledged() == 3
+    redis_client.xadd(STREAM, {"payload": "x"})
+    redis_client.xadd(STREAM, {"payload": "y"})
+    assert guard.unacknowledged() == 5 and guard.is_full()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(total=st.integers(5, 40), read=st.integers(0, 40), acks=st.lists(st.integers(0, 39), max_size=40))
+def test_trim_never_deletes_an_unacknowledged_entry(redis_client, total, read, acks):
+    redis_client.flushall()
+    ids = [redis_client.xadd(STREAM, {"payload": str(i)}) for i in range(total)]
+    redis_client.xgroup_create(STREAM, "g", id="0")
+    if read:
+        redis_client.xreadgroup("g", "c", {STREAM: ">"}, count=read)
+    delivered = ids[:min(read, total)]
+    acked = {delivered[i] for i in acks if i < len(delivered)}
+    if acked:
+        redis_client.xack(STREAM, "g", *acked)
+    StreamGuard(redis_client, STREAM, max_unacked=3).trim_acknowledged()
+    remaining = {entry_id for entry_id, _ in redis_client.xrange(STREAM)}
+    assert set(ids) - acked <= remaining
+
+
+def test_no_group_means_no_trim(redis_client):
+    for i in range(10):
+        redis_client.xadd(STREAM, {"payload": str(i)})
+    assert StreamGuard(redis_client, STREAM, max_unacked=3).trim_acknowledged() == 0
+    assert redis_client.xlen(STREAM) == 10
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (imaplib.IMAP4.error("[THROTTLED] Account exceeded command or bandwidth limits"), ImapThrottledError),
+    (imaplib.IMAP4.error("[OVERQUOTA] Quota exceeded"), ImapThrottledError),
+    (imaplib.IMAP4.abort("socket error: EOF"), ImapConnectionError),
+    (TimeoutError("timed out"), ImapConnectionError),
+    (imaplib.IMAP4.error("Mailbox doesn't exist: Nope"), ImapProtocolError),
+])
+def test_imap_error_classification(raised, expected):
+    with pytest.raises(expected):
+        with imap_errors("test"):
+            raise raised
+
+
+def test_login_errors():
+    from imapclient.exceptions import LoginError
+    with pytest.raises(ImapThrottledError):
+        with imap_errors("login"):
+            raise LoginError("[ALERT] Too many simultaneous connections. (Failure)")
+    with pytest.raises(AuthError):
+        with imap_errors("login"):
+            raise LoginError("[AUTHENTICATIONFAILED] Invalid credentials (Failure)")

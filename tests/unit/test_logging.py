@@ -1,0 +1,65 @@
+"""Secrets are redacted at the logging layer, whatever code path produced the line."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+
+import pytest
+
+from src.common.logging import Redactor, correlation, setup_logging
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    redactor = Redactor(["hunter2-password"])
+    setup_logging("DEBUG", "json", "test", redactor)
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    yield stream, redactor
+    logging.getLogger().handlers.clear()
+
+
+@pytest.mark.parametrize("secret_line", [
+    "LOGIN alice hunter2-password",
+    "AUTHENTICATE XOAUTH2 " + base64.b64encode(b"user=a@b.c\x01auth=Bearer ya29.abc\x01\x01").decode(),
+    "user=a@b.c\x01auth=Bearer ya29.a0AfH6SMBx-secret\x01\x01",
+    "Authorization: Bearer eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl",
+    '{"refresh_token": "1//0gLongRefreshTokenValue", "client_secret": "abc123"}',
+    "redis://:s3cr3t@host password=s3cr3t",
+])
+def test_secret_shapes_never_reach_output(captured, secret_line):
+    stream, _ = captured
+    logging.getLogger("imapclient").warning("> %s", secret_line)
+    logging.getLogger("x").info("sending", extra={"detail": secret_line})
+    out = stream.getvalue()
+    for fragment in ("hunter2", "ya29.a", "eyJhbGciOi", "1//0gLong", "abc123", "s3cr3t", "dXNlcj0"):
+        assert fragment not in out
+
+
+def test_secrets_added_later_are_redacted(captured):
+    stream, redactor = captured
+    redactor.add_secret("fresh-access-token-value")
+    logging.getLogger("x").error("failed with fresh-access-token-value")
+    assert "fresh-access-token-value" not in stream.getvalue()
+
+
+def test_exceptions_are_redacted(captured):
+    stream, _ = captured
+    try:
+        raise RuntimeError("login failed for hunter2-password")
+    except RuntimeError:
+        logging.getLogger("x").exception("boom")
+    assert "hunter2" not in stream.getvalue() and "RuntimeError" in stream.getvalue()
+
+
+def test_lines_carry_component_and_correlation_id(captured):
+    stream, _ = captured
+    with correlation("abc123def"):
+        logging.getLogger("x").info("inside")
+    record = json.loads(stream.getvalue().splitlines()[-1])
+    assert record["component"] == "test" and record["correlation_id"] == "abc123def"
+    assert record["level"] == "INFO" and record["message"] == "inside"

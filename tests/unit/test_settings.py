@@ -1,0 +1,87 @@
+"""Settings: defaults, env names as documented, and one clear line (exit 2) for bad ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from src.common.errors import SettingsError
+from src.common.settings import load_settings, require_producer_settings
+from tests.conftest import producer_cmd
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith(("IMAP_", "REDIS_", "GOOGLE_", "LOG_", "WORKER_")) or key in (
+                "BATCH_SIZE", "POLL_INTERVAL_SECONDS", "INITIAL_SYNC"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_defaults(clean_env):
+    s = load_settings(env_file=None)
+    assert s.imap.effective_port == 993 and s.imap.ssl and s.imap.auth_method == "oauth2"
+    assert s.redis.stream_name == "email_ingestion_stream"
+    assert s.producer.initial_sync == "all" and s.worker.group == "email_processor_group"
+
+
+def test_env_names_and_overrides(clean_env):
+    clean_env.setenv("IMAP_HOST", "mail.example.org")
+    clean_env.setenv("BATCH_SIZE", "50")
+    clean_env.setenv("INITIAL_SYNC", "since:2024-03-01")
+    s = load_settings({"producer": {"batch_size": 7}}, env_file=None)
+    assert s.imap.host == "mail.example.org" and s.producer.batch_size == 7
+    assert str(s.producer.since_date) == "2024-03-01"
+
+
+def test_env_file_is_read(clean_env, tmp_path):
+    env_file = tmp_path / "x.env"
+    env_file.write_text("IMAP_USER=bob@example.org\nREDIS_STREAM_NAME=s2\n")
+    s = load_settings(env_file=env_file)
+    assert s.imap.user == "bob@example.org" and s.redis.stream_name == "s2"
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"IMAP_PORT": "abc"}, "IMAP_PORT"),
+    ({"BATCH_SIZE": "0"}, "BATCH_SIZE"),
+    ({"INITIAL_SYNC": "yesterday"}, "INITIAL_SYNC"),
+    ({"IMAP_AUTH_METHOD": "kerberos"}, "IMAP_AUTH_METHOD"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_invalid_values_name_the_variable(clean_env, env, needle):
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(SettingsError, match=needle):
+        load_settings(env_file=None)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({}, "IMAP_USER"),
+    ({"IMAP_USER": "a@b.c", "IMAP_AUTH_METHOD": "password"}, "IMAP_PASSWORD"),
+    ({"IMAP_USER": "a@b.c", "IMAP_AUTH_METHOD": "password", "IMAP_PASSWORD": "x", "IMAP_SSL": "false",
+      "IMAP_HOST": "mail.example.org"}, "IMAP_SSL"),
+    ({"IMAP_USER": "a@b.c", "IMAP_CA_FILE": "/nonexistent/ca.pem"}, "IMAP_CA_FILE"),
+])
+def test_producer_cross_checks(clean_env, env, needle):
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(SettingsError, match=needle):
+        require_producer_settings(load_settings(env_file=None))
+
+
+def test_bad_setting_exits_2_with_one_line_and_no_traceback(tmp_path):
+    env = {"PATH": os.environ["PATH"], "IMAP_USER": "a@b.c", "IMAP_PORT": "not-a-port"}
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "IMAP_PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_flag_overrides_env(tmp_path):
+    env = {"PATH": os.environ["PATH"], "IMAP_USER": "a@b.c", "BATCH_SIZE": "10"}
+    done = subprocess.run(producer_cmd("--once", "--batch-size", "0"), env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "BATCH_SIZE" in done.stderr

@@ -1,0 +1,71 @@
+"""Pure logic: keys, payload schema file, progress arithmetic, throttling backoff."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tenacity import RetryCallState
+
+from src.common.errors import ImapConnectionError, ImapThrottledError
+from src.common.keys import MailboxKeys, StreamKeys, dlq_stream, hash_tag
+from src.common.payload import json_schema
+from src.producer.progress import Progress
+from src.producer.runner import _throttle_pause
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def slot_tag(key: str) -> str:
+    start = key.index("{")
+    return key[start:key.index("}", start) + 1]
+
+
+def test_keys_of_a_mailbox_share_the_stream_hash_tag():
+    keys = MailboxKeys("email_ingestion_stream", "a@x.org", "INBOX")
+    for key in (keys.state, keys.seen):
+        assert slot_tag(key) == "{email_ingestion_stream}"
+        assert "a@x.org" in key and "INBOX" in key
+    consumer = StreamKeys("email_ingestion_stream", "g")
+    assert slot_tag(consumer.retries) == slot_tag(consumer.idempotency("k")) == "{email_ingestion_stream}"
+    assert slot_tag(dlq_stream("email_ingestion_stream", "email_ingestion_dlq")) == "{email_ingestion_stream}"
+
+
+def test_account_and_mailbox_cannot_break_the_key_shape():
+    a = MailboxKeys("s", "x:y", "z").state
+    b = MailboxKeys("s", "x", "y:z").state
+    assert a != b
+    assert MailboxKeys("s", "a}b{c", "m").state.count("{") == 1
+
+
+def test_stream_name_with_its_own_tag_keeps_it():
+    assert hash_tag("mail:{acct1}") == "{acct1}"
+
+
+def test_published_json_schema_matches_the_model():
+    published = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
+    assert published == json.loads(json.dumps(json_schema())), \
+        "regenerate: python -m src.common.payload > docs/payload.schema.json"
+
+
+def test_progress_rate_and_eta():
+    now = [0.0]
+    progress = Progress(total=1000, interval_s=10, clock=lambda: now[0])
+    now[0] = 5.0
+    progress.advance(250)
+    snap = progress.snapshot()
+    assert snap["rate_per_s"] == 50.0 and snap["eta_s"] == 15.0 and snap["done"] == 250
+
+
+def _state(exc: Exception, attempt: int) -> RetryCallState:
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    state.set_exception((type(exc), exc, None))
+    return state
+
+
+def test_throttling_adds_a_growing_pause_capped_at_5_minutes():
+    assert _throttle_pause(_state(ImapConnectionError("x"), 1)) == 0
+    assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 1)) == 30
+    assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 3)) == 90
+    assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 50)) == 300
