@@ -39,6 +39,10 @@ class ImapProtocolError(ImapError):
     """The server answered a command with NO/BAD in a way reconnecting will not fix."""
 
 
+class ParseWorkerError(IngestionError):
+    """The helper process that builds payloads died; the pass is retried."""
+
+
 class StateError(IngestionError):
     """Root of Redis/state failures."""
 

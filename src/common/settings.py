@@ -98,6 +98,7 @@ class ProducerSettings(BaseSettings):
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
     progress_interval_seconds: float = Field(default=10.0, gt=0)
+    parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
     producer_metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics")
 
     @field_validator("initial_sync")

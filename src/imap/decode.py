@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import email.utils
+import re
 from email.errors import HeaderParseError
 from email.header import decode_header
 
@@ -74,7 +75,7 @@ def _note(defects: list[str] | None, text: str) -> None:
 
 def unescape_8bit(value: str, defects: list[str] | None = None) -> str:
     """compat32 keeps raw 8-bit header bytes as surrogate escapes; decode them properly."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+    if value.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in value):
         return value
     _note(defects, "raw 8-bit bytes in header")
     return decode_bytes(value.encode("ascii", "surrogateescape"), None, defects)
@@ -104,12 +105,23 @@ def _clean(text: str, defects: list[str] | None) -> str:
     return text
 
 
+# The shapes most headers have ("addr", "Name <addr>", "\"Name\" <addr>"), parsed without the
+# stdlib's general (and slow) address parser; anything else goes the long way.
+_SIMPLE_ADDRESS = re.compile(r'\s*(?:"([^"\\]*)"|([^"<>,;:@()\\]*?))\s*<([^<>\s,;:"()\\]+@[^<>\s,;:"()\\]+)>\s*'
+                             r'|\s*([^<>\s,;:"()\\]+@[^<>\s,;:"()\\]+)\s*')
+
+
 def decode_addresses(value: str | None, defects: list[str] | None = None) -> list[tuple[str, str]]:
     """(display name, address) pairs, display names decoded; never raises."""
     if not value:
         return []
     text = unescape_8bit(str(value), defects)
     text = " ".join(text.replace("\r", "").split("\n"))
+    simple = _SIMPLE_ADDRESS.fullmatch(text)
+    if simple:
+        quoted, bare_name, address, lone = simple.groups()
+        name = quoted if quoted is not None else (bare_name or "").strip()
+        return [(decode_header_value(name, defects) or "", address or lone)]
     try:
         pairs = email.utils.getaddresses([text])
     except Exception:  # noqa: BLE001 - stdlib address parser raises assorted errors on junk

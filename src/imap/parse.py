@@ -65,6 +65,39 @@ class TextPart:
 
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse a whole message."""
+    return _parse_single_part(raw) or _parse_full(raw)
+
+
+def _parse_single_part(raw: bytes) -> ParsedMessage | None:
+    """Fast path for the common single-part text message: parse only the header block and
+    decode the body directly, skipping the feedparser's line-by-line walk of the body.
+    None when the message needs the full parser (multipart, attachments, odd headers)."""
+    cut = _header_end(raw)
+    if cut is None:
+        return None
+    msg = email.message_from_bytes(raw[:cut])
+    if msg.defects or msg.get_payload() or msg.get_content_type() not in ("text/plain", "text/html") \
+            or (msg.get_content_disposition() or "inline") != "inline" or msg.get_param("name") is not None:
+        return None
+    parsed = parse_headers(msg)
+    if b"\x00" in raw:
+        parsed.defects.append("NUL bytes in message")
+    encoding = str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    body = decode_bytes(_transfer_decode(raw[cut:], encoding, parsed.defects, True),
+                        msg.get_content_charset(), parsed.defects)
+    is_text = msg.get_content_type() == "text/plain"
+    _set_bodies(parsed, body if is_text else "", "" if is_text else body, truncated=False)
+    return parsed
+
+
+def _header_end(raw: bytes) -> int | None:
+    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    if crlf != -1 and (lf == -1 or crlf < lf):
+        return crlf + 4
+    return lf + 2 if lf != -1 else None
+
+
+def _parse_full(raw: bytes) -> ParsedMessage:
     msg = email.message_from_bytes(raw)
     parsed = parse_headers(msg)
     if b"\x00" in raw:

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
 
 from src.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
 from src.common.settings import ImapSettings
+from src.imap.fetch_response import parse_bulk_fetch
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,22 @@ class ImapSession:
         if not uids:
             return {}
         with imap_errors(f"UID FETCH of {len(uids)} messages"):
+            if items and items[-1] == "BODY.PEEK[]":
+                return self._bulk_fetch(uids, items)
             return dict(self.client.fetch(list(uids), list(items)))
+
+    def _bulk_fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH of whole messages through imaplib (imapclient's `_imap`), parsed by the
+        fast parser in fetch_response.py, with imapclient's parser as the fallback."""
+        imap = self.client._imap  # noqa: SLF001 - the raw reply is what makes the fast path possible
+        typ, data = imap.uid("FETCH", uid_set(uids), "(" + " ".join(items) + ")")
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"UID FETCH failed: {data!r}"[:300])
+        parsed = parse_bulk_fetch(data)
+        if parsed is None:
+            parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=True)
+        wanted = set(uids)
+        return {uid: values for uid, values in parsed.items() if uid in wanted}
 
     def noop(self) -> None:
         with imap_errors("NOOP"):
@@ -185,6 +202,20 @@ class ImapSession:
         except Exception:  # noqa: BLE001 - the connection may already be gone
             with contextlib.suppress(Exception):
                 client.shutdown()
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """An IMAP sequence set with runs collapsed: [1,2,3,7] -> "1:3,7"."""
+    ordered = sorted(set(uids))
+    runs: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:] + [0]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        runs.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    return ",".join(runs)
 
 
 def _is_change(response: Any) -> bool:

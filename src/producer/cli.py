@@ -22,6 +22,7 @@ from src.common.redis_client import describe, make_redis
 from src.common.settings import Settings, load_settings, require_producer_settings
 from src.imap.session import Authenticator, ImapSession
 from src.monitoring.metrics import ProducerMetrics, serve
+from src.producer.builder import builder_factory
 from src.producer.dry_run import DryRunStore, NullGuard
 from src.producer.fetch import MessageFetcher
 from src.producer.runner import ProducerRunner
@@ -91,7 +92,9 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
         guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
         serve(metrics.registry, settings.producer.producer_metrics_port)
-    sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait)
+    make_builder = builder_factory(fetcher, settings.log.level, settings.log.format, settings.secrets())
+    sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait,
+                       make_builder=make_builder)
     return ProducerRunner(settings, session, sync, metrics, stop_event)
 
 

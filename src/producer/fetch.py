@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imapclient.imap_utf7 import decode as decode_utf7
+
 from src.common.logging import correlation
 from src.common.payload import Address, Attachment, EmailPayload
 from src.common.settings import ProducerSettings
@@ -28,6 +30,16 @@ log = logging.getLogger(__name__)
 _BASE_ITEMS = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
 _GMAIL_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
 _FINGERPRINT_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)]"
+
+
+_PARTS = "text_parts"  # key under which download() keeps a large message's fetched text parts
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """The raw FETCH responses of one batch, in UID order."""
+
+    messages: list[tuple[int, dict[Any, Any]]]
 
 
 @dataclass(frozen=True)
@@ -61,19 +73,27 @@ class MessageFetcher:
 
     def fetch(self, uids: Sequence[int], large: set[int], uidvalidity: int, pass_id: str) -> list[Emission]:
         """Payloads for `uids` in UID order; UIDs the server no longer has are skipped."""
+        return self.build(self.download(uids, large), uidvalidity, pass_id)
+
+    def download(self, uids: Sequence[int], large: set[int]) -> Downloaded:
+        """All the IMAP I/O for a batch (so it can run ahead of parsing, in another thread)."""
         small = [uid for uid in uids if uid not in large]
         big = [uid for uid in uids if uid in large]
-        out: dict[int, Emission] = {}
-        for uid, data in self.session.fetch(small, self._items("BODY.PEEK[]")).items():
-            raw = data.get(b"BODY[]") or b""
-            out[uid] = self._emission(uid, data, uidvalidity, pass_id, raw=raw)
+        responses = self.session.fetch(small, self._items("BODY.PEEK[]"))
         if big:
             for uid, data in self.session.fetch(big, self._items("BODYSTRUCTURE", "BODY.PEEK[HEADER]")).items():
-                out[uid] = self._emission(uid, data, uidvalidity, pass_id, raw=None)
-        missing = [uid for uid in uids if uid not in out]
+                responses[uid] = {**data, _PARTS: self._fetch_text_parts(uid, data)}
+        for data in responses.values():
+            # A plain UTC datetime pickles (imapclient's FixedOffset does not), for builder.py.
+            data[b"INTERNALDATE"] = _internal_date(data.get(b"INTERNALDATE"))
+        missing = [uid for uid in uids if uid not in responses]
         if missing:
             log.warning("messages vanished between SEARCH and FETCH (expunged)", extra={"uids": missing[:20]})
-        return [out[uid] for uid in uids if uid in out]
+        return Downloaded([(uid, responses[uid]) for uid in uids if uid in responses])
+
+    def build(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> list[Emission]:
+        """Parse and serialise a downloaded batch: CPU only, no I/O."""
+        return [self._emission(uid, data, uidvalidity, pass_id) for uid, data in downloaded.messages]
 
     def metadata(self, uids: Sequence[int]) -> list[MessageMeta]:
         """Fingerprints and arrival times only: a cheap FETCH for re-synchronisation."""
@@ -90,11 +110,11 @@ class MessageFetcher:
             result.append(MessageMeta(uid, fp, int(internal.timestamp() * 1000) if internal else 0))
         return result
 
-    def _emission(self, uid: int, data: dict[bytes, Any], uidvalidity: int, pass_id: str,
-                  raw: bytes | None) -> Emission:
+    def _emission(self, uid: int, data: dict[Any, Any], uidvalidity: int, pass_id: str) -> Emission:
         with correlation(f"{pass_id}.{uid}") as correlation_id:
+            raw = data.get(b"BODY[]")
             size = int(data.get(b"RFC822.SIZE", len(raw or b"")))
-            parsed = parse_message(raw) if raw is not None else self._parse_large(uid, data, size)
+            parsed = parse_message(raw or b"") if _PARTS not in data else self._parse_large(data, size)
             internal = _iso(_internal_date(data.get(b"INTERNALDATE")))
             gm_msgid = _gm(data.get(b"X-GM-MSGID"))
             payload = self._payload(uid, uidvalidity, data, parsed, internal, size, gm_msgid, correlation_id)
@@ -102,21 +122,20 @@ class MessageFetcher:
                 log.info("message parsed with defects", extra={"uid": uid, "defects": parsed.defects[:10]})
             return Emission(fingerprint(parsed.identity, internal, size, gm_msgid), uid, payload.to_json())
 
-    def _parse_large(self, uid: int, data: dict[bytes, Any], size: int) -> ParsedMessage:
-        header = data.get(b"BODY[HEADER]") or b""
+    def _fetch_text_parts(self, uid: int, data: dict[bytes, Any]) -> list[TextPart]:
+        """The first bytes of the text parts of a large message; attachments stay on the server."""
         parts = list(bodystructure.walk(data.get(b"BODYSTRUCTURE") or ()))
         texts = _first_of_each(p for p in parts if p.is_body_text)
-        attachments = [p.attachment() for p in parts if not p.is_body_text]
         limit = self.settings.preview_fetch_bytes
         items = [f"BODY.PEEK[{p.section}]<0.{limit}>" for p in texts]
         fetched = self.session.fetch([uid], items).get(uid, {}) if items else {}
-        text_parts = [
-            TextPart(p.content_type, p.charset, p.encoding, fetched.get(f"BODY[{p.section}]<0>".encode(), b""),
-                     complete=p.size <= limit)
-            for p in texts
-        ]
-        log.debug("large message fetched partially", extra={"uid": uid, "size": size, "parts": len(items)})
-        return parse_partial(header, text_parts, attachments, size)
+        return [TextPart(p.content_type, p.charset, p.encoding, fetched.get(f"BODY[{p.section}]<0>".encode(), b""),
+                         complete=p.size <= limit) for p in texts]
+
+    def _parse_large(self, data: dict[Any, Any], size: int) -> ParsedMessage:
+        parts = list(bodystructure.walk(data.get(b"BODYSTRUCTURE") or ()))
+        attachments = [p.attachment() for p in parts if not p.is_body_text]
+        return parse_partial(data.get(b"BODY[HEADER]") or b"", data[_PARTS], attachments, size)
 
     def _payload(self, uid: int, uidvalidity: int, data: dict[bytes, Any], parsed: ParsedMessage,
                  internal: str | None, size: int, gm_msgid: str | None, correlation_id: str) -> EmailPayload:
@@ -124,7 +143,7 @@ class MessageFetcher:
         return EmailPayload(
             idempotency_key=key, account=self.account, mailbox=self.mailbox, uid=uid, uidvalidity=uidvalidity,
             message_id=parsed.message_id, gmail_msgid=gm_msgid, gmail_thrid=_gm(data.get(b"X-GM-THRID")),
-            gmail_labels=[_str(label) for label in data.get(b"X-GM-LABELS") or ()],
+            gmail_labels=[_label(label) for label in data.get(b"X-GM-LABELS") or ()],
             **{"from": _address(parsed.from_)},
             to=[_address(a) for a in parsed.to], cc=[_address(a) for a in parsed.cc],
             reply_to=[_address(a) for a in parsed.reply_to], subject=parsed.subject, date=parsed.date,
@@ -152,7 +171,7 @@ def _address(pair: tuple[str, str] | None) -> Address | None:
 def _internal_date(value: Any) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -163,6 +182,11 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def _gm(value: Any) -> str | None:
     return None if value is None else str(int(value)) if isinstance(value, int) else _str(value)
+
+
+def _label(value: Any) -> str:
+    # Gmail labels are mailbox names: modified UTF-7 (RFC 3501 §5.1.3).
+    return decode_utf7(value) if isinstance(value, bytes) else str(value)
 
 
 def _str(value: Any) -> str:

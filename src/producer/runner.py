@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from src.common.errors import (
-    ImapConnectionError, ImapProtocolError, ImapThrottledError, RedisUnavailableError, TokenEndpointError,
+    ImapConnectionError, ImapProtocolError, ImapThrottledError, ParseWorkerError, RedisUnavailableError,
+    TokenEndpointError,
 )
 from src.common.settings import Settings
 from src.imap.session import ImapSession
@@ -26,7 +27,7 @@ from src.producer.sync import MailboxSync
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError)
+TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError, ParseWorkerError)
 ONCE_ATTEMPTS = 3
 
 

@@ -10,16 +10,19 @@ Where a pass starts:
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from src.common.logging import correlation
 from src.common.settings import ProducerSettings
 from src.imap.session import ImapSession, MailboxStatus
 from src.monitoring.metrics import ProducerMetrics
+from src.producer.builder import Builder, Built, InlineBuilder
 from src.producer.fetch import MessageFetcher
 from src.producer.progress import Progress
 from src.producer.state import MailboxState, StateStore, StreamGuard
@@ -40,7 +43,7 @@ class PassResult:
 class MailboxSync:
     def __init__(self, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool]) -> None:
+                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder] | None = None) -> None:
         self.session = session
         self.store = store
         self.guard = guard
@@ -48,6 +51,7 @@ class MailboxSync:
         self.settings = settings
         self.metrics = metrics
         self._wait = wait  # sleeps, returning True early when asked to stop
+        self._make_builder = make_builder or (lambda _batches: InlineBuilder(fetcher))
         self.backpressured = False
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
@@ -108,18 +112,34 @@ class MailboxSync:
         large = set(self.session.uids_from(uids[0], "LARGER", str(self.settings.large_message_bytes)))
         progress = Progress(len(uids), self.settings.progress_interval_seconds)
         size = self.settings.batch_size
-        for offset in range(0, len(uids), size):
-            if should_stop() or not self._wait_for_room(should_stop):
-                result.interrupted = True
-                return
-            batch = list(uids[offset:offset + size])
+        batches = [list(uids[offset:offset + size]) for offset in range(0, len(uids), size)]
+
+        builder = self._make_builder(len(batches))
+
+        def download(batch: list[int]) -> Built:
             todo = batch if resync_since_ms is None else self._not_yet_emitted(batch, resync_since_ms)
-            items = self.fetcher.fetch(todo, large, uidvalidity, pass_id)
-            added = self.store.emit(uidvalidity, batch[-1], items, since_ms=since_ms,
-                                    by_fingerprint=resync_since_ms is not None)
-            self._count(result, len(batch), len(items), len(added))
-            self.metrics.last_uid.set(batch[-1])
-            progress.advance(len(batch))
+            return builder.submit(self.fetcher.download(todo, large), uidvalidity, pass_id)
+
+        # Read ahead: the next batch downloads (network-bound) while this one is built and
+        # written. Only that thread touches the IMAP connection until the pass ends.
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-read-ahead") as pool:
+                ahead = pool.submit(contextvars.copy_context().run, download, batches[0])
+                for index, batch in enumerate(batches):
+                    if should_stop() or not self._wait_for_room(should_stop):
+                        result.interrupted = True
+                        return
+                    built = ahead.result()
+                    if index + 1 < len(batches):
+                        ahead = pool.submit(contextvars.copy_context().run, download, batches[index + 1])
+                    items = built()
+                    added = self.store.emit(uidvalidity, batch[-1], items, since_ms=since_ms,
+                                            by_fingerprint=resync_since_ms is not None)
+                    self._count(result, len(batch), len(items), len(added))
+                    self.metrics.last_uid.set(batch[-1])
+                    progress.advance(len(batch))
+        finally:
+            builder.close()
 
     def _not_yet_emitted(self, batch: list[int], since_ms: int) -> list[int]:
         metas = self.fetcher.metadata(batch)

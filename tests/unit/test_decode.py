@@ -71,3 +71,16 @@ def test_decode_header_value_never_raises(text):
 @given(st.text(max_size=200))
 def test_decode_addresses_never_raises(text):
     assert isinstance(decode_addresses(text, []), list)
+
+
+_atoms = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC XYZ.'-", max_size=20)
+
+
+@given(_names, _atoms, _atoms, st.sampled_from(['{name} <{addr}>', '"{name}" <{addr}>', '{addr}', ' <{addr}> ']))
+def test_fast_address_path_agrees_with_the_stdlib_parser(name, local, domain, shape):
+    """The regex fast path must give what email.utils.getaddresses gives."""
+    import email.utils
+    text = shape.format(name=name, addr=f"{local}@{domain}.org")
+    expected = [(n, a) for n, a in email.utils.getaddresses([text]) if n or a]
+    assert decode_addresses(text) == expected
