@@ -1,0 +1,54 @@
+# One entry point for the toolchain; .ci/run calls `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := redis-server dovecot-imapd isync prometheus openssl
+
+.PHONY: help system-deps venv install lint test test-fast demo bench bench-producer bench-worker clean
+
+help:
+	@echo "make demo   - set up everything and run producer + 2 workers on a local sample mailbox"
+	@echo "make test   - run the whole test suite (real redis-server and Dovecot)"
+	@echo "make lint | bench | clean"
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts the packaged daemons; the project runs its own on other ports.
+	@-$(SUDO) systemctl disable --now dovecot redis-server prometheus >/dev/null 2>&1 || true
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts producer.py worker.py
+
+test: system-deps install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: system-deps install
+	$(PY) scripts/demo.py
+
+bench: bench-producer bench-worker
+
+bench-producer: system-deps install
+	$(PY) scripts/bench_producer.py
+
+bench-worker: system-deps install
+	$(PY) scripts/bench_worker.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .demo
