@@ -42,3 +42,28 @@ def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> No
     """Expose /metrics on host:port in a daemon thread; port 0 disables it."""
     if port:
         start_http_server(port, addr=host, registry=registry)
+
+
+class WorkerMetrics:
+    """Worker metrics; labels stay low-cardinality (stream, group)."""
+
+    def __init__(self, stream: str, group: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, labels = self.registry, ("stream", "group")
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"{NS}_{name}", doc, labels, registry=r).labels(stream, group)
+
+        self.processed = counter("emails_processed_total", "Emails handled successfully")
+        self.failed = counter("emails_failed_total", "Handler attempts that failed")
+        self.dead_lettered = counter("dlq_messages_total", "Messages moved to the DLQ")
+        self.retries = counter("backoff_retries_total", "Retries scheduled with backoff")
+        self.duplicates = counter("duplicates_total", "Deliveries skipped because already handled")
+        self.orphans = counter("orphans_claimed_total", "Pending messages reclaimed from dead consumers")
+        self.latency = Histogram(f"{NS}_processing_latency_seconds", "Handler duration", labels, registry=r,
+                                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)).labels(stream, group)
+        self.end_to_end = Histogram(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done",
+                                    labels, registry=r, buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
+                                    ).labels(stream, group)
+        Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
+              registry=r).labels(__version__, "worker").set(1)

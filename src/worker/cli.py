@@ -1,0 +1,144 @@
+"""`python worker.py --consumer NAME`: handle the stream's emails through a consumer group.
+
+Exit status: 0 stopped cleanly (or --burst done), 1 failed, 2 bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from src.common.errors import IngestionError, SettingsError
+from src.common.keys import StreamKeys, dlq_stream
+from src.common.logging import Redactor, setup_logging
+from src.common.redis_client import describe, make_redis
+from src.common.settings import Settings, load_settings
+from src.monitoring.metrics import WorkerMetrics, serve
+from src.worker.backoff import Backoff
+from src.worker.consumer import Consumer, LoopSettings
+from src.worker.dead_letter import DeadLetterQueue
+from src.worker.handlers import load_handler
+from src.worker.idempotency import Idempotency
+from src.worker.processor import BatchProcessor
+from src.worker.recovery import Recovery
+from src.worker.retries import RetrySchedule
+
+log = logging.getLogger("src.worker")
+
+EXIT_OK, EXIT_FAILED, EXIT_SETTINGS = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python worker.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}",
+                   help="consumer name, unique per worker (default: hostname-pid)")
+    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--group", help="WORKER_GROUP (default email_processor_group)")
+    p.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE: entries per XREADGROUP")
+    p.add_argument("--block-timeout", type=int, help="WORKER_BLOCK_TIMEOUT_MS")
+    p.add_argument("--handler", help="WORKER_HANDLER: log | noop | jsonl:PATH | webhook:URL | module:callable")
+    p.add_argument("--burst", action="store_true", help="exit 0 once nothing is pending and nothing new arrives")
+    p.add_argument("--redis-url", help="REDIS_URL")
+    p.add_argument("--metrics-port", type=int, help="WORKER_METRICS_PORT (0 disables)")
+    p.add_argument("--log-level", help="LOG_LEVEL")
+    p.add_argument("--log-format", choices=("json", "text"), help="LOG_FORMAT")
+    p.add_argument("--env-file", default=".env")
+    return p.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "redis": {"url": args.redis_url, "stream_name": args.stream},
+        "worker": {"group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
+                   "handler": args.handler, "metrics_port": args.metrics_port},
+        "log": {"level": args.log_level, "format": args.log_format},
+    }
+
+
+def build_consumer(settings: Settings, consumer: str, stop_event: threading.Event,
+                   out_of_time: Any = lambda: False) -> Consumer:
+    """Wire a worker from settings; nothing connects until it runs."""
+    stream, group, retry = settings.redis.stream_name, settings.worker.group, settings.retry
+    handler = load_handler(settings.worker.handler, retry)
+    client = make_redis(settings.redis)
+    keys = StreamKeys(stream, group)
+    metrics = WorkerMetrics(stream, group)
+    retries = RetrySchedule(client, stream, group, keys)
+    recovery = Recovery(client, stream, group, consumer, keys, retry.claim_min_idle_ms, retry.claim_hard_limit_ms,
+                        retry.heartbeat_ttl_ms)
+    processor = BatchProcessor(
+        client, consumer, handler,
+        Idempotency(client, keys, retry.lease_ms, retry.idempotency_ttl_seconds), retries,
+        DeadLetterQueue(client, stream, group, dlq_stream(stream, retry.dlq_stream_name), keys),
+        Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
+        retry.max_deliveries, metrics, heartbeat=recovery.beat)
+    loop = LoopSettings(stream, group, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
+    serve(metrics.registry, settings.worker.metrics_port)
+    return Consumer(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time)
+
+
+class Shutdown:
+    """SIGTERM/SIGINT: stop reading, let the batch in hand finish until the timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.event = threading.Event()
+        self.timeout_s = timeout_s
+        self._deadline: float | None = None
+
+    def request(self, signum: int, _frame: Any) -> None:
+        if not self.event.is_set():
+            log.info("stop requested: finishing the messages in hand",
+                     extra={"signal": signal.Signals(signum).name, "timeout_s": self.timeout_s})
+            self._deadline = time.monotonic() + self.timeout_s
+        self.event.set()
+
+    def out_of_time(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(overrides(args), env_file=args.env_file)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    setup_logging(settings.log.level, settings.log.format, "worker", Redactor(settings.secrets()))
+    shutdown = Shutdown(settings.worker.shutdown_timeout_seconds)
+    signal.signal(signal.SIGTERM, shutdown.request)
+    signal.signal(signal.SIGINT, shutdown.request)
+    try:
+        consumer = build_consumer(settings, args.consumer, shutdown.event, shutdown.out_of_time)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    return run(consumer, settings, args.burst)
+
+
+def run(consumer: Consumer, settings: Settings, burst: bool) -> int:
+    log.info("worker starting", extra={
+        "consumer": consumer.loop.consumer, "stream": consumer.loop.stream, "group": consumer.loop.group,
+        "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
+    try:
+        consumer.run(burst=burst)
+    except IngestionError as exc:
+        log.error("worker failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
+    except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
+        log.exception("unexpected error; exiting so the supervisor restarts the worker")
+        return EXIT_FAILED
+    finally:
+        try:
+            consumer.recovery.stop_beating()
+        except Exception:  # noqa: BLE001 - Redis may be gone; the heartbeat then expires by itself
+            pass
+    log.info("worker stopped", extra={"processed": consumer.stats.processed, "failed": consumer.stats.failed,
+                                      "dead_lettered": consumer.stats.dead_lettered})
+    return EXIT_OK

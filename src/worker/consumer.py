@@ -1,0 +1,133 @@
+"""The worker loop: keep a heartbeat, move due retries back, reclaim orphans now and then,
+read a batch through the consumer group, hand it to the BatchProcessor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from src.common.redis_client import TRANSIENT_ERRORS
+from src.monitoring.metrics import WorkerMetrics
+from src.worker.delivery import Delivery
+from src.worker.processor import BatchProcessor
+from src.worker.recovery import Recovery
+from src.worker.retries import RetrySchedule
+
+log = logging.getLogger(__name__)
+
+RECLAIM_INTERVAL_S = 5.0
+
+
+@dataclass
+class LoopSettings:
+    stream: str
+    group: str
+    consumer: str
+    batch_size: int
+    block_ms: int
+    reclaim_interval_s: float = RECLAIM_INTERVAL_S
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    processed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    reclaimed: int = 0
+
+
+class Consumer:
+    def __init__(self, client: redis.Redis, loop: LoopSettings, processor: BatchProcessor, retries: RetrySchedule,
+                 recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
+                 out_of_time: Callable[[], bool] = lambda: False) -> None:
+        self.redis = client
+        self.loop = loop
+        self.processor = processor
+        self.retries = retries
+        self.recovery = recovery
+        self.metrics = metrics
+        self.stop_event = stop_event
+        self.out_of_time = out_of_time
+        self.stats = WorkerStats()
+
+    def ensure_group(self) -> None:
+        """Create the group idempotently, from id 0 so a backlog that predates it is read."""
+        try:
+            self.redis.xgroup_create(self.loop.stream, self.loop.group, id="0", mkstream=True)
+            log.info("consumer group created", extra={"stream": self.loop.stream, "group": self.loop.group})
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, burst: bool = False) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                self._run(burst)
+                return
+            except TRANSIENT_ERRORS as exc:
+                failures += 1
+                delay_s = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("Redis unavailable; retrying", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                                    "retry_in_s": delay_s})
+                self.stop_event.wait(delay_s)
+
+    def _run(self, burst: bool) -> None:
+        self.ensure_group()
+        self.recovery.beat()
+        self._process(self.recovery.reclaim(own=True).deliveries, reclaimed=True)
+        next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
+        while not self.stop_event.is_set():
+            self.recovery.beat()
+            _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
+            if time.monotonic() >= next_reclaim:
+                self._process(self.recovery.reclaim().deliveries, reclaimed=True)
+                next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
+            deliveries = self._read(self._block_ms(next_due_ms))
+            if deliveries:
+                self._process(deliveries)
+            elif burst and self._drained():
+                log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
+                return
+
+    def _read(self, block_ms: int) -> list[Delivery]:
+        try:
+            reply = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
+                                          count=self.loop.batch_size, block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # the group (or the stream) was deleted under us
+            return []
+        return [Delivery.from_redis(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+
+    def _block_ms(self, next_due_ms: int | None) -> int:
+        block = self.loop.block_ms
+        if next_due_ms is not None:
+            block = min(block, max(1, next_due_ms - int(time.time() * 1000)))
+        return max(1, block)
+
+    def _drained(self) -> bool:
+        mine = self.redis.xpending_range(self.loop.stream, self.loop.group, min="-", max="+", count=1,
+                                         consumername=self.loop.consumer)
+        return not mine and self.retries.waiting() == 0
+
+    def _process(self, deliveries: list[Delivery], reclaimed: bool = False) -> None:
+        if not deliveries:
+            return
+        if reclaimed:
+            self.stats.reclaimed += len(deliveries)
+            self.metrics.orphans.inc(len(deliveries))
+        result = self.processor.process(deliveries, self.out_of_time)
+        self.stats.batches += 1
+        self.stats.processed += result.processed
+        self.stats.failed += result.failed
+        self.stats.dead_lettered += result.dead_lettered
+        self.stats.duplicates += result.duplicates
