@@ -21,6 +21,7 @@ from src.worker.retries import RetrySchedule
 log = logging.getLogger(__name__)
 
 RECLAIM_INTERVAL_S = 5.0
+RECLAIM_MAX_PER_ROUND = 1000
 
 
 @dataclass
@@ -82,20 +83,33 @@ class Consumer:
     def _run(self, burst: bool) -> None:
         self.ensure_group()
         self.recovery.beat()
-        self._process(self.recovery.reclaim(own=True).deliveries, reclaimed=True)
+        self._recover(own=True)
         next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
         while not self.stop_event.is_set():
             self.recovery.beat()
             _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
             if time.monotonic() >= next_reclaim:
-                self._process(self.recovery.reclaim().deliveries, reclaimed=True)
+                self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
             deliveries = self._read(self._block_ms(next_due_ms))
             if deliveries:
                 self._process(deliveries)
-            elif burst and self._drained():
+            # Before a burst calls it done, it takes over what dead consumers left behind.
+            elif burst and not self._recover() and self._drained():
                 log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
                 return
+
+    def _recover(self, own: bool = False) -> int:
+        """Claim and settle orphans one at a time (see recovery.py for why)."""
+        count = 0
+        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
+            claimed = self.recovery.reclaim(own=own, limit=1).deliveries
+            if not claimed:
+                break
+            self._count_reclaimed(claimed)
+            self._process(claimed)
+            count += len(claimed)
+        return count
 
     def _read(self, block_ms: int) -> list[Delivery]:
         try:
@@ -119,12 +133,13 @@ class Consumer:
                                          consumername=self.loop.consumer)
         return not mine and self.retries.waiting() == 0
 
-    def _process(self, deliveries: list[Delivery], reclaimed: bool = False) -> None:
+    def _count_reclaimed(self, deliveries: list[Delivery]) -> None:
+        self.stats.reclaimed += len(deliveries)
+        self.metrics.orphans.inc(len(deliveries))
+
+    def _process(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
             return
-        if reclaimed:
-            self.stats.reclaimed += len(deliveries)
-            self.metrics.orphans.inc(len(deliveries))
         result = self.processor.process(deliveries, self.out_of_time)
         self.stats.batches += 1
         self.stats.processed += result.processed

@@ -74,7 +74,8 @@ class BatchProcessor:
     def process(self, deliveries: list[Delivery], out_of_time: Callable[[], bool] = lambda: False) -> BatchResult:
         result = BatchResult()
         pipe = self.redis.pipeline(transaction=True)
-        candidates = [c for c in (self._admit(d, pipe, result) for d in deliveries) if c is not None]
+        candidates = self._first_of_each_key([c for c in (self._admit(d, pipe, result) for d in deliveries)
+                                              if c is not None], pipe, result)
         states = self.idempotency.acquire([c.lease_item for c in candidates])
         to_handle = []
         for leased, state in zip(candidates, states):
@@ -95,6 +96,20 @@ class BatchProcessor:
         pipe.execute()
         self._count(result)
         return result
+
+    def _first_of_each_key(self, candidates: list[Leased], pipe: redis.client.Pipeline,
+                           result: BatchResult) -> list[Leased]:
+        """Copies of one message in one batch: the first carries it, the rest are duplicates."""
+        seen: set[str] = set()
+        first = []
+        for leased in candidates:
+            if leased.payload.idempotency_key in seen:
+                pipe.xack(self.retries.stream, self.retries.group, leased.delivery.entry_id)
+                result.duplicates += 1
+            else:
+                seen.add(leased.payload.idempotency_key)
+                first.append(leased)
+        return first
 
     def _admit(self, delivery: Delivery, pipe: redis.client.Pipeline, result: BatchResult) -> Leased | None:
         """Dead-letter what must not be handled again; parse the rest."""

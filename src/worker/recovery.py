@@ -10,6 +10,10 @@ Every worker keeps a heartbeat key with a TTL. Periodically (and at start-up) a 
 Claiming increments Redis's delivery counter; a message delivered MAX_DELIVERIES times
 without an acknowledgement (it keeps killing its worker) is not handed out again: the
 caller sends it to the DLQ.
+
+Callers claim one message at a time (`limit=1`) and settle it before claiming the next:
+a crash settles nothing, so claiming a batch would redeliver a poison message's innocent
+batch-mates with it, and their delivery counters would climb to the DLQ together.
 """
 
 from __future__ import annotations
@@ -51,23 +55,27 @@ class Recovery:
     def stop_beating(self) -> None:
         self.redis.delete(self.keys.heartbeat(self.consumer))
 
-    def reclaim(self, own: bool = False) -> Reclaimed:
-        """Claim what dead (or, past the hard limit, wedged) consumers left pending."""
+    def reclaim(self, own: bool = False, limit: int | None = None) -> Reclaimed:
+        """Claim up to `limit` messages that dead (or, past the hard limit, wedged)
+        consumers left pending; with `own`, first those of this consumer's previous life."""
+        limit = limit or self.batch
         result = Reclaimed()
         if own:
-            self._claim(self._pending(0, consumer=self.consumer), 0, result)
-        pending = self._pending(self.claim_min_idle_ms)
-        alive = self._alive({p["consumer"] for p in pending} - {self.consumer})
-        orphans = [p for p in pending if p["consumer"] != self.consumer and p["consumer"] not in alive
-                   and p["time_since_delivered"] < self.hard_limit_ms]
-        self._claim(orphans, self.claim_min_idle_ms, result)
-        self._sweep(result)
+            self._claim(self._pending(0, limit, consumer=self.consumer), 0, result)
+        if len(result.deliveries) < limit:
+            pending = self._pending(self.claim_min_idle_ms, self.batch)
+            alive = self._alive({p["consumer"] for p in pending} - {self.consumer})
+            orphans = [p for p in pending if p["consumer"] != self.consumer and p["consumer"] not in alive
+                       and p["time_since_delivered"] < self.hard_limit_ms]
+            self._claim(orphans[:limit - len(result.deliveries)], self.claim_min_idle_ms, result)
+        if len(result.deliveries) < limit:
+            self._sweep(result, limit - len(result.deliveries))
         if result.deliveries or result.deleted:
             log.info("reclaimed pending messages", extra={"claimed": len(result.deliveries), "deleted": result.deleted})
         return result
 
-    def _pending(self, min_idle_ms: int, consumer: str | None = None) -> list[dict[str, Any]]:
-        entries = self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=self.batch,
+    def _pending(self, min_idle_ms: int, count: int, consumer: str | None = None) -> list[dict[str, Any]]:
+        entries = self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=count,
                                             consumername=consumer, idle=min_idle_ms)
         return [{**e, "message_id": _s(e["message_id"]), "consumer": _s(e["consumer"])} for e in entries]
 
@@ -96,9 +104,9 @@ class Recovery:
             self.redis.xack(self.stream, self.group, *gone)
             result.deleted += len(gone)
 
-    def _sweep(self, result: Reclaimed) -> None:
+    def _sweep(self, result: Reclaimed, limit: int) -> None:
         reply = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.hard_limit_ms,
-                                      start_id="0-0", count=self.batch)
+                                      start_id="0-0", count=limit)
         claimed, deleted = reply[1], (reply[2] if len(reply) > 2 else [])
         result.deleted += len(deleted)
         if not claimed:

@@ -1,0 +1,50 @@
+"""Handlers that tests load by name into real worker processes (`--handler tests.support.handlers:x`).
+
+They are configured through the environment because a worker process is all they get.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from src.common.payload import EmailPayload
+from src.worker.context import HandlerContext
+from src.worker.jsonl_handler import JsonlHandler
+
+
+def _record_file() -> Path:
+    return Path(os.environ["TEST_RECORD_DIR"]) / f"{os.getpid()}.txt"
+
+
+def record(payload: EmailPayload, ctx: HandlerContext) -> None:
+    """Append the idempotency key to a per-process file, with no dedup of its own: a
+    message handled twice shows up twice."""
+    delay_s = float(os.environ.get("TEST_HANDLER_DELAY_S", "0"))
+    if delay_s:
+        time.sleep(delay_s)
+    with open(_record_file(), "a") as handle:
+        handle.write(payload.idempotency_key + "\n")
+
+
+def poison(payload: EmailPayload, ctx: HandlerContext) -> None:
+    """Kills its own process on the message whose uid is TEST_POISON_UID, records the rest."""
+    if payload.uid == int(os.environ["TEST_POISON_UID"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    record(payload, ctx)
+
+
+class _SlowJsonl:
+    def __init__(self) -> None:
+        self.jsonl = JsonlHandler(os.environ["TEST_JSONL"])
+
+    def __call__(self, payload: EmailPayload, ctx: HandlerContext) -> None:
+        Path(os.environ["TEST_MARKER_DIR"], f"started-{os.getpid()}").touch()
+        time.sleep(float(os.environ.get("TEST_HANDLER_DELAY_S", "3")))
+        self.jsonl(payload, ctx)
+
+
+def slow_jsonl() -> _SlowJsonl:
+    return _SlowJsonl()
