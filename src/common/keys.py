@@ -12,6 +12,7 @@ its own stream (REDIS_STREAM_NAME).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 PREFIX = "email_ingestion"
 
@@ -66,7 +67,7 @@ class StreamKeys:
     stream: str
     group: str
 
-    @property
+    @cached_property
     def _base(self) -> str:
         return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.group)}"
 

@@ -123,7 +123,7 @@ class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
     group: str = "email_processor_group"
-    batch_size: int = Field(default=100, ge=1, le=10_000)
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0)
     handler: str = "log"
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HandlerContext:
     idempotency_key: str
     attempt: int  # 1 on the first try

@@ -8,23 +8,28 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Delivery:
     entry_id: str
-    fields: dict[str, str]
+    raw: dict[bytes, bytes]  # the entry's fields as Redis returned them
     deliveries: int  # Redis's delivery counter: 1 on the first read
 
     @classmethod
     def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> "Delivery":
-        decoded = {_s(k): _s(v) for k, v in (fields or {}).items()}
-        return cls(_s(entry_id), decoded, deliveries)
+        return cls(_s(entry_id), fields or {}, deliveries)
 
     @property
-    def payload(self) -> str:
-        return self.fields.get("payload", "")
+    def payload(self) -> bytes:
+        """The payload JSON, undecoded: pydantic validates bytes directly."""
+        return self.raw.get(b"payload", b"")
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Decoded fields, for the rare paths (retries, dead letters)."""
+        return {_s(k): _s(v) for k, v in self.raw.items()}
 
     @property
     def attempt(self) -> int:
         """Failed attempts before this delivery (0 for a fresh message)."""
         try:
-            return int(self.fields.get("attempt", "0"))
+            return int(self.raw.get(b"attempt", b"0"))
         except ValueError:
             return 0
 

@@ -44,6 +44,14 @@ class Leased:
 
 
 @dataclass
+class Settlement:
+    """What the batch's final MULTI acknowledges: done markers, then acks."""
+
+    done_keys: list[str]
+    ack_ids: list[str]
+
+
+@dataclass
 class BatchResult:
     processed: int = 0
     failed: int = 0
@@ -73,16 +81,17 @@ class BatchProcessor:
 
     def process(self, deliveries: list[Delivery], out_of_time: Callable[[], bool] = lambda: False) -> BatchResult:
         result = BatchResult()
+        settle = Settlement([], [])
         pipe = self.redis.pipeline(transaction=True)
         candidates = self._first_of_each_key([c for c in (self._admit(d, pipe, result) for d in deliveries)
-                                              if c is not None], pipe, result)
+                                              if c is not None], settle, result)
         states = self.idempotency.acquire([c.lease_item for c in candidates])
         to_handle = []
         for leased, state in zip(candidates, states):
             if state is LeaseState.ACQUIRED:
                 to_handle.append(leased)
             elif state is LeaseState.DONE:
-                pipe.xack(self.retries.stream, self.retries.group, leased.delivery.entry_id)
+                settle.ack_ids.append(leased.delivery.entry_id)
                 result.duplicates += 1
             else:
                 self._defer(pipe, leased, result)
@@ -92,19 +101,20 @@ class BatchProcessor:
                     self.idempotency.release(pipe, [c.lease_item for c in to_handle[index:]])
                     result.unfinished = len(to_handle) - index
                     break
-                self._handle(leased, pipe, result)
+                self._handle(leased, pipe, settle, result)
+        self.idempotency.settle(pipe, self.retries.stream, self.retries.group, settle.done_keys, settle.ack_ids)
         pipe.execute()
         self._count(result)
         return result
 
-    def _first_of_each_key(self, candidates: list[Leased], pipe: redis.client.Pipeline,
+    def _first_of_each_key(self, candidates: list[Leased], settle: Settlement,
                            result: BatchResult) -> list[Leased]:
         """Copies of one message in one batch: the first carries it, the rest are duplicates."""
         seen: set[str] = set()
         first = []
         for leased in candidates:
             if leased.payload.idempotency_key in seen:
-                pipe.xack(self.retries.stream, self.retries.group, leased.delivery.entry_id)
+                settle.ack_ids.append(leased.delivery.entry_id)
                 result.duplicates += 1
             else:
                 seen.add(leased.payload.idempotency_key)
@@ -125,7 +135,7 @@ class BatchProcessor:
             return None
         return Leased(delivery, payload, lease_value(self.consumer, delivery.entry_id))
 
-    def _handle(self, leased: Leased, pipe: redis.client.Pipeline, result: BatchResult) -> None:
+    def _handle(self, leased: Leased, pipe: redis.client.Pipeline, settle: Settlement, result: BatchResult) -> None:
         delivery, payload = leased.delivery, leased.payload
         with correlation(payload.correlation_id):
             ctx = HandlerContext(payload.idempotency_key, delivery.attempt + 1, delivery.entry_id,
@@ -140,8 +150,8 @@ class BatchProcessor:
             except Exception as exc:  # noqa: BLE001 - any other failure is retried
                 self._failed(pipe, leased, exc, result)
             else:
-                self.idempotency.mark_done(pipe, payload.idempotency_key)
-                pipe.xack(self.retries.stream, self.retries.group, delivery.entry_id)
+                settle.done_keys.append(payload.idempotency_key)
+                settle.ack_ids.append(delivery.entry_id)
                 result.processed += 1
                 self._observe_done(payload)
             finally:
@@ -158,7 +168,7 @@ class BatchProcessor:
             return
         delay_s = self.backoff.delay_s(attempts)
         now = self.clock_ms()
-        record = RetryRecord(delivery.payload, attempts, _first_failed(delivery, now), error[:500],
+        record = RetryRecord(_text(delivery.payload), attempts, _first_failed(delivery, now), error[:500],
                              delivery.fields.get("original_id", delivery.entry_id))
         self.retries.schedule(pipe, delivery.entry_id, record, now + int(delay_s * 1000), *leased.lease_item)
         result.retried += 1
@@ -169,7 +179,7 @@ class BatchProcessor:
     def _defer(self, pipe: redis.client.Pipeline, leased: Leased, result: BatchResult) -> None:
         """Another worker holds the lease: look again once it would have expired."""
         delivery = leased.delivery
-        record = RetryRecord(delivery.payload, delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
+        record = RetryRecord(_text(delivery.payload), delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
                              delivery.fields.get("last_error", ""), delivery.fields.get("original_id", delivery.entry_id))
         due = self.clock_ms() + self.idempotency.lease_ms
         self.retries.schedule(pipe, delivery.entry_id, record, due, leased.payload.idempotency_key, "")
@@ -179,7 +189,7 @@ class BatchProcessor:
               trace: str, result: BatchResult, leased: Leased | None = None) -> None:
         now = self.clock_ms()
         letter = DeadLetter(
-            payload=delivery.payload, original_id=delivery.fields.get("original_id", delivery.entry_id),
+            payload=_text(delivery.payload), original_id=delivery.fields.get("original_id", delivery.entry_id),
             reason=reason, error_type=error_type, error_message=message, traceback=trace,
             attempts=delivery.attempt + (0 if reason == "invalid_payload" else 1),
             first_failure_ms=_first_failed(delivery, now), last_failure_ms=now, consumer=self.consumer)
@@ -233,6 +243,10 @@ class _Renewer:
                 self.heartbeat()
             except redis.RedisError as exc:
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _first_failed(delivery: Delivery, now_ms: int) -> int:

@@ -44,7 +44,7 @@ return {#ids, following[2] or false}
 
 @dataclass(frozen=True)
 class RetryRecord:
-    payload: str
+    payload: str  # the payload JSON as text
     attempt: int  # failed attempts so far
     first_failed_ms: int
     last_error: str

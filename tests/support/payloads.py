@@ -8,6 +8,7 @@ from typing import Any
 from src.common.payload import EmailPayload
 
 _BODY = ("Hello team, please find the weekly report below. Numbers are up across the board. " * 40)[:2000]
+_REFERENCES = " ".join(f"<thread-{i}@lists.example.org>" for i in range(12))
 
 
 def make_payload(index: int, account: str = "alice@example.com", mailbox: str = "INBOX", **extra: Any) -> EmailPayload:
@@ -17,7 +18,8 @@ def make_payload(index: int, account: str = "alice@example.com", mailbox: str = 
         uidvalidity=1, message_id=f"<m{index}@example.org>",
         **{"from": {"name": "Sender", "address": f"s{index}@example.org"}},
         to=[{"name": "Alice", "address": account}], subject=f"Report #{index}",
-        date=now, internal_date=now, size=3500, headers={"Message-ID": f"<m{index}@example.org>"},
+        date=now, internal_date=now, size=3500, headers={"Message-ID": f"<m{index}@example.org>", "References": _REFERENCES,
+                             "Content-Type": "text/plain; charset=utf-8", "List-Id": "<reports.example.org>"},
         body_text=_BODY, body_html_preview="<p>" + _BODY[:480] + "</p>", fetched_at=now,
         correlation_id=f"test.{index}")
     fields.update(extra)

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""One worker process against the ceiling of a bare redis-py loop, in the same run.
+
+    python scripts/bench_worker.py [--messages 100000] [--batch-size N]
+
+Pre-loads N payloads of ~3.5 KB into a throwaway redis-server, then times:
+  1. the ceiling: a bare loop doing only XREADGROUP COUNT 500, json decoding, one
+     SET NX per message and XACK, pipelined;
+  2. `python worker.py --handler noop --burst` with default settings (one process);
+  3. the naive style for reference: COUNT 10 and four round trips per message.
+Prints messages per second and the worker/ceiling ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from tests.support.payloads import make_payload  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+STREAM = "email_ingestion_stream"
+
+
+def preload(client: redis.Redis, count: int) -> int:
+    client.delete(STREAM)
+    template = make_payload(0)
+    size = 0
+    for start in range(0, count, 5000):
+        pipe = client.pipeline(transaction=False)
+        for index in range(start, min(start + 5000, count)):
+            data = template.model_copy(update={"idempotency_key": f"bench:{index}", "uid": index}).to_json()
+            size = len(data)
+            pipe.xadd(STREAM, {"payload": data})
+        pipe.execute()
+    return size
+
+
+def ceiling(client: redis.Redis, count: int) -> float:
+    client.xgroup_create(STREAM, "ceiling", id="0")
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        reply = client.xreadgroup("ceiling", "c", {STREAM: ">"}, count=500)
+        entries = reply[0][1] if reply else []
+        pipe = client.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            key = json.loads(fields[b"payload"])["idempotency_key"]
+            pipe.set(f"ceil:{key}", "1", nx=True, px=60_000)
+        pipe.xack(STREAM, "ceiling", *[entry_id for entry_id, _ in entries])
+        pipe.execute()
+        done += len(entries)
+    return count / (time.perf_counter() - started)
+
+
+def naive(client: redis.Redis, count: int) -> float:
+    client.xgroup_create(STREAM, "naive", id="0")
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        reply = client.xreadgroup("naive", "n", {STREAM: ">"}, count=10)
+        for entry_id, fields in reply[0][1] if reply else []:
+            key = json.loads(fields[b"payload"])["idempotency_key"]
+            client.get(f"naive:{key}")
+            client.set(f"naive:{key}", "1", ex=3600)
+            client.xack(STREAM, "naive", entry_id)
+            done += 1
+    return count / (time.perf_counter() - started)
+
+
+def worker(url: str, count: int, batch_size: int | None) -> float:
+    env = {**os.environ, "REDIS_URL": url, "WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING",
+           "WORKER_BLOCK_TIMEOUT_MS": "100"}
+    extra = ["--batch-size", str(batch_size)] if batch_size else []
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "worker.py"), "--consumer", "bench", "--handler", "noop",
+                    "--burst", *extra], env=env, check=True)
+    return count / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, help="default: WORKER_BATCH_SIZE's default")
+    parser.add_argument("--naive-messages", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("redis-server"):
+        raise SystemExit("redis-server not found: apt-get install redis-server")
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    server = RedisServer(work).start()
+    client = server.client()
+    try:
+        size = preload(client, args.messages)
+        ceiling_rate = ceiling(client, args.messages)
+        worker_rate = worker(server.url, args.messages, args.batch_size)
+        preload(client, args.naive_messages)
+        naive_rate = naive(client, args.naive_messages)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"messages": args.messages, "payload_bytes": size, "ceiling_msg_per_s": round(ceiling_rate),
+              "worker_msg_per_s": round(worker_rate), "naive_msg_per_s": round(naive_rate),
+              "worker_vs_ceiling": round(worker_rate / ceiling_rate, 2)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.messages} payloads of {size} bytes, one process each")
+        print(f"  ceiling (bare redis-py loop)   {ceiling_rate:8.0f} msg/s")
+        print(f"  worker.py --handler noop       {worker_rate:8.0f} msg/s  (process start to exit)")
+        print(f"  naive (COUNT 10, 4 RTT/msg)    {naive_rate:8.0f} msg/s")
+        print(f"  worker / ceiling = {result['worker_vs_ceiling']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
