@@ -27,11 +27,11 @@ def _config(prefix: str) -> SettingsConfigDict:
 class ImapSettings(BaseSettings):
     model_config = _config("IMAP_")
 
-    host: str = "imap.gmail.com"
+    host: str = Field(default="imap.gmail.com", description="IMAP server")
     port: int | None = Field(default=None, ge=1, le=65535, description="993 with IMAP_SSL, else 143")
     user: str = Field(default="", description="the account, e.g. you@gmail.com")
-    mailbox: str = "INBOX"
-    auth_method: Literal["oauth2", "password"] = "oauth2"
+    mailbox: str = Field(default="INBOX", description="the mailbox (folder) to follow")
+    auth_method: Literal["oauth2", "password"] = Field(default="oauth2", description="oauth2 (XOAUTH2) or password (LOGIN)")
     password: SecretStr | None = Field(default=None, description="password or app password")
     ssl: bool = Field(default=True, description="implicit TLS (port 993)")
     starttls: bool = Field(default=False, description="upgrade a plain connection with STARTTLS")
@@ -53,10 +53,10 @@ class ImapSettings(BaseSettings):
 class GoogleSettings(BaseSettings):
     model_config = _config("GOOGLE_")
 
-    client_id: str = ""
-    client_secret: SecretStr | None = None
-    token_file: Path = Path("token.json")
-    token_uri: str = "https://oauth2.googleapis.com/token"
+    client_id: str = Field(default="", description="OAuth client id (Google Cloud console)")
+    client_secret: SecretStr | None = Field(default=None, description="OAuth client secret")
+    token_file: Path = Field(default=Path("token.json"), description="stored tokens (mode 0600), written by --auth-setup")
+    token_uri: str = Field(default="https://oauth2.googleapis.com/token", description="token endpoint")
     refresh_margin_seconds: float = Field(default=300.0, ge=0, description="refresh this long before expiry")
 
 
@@ -64,21 +64,21 @@ class RedisSettings(BaseSettings):
     model_config = _config("REDIS_")
 
     url: str | None = Field(default=None, description="redis://[:password@]host:port/db; overrides host/port/db")
-    host: str = "127.0.0.1"
-    port: int = Field(default=6379, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    db: int = Field(default=0, ge=0)
-    stream_name: str = Field(default="email_ingestion_stream", min_length=1)
+    host: str = Field(default="127.0.0.1", description="used when REDIS_URL is unset")
+    port: int = Field(default=6379, ge=1, le=65535, description="used when REDIS_URL is unset")
+    username: str | None = Field(default=None, description="ACL user")
+    password: SecretStr | None = Field(default=None, description="ACL password")
+    db: int = Field(default=0, ge=0, description="database number")
+    stream_name: str = Field(default="email_ingestion_stream", min_length=1, description="the stream (and cluster hash tag)")
     max_stream_length: int = Field(default=100_000, ge=1, description="unacknowledged entries before backpressure")
-    socket_timeout_seconds: float = Field(default=10.0, gt=0)
+    socket_timeout_seconds: float = Field(default=10.0, gt=0, description="Redis connect/read timeout")
 
 
 class LogSettings(BaseSettings):
     model_config = _config("LOG_")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR")
+    format: Literal["json", "text"] = Field(default="json", description="json lines, or text for terminals")
 
     @field_validator("level", mode="before")
     @classmethod
@@ -97,7 +97,7 @@ class ProducerSettings(BaseSettings):
     initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
-    progress_interval_seconds: float = Field(default=10.0, gt=0)
+    progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")
     parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
     producer_metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics")
 
@@ -122,30 +122,30 @@ class ProducerSettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
-    group: str = "email_processor_group"
+    group: str = Field(default="email_processor_group", description="consumer group")
     batch_size: int = Field(default=200, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
-    block_timeout_ms: int = Field(default=5000, ge=0)
-    handler: str = "log"
-    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
+    handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics")
 
 
 class RetrySettings(BaseSettings):
     model_config = _config("")
 
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0, description="retries after the first attempt, then DLQ")
     max_deliveries: int = Field(default=5, ge=1, description="deliveries without ack before the DLQ")
-    retry_base_seconds: float = Field(default=10.0, gt=0)
-    retry_factor: float = Field(default=2.0, ge=1)
-    retry_cap_seconds: float = Field(default=600.0, gt=0)
-    idempotency_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    retry_base_seconds: float = Field(default=10.0, gt=0, description="backoff base (full jitter)")
+    retry_factor: float = Field(default=2.0, ge=1, description="backoff growth per retry")
+    retry_cap_seconds: float = Field(default=600.0, gt=0, description="backoff ceiling")
+    idempotency_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="how long done markers live")
     lease_ms: int = Field(default=60_000, ge=100, description="idempotency lease, renewed while handling")
-    claim_min_idle_ms: int = Field(default=60_000, ge=1)
+    claim_min_idle_ms: int = Field(default=60_000, ge=0, description="idle time before a dead consumer's message is claimed")
     claim_hard_limit_ms: int = Field(default=3_600_000, ge=1, description="claim even with a heartbeat")
-    heartbeat_ttl_ms: int = Field(default=15_000, ge=100)
-    dlq_stream_name: str = "email_ingestion_dlq"
-    webhook_secret: SecretStr | None = None
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_ttl_ms: int = Field(default=15_000, ge=100, description="consumer heartbeat key TTL")
+    dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")
 
 
 _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
@@ -226,3 +226,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def env_reference() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README and .env.example."""
+    rows = []
+    for cls, prefix in _GROUPS.values():
+        for name, field in cls.model_fields.items():
+            default = field.default
+            shown = "" if default is None else str(default.get_secret_value() if isinstance(default, SecretStr)
+                                                   else default)
+            rows.append((f"{prefix}{name}".upper(), shown, field.description or ""))
+    return rows
+
+
+if __name__ == "__main__":
+    for variable, default, meaning in env_reference():
+        print(f"| `{variable}` | `{default}` | {meaning} |".replace("``", "(unset)"))

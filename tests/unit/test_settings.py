@@ -85,3 +85,16 @@ def test_cli_flag_overrides_env(tmp_path):
     done = subprocess.run(producer_cmd("--once", "--batch-size", "0"), env=env, capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "BATCH_SIZE" in done.stderr
+
+
+def test_readme_and_env_example_document_every_setting():
+    """The configuration reference stays in step with Settings."""
+    from pathlib import Path
+
+    from src.common.settings import env_reference
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    example = (root / ".env.example").read_text()
+    for variable, _, _ in env_reference():
+        assert f"`{variable}`" in readme, f"{variable} missing from README.md"
+        assert f"{variable}=" in example, f"{variable} missing from .env.example"
