@@ -42,9 +42,11 @@ REAUTHORISE = "python producer.py --auth-setup"
 class TokenStore:
     """The stored Google credentials of one account; hands out fresh access tokens."""
 
-    def __init__(self, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(self, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None,
+                 on_refresh_failed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self._on_new_token = on_new_token
+        self._on_refresh_failed = on_refresh_failed
         self._credentials: Credentials | None = None
         self.refresh_count = 0
 
@@ -100,8 +102,10 @@ class TokenStore:
         try:
             creds.refresh(google.auth.transport.requests.Request())
         except google.auth.exceptions.RefreshError as exc:
+            self._on_refresh_failed()
             raise _refresh_error(exc) from None
         except google.auth.exceptions.TransportError as exc:
+            self._on_refresh_failed()
             raise TokenEndpointError(f"token endpoint {creds.token_uri} unreachable: {type(exc).__name__}") from None
         self.refresh_count += 1
         self._on_new_token(str(creds.token))

@@ -99,7 +99,8 @@ class ProducerSettings(BaseSettings):
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
     progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")
     parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
-    producer_metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics")
+    producer_metrics_port: int = Field(default=9090, ge=0, le=65535,
+                                       description="port of /metrics, /health, /ready, /status; 0 disables")
 
     @field_validator("initial_sync")
     @classmethod
@@ -119,6 +120,15 @@ class ProducerSettings(BaseSettings):
         return None
 
 
+class HealthSettings(BaseSettings):
+    model_config = _config("HEALTH_")
+
+    host: str = Field(default="127.0.0.1", description="address of /health, /ready, /status, /metrics")
+    stall_seconds: float = Field(default=180.0, gt=0, description="/health fails when the loop is quiet longer")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, description="open breaker: wait before a trial")
+
+
 class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
@@ -127,7 +137,8 @@ class WorkerSettings(BaseSettings):
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics")
+    metrics_port: int = Field(default=0, ge=0, le=65535,
+                              description="port of /metrics, /health, /ready, /status; 0 disables")
 
 
 class RetrySettings(BaseSettings):
@@ -154,6 +165,7 @@ _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
     "redis": (RedisSettings, "REDIS_"),
     "log": (LogSettings, "LOG_"),
     "producer": (ProducerSettings, ""),
+    "health": (HealthSettings, "HEALTH_"),
     "worker": (WorkerSettings, "WORKER_"),
     "retry": (RetrySettings, ""),
 }
@@ -166,6 +178,7 @@ class Settings:
     redis: RedisSettings
     log: LogSettings
     producer: ProducerSettings
+    health: HealthSettings
     worker: WorkerSettings
     retry: RetrySettings
 
@@ -240,6 +253,37 @@ def env_reference() -> list[tuple[str, str, str]]:
     return rows
 
 
-if __name__ == "__main__":
+_SECTIONS = {"IMAP_": "IMAP mailbox", "GOOGLE_": "Gmail OAuth2 (IMAP_AUTH_METHOD=oauth2)", "REDIS_": "Redis",
+             "LOG_": "Logging", "HEALTH_": "Health, metrics, circuit breakers", "WORKER_": "Worker"}
+
+
+def markdown_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for variable, default, meaning in env_reference():
-        print(f"| `{variable}` | `{default}` | {meaning} |".replace("``", "(unset)"))
+        shown = f"`{default}`" if default else "(unset)"
+        rows.append(f"| `{variable}` | {shown} | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+def env_example() -> str:
+    lines = ["# Copy to .env and fill in. The value shown is the default; only IMAP_USER is required.",
+             "# CLI flags override these (python producer.py --help, python worker.py --help)."]
+    section = None
+    for variable, default, meaning in env_reference():
+        title = next((t for p, t in _SECTIONS.items() if variable.startswith(p)), None)
+        if title is None:
+            title = "Producer" if variable in ProducerSettings.model_fields.keys() | {
+                f.upper() for f in ProducerSettings.model_fields} else "Worker retries, DLQ, recovery"
+        if title != section:
+            lines += ["", f"# --- {title} ---"]
+            section = title
+        if variable == "IMAP_USER":
+            lines += [f"# {meaning} (required)", "IMAP_USER=you@gmail.com"]
+        else:
+            lines += [f"# {meaning}", f"# {variable}={default}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")

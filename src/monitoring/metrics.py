@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from src import __version__
 
@@ -36,12 +36,6 @@ class ProducerMetrics:
                               registry=r).labels(account, mailbox)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "producer").set(1)
-
-
-def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on host:port in a daemon thread; port 0 disables it."""
-    if port:
-        start_http_server(port, addr=host, registry=registry)
 
 
 class WorkerMetrics:

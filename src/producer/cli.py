@@ -16,12 +16,14 @@ from typing import Any
 from src.auth.oauth2_gmail import TokenStore, XOAuth2Authenticator, run_setup
 from src.auth.password import PasswordAuthenticator
 from src.common.errors import AuthError, IngestionError, SettingsError
-from src.common.keys import MailboxKeys
+from src.common.keys import MailboxKeys, dlq_stream
 from src.common.logging import Redactor, setup_logging
 from src.common.redis_client import describe, make_redis
 from src.common.settings import Settings, load_settings, require_producer_settings
 from src.imap.session import Authenticator, ImapSession
-from src.monitoring.metrics import ProducerMetrics, serve
+from src.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from src.monitoring.health import start_health
+from src.monitoring.metrics import ProducerMetrics
 from src.producer.builder import builder_factory
 from src.producer.dry_run import DryRunStore, NullGuard
 from src.producer.fetch import MessageFetcher
@@ -74,7 +76,8 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
         redactor.add_secret(token)
         metrics.oauth_refreshes.inc()
 
-    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token))
+    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token,
+                                           on_refresh_failed=metrics.oauth_failures.inc))
 
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
@@ -84,6 +87,7 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     metrics = ProducerMetrics(imap.user, imap.mailbox)
     session = ImapSession(imap, build_authenticator(settings, redactor, metrics))
     fetcher = MessageFetcher(session, settings.producer, imap.user, imap.mailbox)
+    client = None
     if dry_run:
         store: Any = DryRunStore()
         guard: Any = NullGuard()
@@ -91,11 +95,53 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         client = make_redis(settings.redis)
         store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
         guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
-        serve(metrics.registry, settings.producer.producer_metrics_port)
     make_builder = builder_factory(fetcher, settings.log.level, settings.log.format, settings.secrets())
     sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait,
                        make_builder=make_builder)
-    return ProducerRunner(settings, session, sync, metrics, stop_event)
+    runner = ProducerRunner(settings, session, sync, metrics, stop_event)
+    if client is not None:
+        expose(runner, settings, client, store)
+    return runner
+
+
+def expose(runner: ProducerRunner, settings: Settings, client: Any, store: StateStore) -> None:
+    """/health, /ready, /status and /metrics on PRODUCER_METRICS_PORT (0: none)."""
+    stream, group = settings.redis.stream_name, settings.worker.group
+    dlq = dlq_stream(stream, settings.retry.dlq_stream_name)
+    registry = runner.metrics.registry
+    registry.register(StreamCollector(client, stream, group, dlq))
+    registry.register(ProcessCollector(runner.liveness, [runner.imap_breaker, runner.redis_breaker], "producer"))
+
+    def ready() -> tuple[bool, str]:
+        client.ping()
+        if not runner.status.connected:
+            return False, "IMAP session not established"
+        if runner.sync.backpressured:
+            return False, "backpressure: stream full of unacknowledged entries"
+        return True, "ok"
+
+    def status() -> dict[str, Any]:
+        state = store.load()
+        last_ok = runner.status.last_pass_ok_at
+        return {
+            "component": "producer", "account": settings.imap.user, "mailbox": settings.imap.mailbox,
+            "imap_connected": runner.status.connected, "idle": runner.session.can_idle,
+            "sync_passes": runner.status.passes,
+            "last_successful_sync": _iso(last_ok) if last_ok else None,
+            "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
+            "backpressure": runner.sync.backpressured,
+            "circuit_breakers": {b.name: b.snapshot() for b in (runner.imap_breaker, runner.redis_breaker)},
+            "stream": stream_figures(client, stream, group, dlq),
+            "recent_errors": runner.status.errors,
+        }
+
+    start_health(registry, runner.liveness, ready, status, settings.producer.producer_metrics_port,
+                 settings.health.host, "PRODUCER_METRICS_PORT")
+
+
+def _iso(epoch_s: float) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def install_signal_handlers(stop_event: threading.Event) -> None:

@@ -22,6 +22,8 @@ from src.common.errors import (
 )
 from src.common.settings import Settings
 from src.imap.session import ImapSession
+from src.monitoring.breaker import CircuitBreaker
+from src.monitoring.health import Liveness
 from src.monitoring.metrics import ProducerMetrics
 from src.producer.sync import MailboxSync
 
@@ -50,8 +52,14 @@ class ProducerRunner:
         self.stop_event = stop_event
         self.status = RunnerStatus()
         self._clock = clock
+        health = settings.health
+        self.liveness = Liveness(health.stall_seconds)
+        self.imap_breaker = CircuitBreaker("imap", health.breaker_failures, health.breaker_reset_seconds)
+        self.redis_breaker = CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds)
 
     def should_stop(self) -> bool:
+        # Called between batches and every second while idling: the loop's pulse.
+        self.liveness.tick()
         return self.stop_event.is_set()
 
     def run(self, once: bool = False) -> None:
@@ -75,6 +83,8 @@ class ProducerRunner:
         if not self.status.connected:
             self._connect()
         self.sync.run_pass(self.should_stop)
+        self.imap_breaker.success()
+        self.redis_breaker.success()
         self.status.passes += 1
         self.status.last_pass_ok_at = self._clock()
         if not once and not self.should_stop():
@@ -91,7 +101,7 @@ class ProducerRunner:
     def _wait_for_mail(self) -> None:
         poll_s = self.settings.producer.poll_interval_seconds
         if not self.session.can_idle:
-            self.stop_event.wait(poll_s)
+            self._sleep(poll_s)
             return
         # The poll interval is the safety net; IDLE is also re-issued before servers drop
         # it (RFC 2177: at least every 29 minutes).
@@ -111,13 +121,17 @@ class ProducerRunner:
         )
 
     def _sleep(self, seconds: float) -> None:
-        self.stop_event.wait(seconds)
+        """Back off, at least until an open breaker allows a trial, ticking while waiting."""
+        deadline = time.monotonic() + max(seconds, self.imap_breaker.wait_s(), self.redis_breaker.wait_s())
+        while not self.should_stop() and time.monotonic() < deadline:
+            self.stop_event.wait(min(1.0, deadline - time.monotonic()))
 
     def _on_failure(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.connected = False
         self.session.close()
         self.metrics.reconnects.inc()
+        (self.redis_breaker if isinstance(exc, RedisUnavailableError) else self.imap_breaker).failure()
         if isinstance(exc, ImapThrottledError):
             self.metrics.throttled.inc()
         delay = state.next_action.sleep if state.next_action else 0

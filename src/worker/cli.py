@@ -20,7 +20,10 @@ from src.common.keys import StreamKeys, dlq_stream
 from src.common.logging import Redactor, setup_logging
 from src.common.redis_client import describe, make_redis
 from src.common.settings import Settings, load_settings
-from src.monitoring.metrics import WorkerMetrics, serve
+from src.monitoring.breaker import CircuitBreaker
+from src.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from src.monitoring.health import Liveness, start_health
+from src.monitoring.metrics import WorkerMetrics
 from src.worker.backoff import Backoff
 from src.worker.consumer import Consumer, LoopSettings
 from src.worker.dead_letter import DeadLetterQueue
@@ -80,8 +83,32 @@ def build_consumer(settings: Settings, consumer: str, stop_event: threading.Even
         Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
         retry.max_deliveries, metrics, heartbeat=recovery.beat)
     loop = LoopSettings(stream, group, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
-    serve(metrics.registry, settings.worker.metrics_port)
-    return Consumer(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time)
+    health = settings.health
+    worker = Consumer(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time,
+                      Liveness(health.stall_seconds),
+                      CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
+    expose(worker, settings, client, dlq_stream(stream, retry.dlq_stream_name))
+    return worker
+
+
+def expose(worker: Consumer, settings: Settings, client: Any, dlq: str) -> None:
+    """/health, /ready, /status and /metrics on WORKER_METRICS_PORT (0: none)."""
+    stream, group = worker.loop.stream, worker.loop.group
+    registry = worker.metrics.registry
+    registry.register(StreamCollector(client, stream, group, dlq))
+    registry.register(ProcessCollector(worker.liveness, [worker.breaker], "worker"))
+
+    def ready() -> tuple[bool, str]:
+        groups = {g["name"].decode() for g in client.xinfo_groups(stream)}
+        return (group in groups, "ok" if group in groups else f"consumer group {group} does not exist")
+
+    def status() -> dict[str, Any]:
+        return {"component": "worker", "consumer": worker.loop.consumer, "stream": stream, "group": group,
+                "handler": settings.worker.handler.split(":", 1)[0], "counters": worker.stats.__dict__,
+                "circuit_breakers": {worker.breaker.name: worker.breaker.snapshot()},
+                "retries_waiting": worker.retries.waiting(), "figures": stream_figures(client, stream, group, dlq)}
+
+    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host, "WORKER_METRICS_PORT")
 
 
 class Shutdown:

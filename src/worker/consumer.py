@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import redis
 
 from src.common.redis_client import TRANSIENT_ERRORS
+from src.monitoring.breaker import CircuitBreaker
+from src.monitoring.health import Liveness
 from src.monitoring.metrics import WorkerMetrics
 from src.worker.delivery import Delivery
 from src.worker.processor import BatchProcessor
@@ -47,7 +49,8 @@ class WorkerStats:
 class Consumer:
     def __init__(self, client: redis.Redis, loop: LoopSettings, processor: BatchProcessor, retries: RetrySchedule,
                  recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
-                 out_of_time: Callable[[], bool] = lambda: False) -> None:
+                 out_of_time: Callable[[], bool] = lambda: False, liveness: Liveness | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.redis = client
         self.loop = loop
         self.processor = processor
@@ -56,6 +59,8 @@ class Consumer:
         self.metrics = metrics
         self.stop_event = stop_event
         self.out_of_time = out_of_time
+        self.liveness = liveness or Liveness(180.0)
+        self.breaker = breaker or CircuitBreaker("redis")
         self.stats = WorkerStats()
 
     def ensure_group(self) -> None:
@@ -75,10 +80,17 @@ class Consumer:
                 return
             except TRANSIENT_ERRORS as exc:
                 failures += 1
-                delay_s = min(30.0, 0.5 * 2 ** min(failures, 6))
+                self.breaker.failure()
+                delay_s = max(min(30.0, 0.5 * 2 ** min(failures, 6)), self.breaker.wait_s())
                 log.warning("Redis unavailable; retrying", extra={"error": f"{type(exc).__name__}: {exc}",
-                                                                    "retry_in_s": delay_s})
-                self.stop_event.wait(delay_s)
+                                                                    "retry_in_s": round(delay_s, 2)})
+                self._wait(delay_s)
+
+    def _wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self.liveness.tick()
+            self.stop_event.wait(min(1.0, deadline - time.monotonic()))
 
     def _run(self, burst: bool) -> None:
         self.ensure_group()
@@ -86,7 +98,9 @@ class Consumer:
         self._recover(own=True)
         next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
         while not self.stop_event.is_set():
+            self.liveness.tick()
             self.recovery.beat()
+            self.breaker.success()
             _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
             if time.monotonic() >= next_reclaim:
                 self._recover()
@@ -103,6 +117,7 @@ class Consumer:
         """Claim and settle orphans one at a time (see recovery.py for why)."""
         count = 0
         while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
+            self.liveness.tick()
             claimed = self.recovery.reclaim(own=own, limit=1).deliveries
             if not claimed:
                 break
