@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any
 
+import redis
+
 from src.auth.oauth2_gmail import TokenStore, XOAuth2Authenticator, run_setup
 from src.auth.password import PasswordAuthenticator
 from src.common.errors import AuthError, IngestionError, SettingsError
@@ -187,6 +189,10 @@ def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, onc
         return EXIT_AUTH
     except IngestionError as exc:
         log.error("giving up", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        log.error("Redis refused this user: check REDIS_URL and the ACL (config/users.acl.example)",
+                  extra={"error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
     except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
         log.exception("unexpected error; exiting so the supervisor restarts the producer")

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from src.common.errors import (
-    ImapConnectionError, ImapProtocolError, ImapThrottledError, ParseWorkerError, RedisUnavailableError,
+    ImapConnectionError,
+    ImapProtocolError,
+    ImapThrottledError,
+    ParseWorkerError,
+    RedisUnavailableError,
     TokenEndpointError,
 )
 from src.common.settings import Settings

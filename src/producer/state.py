@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import redis
 
+from src.common.errors import RedisUnavailableError
 from src.common.keys import MailboxKeys
 from src.common.redis_client import TRANSIENT_ERRORS
-from src.common.errors import RedisUnavailableError
 
 _EMIT = """
 local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from src.common.errors import IngestionError, SettingsError
 from src.common.keys import StreamKeys, dlq_stream
 from src.common.logging import Redactor, setup_logging
@@ -157,6 +159,10 @@ def run(consumer: Consumer, settings: Settings, burst: bool) -> int:
         consumer.run(burst=burst)
     except IngestionError as exc:
         log.error("worker failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        log.error("Redis refused this user: check REDIS_URL and the ACL (config/users.acl.example)",
+                  extra={"error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
     except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
         log.exception("unexpected error; exiting so the supervisor restarts the worker")
