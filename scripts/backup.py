@@ -77,7 +77,7 @@ def backup(client: redis.Redis, url: str, output_dir: Path, timeout_s: float = 3
     bgsave_and_wait(client, timeout_s)
     source = rdb_path(client, url)
     output_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = output_dir / f"{PREFIX}{stamp}.rdb"
     shutil.copy2(source, target)
     checksum = sha256_of(target)

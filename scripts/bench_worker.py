@@ -56,7 +56,7 @@ def ceiling(client: redis.Redis, count: int) -> float:
         reply = client.xreadgroup("ceiling", "c", {STREAM: ">"}, count=500)
         entries = reply[0][1] if reply else []
         pipe = client.pipeline(transaction=False)
-        for entry_id, fields in entries:
+        for _, fields in entries:
             key = json.loads(fields[b"payload"])["idempotency_key"]
             pipe.set(f"ceil:{key}", "1", nx=True, px=60_000)
         pipe.xack(STREAM, "ceiling", *[entry_id for entry_id, _ in entries])

@@ -17,8 +17,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
 
@@ -162,11 +163,11 @@ def save_credentials(creds: Credentials, path: Path) -> None:
 def _parse_expiry(value: str) -> dt.datetime:
     # google-auth keeps expiry as a naive UTC datetime.
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _iso(when: dt.datetime | None) -> str | None:

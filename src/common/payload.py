@@ -55,7 +55,8 @@ class EmailPayload(BaseModel):
     internal_date: str | None = Field(description="the server's INTERNALDATE (arrival), ISO 8601 UTC")
     size: int = Field(description="RFC822.SIZE in bytes")
     flags: list[str] = Field(default_factory=list)
-    headers: dict[str, str] = Field(default_factory=dict, description="Message-ID, In-Reply-To, References, Content-Type, List-Id")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="Message-ID, In-Reply-To, References, Content-Type, List-Id")
     body_text: str = Field(description="first 2000 characters of the text body, decoded")
     body_html_preview: str = Field(description="first 500 characters of the HTML body")
     body_truncated: bool = Field(default=False, description="true when the body was cut or fetched partially")
@@ -68,7 +69,7 @@ class EmailPayload(BaseModel):
         return self.model_dump_json(by_alias=True)
 
     @classmethod
-    def from_json(cls, data: str | bytes) -> "EmailPayload":
+    def from_json(cls, data: str | bytes) -> EmailPayload:
         return cls.model_validate_json(data)
 
 

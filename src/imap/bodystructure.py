@@ -90,7 +90,7 @@ def _params(raw: Any) -> dict[str, str]:
     if not isinstance(raw, (tuple, list)):
         return {}
     items = list(raw)
-    return {_text(k).lower(): _text(v) for k, v in zip(items[::2], items[1::2])}
+    return {_text(k).lower(): _text(v) for k, v in zip(items[::2], items[1::2], strict=False)}
 
 
 def _filename(params: dict[str, str], disp_params: dict[str, str]) -> str | None:

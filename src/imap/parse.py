@@ -176,8 +176,8 @@ def parse_date(value: str | None, defects: list[str]) -> str | None:
         defects.append("unparseable Date")
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _collect_parts(msg: Message, parsed: ParsedMessage) -> tuple[str, str]:

@@ -11,7 +11,6 @@ import contextlib
 import imaplib
 import logging
 import re
-import socket
 import ssl
 import time
 from collections.abc import Iterator, Sequence
@@ -61,7 +60,7 @@ def imap_errors(action: str) -> Iterator[None]:
         if _THROTTLE.search(str(exc)):
             raise ImapThrottledError(f"{action}: server is throttling: {exc}") from exc
         raise AuthError(f"{action}: the server refused the credentials: {exc}") from exc
-    except (imaplib.IMAP4.abort, socket.timeout, OSError, EOFError) as exc:
+    except (TimeoutError, imaplib.IMAP4.abort, OSError, EOFError) as exc:
         raise ImapConnectionError(f"{action}: connection failed: {type(exc).__name__}: {exc}") from exc
     except (IMAPClientError, imaplib.IMAP4.error) as exc:
         if _THROTTLE.search(str(exc)):

@@ -55,7 +55,7 @@ class HealthServer:
         self.port = port
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> "HealthServer":
+    def start(self) -> HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -143,7 +143,7 @@ def expose(runner: ProducerRunner, settings: Settings, client: Any, store: State
 
 def _iso(epoch_s: float) -> str:
     import datetime as dt
-    return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def install_signal_handlers(stop_event: threading.Event) -> None:

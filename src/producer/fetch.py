@@ -152,7 +152,7 @@ class MessageFetcher:
             body_truncated=parsed.body_truncated,
             attachments=[Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
                          for a in parsed.attachments],
-            parse_defects=parsed.defects, fetched_at=_iso(dt.datetime.now(dt.timezone.utc)) or "",
+            parse_defects=parsed.defects, fetched_at=_iso(dt.datetime.now(dt.UTC)) or "",
             correlation_id=correlation_id,
         )
 
@@ -171,13 +171,13 @@ def _address(pair: tuple[str, str] | None) -> Address | None:
 def _internal_date(value: Any) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return None
-    return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _gm(value: Any) -> str | None:

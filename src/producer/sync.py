@@ -88,7 +88,7 @@ class MailboxSync:
         assert since is not None
         uids = self.session.uids_since(since)
         first = uids[0] if uids else (status.uidnext or 1)
-        since_ms = int(dt.datetime.combine(since, dt.time(), dt.timezone.utc).timestamp() * 1000)
+        since_ms = int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp() * 1000)
         self.store.emit(status.uidvalidity, first - 1, [], since_ms=since_ms)
         return first
 
@@ -144,7 +144,7 @@ class MailboxSync:
     def _not_yet_emitted(self, batch: list[int], since_ms: int) -> list[int]:
         metas = self.fetcher.metadata(batch)
         seen = self.store.seen([m.fingerprint for m in metas])
-        return [m.uid for m, done in zip(metas, seen) if not done and m.internal_date_ms >= since_ms]
+        return [m.uid for m, done in zip(metas, seen, strict=True) if not done and m.internal_date_ms >= since_ms]
 
     def _count(self, result: PassResult, batch: int, fetched: int, added: int) -> None:
         result.seen += batch

@@ -110,7 +110,8 @@ def expose(worker: Consumer, settings: Settings, client: Any, dlq: str) -> None:
                 "circuit_breakers": {worker.breaker.name: worker.breaker.snapshot()},
                 "retries_waiting": worker.retries.waiting(), "figures": stream_figures(client, stream, group, dlq)}
 
-    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host, "WORKER_METRICS_PORT")
+    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host,
+                 "WORKER_METRICS_PORT")
 
 
 class Shutdown:

@@ -12,7 +12,7 @@ class Delivery:
     deliveries: int  # Redis's delivery counter: 1 on the first read
 
     @classmethod
-    def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> "Delivery":
+    def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> Delivery:
         return cls(_s(entry_id), fields or {}, deliveries)
 
     @property

@@ -96,7 +96,7 @@ class Idempotency:
             return []
         keys = [self.keys.idempotency(key) for key, _ in items]
         previous = self._acquire(keys=keys, args=[self.lease_ms, *[value for _, value in items]])
-        return [_state(before or None, value) for before, (_, value) in zip(previous, items)]
+        return [_state(before or None, value) for before, (_, value) in zip(previous, items, strict=True)]
 
     def release(self, pipe: redis.client.Pipeline, items: Sequence[tuple[str, str]]) -> None:
         """Give back leases of messages we did not get to handle (shutdown)."""

@@ -87,7 +87,7 @@ class BatchProcessor:
                                               if c is not None], settle, result)
         states = self.idempotency.acquire([c.lease_item for c in candidates])
         to_handle = []
-        for leased, state in zip(candidates, states):
+        for leased, state in zip(candidates, states, strict=True):
             if state is LeaseState.ACQUIRED:
                 to_handle.append(leased)
             elif state is LeaseState.DONE:
@@ -226,7 +226,7 @@ class _Renewer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
 
-    def __enter__(self) -> "_Renewer":
+    def __enter__(self) -> _Renewer:
         if self.items:
             self._thread.start()
         return self

@@ -86,7 +86,7 @@ class Recovery:
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(self.keys.heartbeat(name))
-        return {name for name, exists in zip(names, pipe.execute()) if exists}
+        return {name for name, exists in zip(names, pipe.execute(), strict=True) if exists}
 
     def _claim(self, pending: list[dict[str, Any]], min_idle_ms: int, result: Reclaimed) -> None:
         if not pending:

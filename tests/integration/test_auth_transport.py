@@ -52,7 +52,7 @@ def run_producer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
 def test_xoauth2_with_valid_token_needs_no_refresh(tmp_path, mailbox, producer_env, token_server, redis_client):
     mailbox.append(sample_message(1))
     token_file = tmp_path / "token.json"
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     write_token_file(token_file, mint_jwt(USER), later, token_server.url)
     done = run_producer(oauth_env(producer_env, token_file, token_server.url))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -66,7 +66,7 @@ def test_expired_token_is_refreshed_and_sync_continues(tmp_path, mailbox, produc
     mailbox.append(sample_message(1), sample_message(2))
     token_file = tmp_path / "token.json"
     expired = mint_jwt(USER, lifetime_s=-60)
-    write_token_file(token_file, expired, dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1),
+    write_token_file(token_file, expired, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1),
                      token_server.url)
     env = oauth_env(producer_env, token_file, token_server.url)
     done = run_producer(env)
@@ -83,7 +83,7 @@ def test_token_rejected_by_server_is_refreshed_once(tmp_path, mailbox, producer_
     """The file says the token is valid, but the server refuses it (revoked): refresh, retry."""
     mailbox.append(sample_message(1))
     token_file = tmp_path / "token.json"
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     write_token_file(token_file, "not-a-valid-jwt", later, token_server.url)
     done = run_producer(oauth_env(producer_env, token_file, token_server.url))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -29,7 +29,7 @@ def quoted_commands() -> list[tuple[str, str]]:
     return sorted(found)
 
 
-@lru_cache(maxsize=None)
+@cache
 def help_text(program: tuple[str, ...]) -> tuple[int, str]:
     done = subprocess.run([*program, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout + done.stderr

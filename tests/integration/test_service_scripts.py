@@ -18,6 +18,26 @@ from tests.support.mail import sample_message
 pytestmark = pytest.mark.slow
 
 
+def free_run(count: int) -> int:
+    """A base port whose next `count` ports are all free (workers use base + i)."""
+    import socket
+    for _ in range(50):
+        base = free_port()
+        try:
+            socks = []
+            for offset in range(1, count + 1):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports found")
+
+
 def sh(script: str, env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=env, capture_output=True, text=True,
                           timeout=timeout_s)
@@ -25,7 +45,7 @@ def sh(script: str, env: dict[str, str], *args: str, timeout_s: float = 60) -> s
 
 def test_start_health_check_stop(tmp_path, mailbox, redis_server, redis_client):
     mailbox.append(sample_message(1), sample_message(2))
-    producer_port, base = free_port(), free_port()
+    producer_port, base = free_port(), free_run(2)
     env = {**os.environ, **base_env(mailbox.server.port, redis_server.url, mailbox.name),
            "PYTHON": sys.executable, "RUN_DIR": str(tmp_path / "run"), "LOG_DIR": str(tmp_path / "logs"),
            "PRODUCER_METRICS_PORT": str(producer_port), "WORKER_BASE_PORT": str(base),

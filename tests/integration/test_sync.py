@@ -72,7 +72,7 @@ def test_fetches_in_batches_not_per_message(mailbox, make_settings, redis_client
 def test_uidvalidity_change_emits_only_new_messages(mailbox, make_settings, redis_client):
     """Mailbox deleted and re-created with the same messages plus two new ones: only the
     two new ones are emitted, the change is counted and logged once."""
-    when = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     old = [sample_message(i) for i in range(4)]
     for raw in old:
         mailbox.append(raw, msg_time=when)
@@ -103,8 +103,8 @@ def test_initial_sync_new_skips_existing_mail_even_after_uidvalidity_change(mail
 
 
 def test_initial_sync_since_date(mailbox, make_settings, redis_client):
-    mailbox.append(sample_message(1), msg_time=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
-    mailbox.append(sample_message(2), msg_time=dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc))
+    mailbox.append(sample_message(1), msg_time=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    mailbox.append(sample_message(2), msg_time=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
     run_once(make_settings(INITIAL_SYNC="since:2024-01-01"))
     assert [p["message_id"] for p in stream_payloads(redis_client)] == ["<msg-0-2@example.org>"]
 
@@ -114,7 +114,7 @@ def test_broken_messages_all_come_out_as_payloads(mailbox, make_settings, redis_
     assert run_once(make_settings()) == 0
     payloads = stream_payloads(redis_client)
     assert len(payloads) == len(BROKEN_MESSAGES)
-    by_name = dict(zip([name for name, _ in BROKEN_MESSAGES], payloads))
+    by_name = dict(zip([name for name, _ in BROKEN_MESSAGES], payloads, strict=True))
     assert "Café" in by_name["unknown charset"]["body_text"]
     assert "unknown charset 'x-no-such-charset'" in by_name["unknown charset"]["parse_defects"]
     assert by_name["8-bit headers"]["from"]["name"] == "Jürgen"

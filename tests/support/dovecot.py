@@ -85,7 +85,7 @@ class DovecotServer:
     def mail_dir(self, user: str) -> Path:
         return self.root / "mail" / user
 
-    def start(self) -> "DovecotServer":
+    def start(self) -> DovecotServer:
         if not shutil.which("dovecot"):
             raise RuntimeError("dovecot is not installed (apt-get install dovecot-imapd)")
         self._write_config()

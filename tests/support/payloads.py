@@ -12,7 +12,7 @@ _REFERENCES = " ".join(f"<thread-{i}@lists.example.org>" for i in range(12))
 
 
 def make_payload(index: int, account: str = "alice@example.com", mailbox: str = "INBOX", **extra: Any) -> EmailPayload:
-    now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     fields: dict[str, Any] = dict(
         idempotency_key=f"imap:{account}:{mailbox}:1:{index}", account=account, mailbox=mailbox, uid=index,
         uidvalidity=1, message_id=f"<m{index}@example.org>",

@@ -31,7 +31,7 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if not binary:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")

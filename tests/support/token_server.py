@@ -46,7 +46,7 @@ class TokenServer:
         return 200, {"access_token": mint_jwt(self.email, self.lifetime_s), "expires_in": self.lifetime_s,
                      "token_type": "Bearer", "scope": "https://mail.google.com/"}
 
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         self._thread.start()
         return self
 

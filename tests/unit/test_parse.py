@@ -14,8 +14,8 @@ from tests.support.mail import BROKEN_MESSAGES, sample_message
 
 
 def to_payload(raw: bytes) -> EmailPayload:
-    from src.producer.fetch import MessageFetcher
     from src.common.settings import ProducerSettings
+    from src.producer.fetch import MessageFetcher
 
     fetcher = MessageFetcher(session=None, settings=ProducerSettings(), account="a@x", mailbox="INBOX")  # type: ignore[arg-type]
     parsed = parse_message(raw)
