@@ -33,7 +33,7 @@ venv install: $(VENV)/.installed
 lint: install
 	$(VENV)/bin/ruff check src tests scripts producer.py worker.py
 
-test: system-deps install
+test: system-deps install lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -13,11 +13,10 @@ import sys
 import threading
 from typing import Any
 
-import redis
-
 from src.auth.oauth2_gmail import TokenStore, XOAuth2Authenticator, run_setup
 from src.auth.password import PasswordAuthenticator
-from src.common.errors import AuthError, IngestionError, SettingsError
+from src.common.errors import AuthError, SettingsError
+from src.common.exits import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, run_guarded
 from src.common.keys import MailboxKeys, dlq_stream
 from src.common.logging import Redactor, setup_logging
 from src.common.redis_client import describe, make_redis
@@ -35,7 +34,6 @@ from src.producer.sync import MailboxSync
 
 log = logging.getLogger("src.producer")
 
-EXIT_OK, EXIT_FAILED, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -182,19 +180,5 @@ def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, onc
         "account": settings.imap.user, "mailbox": settings.imap.mailbox, "imap_host": settings.imap.host,
         "auth": settings.imap.auth_method, "redis": describe(settings.redis),
         "stream": settings.redis.stream_name, "once": once, "dry_run": dry_run})
-    try:
-        build_runner(settings, stop_event, redactor, dry_run).run(once=once or dry_run)
-    except AuthError as exc:
-        log.error("authentication failed; not retrying", extra={"error": str(exc)})
-        return EXIT_AUTH
-    except IngestionError as exc:
-        log.error("giving up", extra={"error": f"{type(exc).__name__}: {exc}"})
-        return EXIT_FAILED
-    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-        log.error("Redis refused this user: check REDIS_URL and the ACL (config/users.acl.example)",
-                  extra={"error": f"{type(exc).__name__}: {exc}"})
-        return EXIT_FAILED
-    except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
-        log.exception("unexpected error; exiting so the supervisor restarts the producer")
-        return EXIT_FAILED
-    return EXIT_OK
+    return run_guarded(lambda: build_runner(settings, stop_event, redactor, dry_run).run(once=once or dry_run),
+                       "producer", log)

@@ -15,9 +15,8 @@ import threading
 import time
 from typing import Any
 
-import redis
-
-from src.common.errors import IngestionError, SettingsError
+from src.common.errors import SettingsError
+from src.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
 from src.common.keys import StreamKeys, dlq_stream
 from src.common.logging import Redactor, setup_logging
 from src.common.redis_client import describe, make_redis
@@ -37,7 +36,6 @@ from src.worker.retries import RetrySchedule
 
 log = logging.getLogger("src.worker")
 
-EXIT_OK, EXIT_FAILED, EXIT_SETTINGS = 0, 1, 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,22 +155,14 @@ def run(consumer: Consumer, settings: Settings, burst: bool) -> int:
         "consumer": consumer.loop.consumer, "stream": consumer.loop.stream, "group": consumer.loop.group,
         "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
     try:
-        consumer.run(burst=burst)
-    except IngestionError as exc:
-        log.error("worker failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-        return EXIT_FAILED
-    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-        log.error("Redis refused this user: check REDIS_URL and the ACL (config/users.acl.example)",
-                  extra={"error": f"{type(exc).__name__}: {exc}"})
-        return EXIT_FAILED
-    except Exception:  # noqa: BLE001 - last resort: say what broke, exit non-zero for systemd
-        log.exception("unexpected error; exiting so the supervisor restarts the worker")
-        return EXIT_FAILED
+        status = run_guarded(lambda: consumer.run(burst=burst), "worker", log)
     finally:
         try:
             consumer.recovery.stop_beating()
         except Exception:  # noqa: BLE001 - Redis may be gone; the heartbeat then expires by itself
             pass
+    if status != EXIT_OK:
+        return status
     log.info("worker stopped", extra={"processed": consumer.stats.processed, "failed": consumer.stats.failed,
                                       "dead_lettered": consumer.stats.dead_lettered})
     return EXIT_OK

@@ -190,3 +190,29 @@ def assert_no_secrets(text: str, secrets: list[str]) -> None:
     for secret in secrets:
         xoauth2 = base64.b64encode(f"user={USER}\x01auth=Bearer {secret}\x01\x01".encode()).decode()
         assert xoauth2[:20] not in text
+
+
+def test_oauth2_cli_info_and_refresh(tmp_path, token_server):
+    import sys
+
+    from tests.conftest import ROOT
+    token_file = tmp_path / "token.json"
+    write_token_file(token_file, "old-access-token-value", dt.datetime(2020, 1, 1), token_server.url)
+    env = {"PATH": os.environ["PATH"], "GOOGLE_TOKEN_URI": token_server.url, "GOOGLE_CLIENT_ID": "client-id.apps.example",
+           "GOOGLE_CLIENT_SECRET": CLIENT_SECRET}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "src.auth.oauth2_gmail", *args, "--token-file", str(token_file)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    info = cli("--info")
+    assert info.returncode == 0, info.stderr
+    shown = json.loads(info.stdout)
+    assert shown["has_refresh_token"] and not shown["access_token_valid"] and shown["mode"] == "0o600"
+    assert_no_secrets(info.stdout, [REFRESH_TOKEN, CLIENT_SECRET, "old-access-token-value"])
+    refreshed = cli("--refresh")
+    assert refreshed.returncode == 0 and "refreshed" in refreshed.stdout and token_server.requests == 1
+    assert json.loads(cli("--info").stdout)["access_token_valid"] is True
+    token_server.fail_with = "invalid_grant"
+    failed = cli("--refresh")
+    assert failed.returncode == 3 and "invalid_grant" in failed.stderr and "--auth-setup" in failed.stderr

@@ -15,17 +15,9 @@ from tests.support.dovecot import DovecotServer
 from tests.support.mail import sample_message
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def start_producer(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.support.payloads import add_payloads, make_payload
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +44,6 @@ def recorded(env: dict[str, str]) -> Counter[str]:
     for path in Path(env["TEST_RECORD_DIR"]).glob("*.txt"):
         counts.update(path.read_text().split())
     return counts
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str]:
