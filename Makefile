@@ -19,8 +19,8 @@ system-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@# Debian starts the packaged daemons; the project runs its own on other ports.
-	@-$(SUDO) systemctl disable --now dovecot redis-server prometheus >/dev/null 2>&1 || true
+	@# The packaged daemons may start on their usual ports; tests, demo and benchmarks run
+	@# their own servers on free loopback ports and leave the system's services alone.
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
