@@ -126,7 +126,9 @@ def expose(runner: ProducerRunner, settings: Settings, client: Any, store: State
         return {
             "component": "producer", "account": settings.imap.user, "mailbox": settings.imap.mailbox,
             "imap_connected": runner.status.connected, "idle": runner.session.can_idle,
-            "sync_passes": runner.status.passes,
+            "counters": {"sync_passes": runner.status.passes, "emitted": runner.status.emitted,
+                         "reconnects": runner.status.reconnects,
+                         "uidvalidity_changes": runner.status.uidvalidity_changes},
             "last_successful_sync": _iso(last_ok) if last_ok else None,
             "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
             "backpressure": runner.sync.backpressured,

@@ -42,6 +42,9 @@ class RunnerStatus:
     connected: bool = False
     last_pass_ok_at: float | None = None
     passes: int = 0
+    emitted: int = 0
+    reconnects: int = 0
+    uidvalidity_changes: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -86,7 +89,9 @@ class ProducerRunner:
     def _cycle(self, once: bool) -> None:
         if not self.status.connected:
             self._connect()
-        self.sync.run_pass(self.should_stop)
+        result = self.sync.run_pass(self.should_stop)
+        self.status.emitted += result.emitted
+        self.status.uidvalidity_changes += int(result.uidvalidity_changed)
         self.imap_breaker.success()
         self.redis_breaker.success()
         self.status.passes += 1
@@ -135,6 +140,7 @@ class ProducerRunner:
         self.status.connected = False
         self.session.close()
         self.metrics.reconnects.inc()
+        self.status.reconnects += 1
         (self.redis_breaker if isinstance(exc, RedisUnavailableError) else self.imap_breaker).failure()
         if isinstance(exc, ImapThrottledError):
             self.metrics.throttled.inc()

@@ -57,6 +57,7 @@ def test_producer_endpoints(mailbox, producer_env, redis_client):
         assert get(port, "/health")[0] == 200
         status = json.loads(get(port, "/status")[1])
         assert status["component"] == "producer" and status["last_uid"] == 2 and status["imap_connected"]
+        assert status["counters"]["emitted"] == 2 and status["last_successful_sync"]
         assert status["circuit_breakers"]["imap"]["state"] == "closed"
         assert status["stream"]["stream_depth"] == 2 and status["version"]
         metrics = get(port, "/metrics")[1]

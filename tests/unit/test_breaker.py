@@ -30,3 +30,27 @@ def test_a_failed_trial_reopens_at_once():
     assert breaker.state is State.HALF_OPEN
     breaker.failure()
     assert breaker.state is State.OPEN and breaker.wait_s() == 5
+
+
+def test_health_is_503_when_the_loop_stalls_and_status_survives_errors():
+    import json
+
+    from prometheus_client import CollectorRegistry
+
+    from src.monitoring.health import HealthServer, Liveness
+
+    now = [0.0]
+    liveness = Liveness(stall_s=60, clock=lambda: now[0])
+
+    def broken_status() -> dict:
+        raise ConnectionError("redis down")
+
+    server = HealthServer(CollectorRegistry(), liveness, lambda: (True, "ok"), broken_status)
+    assert server.route("/health")[0] == 200
+    now[0] = 61
+    code, body, _ = server.route("/health")
+    assert code == 503 and json.loads(body)["status"] == "stalled"
+    liveness.tick()
+    assert server.route("/health")[0] == 200
+    code, body, _ = server.route("/status")
+    assert code == 200 and "redis down" in json.loads(body)["error"]
