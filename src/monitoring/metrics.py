@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from src import __version__
 
@@ -38,6 +44,42 @@ class ProducerMetrics:
               registry=r).labels(__version__, "producer").set(1)
 
 
+class HotHistogram(Collector):
+    """A histogram for one thread's hot path: observe() is a bisect and two additions.
+
+    prometheus_client's Histogram takes a lock and updates every bucket per observation
+    (~4 µs); a worker observes two per message, which was a seventh of its time per message.
+    Observations must come from one thread (the worker's loop); scrapes may come from any.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: dict[str, str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = sorted(buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip([*self.bounds, math.inf], counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        family.add_metric(list(self.labels.values()), buckets, total)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+
+
 class WorkerMetrics:
     """Worker metrics; labels stay low-cardinality (stream, group)."""
 
@@ -54,10 +96,10 @@ class WorkerMetrics:
         self.retries = counter("backoff_retries_total", "Retries scheduled with backoff")
         self.duplicates = counter("duplicates_total", "Deliveries skipped because already handled")
         self.orphans = counter("orphans_claimed_total", "Pending messages reclaimed from dead consumers")
-        self.latency = Histogram(f"{NS}_processing_latency_seconds", "Handler duration", labels, registry=r,
-                                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)).labels(stream, group)
-        self.end_to_end = Histogram(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done",
-                                    labels, registry=r, buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
-                                    ).labels(stream, group)
+        values = {"stream": stream, "group": group}
+        self.latency = HotHistogram(f"{NS}_processing_latency_seconds", "Handler duration", values,
+                                    (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), r)
+        self.end_to_end = HotHistogram(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done", values,
+                                       (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600), r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "worker").set(1)

@@ -10,6 +10,10 @@ than it saves.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,13 +80,21 @@ def builder_factory(fetcher: MessageFetcher, log_level: str, log_format: str,
 
 
 def _init_child(log_level: str, log_format: str, secrets: list[str]) -> None:
-    import signal
-
     # The parent decides when to stop and then shuts the pool down; Ctrl-C in a terminal
     # or systemd's SIGTERM to the whole cgroup must not kill the child mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(log_level, log_format, "producer", Redactor(secrets))
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    """A parent killed outright (SIGKILL, OOM) cannot shut the pool down, and the child never
+    sees EOF on its queue (it holds both ends of the pipe): follow the parent instead."""
+    parent.join()
+    os._exit(0)
 
 
 def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str,

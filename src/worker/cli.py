@@ -104,7 +104,8 @@ def expose(worker: Consumer, settings: Settings, client: Any, dlq: str) -> None:
 
     def status() -> dict[str, Any]:
         return {"component": "worker", "consumer": worker.loop.consumer, "stream": stream, "group": group,
-                "handler": settings.worker.handler.split(":", 1)[0], "counters": worker.stats.__dict__,
+                "handler": settings.worker.handler.split(":", 1)[0],
+                "counters": {k: v for k, v in worker.stats.__dict__.items() if not k.endswith("_at")},
                 "circuit_breakers": {worker.breaker.name: worker.breaker.snapshot()},
                 "retries_waiting": worker.retries.waiting(), "figures": stream_figures(client, stream, group, dlq)}
 
@@ -163,6 +164,7 @@ def run(consumer: Consumer, settings: Settings, burst: bool) -> int:
             pass
     if status != EXIT_OK:
         return status
-    log.info("worker stopped", extra={"processed": consumer.stats.processed, "failed": consumer.stats.failed,
-                                      "dead_lettered": consumer.stats.dead_lettered})
+    stats = consumer.stats
+    log.info("worker stopped", extra={"processed": stats.processed, "failed": stats.failed,
+                                      "dead_lettered": stats.dead_lettered, "busy_s": round(stats.busy_s, 3)})
     return EXIT_OK

@@ -44,6 +44,14 @@ class WorkerStats:
     dead_lettered: int = 0
     duplicates: int = 0
     reclaimed: int = 0
+    first_read_at: float | None = None  # monotonic: when the first batch arrived
+    last_settled_at: float | None = None  # monotonic: when the last batch was settled
+
+    @property
+    def busy_s(self) -> float:
+        if self.first_read_at is None or self.last_settled_at is None:
+            return 0.0
+        return self.last_settled_at - self.first_read_at
 
 
 class Consumer:
@@ -155,7 +163,10 @@ class Consumer:
     def _process(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
             return
+        if self.stats.first_read_at is None:
+            self.stats.first_read_at = time.monotonic()
         result = self.processor.process(deliveries, self.out_of_time)
+        self.stats.last_settled_at = time.monotonic()
         self.stats.batches += 1
         self.stats.processed += result.processed
         self.stats.failed += result.failed

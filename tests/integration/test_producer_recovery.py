@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 import subprocess
 import time
 from collections import Counter
@@ -18,6 +19,22 @@ from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+    return state != "Z"
 
 
 def start_producer(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -50,8 +67,11 @@ def test_sigkill_mid_batch_then_rerun_gives_every_message_exactly_once(mailbox, 
     env = {**producer_env, "BATCH_SIZE": "20"}
     proc = start_producer(env, "--once")
     assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 100, 60)
+    helpers = children_of(proc.pid)
+    assert helpers, "a long sync builds payloads in a helper process"
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    assert wait_until(lambda: not any(alive(pid) for pid in helpers), 10), "the helper outlived its parent"
     partial = redis_client.xlen("email_ingestion_stream")
     assert 0 < partial < total, "the kill must land mid-sync for this test to mean anything"
     done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=120)

@@ -37,7 +37,7 @@ def test_load_test_reports_throughput_and_percentiles():
 
 
 def test_worker_benchmark_runs():
-    done = run("scripts/bench_worker.py", "--messages", "3000", "--naive-messages", "500", "--json")
+    done = run("scripts/bench_worker.py", "--messages", "3000", "--naive-messages", "500", "--rounds", "1", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["worker_msg_per_s"] > 0
 

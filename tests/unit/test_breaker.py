@@ -54,3 +54,22 @@ def test_health_is_503_when_the_loop_stalls_and_status_survives_errors():
     assert server.route("/health")[0] == 200
     code, body, _ = server.route("/status")
     assert code == 200 and "redis down" in json.loads(body)["error"]
+
+
+def test_hot_histogram_matches_prometheus_histogram():
+    """Same exposition as prometheus_client's Histogram for the same observations."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from src.monitoring.metrics import HotHistogram
+
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    values = [0.0005, 0.001, 0.002, 0.05, 0.5, 0.5, 2.0, 100.0]
+    fast, slow = CollectorRegistry(), CollectorRegistry()
+    hot = HotHistogram("h_seconds", "doc", {"stream": "s"}, buckets, fast)
+    reference = Histogram("h_seconds", "doc", ["stream"], buckets=buckets, registry=slow).labels("s")
+    for value in values:
+        hot.observe(value)
+        reference.observe(value)
+    lines = lambda registry: sorted(line for line in generate_latest(registry).decode().splitlines()  # noqa: E731
+                                    if line.startswith("h_seconds") and "_created" not in line)
+    assert lines(fast) == lines(slow)
