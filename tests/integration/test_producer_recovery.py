@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
