@@ -54,11 +54,6 @@ class MailboxKeys:
         """Hash: message fingerprint -> "uidvalidity:uid" of every message ever emitted."""
         return f"{self._base}:seen"
 
-    @property
-    def lock(self) -> str:
-        """String: the producer instance that owns this mailbox, with a TTL."""
-        return f"{self._base}:lock"
-
 
 @dataclass(frozen=True)
 class StreamKeys:

@@ -166,10 +166,6 @@ class ImapSession:
         wanted = set(uids)
         return {uid: values for uid, values in parsed.items() if uid in wanted}
 
-    def noop(self) -> None:
-        with imap_errors("NOOP"):
-            self.client.noop()
-
     def wait_for_change(self, timeout_s: float, should_stop: Any) -> bool:
         """IDLE until the server reports a change, `timeout_s` passes or `should_stop()`.
 

@@ -33,10 +33,6 @@ class Delivery:
         except ValueError:
             return 0
 
-    @property
-    def enqueued_ms(self) -> int:
-        return int(self.entry_id.split("-", 1)[0])
-
 
 def _s(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
