@@ -71,12 +71,9 @@ class MessageFetcher:
     def _items(self, *extra: str) -> list[str]:
         return _BASE_ITEMS + (_GMAIL_ITEMS if self.session.is_gmail else []) + list(extra)
 
-    def fetch(self, uids: Sequence[int], large: set[int], uidvalidity: int, pass_id: str) -> list[Emission]:
-        """Payloads for `uids` in UID order; UIDs the server no longer has are skipped."""
-        return self.build(self.download(uids, large), uidvalidity, pass_id)
-
     def download(self, uids: Sequence[int], large: set[int]) -> Downloaded:
-        """All the IMAP I/O for a batch (so it can run ahead of parsing, in another thread)."""
+        """All the IMAP I/O for a batch (so it can run ahead of parsing, in another thread).
+        UIDs the server no longer has are skipped."""
         small = [uid for uid in uids if uid not in large]
         big = [uid for uid in uids if uid in large]
         responses = self.session.fetch(small, self._items("BODY.PEEK[]"))

@@ -65,7 +65,7 @@ class MailboxSync:
             else:
                 start = stored.last_uid + 1 if stored else self._first_start(status)
                 uids = self.session.uids_from(start)
-                self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result, since_ms=0)
+                self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result)
             self.metrics.polls.inc()
             self.metrics.poll_duration.observe(time.monotonic() - started)
             self.guard.trim_acknowledged()
@@ -102,11 +102,12 @@ class MailboxSync:
         if not uids:
             self.store.emit(status.uidvalidity, 0, [], since_ms=stored.since_ms)
             return
-        self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result, since_ms=stored.since_ms,
-                        resync_since_ms=stored.since_ms)
+        self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result, resync_since_ms=stored.since_ms)
 
     def _emit_uids(self, uids: Sequence[int], uidvalidity: int, pass_id: str, should_stop: ShouldStop,
-                   result: PassResult, since_ms: int, resync_since_ms: int | None = None) -> None:
+                   result: PassResult, resync_since_ms: int | None = None) -> None:
+        """Emit `uids` in batches. With `resync_since_ms` (after a UIDVALIDITY change) only
+        messages never emitted and not older than the first run's baseline go out."""
         if not uids:
             return
         large = set(self.session.uids_from(uids[0], "LARGER", str(self.settings.large_message_bytes)))
@@ -133,7 +134,7 @@ class MailboxSync:
                     if index + 1 < len(batches):
                         ahead = pool.submit(contextvars.copy_context().run, download, batches[index + 1])
                     items = built()
-                    added = self.store.emit(uidvalidity, batch[-1], items, since_ms=since_ms,
+                    added = self.store.emit(uidvalidity, batch[-1], items, since_ms=resync_since_ms or 0,
                                             by_fingerprint=resync_since_ms is not None)
                     self._count(result, len(batch), len(items), len(added))
                     self.metrics.last_uid.set(batch[-1])
