@@ -22,16 +22,18 @@ system-deps:
 	@# The packaged daemons may start on their usual ports; tests, demo and benchmarks run
 	@# their own servers on free loopback ports and leave the system's services alone.
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv install: $(VENV)/.installed
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts producer.py worker.py
+	$(VENV)/bin/mypy
 
 test: system-deps install lint
 	$(PY) -m pytest -q

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from imapclient import IMAPClient  # noqa: E402
 
-from tests.support.dovecot import DovecotServer  # noqa: E402
-from tests.support.mail import sample_message  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
-from tests.support.tcp_proxy import TcpProxy  # noqa: E402
+from email_ingestion.sandbox.dovecot import DovecotServer  # noqa: E402
+from email_ingestion.sandbox.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.sample_mail import sample_message  # noqa: E402
+from email_ingestion.sandbox.tcp_proxy import TcpProxy  # noqa: E402
 
 USER, PASSWORD = "bench@example.com", "bench-pw"
 

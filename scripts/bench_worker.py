@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 import redis  # noqa: E402
 
-from tests.support.payloads import make_payload  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.sample_payloads import make_payload  # noqa: E402
 
 STREAM = "email_ingestion_stream"
 

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from dotenv import dotenv_values  # noqa: E402
 
-from tests.support.dovecot import DovecotServer  # noqa: E402
-from tests.support.mail import BROKEN_MESSAGES, sample_message  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.dovecot import DovecotServer  # noqa: E402
+from email_ingestion.sandbox.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.sample_mail import BROKEN_MESSAGES, sample_message  # noqa: E402
 
 DEMO_DIR = ROOT / ".demo"
 USER, PASSWORD = "demo@example.com", "demo-password"

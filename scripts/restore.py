@@ -75,7 +75,7 @@ def manual_steps(path: Path, config: dict[str, str]) -> str:
         "  4. Start Redis with AOF off so it loads the RDB (Redis 7 with appendonly yes and no AOF starts EMPTY):",
         "     set appendonly no in redis.conf, systemctl start redis-server",
         "  5. redis-cli CONFIG SET appendonly yes (rewrites the AOF from memory), set appendonly yes in redis.conf again",
-        "  6. Check: redis-cli XLEN email_ingestion_stream; python -m src.worker.dlq stats; start the services",
+        "  6. Check: redis-cli XLEN email_ingestion_stream; python -m email_ingestion.worker.dlq_admin stats; start the services",
     ])
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from src.common.logging import Redactor
-from src.common.settings import Settings, load_settings
-from tests.support.dovecot import DovecotServer
-from tests.support.redis_server import RedisServer
+from email_ingestion.common.logging import Redactor
+from email_ingestion.common.settings import Settings, load_settings
+from email_ingestion.sandbox.dovecot import DovecotServer
+from email_ingestion.sandbox.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "alice@example.com", "alice-pw"
@@ -122,7 +122,7 @@ def make_settings(producer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 
 
 def run_once(settings: Settings) -> int:
-    from src.producer.cli import run
+    from email_ingestion.producer.cli import run
     return run(settings, threading.Event(), Redactor(settings.secrets()), once=True, dry_run=False)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from email_ingestion.sandbox.dovecot import mint_jwt
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import USER, producer_cmd, stream_payloads
-from tests.support.dovecot import mint_jwt
-from tests.support.mail import sample_message
-from tests.support.tcp_proxy import TcpProxy
 from tests.support.token_server import TokenServer
 
 REFRESH_TOKEN = "1//test-refresh-token-abcdefghij"
@@ -202,7 +202,7 @@ def test_oauth2_cli_info_and_refresh(tmp_path, token_server):
            "GOOGLE_CLIENT_SECRET": CLIENT_SECRET}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "src.auth.oauth2_gmail", *args, "--token-file", str(token_file)],
+        return subprocess.run([sys.executable, "-m", "email_ingestion.auth.oauth2_gmail", *args, "--token-file", str(token_file)],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     info = cli("--info")

@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 
-from src.common.keys import MailboxKeys
-from src.producer.state import Emission, StateStore
+from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.producer.state import Emission, StateStore
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.sample_payloads import add_payloads
 from tests.conftest import ROOT
-from tests.support.dovecot import free_port
-from tests.support.payloads import add_payloads
 
 pytestmark = pytest.mark.slow
 STREAM, GROUP = "email_ingestion_stream", "email_processor_group"

@@ -16,8 +16,8 @@ from tests.conftest import ROOT
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 COMMAND = re.compile(r"(python (?:-m [\w.]+|[\w/]+\.py)[^`\n|]*|scripts/\w+\.sh[^`\n|]*|(?:(?<=`)|^)make \w[\w-]*)",
                      re.MULTILINE)
-SUBCOMMANDS = {"src.worker.dlq": {"list", "show", "replay", "purge", "stats"}}
-NO_HELP = {"src.common.payload", "src.common.settings", "json.tool"}
+SUBCOMMANDS = {"email_ingestion.worker.dlq_admin": {"list", "show", "replay", "purge", "stats"}}
+NO_HELP = {"email_ingestion.common.payload", "email_ingestion.common.settings", "json.tool"}
 
 
 def quoted_commands() -> list[tuple[str, str]]:

@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.sample_payloads import add_payloads
 from tests.conftest import ROOT, producer_cmd
-from tests.support.dovecot import free_port
-from tests.support.mail import sample_message
-from tests.support.payloads import add_payloads
 
 pytestmark = pytest.mark.slow
 

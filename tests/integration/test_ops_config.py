@@ -11,10 +11,10 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry
 
-from src.monitoring.breaker import CircuitBreaker
-from src.monitoring.collectors import ProcessCollector, StreamCollector
-from src.monitoring.health import Liveness
-from src.monitoring.metrics import ProducerMetrics, WorkerMetrics
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector
+from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.metrics import ProducerMetrics, WorkerMetrics
 from tests.conftest import ROOT
 
 promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (apt-get install prometheus)")

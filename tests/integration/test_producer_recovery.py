@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from email_ingestion.sandbox.dovecot import DovecotServer
+from email_ingestion.sandbox.redis_server import RedisServer
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import base_env, producer_cmd, stream_payloads
-from tests.support.dovecot import DovecotServer
-from tests.support.mail import sample_message
-from tests.support.redis_server import RedisServer
-from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow

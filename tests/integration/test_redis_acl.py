@@ -10,9 +10,9 @@ import sys
 import pytest
 import redis
 
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.sample_mail import sample_message
 from tests.conftest import ROOT, base_env, producer_cmd
-from tests.support.dovecot import free_port
-from tests.support.mail import sample_message
 
 pytestmark = pytest.mark.slow
 PASSWORDS = {"producer": "p-" + "1" * 20, "worker": "w-" + "2" * 20, "metrics": "m-" + "3" * 20,

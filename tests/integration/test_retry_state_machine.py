@@ -13,11 +13,11 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from src.common.errors import PermanentError
-from src.common.settings import load_settings
-from src.worker.cli import build_consumer
-from src.worker.delivery import Delivery
-from tests.support.payloads import add_payloads
+from email_ingestion.common.errors import PermanentError
+from email_ingestion.common.settings import load_settings
+from email_ingestion.sandbox.sample_payloads import add_payloads
+from email_ingestion.worker.cli import build_worker
+from email_ingestion.worker.delivery import Delivery
 
 STREAM, GROUP = "email_ingestion_stream", "email_processor_group"
 DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
@@ -48,7 +48,7 @@ def test_every_message_ends_in_exactly_one_place(redis_server, redis_client, mon
             raise PermanentError("permanent")
         handled[payload.uid] += 1
 
-    worker = build_consumer(load_settings(env_file=None), "w", threading.Event())
+    worker = build_worker(load_settings(env_file=None), "w", threading.Event())
     worker.processor.handler = handler
     worker.ensure_group()
     far_future_ms = 2**50

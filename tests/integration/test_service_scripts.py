@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.sample_mail import sample_message
 from tests.conftest import ROOT, base_env
-from tests.support.dovecot import free_port
-from tests.support.mail import sample_message
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from src.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
-from src.common.keys import MailboxKeys
-from src.imap.session import imap_errors
-from src.producer.state import Emission, StateStore, StreamGuard
+from email_ingestion.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
+from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.imap.session import imap_errors
+from email_ingestion.producer.state import Emission, StateStore, StreamGuard
 
 STREAM = "email_ingestion_stream"
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from src.imap.session import ImapSession
+from email_ingestion.imap.session import ImapSession
+from email_ingestion.sandbox.sample_mail import BROKEN_MESSAGES, sample_message
 from tests.conftest import CORPUS, run_once, stream_payloads
-from tests.support.mail import BROKEN_MESSAGES, sample_message
 
 
 def test_first_sync_emits_every_message_once_in_uid_order(mailbox, make_settings, redis_client):

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import SecretStr
 
-from src.common.errors import PermanentError, RetryLater, SettingsError
-from src.worker.context import HandlerContext
-from src.worker.webhook_handler import WebhookHandler
-from tests.support.payloads import make_payload
+from email_ingestion.common.errors import PermanentError, RetryLater, SettingsError
+from email_ingestion.sandbox.sample_payloads import make_payload
+from email_ingestion.worker.context import HandlerContext
+from email_ingestion.worker.webhook_handler import WebhookHandler
 
 SECRET = "webhook-secret-abc"
 
@@ -82,7 +82,7 @@ def test_timeout_is_retryable(server):
 
 
 def test_unreachable_is_retryable():
-    from tests.support.dovecot import free_port
+    from email_ingestion.sandbox.dovecot import free_port
     with pytest.raises(RetryLater):
         call(f"http://127.0.0.1:{free_port()}/hook")
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from src.common.errors import PermanentError
-from src.common.keys import StreamKeys
-from src.common.settings import load_settings
-from src.worker.cli import build_consumer
-from src.worker.recovery import Recovery
+from email_ingestion.common.errors import PermanentError
+from email_ingestion.common.keys import StreamKeys
+from email_ingestion.common.settings import load_settings
+from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
+from email_ingestion.worker.cli import build_worker
+from email_ingestion.worker.recovery import Recovery
 from tests.conftest import ROOT
-from tests.support.payloads import add_payloads, make_payload
 
 STREAM, GROUP = "email_ingestion_stream", "email_processor_group"
 DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
@@ -56,7 +56,7 @@ class Recorder:
 
 def run_burst(settings, handler, consumer: str = "w1", timeout_s: float = 30):
     stop = threading.Event()
-    worker = build_consumer(settings, consumer, stop)
+    worker = build_worker(settings, consumer, stop)
     worker.processor.handler = handler
     timer = threading.Timer(timeout_s, stop.set)
     timer.start()
@@ -151,7 +151,7 @@ def test_invalid_payload_goes_to_dlq_as_permanent(redis_client, worker_env):
 
 def test_retry_moves_back_when_due_with_time_passed_in(redis_client, worker_env):
     """Given a retry due in an hour, passing `now` an hour ahead moves it; no sleeping."""
-    from src.worker.retries import RetryRecord, RetrySchedule
+    from email_ingestion.worker.retries import RetryRecord, RetrySchedule
     keys = StreamKeys(STREAM, GROUP)
     schedule = RetrySchedule(redis_client, STREAM, GROUP, keys)
     redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
@@ -204,7 +204,7 @@ def test_hard_limit_sweep_takes_even_from_live_consumers(redis_client, worker_en
 
 
 def dlq_cli(redis_url: str, *args: str) -> Any:
-    done = subprocess.run([sys.executable, "-m", "src.worker.dlq", "--json", "--redis-url", redis_url, *args],
+    done = subprocess.run([sys.executable, "-m", "email_ingestion.worker.dlq_admin", "--json", "--redis-url", redis_url, *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from tests.conftest import ROOT
-from tests.support.payloads import add_payloads, make_payload
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from src.common.payload import EmailPayload
-from src.worker.context import HandlerContext
+from email_ingestion.common.payload import EmailPayload
+from email_ingestion.worker.context import HandlerContext
 
 _latencies_ms: list[float] = []
 

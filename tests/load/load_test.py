@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from tests.support.payloads import make_payload  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.redis_server import RedisServer  # noqa: E402
+from email_ingestion.sandbox.sample_payloads import make_payload  # noqa: E402
 
 STREAM = "email_ingestion_stream"
 

@@ -10,9 +10,9 @@ import signal
 import time
 from pathlib import Path
 
-from src.common.payload import EmailPayload
-from src.worker.context import HandlerContext
-from src.worker.jsonl_handler import JsonlHandler
+from email_ingestion.common.payload import EmailPayload
+from email_ingestion.worker.context import HandlerContext
+from email_ingestion.worker.jsonl_handler import JsonlHandler
 
 
 def _record_file() -> Path:

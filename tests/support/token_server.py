@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.dovecot import mint_jwt
+from email_ingestion.sandbox.dovecot import mint_jwt
 
 
 class TokenServer:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from src.worker.backoff import Backoff
+from email_ingestion.worker.backoff import Backoff
 
 backoffs = st.builds(Backoff, base_s=st.floats(0.01, 100), factor=st.floats(1, 10),
                      cap_s=st.floats(0.01, 3600), max_retries=st.integers(0, 20))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from src.imap.bodystructure import walk
+from email_ingestion.imap.bodystructure import walk
 
 # Captured from Dovecot 2.3 for multipart/mixed(alternative(plain, html), pdf attachment).
 NESTED = ([([(b"text", b"plain", (b"charset", b"utf-8"), None, None, b"base64", 22, 1, None, None, None, None),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from src.monitoring.breaker import CircuitBreaker, State
+from email_ingestion.common.breaker import CircuitBreaker, State
 
 
 def test_opens_after_threshold_then_half_opens_then_closes():
@@ -37,7 +37,7 @@ def test_health_is_503_when_the_loop_stalls_and_status_survives_errors():
 
     from prometheus_client import CollectorRegistry
 
-    from src.monitoring.health import HealthServer, Liveness
+    from email_ingestion.monitoring.health import HealthServer, Liveness
 
     now = [0.0]
     liveness = Liveness(stall_s=60, clock=lambda: now[0])
@@ -60,7 +60,7 @@ def test_hot_histogram_matches_prometheus_histogram():
     """Same exposition as prometheus_client's Histogram for the same observations."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from src.monitoring.metrics import HotHistogram
+    from email_ingestion.monitoring.metrics import HotHistogram
 
     buckets = (0.001, 0.01, 0.1, 1.0)
     values = [0.0005, 0.001, 0.002, 0.05, 0.5, 0.5, 2.0, 100.0]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from src.imap.decode import decode_addresses, decode_bytes, decode_header_value, normalize_charset
+from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value, normalize_charset
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from imapclient.response_parser import parse_fetch_response
 
-from src.imap.fetch_response import parse_bulk_fetch
-from src.imap.session import uid_set
+from email_ingestion.imap.fetch_response import parse_bulk_fetch
+from email_ingestion.imap.session import uid_set
 
 BODY = b"Subject: x\r\n\r\nhello\r\n"
 

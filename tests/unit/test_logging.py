@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from src.common.logging import Redactor, correlation, setup_logging
+from email_ingestion.common.logging import Redactor, correlation, setup_logging
 
 
 @pytest.fixture

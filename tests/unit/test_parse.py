@@ -7,15 +7,15 @@ import datetime as dt
 
 import pytest
 
-from src.common.payload import EmailPayload
-from src.imap.parse import TextPart, html_to_text, parse_date, parse_message, parse_partial
+from email_ingestion.common.payload import EmailPayload
+from email_ingestion.mail.parse import TextPart, html_to_text, parse_date, parse_message, parse_partial
+from email_ingestion.sandbox.sample_mail import BROKEN_MESSAGES, sample_message
 from tests.conftest import CORPUS
-from tests.support.mail import BROKEN_MESSAGES, sample_message
 
 
 def to_payload(raw: bytes) -> EmailPayload:
-    from src.common.settings import ProducerSettings
-    from src.producer.fetch import MessageFetcher
+    from email_ingestion.common.settings import ProducerSettings
+    from email_ingestion.producer.fetch import MessageFetcher
 
     fetcher = MessageFetcher(session=None, settings=ProducerSettings(), account="a@x", mailbox="INBOX")  # type: ignore[arg-type]
     parsed = parse_message(raw)

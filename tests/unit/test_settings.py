@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from src.common.errors import SettingsError
-from src.common.settings import load_settings, require_producer_settings
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.settings import load_settings, require_producer_settings
 from tests.conftest import producer_cmd
 
 
@@ -91,7 +91,7 @@ def test_readme_and_env_example_document_every_setting():
     """The configuration reference stays in step with Settings."""
     from pathlib import Path
 
-    from src.common.settings import env_reference
+    from email_ingestion.common.settings import env_reference
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     example = (root / ".env.example").read_text()

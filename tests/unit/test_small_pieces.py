@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tenacity import RetryCallState
 
-from src.common.errors import ImapConnectionError, ImapThrottledError
-from src.common.keys import MailboxKeys, StreamKeys, dlq_stream, hash_tag
-from src.common.payload import json_schema
-from src.producer.progress import Progress
-from src.producer.runner import _throttle_pause
+from email_ingestion.common.errors import ImapConnectionError, ImapThrottledError
+from email_ingestion.common.keys import MailboxKeys, StreamKeys, dlq_stream, hash_tag
+from email_ingestion.common.payload import json_schema
+from email_ingestion.producer.progress import Progress
+from email_ingestion.producer.runner import _throttle_pause
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_stream_name_with_its_own_tag_keeps_it():
 def test_published_json_schema_matches_the_model():
     published = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
     assert published == json.loads(json.dumps(json_schema())), \
-        "regenerate: python -m src.common.payload > docs/payload.schema.json"
+        "regenerate: python -m email_ingestion.common.payload > docs/payload.schema.json"
 
 
 def test_progress_rate_and_eta():

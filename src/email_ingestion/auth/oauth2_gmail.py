@@ -1,0 +1,254 @@
+"""Gmail OAuth2: the token file, refreshing access tokens, XOAUTH2 login, and a small CLI.
+
+    python -m email_ingestion.auth.oauth2_gmail --setup | --info | --refresh | --revoke
+
+The token file holds the refresh token and is written with mode 0600. An access token is
+refreshed `GOOGLE_REFRESH_MARGIN_SECONDS` before it expires, and again whenever the server
+refuses it at a (re)connect. A refresh refused with `invalid_grant` means a person must
+re-authorise; it is reported as exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imapclient import IMAPClient
+
+from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.errors import AuthError, IngestionError, TokenEndpointError, TokenRefreshError
+from email_ingestion.common.settings import GoogleSettings, load_settings
+
+if TYPE_CHECKING:
+    from google.oauth2.credentials import Credentials
+
+log = logging.getLogger(__name__)
+
+# google-auth and requests are imported where used: they add ~0.3 s to every start, and a
+# password-authenticated producer never needs them.
+
+SCOPES = ["https://mail.google.com/"]
+AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
+REVOKE_URI = "https://oauth2.googleapis.com/revoke"
+REAUTHORISE = "python producer.py --auth-setup"
+
+
+class TokenStore:
+    """The stored Google credentials of one account; hands out fresh access tokens."""
+
+    def __init__(self, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None,
+                 on_refresh_failed: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self._on_new_token = on_new_token
+        self._on_refresh_failed = on_refresh_failed
+        self._credentials: Credentials | None = None
+        self.refresh_count = 0
+
+    @property
+    def path(self) -> Path:
+        return self.settings.token_file
+
+    def credentials(self) -> Credentials:
+        if self._credentials is None:
+            self._credentials = self._load()
+            if self._credentials.token:
+                self._on_new_token(self._credentials.token)
+        return self._credentials
+
+    def _load(self) -> Credentials:
+        from google.oauth2.credentials import Credentials
+
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise AuthError(f"no OAuth2 token file at {self.path}; create it with: {REAUTHORISE}") from None
+        except (OSError, ValueError) as exc:
+            raise AuthError(f"cannot read OAuth2 token file {self.path}: {exc}") from None
+        if not data.get("refresh_token"):
+            raise AuthError(f"token file {self.path} has no refresh_token; run: {REAUTHORISE}")
+        secret = self.settings.client_secret
+        expiry = data.get("expiry")
+        return Credentials(
+            token=data.get("token"),
+            refresh_token=data["refresh_token"],
+            token_uri=self.settings.token_uri or data.get("token_uri"),
+            client_id=self.settings.client_id or data.get("client_id"),
+            client_secret=secret.get_secret_value() if secret else data.get("client_secret"),
+            scopes=data.get("scopes") or SCOPES,
+            expiry=_parse_expiry(expiry) if expiry else None,
+        )
+
+    def access_token(self, now: dt.datetime | None = None) -> str:
+        """A token valid for at least the refresh margin, refreshing it when needed."""
+        creds = self.credentials()
+        now = now or _utcnow()
+        margin = dt.timedelta(seconds=self.settings.refresh_margin_seconds)
+        if not creds.token or creds.expiry is None or creds.expiry - margin <= now:
+            self.refresh()
+        assert creds.token is not None
+        return str(creds.token)
+
+    def refresh(self) -> None:
+        import google.auth.exceptions
+        import google.auth.transport.requests
+
+        creds = self.credentials()
+        try:
+            creds.refresh(google.auth.transport.requests.Request())
+        except google.auth.exceptions.RefreshError as exc:
+            self._on_refresh_failed()
+            raise _refresh_error(exc) from None
+        except google.auth.exceptions.TransportError as exc:
+            self._on_refresh_failed()
+            raise TokenEndpointError(f"token endpoint {creds.token_uri} unreachable: {type(exc).__name__}") from None
+        self.refresh_count += 1
+        self._on_new_token(str(creds.token))
+        save_credentials(creds, self.path)
+        log.info("OAuth2 access token refreshed", extra={"expires_at": _iso(creds.expiry)})
+
+
+def _refresh_error(exc: Exception) -> TokenRefreshError:
+    text = str(exc)
+    if "invalid_grant" in text:
+        return TokenRefreshError(
+            "OAuth2 refresh token rejected (invalid_grant): it was revoked, or expired "
+            f"(apps left in Testing get 7-day refresh tokens). Re-authorise with: {REAUTHORISE}")
+    reason = text.split(":", 1)[0][:120]
+    return TokenRefreshError(f"OAuth2 token refresh failed: {reason}")
+
+
+class XOAuth2Authenticator:
+    """AUTHENTICATE XOAUTH2 with a fresh access token; on refusal, refresh and try once more."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    def login(self, client: IMAPClient, user: str) -> None:
+        auth_string = xoauth2_string(user, self.store.access_token())
+        steps = iter([auth_string.encode()])
+        # After an error the server sends a JSON challenge; answering it with an empty line
+        # ends the exchange with a clean NO instead of resending the token.
+        client.sasl_login("XOAUTH2", lambda _challenge: next(steps, b""))
+
+    def on_rejected(self) -> bool:
+        self.store.refresh()
+        return True
+
+
+def xoauth2_string(user: str, access_token: str) -> str:
+    return f"user={user}\x01auth=Bearer {access_token}\x01\x01"
+
+
+def save_credentials(creds: Credentials, path: Path) -> None:
+    """Write the token file atomically with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.chmod(tmp, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(creds.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse_expiry(value: str) -> dt.datetime:
+    # google-auth keeps expiry as a naive UTC datetime.
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat() + "Z" if when else None
+
+
+def run_setup(settings: GoogleSettings, open_browser: bool = True) -> Path:
+    """Run Google's installed-app flow in a browser and store the token file."""
+    from google_auth_oauthlib.flow import InstalledAppFlow
+
+    if not settings.client_id or settings.client_secret is None:
+        raise AuthError("set GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET first (see docs/OAUTH2_SETUP.md)")
+    config = {"installed": {
+        "client_id": settings.client_id, "client_secret": settings.client_secret.get_secret_value(),
+        "auth_uri": AUTH_URI, "token_uri": settings.token_uri, "redirect_uris": ["http://localhost"],
+    }}
+    flow = InstalledAppFlow.from_client_config(config, scopes=SCOPES)
+    creds = flow.run_local_server(port=0, open_browser=open_browser, access_type="offline", prompt="consent")
+    save_credentials(creds, settings.token_file)
+    return settings.token_file
+
+
+def token_info(settings: GoogleSettings) -> dict[str, Any]:
+    """What an operator needs to know about the token file, with no secret in it."""
+    store = TokenStore(settings)
+    creds = store.credentials()
+    return {
+        "token_file": str(settings.token_file),
+        "mode": oct(settings.token_file.stat().st_mode & 0o777),
+        "has_refresh_token": bool(creds.refresh_token),
+        "access_token_expiry": _iso(creds.expiry),
+        "access_token_valid": bool(creds.valid),
+        "scopes": list(creds.scopes or []),
+        "client_id": creds.client_id,
+        "token_uri": creds.token_uri,
+    }
+
+
+def revoke(settings: GoogleSettings) -> None:
+    import requests
+
+    store = TokenStore(settings)
+    creds = store.credentials()
+    response = requests.post(REVOKE_URI, params={"token": creds.refresh_token}, timeout=15)
+    if response.status_code not in (200, 400):
+        raise TokenRefreshError(f"revoke failed with HTTP {response.status_code}")
+    settings.token_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m email_ingestion.auth.oauth2_gmail", description=__doc__.split("\n\n")[0])
+    add_version(parser)
+    action = parser.add_mutually_exclusive_group(required=True)
+    for flag, text in (("--setup", "authorise in a browser and write the token file"),
+                       ("--info", "show the token file's state (no secrets)"),
+                       ("--refresh", "refresh the access token now"),
+                       ("--revoke", "revoke the refresh token at Google and delete the file")):
+        action.add_argument(flag, action="store_true", help=text)
+    parser.add_argument("--token-file", type=Path, help="default: GOOGLE_TOKEN_FILE")
+    parser.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
+    parser.add_argument("--env-file", default=".env")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings({"google": {"token_file": args.token_file}}, env_file=args.env_file).google
+        if args.setup:
+            print(f"token written to {run_setup(settings, open_browser=not args.no_browser)} (mode 0600)")
+        elif args.info:
+            print(json.dumps(token_info(settings), indent=2))
+        elif args.refresh:
+            store = TokenStore(settings)
+            store.refresh()
+            print(f"refreshed; access token valid until {_iso(store.credentials().expiry)}")
+        else:
+            revoke(settings)
+            print(f"revoked and removed {settings.token_file}")
+    except IngestionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if "setting" in str(exc) else 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The stream payload, schema version 1: what the producer writes and the worker validates.
+
+The JSON Schema in docs/payload.schema.json is generated from this model
+(`python -m email_ingestion.common.payload > docs/payload.schema.json`) and a test keeps it in step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+PAYLOAD_FIELD = "payload"
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="display name, decoded (RFC 2047); empty when absent")
+    address: str = Field(description="addr-spec as written; may be empty for broken headers")
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    filename: str | None = Field(description="decoded filename (RFC 2231/2047), null when none")
+    content_type: str
+    size: int = Field(description="decoded size in bytes (for large messages: the size BODYSTRUCTURE reports)")
+
+
+class EmailPayload(BaseModel):
+    """One email as it travels on the stream."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    idempotency_key: str = Field(description="stable per message: gmail X-GM-MSGID, else account/mailbox/uidvalidity/uid")
+    account: str
+    mailbox: str
+    uid: int
+    uidvalidity: int
+    message_id: str | None
+    gmail_msgid: str | None = None
+    gmail_thrid: str | None = None
+    gmail_labels: list[str] = Field(default_factory=list)
+    from_: Address | None = Field(alias="from", serialization_alias="from")
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    reply_to: list[Address] = Field(default_factory=list)
+    subject: str | None
+    date: str | None = Field(description="Date header as ISO 8601 UTC; null when missing or unparseable")
+    internal_date: str | None = Field(description="the server's INTERNALDATE (arrival), ISO 8601 UTC")
+    size: int = Field(description="RFC822.SIZE in bytes")
+    flags: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="Message-ID, In-Reply-To, References, Content-Type, List-Id")
+    body_text: str = Field(description="first 2000 characters of the text body, decoded")
+    body_html_preview: str = Field(description="first 500 characters of the HTML body")
+    body_truncated: bool = Field(default=False, description="true when the body was cut or fetched partially")
+    attachments: list[Attachment] = Field(default_factory=list)
+    parse_defects: list[str] = Field(default_factory=list)
+    fetched_at: str
+    correlation_id: str
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> EmailPayload:
+        return cls.model_validate_json(data)
+
+
+def json_schema() -> dict[str, object]:
+    schema = EmailPayload.model_json_schema(by_alias=True, mode="serialization")
+    schema["$id"] = "https://github.com/email-ingestion/payload.schema.json"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

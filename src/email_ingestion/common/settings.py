@@ -1,0 +1,289 @@
+"""Typed settings read from the environment and `.env`, only when `load_settings` is called.
+
+Each group reads its own prefix (IMAP_, GOOGLE_, REDIS_, WORKER_, ...); the producer's
+top-level knobs (POLL_INTERVAL_SECONDS, BATCH_SIZE, INITIAL_SYNC) carry no prefix, as the
+user's documentation names them. CLI flags override by passing values to `load_settings`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from email_ingestion.common.errors import SettingsError
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", frozen=True)
+
+
+class ImapSettings(BaseSettings):
+    model_config = _config("IMAP_")
+
+    host: str = Field(default="imap.gmail.com", description="IMAP server")
+    port: int | None = Field(default=None, ge=1, le=65535, description="993 with IMAP_SSL, else 143")
+    user: str = Field(default="", description="the account, e.g. you@gmail.com")
+    mailbox: str = Field(default="INBOX", description="the mailbox (folder) to follow")
+    auth_method: Literal["oauth2", "password"] = Field(default="oauth2", description="oauth2 (XOAUTH2) or password (LOGIN)")
+    password: SecretStr | None = Field(default=None, description="password or app password")
+    ssl: bool = Field(default=True, description="implicit TLS (port 993)")
+    starttls: bool = Field(default=False, description="upgrade a plain connection with STARTTLS")
+    allow_plaintext: bool = Field(default=False, description="allow no TLS to a non-loopback host")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the server with")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
+    idle: bool = Field(default=True, description="use IDLE when the server offers it")
+    idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.ssl else 143)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ssl or self.starttls
+
+
+class GoogleSettings(BaseSettings):
+    model_config = _config("GOOGLE_")
+
+    client_id: str = Field(default="", description="OAuth client id (Google Cloud console)")
+    client_secret: SecretStr | None = Field(default=None, description="OAuth client secret")
+    token_file: Path = Field(default=Path("token.json"), description="stored tokens (mode 0600), written by --auth-setup")
+    token_uri: str = Field(default="https://oauth2.googleapis.com/token", description="token endpoint")
+    refresh_margin_seconds: float = Field(default=300.0, ge=0, description="refresh this long before expiry")
+
+
+class RedisSettings(BaseSettings):
+    model_config = _config("REDIS_")
+
+    url: str | None = Field(default=None, description="redis://[:password@]host:port/db; overrides host/port/db")
+    host: str = Field(default="127.0.0.1", description="used when REDIS_URL is unset")
+    port: int = Field(default=6379, ge=1, le=65535, description="used when REDIS_URL is unset")
+    username: str | None = Field(default=None, description="ACL user")
+    password: SecretStr | None = Field(default=None, description="ACL password")
+    db: int = Field(default=0, ge=0, description="database number")
+    stream_name: str = Field(default="email_ingestion_stream", min_length=1, description="the stream (and cluster hash tag)")
+    max_stream_length: int = Field(default=100_000, ge=1, description="unacknowledged entries before backpressure")
+    socket_timeout_seconds: float = Field(default=10.0, gt=0, description="Redis connect/read timeout")
+
+
+class LogSettings(BaseSettings):
+    model_config = _config("LOG_")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR")
+    format: Literal["json", "text"] = Field(default="json", description="json lines, or text for terminals")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+InitialSync = str  # "all" | "new" | "since:YYYY-MM-DD", checked below
+
+
+class ProducerSettings(BaseSettings):
+    model_config = _config("")
+
+    poll_interval_seconds: float = Field(default=60.0, gt=0, description="full poll even while idling")
+    batch_size: int = Field(default=500, ge=1, le=5000, description="UIDs per UID FETCH")
+    initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
+    large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
+    preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
+    progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")
+    parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
+    producer_metrics_port: int = Field(default=9090, ge=0, le=65535,
+                                       description="port of /metrics, /health, /ready, /status; 0 disables")
+
+    @field_validator("initial_sync")
+    @classmethod
+    def _check_initial_sync(cls, value: str) -> str:
+        if value in ("all", "new"):
+            return value
+        match = re.fullmatch(r"since:(\d{4}-\d{2}-\d{2})", value)
+        if not match:
+            raise ValueError("expected all, new or since:YYYY-MM-DD")
+        dt.date.fromisoformat(match.group(1))
+        return value
+
+    @property
+    def since_date(self) -> dt.date | None:
+        if self.initial_sync.startswith("since:"):
+            return dt.date.fromisoformat(self.initial_sync[6:])
+        return None
+
+
+class HealthSettings(BaseSettings):
+    model_config = _config("HEALTH_")
+
+    host: str = Field(default="127.0.0.1", description="address of /health, /ready, /status, /metrics")
+    stall_seconds: float = Field(default=180.0, gt=0, description="/health fails when the loop is quiet longer")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, description="open breaker: wait before a trial")
+
+
+class WorkerSettings(BaseSettings):
+    model_config = _config("WORKER_")
+
+    group: str = Field(default="email_processor_group", description="consumer group")
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
+    block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
+    handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
+    metrics_port: int = Field(default=0, ge=0, le=65535,
+                              description="port of /metrics, /health, /ready, /status; 0 disables")
+
+
+class RetrySettings(BaseSettings):
+    model_config = _config("")
+
+    max_retries: int = Field(default=3, ge=0, description="retries after the first attempt, then DLQ")
+    max_deliveries: int = Field(default=5, ge=1, description="deliveries without ack before the DLQ")
+    retry_base_seconds: float = Field(default=10.0, gt=0, description="backoff base (full jitter)")
+    retry_factor: float = Field(default=2.0, ge=1, description="backoff growth per retry")
+    retry_cap_seconds: float = Field(default=600.0, gt=0, description="backoff ceiling")
+    idempotency_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="how long done markers live")
+    lease_ms: int = Field(default=60_000, ge=100, description="idempotency lease, renewed while handling")
+    claim_min_idle_ms: int = Field(default=60_000, ge=0, description="idle time before a dead consumer's message is claimed")
+    claim_hard_limit_ms: int = Field(default=3_600_000, ge=1, description="claim even with a heartbeat")
+    heartbeat_ttl_ms: int = Field(default=15_000, ge=100, description="consumer heartbeat key TTL")
+    dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")
+
+
+_GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
+    "imap": (ImapSettings, "IMAP_"),
+    "google": (GoogleSettings, "GOOGLE_"),
+    "redis": (RedisSettings, "REDIS_"),
+    "log": (LogSettings, "LOG_"),
+    "producer": (ProducerSettings, ""),
+    "health": (HealthSettings, "HEALTH_"),
+    "worker": (WorkerSettings, "WORKER_"),
+    "retry": (RetrySettings, ""),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    imap: ImapSettings
+    google: GoogleSettings
+    redis: RedisSettings
+    log: LogSettings
+    producer: ProducerSettings
+    health: HealthSettings
+    worker: WorkerSettings
+    retry: RetrySettings
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for the log redactor."""
+        values = [self.imap.password, self.google.client_secret, self.redis.password,
+                  self.retry.webhook_secret]
+        found = [v.get_secret_value() for v in values if v is not None]
+        if self.redis.url and "@" in self.redis.url:
+            found.append(self.redis.url.split("@", 1)[0].rsplit(":", 1)[-1])
+        return [s for s in found if len(s) >= 4]
+
+
+def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
+                  env_file: str | Path | None = ".env") -> Settings:
+    """Read every group from the environment and `env_file`; raise SettingsError naming the
+    first bad variable."""
+    overrides = overrides or {}
+    groups: dict[str, Any] = {}
+    for name, (cls, prefix) in _GROUPS.items():
+        values = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
+        try:
+            groups[name] = cls(_env_file=env_file, **values)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, prefix)) from None
+    return Settings(**groups)
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
+    return f"invalid setting {prefix}{field.upper()}: {error['msg']}{shown}"
+
+
+def require_producer_settings(settings: Settings) -> None:
+    """Cross-field checks the producer needs; each failure names the variable to set."""
+    imap = settings.imap
+    if not imap.user:
+        raise SettingsError("missing setting IMAP_USER: the account to read, e.g. you@gmail.com")
+    if imap.auth_method == "password" and imap.password is None:
+        raise SettingsError("missing setting IMAP_PASSWORD: required when IMAP_AUTH_METHOD=password")
+    if imap.ssl and imap.starttls:
+        raise SettingsError("invalid setting IMAP_STARTTLS: choose IMAP_SSL=true or IMAP_STARTTLS=true, not both")
+    if not imap.uses_tls and not imap.allow_plaintext and not _is_loopback(imap.host):
+        raise SettingsError(
+            f"invalid setting IMAP_SSL: plaintext IMAP to {imap.host} would send credentials "
+            "unencrypted; enable IMAP_SSL or IMAP_STARTTLS, or set IMAP_ALLOW_PLAINTEXT=true")
+    if imap.ca_file is not None and not imap.ca_file.is_file():
+        raise SettingsError(f"invalid setting IMAP_CA_FILE: {imap.ca_file} is not a readable file")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def env_reference() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README and .env.example."""
+    rows = []
+    for cls, prefix in _GROUPS.values():
+        for name, field in cls.model_fields.items():
+            default = field.default
+            shown = "" if default is None else str(default.get_secret_value() if isinstance(default, SecretStr)
+                                                   else default)
+            rows.append((f"{prefix}{name}".upper(), shown, field.description or ""))
+    return rows
+
+
+_SECTIONS = {"IMAP_": "IMAP mailbox", "GOOGLE_": "Gmail OAuth2 (IMAP_AUTH_METHOD=oauth2)", "REDIS_": "Redis",
+             "LOG_": "Logging", "HEALTH_": "Health, metrics, circuit breakers", "WORKER_": "Worker"}
+
+
+def markdown_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for variable, default, meaning in env_reference():
+        shown = f"`{default}`" if default else "(unset)"
+        rows.append(f"| `{variable}` | {shown} | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+def env_example() -> str:
+    lines = ["# Copy to .env and fill in. The value shown is the default; only IMAP_USER is required.",
+             "# CLI flags override these (python producer.py --help, python worker.py --help)."]
+    section = None
+    for variable, default, meaning in env_reference():
+        title = next((t for p, t in _SECTIONS.items() if variable.startswith(p)), None)
+        if title is None:
+            title = "Producer" if variable in ProducerSettings.model_fields.keys() | {
+                f.upper() for f in ProducerSettings.model_fields} else "Worker retries, DLQ, recovery"
+        if title != section:
+            lines += ["", f"# --- {title} ---"]
+            section = title
+        if variable == "IMAP_USER":
+            lines += [f"# {meaning} (required)", "IMAP_USER=you@gmail.com"]
+        else:
+            lines += [f"# {meaning}", f"# {variable}={default}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")

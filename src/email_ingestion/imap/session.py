@@ -1,0 +1,217 @@
+"""One IMAP connection to one mailbox: connect, authenticate, examine, search, fetch, idle.
+
+Every imapclient/socket failure leaves this module as an ImapError subclass, so callers
+decide between reconnecting (ImapConnectionError), slowing down (ImapThrottledError) and
+stopping (AuthError, ImapProtocolError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import re
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
+
+from email_ingestion.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
+from email_ingestion.common.settings import ImapSettings
+from email_ingestion.imap.fetch_response import parse_bulk_fetch
+
+log = logging.getLogger(__name__)
+
+# Gmail: [THROTTLED], [OVERQUOTA], "Too many simultaneous connections"; RFC 5530 codes
+# [UNAVAILABLE], [LIMIT], [INUSE] say the same from other servers.
+_THROTTLE = re.compile(r"\[(THROTTLED|OVERQUOTA|UNAVAILABLE|LIMIT|INUSE)\]|too many simultaneous|"
+                       r"too many connections|rate limit|try again later", re.I)
+GMAIL_CAPABILITY = b"X-GM-EXT-1"
+
+
+class Authenticator(Protocol):
+    def login(self, client: IMAPClient, user: str) -> None: ...
+
+    def on_rejected(self) -> bool:
+        """Called after the server refused the credentials; True means try once more."""
+        ...
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+
+
+@contextlib.contextmanager
+def imap_errors(action: str) -> Iterator[None]:
+    """Translate what imapclient, imaplib and sockets raise into our error tree."""
+    try:
+        yield
+    except (ImapConnectionError, ImapProtocolError, AuthError):
+        raise
+    except LoginError as exc:
+        if _THROTTLE.search(str(exc)):
+            raise ImapThrottledError(f"{action}: server is throttling: {exc}") from exc
+        raise AuthError(f"{action}: the server refused the credentials: {exc}") from exc
+    except (TimeoutError, imaplib.IMAP4.abort, OSError, EOFError) as exc:
+        raise ImapConnectionError(f"{action}: connection failed: {type(exc).__name__}: {exc}") from exc
+    except (IMAPClientError, imaplib.IMAP4.error) as exc:
+        if _THROTTLE.search(str(exc)):
+            raise ImapThrottledError(f"{action}: server is throttling: {exc}") from exc
+        raise ImapProtocolError(f"{action}: {exc}") from exc
+
+
+def tls_context(settings: ImapSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class ImapSession:
+    """A connected, authenticated session with one mailbox examined (read-only)."""
+
+    def __init__(self, settings: ImapSettings, authenticator: Authenticator) -> None:
+        self.settings = settings
+        self._auth = authenticator
+        self._client: IMAPClient | None = None
+        self.capabilities: frozenset[bytes] = frozenset()
+        self.status: MailboxStatus | None = None
+
+    @property
+    def client(self) -> IMAPClient:
+        if self._client is None:
+            raise ImapConnectionError("not connected")
+        return self._client
+
+    @property
+    def is_gmail(self) -> bool:
+        return GMAIL_CAPABILITY in self.capabilities
+
+    @property
+    def can_idle(self) -> bool:
+        return b"IDLE" in self.capabilities and self.settings.idle
+
+    def connect(self) -> MailboxStatus:
+        s = self.settings
+        with imap_errors(f"connect to {s.host}:{s.effective_port}"):
+            timeout = SocketTimeout(connect=s.timeout_seconds, read=s.timeout_seconds)
+            context = tls_context(s) if s.uses_tls else None
+            client = IMAPClient(s.host, port=s.effective_port, ssl=s.ssl, ssl_context=context, timeout=timeout)
+            self._client = client
+            client.normalise_times = False
+            if s.starttls:
+                client.starttls(context)
+        self._login()
+        with imap_errors("capabilities"):
+            self.capabilities = frozenset(self.client.capabilities())
+        return self.examine()
+
+    def _login(self) -> None:
+        for attempt in (1, 2):
+            try:
+                with imap_errors(f"login as {self.settings.user}"):
+                    self._auth.login(self.client, self.settings.user)
+                return
+            except AuthError:
+                if attempt == 2 or not self._auth.on_rejected():
+                    raise
+
+    def examine(self) -> MailboxStatus:
+        """Select the mailbox read-only (EXAMINE): nothing is marked \\Seen or loses \\Recent."""
+        with imap_errors(f"examine {self.settings.mailbox}"):
+            info = self.client.select_folder(self.settings.mailbox, readonly=True)
+        self.status = MailboxStatus(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
+            exists=int(info.get(b"EXISTS", 0)),
+        )
+        return self.status
+
+    def uids_from(self, first_uid: int, *criteria: str) -> list[int]:
+        """UIDs >= first_uid matching the extra criteria, ascending."""
+        # RFC 3501 §6.4.8: "n:*" always matches the highest UID, even when it is < n.
+        with imap_errors("UID SEARCH"):
+            found = self.client.search(["UID", f"{max(first_uid, 1)}:*", *criteria])
+        return sorted(uid for uid in found if uid >= first_uid)
+
+    def uids_since(self, day: Any) -> list[int]:
+        with imap_errors("UID SEARCH SINCE"):
+            return sorted(self.client.search(["SINCE", day]))
+
+    def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
+        if not uids:
+            return {}
+        with imap_errors(f"UID FETCH of {len(uids)} messages"):
+            if items and items[-1] == "BODY.PEEK[]":
+                return self._bulk_fetch(uids, items)
+            return dict(self.client.fetch(list(uids), list(items)))
+
+    def _bulk_fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH of whole messages through imaplib (imapclient's `_imap`), parsed by the
+        fast parser in fetch_response.py, with imapclient's parser as the fallback."""
+        imap = self.client._imap  # noqa: SLF001 - the raw reply is what makes the fast path possible
+        typ, data = imap.uid("FETCH", uid_set(uids), "(" + " ".join(items) + ")")
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"UID FETCH failed: {data!r}"[:300])
+        parsed = parse_bulk_fetch(data)
+        if parsed is None:
+            parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=True)
+        wanted = set(uids)
+        return {uid: values for uid, values in parsed.items() if uid in wanted}
+
+    def wait_for_change(self, timeout_s: float, should_stop: Any) -> bool:
+        """IDLE until the server reports a change, `timeout_s` passes or `should_stop()`.
+
+        True when the server announced something (EXISTS/EXPUNGE/FETCH). Ending IDLE needs
+        the server's answer to DONE within the read timeout, which is how a connection that
+        died silently is noticed.
+        """
+        changed = False
+        deadline = time.monotonic() + timeout_s
+        with imap_errors("IDLE"):
+            self.client.idle()
+            try:
+                while not changed and not should_stop() and time.monotonic() < deadline:
+                    slice_s = min(1.0, max(0.05, deadline - time.monotonic()))
+                    responses = self.client.idle_check(timeout=slice_s)
+                    changed = any(_is_change(r) for r in responses)
+            finally:
+                _, responses = self.client.idle_done()
+                changed = changed or any(_is_change(r) for r in responses)
+        return changed
+
+    def close(self) -> None:
+        """Log out politely when possible; never raises."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:  # noqa: BLE001 - the connection may already be gone
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """An IMAP sequence set with runs collapsed: [1,2,3,7] -> "1:3,7"."""
+    ordered = sorted(set(uids))
+    runs: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:] + [0]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        runs.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    return ",".join(runs)
+
+
+def _is_change(response: Any) -> bool:
+    return isinstance(response, tuple) and len(response) >= 2 and response[1] in (b"EXISTS", b"EXPUNGE", b"FETCH")

@@ -1,0 +1,87 @@
+"""Gauges computed when Prometheus scrapes: stream figures from Redis, process figures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.keys import StreamKeys
+from email_ingestion.monitoring.health import Liveness
+
+NS = "email_ingestion"
+
+
+def stream_figures(client: redis.Redis, stream: str, group: str, dlq: str) -> dict[str, Any]:
+    """Depth, pending, lag, DLQ depth and live workers of one stream and group."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(stream)
+    pipe.xlen(dlq)
+    depth, dlq_depth = pipe.execute()
+    figures: dict[str, Any] = {"stream_depth": int(depth), "dlq_depth": int(dlq_depth), "pending": 0,
+                               "lag": None, "group_exists": False, "active_workers": 0}
+    try:
+        groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
+    except redis.ResponseError:
+        return figures
+    info = groups.get(group)
+    if info is None:
+        return figures
+    figures.update(group_exists=True, pending=int(info["pending"]),
+                   lag=int(info["lag"]) if info.get("lag") is not None else None)
+    figures["active_workers"] = _live_consumers(client, stream, group)
+    return figures
+
+
+def _live_consumers(client: redis.Redis, stream: str, group: str) -> int:
+    names = [c["name"].decode() for c in client.xinfo_consumers(stream, group)]
+    if not names:
+        return 0
+    keys = StreamKeys(stream, group)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keys.heartbeat(name))
+    return sum(1 for alive in pipe.execute() if alive)
+
+
+class StreamCollector(Collector):
+    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str) -> None:
+        self.client, self.stream, self.group, self.dlq = client, stream, group, dlq
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            figures = stream_figures(self.client, self.stream, self.group, self.dlq)
+        except redis.RedisError:
+            return  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
+        labels = {"stream": self.stream, "group": self.group}
+        for name, key, doc in (("stream_depth", "stream_depth", "Entries in the stream"),
+                               ("dlq_depth", "dlq_depth", "Entries in the dead-letter queue"),
+                               ("pending_messages", "pending", "Delivered but unacknowledged entries"),
+                               ("consumer_lag", "lag", "Entries not yet delivered to the group"),
+                               ("active_workers", "active_workers", "Consumers with a live heartbeat")):
+            if figures.get(key) is not None:
+                yield _gauge(name, doc, labels, float(figures[key]))
+
+
+class ProcessCollector(Collector):
+    def __init__(self, liveness: Liveness, breakers: Iterable[CircuitBreaker], component: str) -> None:
+        self.liveness, self.breakers, self.component = liveness, list(breakers), component
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield _gauge("uptime_seconds", "Seconds since the process started", {"component": self.component},
+                     self.liveness.uptime_s())
+        family = GaugeMetricFamily(f"{NS}_circuit_breaker_state",
+                                   "Circuit breaker state: 0 closed, 1 half-open, 2 open", labels=["name", "component"])
+        for breaker in self.breakers:
+            family.add_metric([breaker.name, self.component], float(breaker.state))
+        yield family
+
+
+def _gauge(name: str, doc: str, labels: dict[str, str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family

@@ -1,0 +1,105 @@
+"""Where payloads are built: inline, or in a helper process during long syncs.
+
+Parsing is CPU work and the read-ahead thread's socket reads are too; in one process they
+queue on the GIL. For passes of several batches a single spawned process builds payloads
+while this process downloads the next batch and writes the previous one to Redis. Short
+incremental passes (the usual IDLE wake-up) build inline: a process start would cost more
+than it saves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+from email_ingestion.common.errors import ParseWorkerError
+from email_ingestion.common.logging import Redactor, setup_logging
+from email_ingestion.common.settings import ProducerSettings
+from email_ingestion.producer.fetch import Downloaded, MessageFetcher
+from email_ingestion.producer.state import Emission
+
+Built = Callable[[], list[Emission]]
+PARALLEL_FROM_BATCHES = 3
+
+
+class Builder(Protocol):
+    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built: ...
+
+    def close(self) -> None: ...
+
+
+class InlineBuilder:
+    def __init__(self, fetcher: MessageFetcher) -> None:
+        self.fetcher = fetcher
+
+    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
+        return lambda: self.fetcher.build(downloaded, uidvalidity, pass_id)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessBuilder:
+    """Builds in one spawned child (portable; no fork of a threaded process)."""
+
+    def __init__(self, fetcher: MessageFetcher, log_level: str, log_format: str, secrets: list[str]) -> None:
+        self._context = (fetcher.account, fetcher.mailbox, fetcher.settings.model_dump())
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_child, initargs=(log_level, log_format, secrets))
+
+    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
+        future = self._pool.submit(_build_in_child, downloaded, uidvalidity, pass_id, self._context)
+
+        def result() -> list[Emission]:
+            try:
+                return future.result()
+            except BrokenProcessPool as exc:
+                raise ParseWorkerError(f"payload builder process died: {exc}") from exc
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def builder_factory(fetcher: MessageFetcher, log_level: str, log_format: str,
+                    secrets: list[str]) -> Callable[[int], Builder]:
+    """Chooses per pass: a helper process for long syncs when PARALLEL_PARSE allows it."""
+    def make(batches: int) -> Builder:
+        if fetcher.settings.parallel_parse and batches >= PARALLEL_FROM_BATCHES:
+            return ProcessBuilder(fetcher, log_level, log_format, secrets)
+        return InlineBuilder(fetcher)
+    return make
+
+
+def _init_child(log_level: str, log_format: str, secrets: list[str]) -> None:
+    # The parent decides when to stop and then shuts the pool down; Ctrl-C in a terminal
+    # or systemd's SIGTERM to the whole cgroup must not kill the child mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(log_level, log_format, "producer", Redactor(secrets))
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    """A parent killed outright (SIGKILL, OOM) cannot shut the pool down, and the child never
+    sees EOF on its queue (it holds both ends of the pipe): follow the parent instead."""
+    parent.join()
+    os._exit(0)
+
+
+def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str,
+                    context: tuple[str, str, dict[str, Any]]) -> list[Emission]:
+    account, mailbox, settings = context
+    fetcher = MessageFetcher(None, ProducerSettings(**settings), account, mailbox)  # type: ignore[arg-type]
+    return fetcher.build(downloaded, uidvalidity, pass_id)
+

@@ -1,0 +1,188 @@
+"""`python producer.py`: follow one mailbox and append each new message to the Redis Stream.
+
+Exit status: 0 stopped cleanly (or --once done), 1 gave up on a failure (--once), 2 bad
+setting, 3 credentials refused (a person must act: see the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from email_ingestion.auth.oauth2_gmail import TokenStore, XOAuth2Authenticator, run_setup
+from email_ingestion.auth.password import PasswordAuthenticator
+from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.errors import AuthError, SettingsError
+from email_ingestion.common.exits import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, run_guarded
+from email_ingestion.common.keys import MailboxKeys, dlq_stream
+from email_ingestion.common.logging import Redactor, setup_logging
+from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.settings import Settings, load_settings, require_producer_settings
+from email_ingestion.imap.session import Authenticator, ImapSession
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from email_ingestion.monitoring.health import start_health
+from email_ingestion.monitoring.metrics import ProducerMetrics
+from email_ingestion.producer.build_site import builder_factory
+from email_ingestion.producer.dry_run import DryRunStore, NullGuard
+from email_ingestion.producer.fetch import MessageFetcher
+from email_ingestion.producer.runner import ProducerRunner
+from email_ingestion.producer.state import StateStore, StreamGuard
+from email_ingestion.producer.sync import MailboxSync
+
+log = logging.getLogger("email_ingestion.producer")
+
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version(p)
+    p.add_argument("--once", action="store_true", help="one sync pass, then exit 0 (cron, tests)")
+    p.add_argument("--dry-run", action="store_true", help="fetch and parse, print a line per message, write nothing")
+    p.add_argument("--auth-setup", action="store_true", help="authorise Gmail access in a browser, write GOOGLE_TOKEN_FILE")
+    p.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    p.add_argument("--username", help="IMAP_USER")
+    p.add_argument("--mailbox", help="IMAP_MAILBOX")
+    p.add_argument("--host", help="IMAP_HOST")
+    p.add_argument("--port", type=int, help="IMAP_PORT")
+    p.add_argument("--batch-size", type=int, help="BATCH_SIZE: UIDs per UID FETCH")
+    p.add_argument("--poll-interval", type=float, help="POLL_INTERVAL_SECONDS")
+    p.add_argument("--initial-sync", help="INITIAL_SYNC: all | new | since:YYYY-MM-DD")
+    p.add_argument("--redis-url", help="REDIS_URL")
+    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--metrics-port", type=int, help="PRODUCER_METRICS_PORT (0 disables)")
+    p.add_argument("--log-level", help="LOG_LEVEL")
+    p.add_argument("--log-format", choices=("json", "text"), help="LOG_FORMAT")
+    return p.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "imap": {"user": args.username, "mailbox": args.mailbox, "host": args.host, "port": args.port},
+        "redis": {"url": args.redis_url, "stream_name": args.stream},
+        "producer": {"batch_size": args.batch_size, "poll_interval_seconds": args.poll_interval,
+                     "initial_sync": args.initial_sync, "producer_metrics_port": args.metrics_port},
+        "log": {"level": args.log_level, "format": args.log_format},
+    }
+
+
+def build_authenticator(settings: Settings, redactor: Redactor, metrics: ProducerMetrics) -> Authenticator:
+    if settings.imap.auth_method == "password":
+        assert settings.imap.password is not None
+        return PasswordAuthenticator(settings.imap.password)
+
+    def on_new_token(token: str) -> None:
+        redactor.add_secret(token)
+        metrics.oauth_refreshes.inc()
+
+    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token,
+                                           on_refresh_failed=metrics.oauth_failures.inc))
+
+
+def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
+                 dry_run: bool = False) -> ProducerRunner:
+    """Wire the producer from settings; nothing connects until the runner runs."""
+    imap = settings.imap
+    metrics = ProducerMetrics(imap.user, imap.mailbox)
+    session = ImapSession(imap, build_authenticator(settings, redactor, metrics))
+    fetcher = MessageFetcher(session, settings.producer, imap.user, imap.mailbox)
+    client = None
+    if dry_run:
+        store: Any = DryRunStore()
+        guard: Any = NullGuard()
+    else:
+        client = make_redis(settings.redis)
+        store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
+        guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
+    make_builder = builder_factory(fetcher, settings.log.level, settings.log.format, settings.secrets())
+    sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait,
+                       make_builder=make_builder)
+    runner = ProducerRunner(settings, session, sync, metrics, stop_event)
+    if client is not None:
+        expose(runner, settings, client, store)
+    return runner
+
+
+def expose(runner: ProducerRunner, settings: Settings, client: Any, store: StateStore) -> None:
+    """/health, /ready, /status and /metrics on PRODUCER_METRICS_PORT (0: none)."""
+    stream, group = settings.redis.stream_name, settings.worker.group
+    dlq = dlq_stream(stream, settings.retry.dlq_stream_name)
+    registry = runner.metrics.registry
+    registry.register(StreamCollector(client, stream, group, dlq))
+    registry.register(ProcessCollector(runner.liveness, [runner.imap_breaker, runner.redis_breaker], "producer"))
+
+    def ready() -> tuple[bool, str]:
+        client.ping()
+        if not runner.status.connected:
+            return False, "IMAP session not established"
+        if runner.sync.backpressured:
+            return False, "backpressure: stream full of unacknowledged entries"
+        return True, "ok"
+
+    def status() -> dict[str, Any]:
+        state = store.load()
+        last_ok = runner.status.last_pass_ok_at
+        return {
+            "component": "producer", "account": settings.imap.user, "mailbox": settings.imap.mailbox,
+            "imap_connected": runner.status.connected, "idle": runner.session.can_idle,
+            "counters": {"sync_passes": runner.status.passes, "emitted": runner.status.emitted,
+                         "reconnects": runner.status.reconnects,
+                         "uidvalidity_changes": runner.status.uidvalidity_changes},
+            "last_successful_sync": _iso(last_ok) if last_ok else None,
+            "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
+            "backpressure": runner.sync.backpressured,
+            "circuit_breakers": {b.name: b.snapshot() for b in (runner.imap_breaker, runner.redis_breaker)},
+            "stream": stream_figures(client, stream, group, dlq),
+            "recent_errors": runner.status.errors,
+        }
+
+    start_health(registry, runner.liveness, ready, status, settings.producer.producer_metrics_port,
+                 settings.health.host, "PRODUCER_METRICS_PORT")
+
+
+def _iso(epoch_s: float) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def install_signal_handlers(stop_event: threading.Event) -> None:
+    def handle(signum: int, _frame: Any) -> None:
+        if not stop_event.is_set():
+            log.info("stop requested: finishing the batch in hand", extra={"signal": signal.Signals(signum).name})
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(overrides(args), env_file=args.env_file)
+        if args.auth_setup:
+            print(f"token written to {run_setup(settings.google)} (mode 0600)")
+            return EXIT_OK
+        require_producer_settings(settings)
+    except SettingsError as exc:
+        print(f"producer: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except AuthError as exc:
+        print(f"producer: {exc}", file=sys.stderr)
+        return EXIT_AUTH
+    redactor = Redactor(settings.secrets())
+    setup_logging(settings.log.level, settings.log.format, "producer", redactor)
+    stop_event = threading.Event()
+    install_signal_handlers(stop_event)
+    return run(settings, stop_event, redactor, once=args.once, dry_run=args.dry_run)
+
+
+def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, once: bool, dry_run: bool) -> int:
+    log.info("producer starting", extra={
+        "account": settings.imap.user, "mailbox": settings.imap.mailbox, "imap_host": settings.imap.host,
+        "auth": settings.imap.auth_method, "redis": describe(settings.redis),
+        "stream": settings.redis.stream_name, "once": once, "dry_run": dry_run})
+    return run_guarded(lambda: build_runner(settings, stop_event, redactor, dry_run).run(once=once or dry_run),
+                       "producer", log)

@@ -1,0 +1,159 @@
+"""The producer's life: connect, sync, wait for mail (IDLE or poll), and recover from failure.
+
+Failures that pass by themselves (connection lost, Redis restarting, token endpoint down,
+server throttling) are retried with exponential backoff and full jitter; throttling answers
+add a longer pause so we never hammer a server that asked us to slow down. Credentials
+that are refused end the process with EXIT_AUTH: no amount of retrying fixes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.errors import (
+    ImapConnectionError,
+    ImapProtocolError,
+    ImapThrottledError,
+    ParseWorkerError,
+    RedisUnavailableError,
+    TokenEndpointError,
+)
+from email_ingestion.common.settings import Settings
+from email_ingestion.imap.session import ImapSession
+from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.metrics import ProducerMetrics
+from email_ingestion.producer.sync import MailboxSync
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError, ParseWorkerError)
+ONCE_ATTEMPTS = 3
+
+
+@dataclass
+class RunnerStatus:
+    connected: bool = False
+    last_pass_ok_at: float | None = None
+    passes: int = 0
+    emitted: int = 0
+    reconnects: int = 0
+    uidvalidity_changes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class ProducerRunner:
+    def __init__(self, settings: Settings, session: ImapSession, sync: MailboxSync,
+                 metrics: ProducerMetrics, stop_event: threading.Event,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.session = session
+        self.sync = sync
+        self.metrics = metrics
+        self.stop_event = stop_event
+        self.status = RunnerStatus()
+        self._clock = clock
+        health = settings.health
+        self.liveness = Liveness(health.stall_seconds)
+        self.imap_breaker = CircuitBreaker("imap", health.breaker_failures, health.breaker_reset_seconds)
+        self.redis_breaker = CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds)
+
+    def should_stop(self) -> bool:
+        # Called between batches and every second while idling: the loop's pulse.
+        self.liveness.tick()
+        return self.stop_event.is_set()
+
+    def run(self, once: bool = False) -> None:
+        """Until stopped (or one pass with `once`). Raises AuthError when credentials are
+        refused, and the last transient error when `once` runs out of attempts."""
+        try:
+            while not self.should_stop():
+                for attempt in self._retrying(once):
+                    with attempt:
+                        self._cycle(once)
+                if once:
+                    return
+        except TRANSIENT:
+            if not self.should_stop():
+                raise
+        finally:
+            self.session.close()
+            log.info("producer stopped")
+
+    def _cycle(self, once: bool) -> None:
+        if not self.status.connected:
+            self._connect()
+        result = self.sync.run_pass(self.should_stop)
+        self.status.emitted += result.emitted
+        self.status.uidvalidity_changes += int(result.uidvalidity_changed)
+        self.imap_breaker.success()
+        self.redis_breaker.success()
+        self.status.passes += 1
+        self.status.last_pass_ok_at = self._clock()
+        if not once and not self.should_stop():
+            self._wait_for_mail()
+
+    def _connect(self) -> None:
+        status = self.session.connect()
+        self.status.connected = True
+        log.info("IMAP session ready", extra={
+            "host": self.settings.imap.host, "mailbox": self.settings.imap.mailbox,
+            "uidvalidity": status.uidvalidity, "exists": status.exists,
+            "idle": self.session.can_idle, "gmail": self.session.is_gmail})
+
+    def _wait_for_mail(self) -> None:
+        poll_s = self.settings.producer.poll_interval_seconds
+        if not self.session.can_idle:
+            self._sleep(poll_s)
+            return
+        # The poll interval is the safety net; IDLE is also re-issued before servers drop
+        # it (RFC 2177: at least every 29 minutes).
+        timeout_s = min(poll_s, self.settings.imap.idle_refresh_seconds)
+        if self.session.wait_for_change(timeout_s, self.should_stop):
+            log.debug("server announced a change")
+
+    def _retrying(self, once: bool) -> Retrying:
+        stop = stop_after_attempt(ONCE_ATTEMPTS) if once else (lambda _state: self.should_stop())
+        return Retrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            wait=wait_exponential_jitter(initial=1, max=60, jitter=1) + _throttle_pause,
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=self._on_failure,
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, at least until an open breaker allows a trial, ticking while waiting."""
+        deadline = time.monotonic() + max(seconds, self.imap_breaker.wait_s(), self.redis_breaker.wait_s())
+        while not self.should_stop() and time.monotonic() < deadline:
+            self.stop_event.wait(min(1.0, deadline - time.monotonic()))
+
+    def _on_failure(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.status.connected = False
+        self.session.close()
+        self.metrics.reconnects.inc()
+        self.status.reconnects += 1
+        (self.redis_breaker if isinstance(exc, RedisUnavailableError) else self.imap_breaker).failure()
+        if isinstance(exc, ImapThrottledError):
+            self.metrics.throttled.inc()
+        delay = state.next_action.sleep if state.next_action else 0
+        self.status.errors = (self.status.errors + [f"{type(exc).__name__}: {exc}"])[-5:]
+        log.warning("sync failed; reconnecting after backoff", extra={
+            "error": f"{type(exc).__name__}: {exc}", "attempt": state.attempt_number,
+            "retry_in_s": round(delay, 2)})
+
+
+def _throttle_pause(state: RetryCallState) -> float:
+    """An extra pause after a throttling answer, growing with repeated ones (max 5 min)."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ImapThrottledError):
+        return float(min(300, 30 * state.attempt_number))
+    return 0.0

@@ -1,0 +1,175 @@
+"""The producer's Redis state: UID position per mailbox, the dedup index, and the stream.
+
+Entries and state move together in one Lua script: the dedup check, the XADD, the
+fingerprint record and the advance of `last_uid` happen atomically. A crash before the
+script leaves nothing written; after it, everything. A script whose reply was lost
+(connection dropped mid-call), or a second producer racing on the same mailbox, runs the
+same batch again and adds nothing: within one UIDVALIDITY, a UID at or below the stored
+position is already in the stream.
+
+Fingerprints (see fetch.fingerprint) are consulted only after a UIDVALIDITY change, where
+UIDs mean nothing any more. They are not used otherwise because two distinct messages can
+share Message-ID, size and arrival second (mail re-sent by a list, test fixtures): checking
+them on every message would silently drop the second one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from email_ingestion.common.errors import RedisUnavailableError
+from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+
+_EMIT = """
+local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
+local uidvalidity, last_uid, now_ms, since_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local by_fingerprint = ARGV[5] == '1'
+local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid')
+local position = tonumber(stored[2] or '0')
+if stored[1] ~= uidvalidity then position = 0 end
+local added = {}
+for i = 6, #ARGV, 3 do
+  local fresh = tonumber(ARGV[i + 1]) > position
+  if fresh and by_fingerprint then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
+  if fresh then
+    redis.call('HSET', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1])
+    added[#added + 1] = redis.call('XADD', stream, '*', 'payload', ARGV[i + 2])
+  end
+end
+if last_uid > position then position = last_uid end
+redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', now_ms)
+redis.call('HSETNX', state, 'since_ms', since_ms)
+return added
+"""
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    uidvalidity: int
+    last_uid: int
+    since_ms: int
+
+
+@dataclass(frozen=True)
+class Emission:
+    """One message ready to append: its dedup fingerprint, UID and payload JSON."""
+
+    fingerprint: str
+    uid: int
+    payload: str
+
+
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except TRANSIENT_ERRORS as exc:
+        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc
+
+
+class StateStore:
+    """UID state and stream writes of one mailbox."""
+
+    def __init__(self, client: redis.Redis, keys: MailboxKeys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._emit = client.register_script(_EMIT)
+
+    def load(self) -> MailboxState | None:
+        with redis_errors("state load"):
+            values = self.redis.hmget(self.keys.state, "uidvalidity", "last_uid", "since_ms")
+        if values[0] is None:
+            return None
+        return MailboxState(int(values[0]), int(values[1] or 0), int(values[2] or 0))
+
+    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0,
+             by_fingerprint: bool = False, now_ms: int | None = None) -> list[str]:
+        """Append the new items and move the position to `last_uid`, atomically.
+
+        Returns the stream ids of the entries added (fewer than items when some were
+        already emitted). `by_fingerprint` also skips items whose fingerprint was ever
+        emitted (re-synchronisation after a UIDVALIDITY change)."""
+        now_ms = now_ms or int(time.time() * 1000)
+        args: list[str | int] = [uidvalidity, last_uid, now_ms, since_ms, int(by_fingerprint)]
+        for item in items:
+            args.extend((item.fingerprint, item.uid, item.payload))
+        keys = [self.keys.stream, self.keys.state, self.keys.seen]
+        with redis_errors("stream append"):
+            added = self._emit(keys=keys, args=args)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in added]
+
+    def seen(self, fingerprints: Sequence[str]) -> list[bool]:
+        if not fingerprints:
+            return []
+        with redis_errors("dedup lookup"):
+            found = self.redis.hmget(self.keys.seen, list(fingerprints))
+        return [value is not None for value in found]
+
+
+class StreamGuard:
+    """Backpressure and trimming that never lose an entry a consumer group has not acked."""
+
+    def __init__(self, client: redis.Redis, stream: str, max_unacked: int) -> None:
+        self.redis = client
+        self.stream = stream
+        self.max_unacked = max_unacked
+
+    def unacknowledged(self) -> int:
+        """Entries not yet acknowledged by the slowest group (all entries when no group)."""
+        with redis_errors("stream depth check"):
+            length = int(self.redis.xlen(self.stream))
+            groups = self._groups()
+        if not groups:
+            return length
+        worst = 0
+        for group in groups:
+            lag = group.get("lag")
+            worst = max(worst, int(group.get("pending", 0)) + (length if lag is None else int(lag)))
+        return min(worst, length)
+
+    def is_full(self) -> bool:
+        return self.unacknowledged() >= self.max_unacked
+
+    def trim_acknowledged(self) -> int:
+        """When the stream is longer than the limit, drop entries every group has acked."""
+        with redis_errors("stream trim"):
+            if int(self.redis.xlen(self.stream)) <= self.max_unacked:
+                return 0
+            groups = self._groups()
+            if not groups:
+                return 0
+            ms, seq = min(self._first_unacked(group) for group in groups)
+            return int(self.redis.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False))
+
+    def _groups(self) -> list[dict[str, object]]:
+        try:
+            return list(self.redis.xinfo_groups(self.stream))
+        except redis.ResponseError:  # no such key yet
+            return []
+
+    def _first_unacked(self, group: dict[str, object]) -> tuple[int, int]:
+        """The oldest entry this group still needs. XINFO and XPENDING are two calls, so
+        entries acked in between are fine: the answer can only be too old, never too new."""
+        last = _text(group["last-delivered-id"])
+        if int(group.get("pending", 0) or 0) > 0:
+            oldest = self.redis.xpending(self.stream, group["name"]).get("min")
+            if oldest is not None:
+                return _stream_id(_text(oldest))
+        ms, seq = _stream_id(last)
+        return ms, seq + 1
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    # Compare ids as numbers: as strings "999-0" would sort after "1000-0".
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

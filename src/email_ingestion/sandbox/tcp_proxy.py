@@ -1,0 +1,96 @@
+"""A loopback TCP proxy for tests and benchmarks: adds latency, counts bytes, and can
+"freeze" the connections it holds (traffic silently stops, sockets stay open), which is
+what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from email_ingestion.sandbox.dovecot import free_port
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, delay_s: float = 0.0, listen_port: int = 0) -> None:
+        self.target_port = target_port
+        self.delay_s = delay_s
+        self.port = listen_port or free_port()
+        self.bytes_to_client = 0
+        self.bytes_to_server = 0
+        self.connections = 0
+        self._frozen: set[int] = set()  # ids of connections whose traffic is dropped
+        self._live: set[int] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def freeze_existing(self) -> None:
+        """Silently drop all traffic on the connections open now; new ones work."""
+        self._frozen |= set(self._live)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn_id = id(writer)
+        self.connections += 1
+        self._live.add(conn_id)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer, conn_id, True),
+                             self._pipe(up_reader, writer, conn_id, False), return_exceptions=True)
+        self._live.discard(conn_id)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    conn_id: int, upstream: bool) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = asyncio.ensure_future(self._send_later(queue, writer, conn_id))
+        try:
+            while data := await reader.read(65536):
+                if upstream:
+                    self.bytes_to_server += len(data)
+                else:
+                    self.bytes_to_client += len(data)
+                await queue.put((time.monotonic() + self.delay_s, data))
+        finally:
+            await queue.put((0.0, b""))
+            await sender
+
+    async def _send_later(self, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter,
+                          conn_id: int) -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if conn_id in self._frozen:
+                continue
+            writer.write(data)
+            await writer.drain()
+        if conn_id not in self._frozen:
+            writer.close()

@@ -1,0 +1,172 @@
+"""`python worker.py --consumer NAME`: handle the stream's emails through a consumer group.
+
+Exit status: 0 stopped cleanly (or --burst done), 1 failed, 2 bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
+from email_ingestion.common.keys import StreamKeys, dlq_stream
+from email_ingestion.common.logging import Redactor, setup_logging
+from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.settings import Settings, load_settings
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from email_ingestion.monitoring.health import Liveness, start_health
+from email_ingestion.monitoring.metrics import WorkerMetrics
+from email_ingestion.worker.backoff import Backoff
+from email_ingestion.worker.dead_letter import DeadLetterQueue
+from email_ingestion.worker.handlers import load_handler
+from email_ingestion.worker.idempotency import Idempotency
+from email_ingestion.worker.loop import LoopSettings, WorkerLoop
+from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.recovery import Recovery
+from email_ingestion.worker.retries import RetrySchedule
+
+log = logging.getLogger("email_ingestion.worker")
+
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version(p)
+    p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}",
+                   help="consumer name, unique per worker (default: hostname-pid)")
+    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--group", help="WORKER_GROUP (default email_processor_group)")
+    p.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE: entries per XREADGROUP")
+    p.add_argument("--block-timeout", type=int, help="WORKER_BLOCK_TIMEOUT_MS")
+    p.add_argument("--handler", help="WORKER_HANDLER: log | noop | jsonl:PATH | webhook:URL | module:callable")
+    p.add_argument("--burst", action="store_true", help="exit 0 once nothing is pending and nothing new arrives")
+    p.add_argument("--redis-url", help="REDIS_URL")
+    p.add_argument("--metrics-port", type=int, help="WORKER_METRICS_PORT (0 disables)")
+    p.add_argument("--log-level", help="LOG_LEVEL")
+    p.add_argument("--log-format", choices=("json", "text"), help="LOG_FORMAT")
+    p.add_argument("--env-file", default=".env")
+    return p.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "redis": {"url": args.redis_url, "stream_name": args.stream},
+        "worker": {"group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
+                   "handler": args.handler, "metrics_port": args.metrics_port},
+        "log": {"level": args.log_level, "format": args.log_format},
+    }
+
+
+def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
+                   out_of_time: Any = lambda: False) -> WorkerLoop:
+    """Wire a worker from settings; nothing connects until it runs."""
+    stream, group, retry = settings.redis.stream_name, settings.worker.group, settings.retry
+    handler = load_handler(settings.worker.handler, retry)
+    client = make_redis(settings.redis)
+    keys = StreamKeys(stream, group)
+    metrics = WorkerMetrics(stream, group)
+    retries = RetrySchedule(client, stream, group, keys)
+    recovery = Recovery(client, stream, group, consumer, keys, retry.claim_min_idle_ms, retry.claim_hard_limit_ms,
+                        retry.heartbeat_ttl_ms)
+    processor = BatchProcessor(
+        client, consumer, handler,
+        Idempotency(client, keys, retry.lease_ms, retry.idempotency_ttl_seconds), retries,
+        DeadLetterQueue(client, stream, group, dlq_stream(stream, retry.dlq_stream_name), keys),
+        Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
+        retry.max_deliveries, metrics, heartbeat=recovery.beat)
+    loop = LoopSettings(stream, group, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
+    health = settings.health
+    worker = WorkerLoop(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time,
+                      Liveness(health.stall_seconds),
+                      CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
+    expose(worker, settings, client, dlq_stream(stream, retry.dlq_stream_name))
+    return worker
+
+
+def expose(worker: WorkerLoop, settings: Settings, client: Any, dlq: str) -> None:
+    """/health, /ready, /status and /metrics on WORKER_METRICS_PORT (0: none)."""
+    stream, group = worker.loop.stream, worker.loop.group
+    registry = worker.metrics.registry
+    registry.register(StreamCollector(client, stream, group, dlq))
+    registry.register(ProcessCollector(worker.liveness, [worker.breaker], "worker"))
+
+    def ready() -> tuple[bool, str]:
+        groups = {g["name"].decode() for g in client.xinfo_groups(stream)}
+        return (group in groups, "ok" if group in groups else f"consumer group {group} does not exist")
+
+    def status() -> dict[str, Any]:
+        return {"component": "worker", "consumer": worker.loop.consumer, "stream": stream, "group": group,
+                "handler": settings.worker.handler.split(":", 1)[0],
+                "counters": {k: v for k, v in worker.stats.__dict__.items() if not k.endswith("_at")},
+                "circuit_breakers": {worker.breaker.name: worker.breaker.snapshot()},
+                "retries_waiting": worker.retries.waiting(), "figures": stream_figures(client, stream, group, dlq)}
+
+    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host,
+                 "WORKER_METRICS_PORT")
+
+
+class Shutdown:
+    """SIGTERM/SIGINT: stop reading, let the batch in hand finish until the timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.event = threading.Event()
+        self.timeout_s = timeout_s
+        self._deadline: float | None = None
+
+    def request(self, signum: int, _frame: Any) -> None:
+        if not self.event.is_set():
+            log.info("stop requested: finishing the messages in hand",
+                     extra={"signal": signal.Signals(signum).name, "timeout_s": self.timeout_s})
+            self._deadline = time.monotonic() + self.timeout_s
+        self.event.set()
+
+    def out_of_time(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(overrides(args), env_file=args.env_file)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    setup_logging(settings.log.level, settings.log.format, "worker", Redactor(settings.secrets()))
+    shutdown = Shutdown(settings.worker.shutdown_timeout_seconds)
+    signal.signal(signal.SIGTERM, shutdown.request)
+    signal.signal(signal.SIGINT, shutdown.request)
+    try:
+        consumer = build_worker(settings, args.consumer, shutdown.event, shutdown.out_of_time)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    return run(consumer, settings, args.burst)
+
+
+def run(consumer: WorkerLoop, settings: Settings, burst: bool) -> int:
+    log.info("worker starting", extra={
+        "consumer": consumer.loop.consumer, "stream": consumer.loop.stream, "group": consumer.loop.group,
+        "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
+    try:
+        status = run_guarded(lambda: consumer.run(burst=burst), "worker", log)
+    finally:
+        try:
+            consumer.recovery.stop_beating()
+        except Exception:  # noqa: BLE001 - Redis may be gone; the heartbeat then expires by itself
+            pass
+    if status != EXIT_OK:
+        return status
+    stats = consumer.stats
+    log.info("worker stopped", extra={"processed": stats.processed, "failed": stats.failed,
+                                      "dead_lettered": stats.dead_lettered, "busy_s": round(stats.busy_s, 3)})
+    return EXIT_OK

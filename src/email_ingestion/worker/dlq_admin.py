@@ -1,0 +1,190 @@
+"""Dead-letter queue administration, for operators (instead of redis-cli scripts).
+
+    python -m email_ingestion.worker.dlq_admin list [--limit N] [--json]
+    python -m email_ingestion.worker.dlq_admin show ID [--json]
+    python -m email_ingestion.worker.dlq_admin replay (ID... | --all | --error-type TYPE) [--json]
+    python -m email_ingestion.worker.dlq_admin purge (ID... | --all | --older-than DURATION) [--json]
+    python -m email_ingestion.worker.dlq_admin stats [--json]
+
+Replay puts the original payload back on the main stream with its attempts reset and
+removes it from the DLQ in one atomic step. DURATION: 90s, 30m, 12h, 7d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import redis
+
+from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.keys import dlq_stream
+from email_ingestion.common.redis_client import TRANSIENT_ERRORS, make_redis
+from email_ingestion.common.settings import load_settings
+
+# KEYS: dlq, stream; ARGV: dlq entry id
+_REPLAY = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then return false end
+local fields = entries[1][2]
+local payload = nil
+for i = 1, #fields, 2 do if fields[i] == 'payload' then payload = fields[i + 1] end end
+if not payload then return false end
+local id = redis.call('XADD', KEYS[2], '*', 'payload', payload, 'attempt', 0, 'replayed_from', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
+
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_s(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 12h or 7d")
+    return int(match.group(1)) * _UNITS_S[match.group(2)]
+
+
+class DlqAdmin:
+    def __init__(self, client: redis.Redis, stream: str, dlq: str) -> None:
+        self.redis = client
+        self.stream = stream
+        self.dlq = dlq
+        self._replay = client.register_script(_REPLAY)
+
+    def entries(self, limit: int | None = None, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if ids:
+            found = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
+            raw = [entry for entries in found for entry in entries]
+        else:
+            raw = self.redis.xrange(self.dlq, count=limit)
+        return [_entry(entry_id, fields) for entry_id, fields in raw]
+
+    def replay(self, ids: list[str]) -> list[dict[str, str]]:
+        done = []
+        for entry_id in ids:
+            new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id])
+            if new_id:
+                done.append({"dlq_id": entry_id, "stream_id": _s(new_id)})
+        return done
+
+    def select(self, all_: bool, error_type: str | None, ids: list[str]) -> list[str]:
+        if ids:
+            return ids
+        chosen = [e for e in self.entries() if all_ or e.get("error_type") == error_type]
+        return [e["id"] for e in chosen]
+
+    def purge(self, ids: list[str] | None = None, all_: bool = False, older_than_s: int | None = None) -> int:
+        if older_than_s is not None:
+            cutoff_ms = int(time.time() * 1000) - older_than_s * 1000
+            return int(self.redis.xtrim(self.dlq, minid=f"{cutoff_ms}-0", approximate=False))
+        if all_:
+            count = int(self.redis.xlen(self.dlq))
+            self.redis.delete(self.dlq)
+            return count
+        return int(self.redis.xdel(self.dlq, *ids)) if ids else 0
+
+    def stats(self) -> dict[str, Any]:
+        entries = self.entries()
+        now_ms = int(time.time() * 1000)
+        ages = [now_ms - int(e["id"].split("-")[0]) for e in entries]
+        return {
+            "dlq": self.dlq, "depth": len(entries),
+            "by_reason": dict(Counter(e.get("reason", "?") for e in entries)),
+            "by_error_type": dict(Counter(e.get("error_type", "?") for e in entries)),
+            "oldest_age_s": round(max(ages) / 1000, 1) if ages else None,
+            "newest_age_s": round(min(ages) / 1000, 1) if ages else None,
+        }
+
+
+def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    return {"id": _s(entry_id), **{_s(k): _s(v) for k, v in fields.items()}}
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="email-dlq", description="Inspect and act on the dead-letter queue.")
+    add_version(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--redis-url", help="REDIS_URL")
+    p.add_argument("--env-file", default=".env")
+    sub = p.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="list dead letters (oldest first)")
+    listing.add_argument("--limit", type=int, default=50)
+    show = sub.add_parser("show", help="one dead letter in full")
+    show.add_argument("id")
+    replay = sub.add_parser("replay", help="put payloads back on the stream (attempts reset)")
+    replay.add_argument("ids", nargs="*")
+    replay.add_argument("--all", action="store_true")
+    replay.add_argument("--error-type")
+    purge = sub.add_parser("purge", help="delete dead letters")
+    purge.add_argument("ids", nargs="*")
+    purge.add_argument("--all", action="store_true")
+    purge.add_argument("--older-than", type=parse_duration_s, metavar="DURATION")
+    sub.add_parser("stats", help="counts by reason and error type, ages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_selection(parser, args)
+    try:
+        settings = load_settings({"redis": {"url": args.redis_url, "stream_name": args.stream}}, env_file=args.env_file)
+    except SettingsError as exc:
+        print(f"dlq: {exc}", file=sys.stderr)
+        return 2
+    stream = settings.redis.stream_name
+    admin = DlqAdmin(make_redis(settings.redis), stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+    try:
+        result = _run(admin, args)
+    except TRANSIENT_ERRORS as exc:
+        print(f"dlq: Redis unavailable: {exc}", file=sys.stderr)
+        return 1
+    _print(result, args.json)
+    return 0
+
+
+def _check_selection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command == "replay" and not (args.ids or args.all or args.error_type):
+        parser.error("replay needs IDs, --all or --error-type")
+    if args.command == "purge" and not (args.ids or args.all or args.older_than is not None):
+        parser.error("purge needs IDs, --all or --older-than")
+
+
+def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
+    if args.command == "list":
+        return [{k: v for k, v in e.items() if k not in ("payload", "traceback")} for e in admin.entries(args.limit)]
+    if args.command == "show":
+        found = admin.entries(ids=[args.id])
+        return found[0] if found else {"error": f"no dead letter {args.id}"}
+    if args.command == "replay":
+        return {"replayed": admin.replay(admin.select(args.all, args.error_type, args.ids))}
+    if args.command == "purge":
+        return {"purged": admin.purge(args.ids, args.all, args.older_than)}
+    return admin.stats()
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    rows = result if isinstance(result, list) else [result]
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    if not rows:
+        print("(empty)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Idempotency keys: a short lease while a message is handled, a done marker after.
+
+    SET key "lease:<consumer>:<entry>" NX PX lease_ms GET  -> None: ours to handle
+                                                           -> "done": handled before
+                                                           -> "lease:...": someone else has it
+Leases are renewed while a slow handler runs; after success the done marker (TTL
+IDEMPOTENCY_TTL_SECONDS) is written and the entry acknowledged, in that order, atomically.
+
+Each of these is one Lua call per batch rather than one command per message: redis-py's
+per-command cost, not Redis, is what limits a worker's throughput.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import redis
+
+from email_ingestion.common.keys import StreamKeys
+
+DONE = "done"
+
+# Renew only leases that are still ours: a lease that expired and was taken by another
+# worker must not be extended by the one that lost it.
+# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key.
+_ACQUIRE = """
+local previous = {}
+for i, key in ipairs(KEYS) do
+  previous[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1], 'GET')
+end
+return previous
+"""
+
+# KEYS: stream, then the idempotency keys to mark done; ARGV: group, ttl s, then entry ids
+# to acknowledge (the done ones and the duplicates). Done markers first, then the ack.
+_SETTLE = """
+for i = 2, #KEYS do redis.call('SET', KEYS[i], 'done', 'EX', ARGV[2]) end
+local acked = 0
+for first = 3, #ARGV, 1000 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return acked
+"""
+
+_RENEW = """
+local renewed = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+
+_RELEASE = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then
+    redis.call('DEL', key)
+    released = released + 1
+  end
+end
+return released
+"""
+
+
+class LeaseState(Enum):
+    ACQUIRED = "acquired"
+    DONE = "done"
+    HELD = "held"
+
+
+def lease_value(consumer: str, entry_id: str) -> str:
+    return f"lease:{consumer}:{entry_id}"
+
+
+class Idempotency:
+    def __init__(self, client: redis.Redis, keys: StreamKeys, lease_ms: int, ttl_s: int) -> None:
+        self.redis = client
+        self.keys = keys
+        self.lease_ms = lease_ms
+        self.ttl_s = ttl_s
+        self._acquire = client.register_script(_ACQUIRE)
+        self._settle = client.register_script(_SETTLE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self, items: Sequence[tuple[str, str]]) -> list[LeaseState]:
+        """Try to lease each (idempotency key, lease value), in one round trip. A lease
+        that already carries our value (same consumer, same entry: our previous life) is
+        ours again."""
+        if not items:
+            return []
+        keys = [self.keys.idempotency(key) for key, _ in items]
+        previous = self._acquire(keys=keys, args=[self.lease_ms, *[value for _, value in items]])
+        return [_state(before or None, value) for before, (_, value) in zip(previous, items, strict=True)]
+
+    def release(self, pipe: redis.client.Pipeline, items: Sequence[tuple[str, str]]) -> None:
+        """Give back leases of messages we did not get to handle (shutdown)."""
+        if items:
+            keys = [self.keys.idempotency(key) for key, _ in items]
+            self._release(keys=keys, args=[value for _, value in items], client=pipe)
+
+    def renew(self, items: Sequence[tuple[str, str]]) -> int:
+        if not items:
+            return 0
+        keys = [self.keys.idempotency(key) for key, _ in items]
+        return int(self._renew(keys=keys, args=[self.lease_ms, *[value for _, value in items]]))
+
+    def settle(self, pipe: redis.client.Pipeline, stream: str, group: str, done: Sequence[str],
+               ack_ids: Sequence[str]) -> None:
+        """Mark `done` keys handled, then acknowledge `ack_ids`: one call for the batch."""
+        if ack_ids:
+            keys = [stream, *[self.keys.idempotency(key) for key in done]]
+            self._settle(keys=keys, args=[group, self.ttl_s, *ack_ids], client=pipe)
+
+
+def _state(previous: bytes | None, ours: str) -> LeaseState:
+    if previous is None or previous == ours.encode():
+        return LeaseState.ACQUIRED
+    return LeaseState.DONE if previous == DONE.encode() else LeaseState.HELD

@@ -1,0 +1,174 @@
+"""The worker loop: keep a heartbeat, move due retries back, reclaim orphans now and then,
+read a batch through the consumer group, hand it to the BatchProcessor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.metrics import WorkerMetrics
+from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.recovery import Recovery
+from email_ingestion.worker.retries import RetrySchedule
+
+log = logging.getLogger(__name__)
+
+RECLAIM_INTERVAL_S = 5.0
+RECLAIM_MAX_PER_ROUND = 1000
+
+
+@dataclass
+class LoopSettings:
+    stream: str
+    group: str
+    consumer: str
+    batch_size: int
+    block_ms: int
+    reclaim_interval_s: float = RECLAIM_INTERVAL_S
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    processed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    reclaimed: int = 0
+    first_read_at: float | None = None  # monotonic: when the first batch arrived
+    last_settled_at: float | None = None  # monotonic: when the last batch was settled
+
+    @property
+    def busy_s(self) -> float:
+        if self.first_read_at is None or self.last_settled_at is None:
+            return 0.0
+        return self.last_settled_at - self.first_read_at
+
+
+class WorkerLoop:
+    def __init__(self, client: redis.Redis, loop: LoopSettings, processor: BatchProcessor, retries: RetrySchedule,
+                 recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
+                 out_of_time: Callable[[], bool] = lambda: False, liveness: Liveness | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.redis = client
+        self.loop = loop
+        self.processor = processor
+        self.retries = retries
+        self.recovery = recovery
+        self.metrics = metrics
+        self.stop_event = stop_event
+        self.out_of_time = out_of_time
+        self.liveness = liveness or Liveness(180.0)
+        self.breaker = breaker or CircuitBreaker("redis")
+        self.stats = WorkerStats()
+
+    def ensure_group(self) -> None:
+        """Create the group idempotently, from id 0 so a backlog that predates it is read."""
+        try:
+            self.redis.xgroup_create(self.loop.stream, self.loop.group, id="0", mkstream=True)
+            log.info("consumer group created", extra={"stream": self.loop.stream, "group": self.loop.group})
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, burst: bool = False) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                self._run(burst)
+                return
+            except TRANSIENT_ERRORS as exc:
+                failures += 1
+                self.breaker.failure()
+                delay_s = max(min(30.0, 0.5 * 2 ** min(failures, 6)), self.breaker.wait_s())
+                log.warning("Redis unavailable; retrying", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                                    "retry_in_s": round(delay_s, 2)})
+                self._wait(delay_s)
+
+    def _wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self.liveness.tick()
+            self.stop_event.wait(min(1.0, deadline - time.monotonic()))
+
+    def _run(self, burst: bool) -> None:
+        self.ensure_group()
+        self.recovery.beat()
+        self._recover(own=True)
+        next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
+        while not self.stop_event.is_set():
+            self.liveness.tick()
+            self.recovery.beat()
+            self.breaker.success()
+            _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
+            if time.monotonic() >= next_reclaim:
+                self._recover()
+                next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
+            deliveries = self._read(self._block_ms(next_due_ms))
+            if deliveries:
+                self._process(deliveries)
+            # Before a burst calls it done, it takes over what dead consumers left behind.
+            elif burst and not self._recover() and self._drained():
+                log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
+                return
+
+    def _recover(self, own: bool = False) -> int:
+        """Claim and settle orphans one at a time (see recovery.py for why)."""
+        count = 0
+        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
+            self.liveness.tick()
+            claimed = self.recovery.reclaim(own=own, limit=1).deliveries
+            if not claimed:
+                break
+            self._count_reclaimed(claimed)
+            self._process(claimed)
+            count += len(claimed)
+        return count
+
+    def _read(self, block_ms: int) -> list[Delivery]:
+        try:
+            reply = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
+                                          count=self.loop.batch_size, block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # the group (or the stream) was deleted under us
+            return []
+        return [Delivery.from_redis(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+
+    def _block_ms(self, next_due_ms: int | None) -> int:
+        block = self.loop.block_ms
+        if next_due_ms is not None:
+            block = min(block, max(1, next_due_ms - int(time.time() * 1000)))
+        return max(1, block)
+
+    def _drained(self) -> bool:
+        mine = self.redis.xpending_range(self.loop.stream, self.loop.group, min="-", max="+", count=1,
+                                         consumername=self.loop.consumer)
+        return not mine and self.retries.waiting() == 0
+
+    def _count_reclaimed(self, deliveries: list[Delivery]) -> None:
+        self.stats.reclaimed += len(deliveries)
+        self.metrics.orphans.inc(len(deliveries))
+
+    def _process(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        if self.stats.first_read_at is None:
+            self.stats.first_read_at = time.monotonic()
+        result = self.processor.process(deliveries, self.out_of_time)
+        self.stats.last_settled_at = time.monotonic()
+        self.stats.batches += 1
+        self.stats.processed += result.processed
+        self.stats.failed += result.failed
+        self.stats.dead_lettered += result.dead_lettered
+        self.stats.duplicates += result.duplicates
