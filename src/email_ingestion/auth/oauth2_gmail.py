@@ -26,6 +26,7 @@ from imapclient import IMAPClient
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.errors import AuthError, IngestionError, TokenEndpointError, TokenRefreshError
 from email_ingestion.common.settings import GoogleSettings, load_settings
+from email_ingestion.common.text import iso_utc
 
 if TYPE_CHECKING:
     from google.oauth2.credentials import Credentials
@@ -112,7 +113,7 @@ class TokenStore:
         self.refresh_count += 1
         self._on_new_token(str(creds.token))
         save_credentials(creds, self.path)
-        log.info("OAuth2 access token refreshed", extra={"expires_at": _iso(creds.expiry)})
+        log.info("OAuth2 access token refreshed", extra={"expires_at": iso_utc(creds.expiry)})
 
 
 def _refresh_error(exc: Exception) -> TokenRefreshError:
@@ -171,10 +172,6 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _iso(when: dt.datetime | None) -> str | None:
-    return when.isoformat() + "Z" if when else None
-
-
 def run_setup(settings: GoogleSettings, open_browser: bool = True) -> Path:
     """Run Google's installed-app flow in a browser and store the token file."""
     from google_auth_oauthlib.flow import InstalledAppFlow
@@ -199,7 +196,7 @@ def token_info(settings: GoogleSettings) -> dict[str, Any]:
         "token_file": str(settings.token_file),
         "mode": oct(settings.token_file.stat().st_mode & 0o777),
         "has_refresh_token": bool(creds.refresh_token),
-        "access_token_expiry": _iso(creds.expiry),
+        "access_token_expiry": iso_utc(creds.expiry),
         "access_token_valid": bool(creds.valid),
         "scopes": list(creds.scopes or []),
         "client_id": creds.client_id,
@@ -240,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.refresh:
             store = TokenStore(settings)
             store.refresh()
-            print(f"refreshed; access token valid until {_iso(store.credentials().expiry)}")
+            print(f"refreshed; access token valid until {iso_utc(store.credentials().expiry)}")
         else:
             revoke(settings)
             print(f"revoked and removed {settings.token_file}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import redis
 
 from email_ingestion.common.errors import RedisUnavailableError
@@ -36,5 +39,11 @@ def describe(settings: RedisSettings) -> str:
     return f"redis://{settings.host}:{settings.port}/{settings.db}"
 
 
-def unavailable(exc: BaseException, settings: RedisSettings) -> RedisUnavailableError:
-    return RedisUnavailableError(f"Redis at {describe(settings)} unavailable: {type(exc).__name__}: {exc}")
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    """The one boundary between redis-py's errors and ours: what passes by itself
+    becomes RedisUnavailableError, naming what was being done; the rest propagates."""
+    try:
+        yield
+    except TRANSIENT_ERRORS as exc:
+        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc

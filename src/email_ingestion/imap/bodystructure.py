@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+from email_ingestion.common.text import to_text
 from email_ingestion.mail.decode import decode_header_value
 from email_ingestion.mail.parse import AttachmentInfo
 
@@ -59,7 +60,7 @@ def _is_multipart(structure: Any) -> bool:
 
 
 def _leaf(fields: Any, section: str) -> PartInfo:
-    major, minor = _text(fields[0]).lower(), _text(fields[1]).lower()
+    major, minor = to_text(fields[0]).lower(), to_text(fields[1]).lower()
     content_type = f"{major}/{minor}"
     # Extension data starts after the basic fields, plus `lines` for text/* and
     # envelope, body and lines for message/rfc822.
@@ -67,11 +68,11 @@ def _leaf(fields: Any, section: str) -> PartInfo:
     disposition = _at(fields, 8 + extra)
     disp_name, disp_params = None, {}
     if isinstance(disposition, tuple) and disposition:
-        disp_name = _text(disposition[0]).lower()
+        disp_name = to_text(disposition[0]).lower()
         disp_params = _params(disposition[1] if len(disposition) > 1 else None)
     return PartInfo(
         section=section, content_type=content_type, params=_params(_at(fields, 2)),
-        encoding=_text(_at(fields, 5) or b"7bit").lower(), size=int(_at(fields, 6) or 0),
+        encoding=to_text(_at(fields, 5) or b"7bit").lower(), size=int(_at(fields, 6) or 0),
         disposition=disp_name, disposition_params=disp_params,
     )
 
@@ -80,17 +81,11 @@ def _at(fields: Any, index: int) -> Any:
     return fields[index] if len(fields) > index else None
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
 def _params(raw: Any) -> dict[str, str]:
     if not isinstance(raw, (tuple, list)):
         return {}
     items = list(raw)
-    return {_text(k).lower(): _text(v) for k, v in zip(items[::2], items[1::2], strict=False)}
+    return {to_text(k).lower(): to_text(v) for k, v in zip(items[::2], items[1::2], strict=False)}
 
 
 def _filename(params: dict[str, str], disp_params: dict[str, str]) -> str | None:

@@ -22,6 +22,7 @@ from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, require_producer_settings
+from email_ingestion.common.text import iso_from_epoch_s
 from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
@@ -131,7 +132,7 @@ def expose(runner: ProducerRunner, settings: Settings, client: Any, store: State
             "counters": {"sync_passes": runner.status.passes, "emitted": runner.status.emitted,
                          "reconnects": runner.status.reconnects,
                          "uidvalidity_changes": runner.status.uidvalidity_changes},
-            "last_successful_sync": _iso(last_ok) if last_ok else None,
+            "last_successful_sync": iso_from_epoch_s(last_ok) if last_ok else None,
             "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
             "backpressure": runner.sync.backpressured,
             "circuit_breakers": {b.name: b.snapshot() for b in (runner.imap_breaker, runner.redis_breaker)},
@@ -141,11 +142,6 @@ def expose(runner: ProducerRunner, settings: Settings, client: Any, store: State
 
     start_health(registry, runner.liveness, ready, status, settings.producer.producer_metrics_port,
                  settings.health.host, "PRODUCER_METRICS_PORT")
-
-
-def _iso(epoch_s: float) -> str:
-    import datetime as dt
-    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def install_signal_handlers(stop_event: threading.Event) -> None:

@@ -20,6 +20,7 @@ from imapclient.imap_utf7 import decode as decode_utf7
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import Address, Attachment, EmailPayload
 from email_ingestion.common.settings import ProducerSettings
+from email_ingestion.common.text import iso_utc, to_text
 from email_ingestion.imap import bodystructure
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.mail.parse import ParsedMessage, TextPart, parse_headers, parse_message, parse_partial
@@ -102,7 +103,7 @@ class MessageFetcher:
             header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), b"")
             internal = _internal_date(data.get(b"INTERNALDATE"))
             identity = parse_headers(email.message_from_bytes(header or b"")).identity
-            fp = fingerprint(identity, _iso(internal),
+            fp = fingerprint(identity, iso_utc(internal),
                              int(data.get(b"RFC822.SIZE", 0)), _gm(data.get(b"X-GM-MSGID")))
             result.append(MessageMeta(uid, fp, int(internal.timestamp() * 1000) if internal else 0))
         return result
@@ -112,7 +113,7 @@ class MessageFetcher:
             raw = data.get(b"BODY[]")
             size = int(data.get(b"RFC822.SIZE", len(raw or b"")))
             parsed = parse_message(raw or b"") if _PARTS not in data else self._parse_large(data, size)
-            internal = _iso(_internal_date(data.get(b"INTERNALDATE")))
+            internal = iso_utc(_internal_date(data.get(b"INTERNALDATE")))
             gm_msgid = _gm(data.get(b"X-GM-MSGID"))
             payload = self._payload(uid, uidvalidity, data, parsed, internal, size, gm_msgid, correlation_id)
             if parsed.defects:
@@ -144,12 +145,12 @@ class MessageFetcher:
             **{"from": _address(parsed.from_)},
             to=[_address(a) for a in parsed.to], cc=[_address(a) for a in parsed.cc],
             reply_to=[_address(a) for a in parsed.reply_to], subject=parsed.subject, date=parsed.date,
-            internal_date=internal, size=size, flags=[_str(flag) for flag in data.get(b"FLAGS") or ()],
+            internal_date=internal, size=size, flags=[to_text(flag) for flag in data.get(b"FLAGS") or ()],
             headers=parsed.headers, body_text=parsed.body_text, body_html_preview=parsed.body_html_preview,
             body_truncated=parsed.body_truncated,
             attachments=[Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
                          for a in parsed.attachments],
-            parse_defects=parsed.defects, fetched_at=_iso(dt.datetime.now(dt.UTC)) or "",
+            parse_defects=parsed.defects, fetched_at=iso_utc(dt.datetime.now(dt.UTC)) or "",
             correlation_id=correlation_id,
         )
 
@@ -171,20 +172,10 @@ def _internal_date(value: Any) -> dt.datetime | None:
     return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _gm(value: Any) -> str | None:
-    return None if value is None else str(int(value)) if isinstance(value, int) else _str(value)
+    return None if value is None else str(int(value)) if isinstance(value, int) else to_text(value)
 
 
 def _label(value: Any) -> str:
     # Gmail labels are mailbox names: modified UTF-7 (RFC 3501 §5.1.3).
     return decode_utf7(value) if isinstance(value, bytes) else str(value)
-
-
-def _str(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

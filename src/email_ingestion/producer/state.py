@@ -15,16 +15,15 @@ them on every message would silently drop the second one.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
-from email_ingestion.common.errors import RedisUnavailableError
 from email_ingestion.common.keys import MailboxKeys
-from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+from email_ingestion.common.redis_client import redis_errors
+from email_ingestion.common.text import to_text
 
 _EMIT = """
 local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
@@ -64,13 +63,6 @@ class Emission:
     uid: int
     payload: str
 
-
-@contextlib.contextmanager
-def redis_errors(where: str) -> Iterator[None]:
-    try:
-        yield
-    except TRANSIENT_ERRORS as exc:
-        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc
 
 
 class StateStore:
@@ -156,11 +148,11 @@ class StreamGuard:
     def _first_unacked(self, group: dict[str, object]) -> tuple[int, int]:
         """The oldest entry this group still needs. XINFO and XPENDING are two calls, so
         entries acked in between are fine: the answer can only be too old, never too new."""
-        last = _text(group["last-delivered-id"])
+        last = to_text(group["last-delivered-id"])
         if int(group.get("pending", 0) or 0) > 0:
             oldest = self.redis.xpending(self.stream, group["name"]).get("min")
             if oldest is not None:
-                return _stream_id(_text(oldest))
+                return _stream_id(to_text(oldest))
         ms, seq = _stream_id(last)
         return ms, seq + 1
 
@@ -169,7 +161,3 @@ def _stream_id(text: str) -> tuple[int, int]:
     # Compare ids as numbers: as strings "999-0" would sort after "1000-0".
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

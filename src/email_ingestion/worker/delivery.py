@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from email_ingestion.common.text import to_text
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -13,7 +15,7 @@ class Delivery:
 
     @classmethod
     def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> Delivery:
-        return cls(_s(entry_id), fields or {}, deliveries)
+        return cls(to_text(entry_id), fields or {}, deliveries)
 
     @property
     def payload(self) -> bytes:
@@ -23,7 +25,7 @@ class Delivery:
     @property
     def fields(self) -> dict[str, str]:
         """Decoded fields, for the rare paths (retries, dead letters)."""
-        return {_s(k): _s(v) for k, v in self.raw.items()}
+        return {to_text(k): to_text(v) for k, v in self.raw.items()}
 
     @property
     def attempt(self) -> int:
@@ -32,7 +34,3 @@ class Delivery:
             return int(self.raw.get(b"attempt", b"0"))
         except ValueError:
             return 0
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -23,10 +23,11 @@ from typing import Any
 import redis
 
 from email_ingestion.common.cli_args import add_version
-from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.errors import RedisUnavailableError, SettingsError
 from email_ingestion.common.keys import dlq_stream
-from email_ingestion.common.redis_client import TRANSIENT_ERRORS, make_redis
+from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
+from email_ingestion.common.text import to_text
 
 # KEYS: dlq, stream; ARGV: dlq entry id
 _REPLAY = """
@@ -71,7 +72,7 @@ class DlqAdmin:
         for entry_id in ids:
             new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id])
             if new_id:
-                done.append({"dlq_id": entry_id, "stream_id": _s(new_id)})
+                done.append({"dlq_id": entry_id, "stream_id": to_text(new_id)})
         return done
 
     def select(self, all_: bool, error_type: str | None, ids: list[str]) -> list[str]:
@@ -104,11 +105,7 @@ class DlqAdmin:
 
 
 def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    return {"id": _s(entry_id), **{_s(k): _s(v) for k, v in fields.items()}}
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return {"id": to_text(entry_id), **{to_text(k): to_text(v) for k, v in fields.items()}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     stream = settings.redis.stream_name
     admin = DlqAdmin(make_redis(settings.redis), stream, dlq_stream(stream, settings.retry.dlq_stream_name))
     try:
-        result = _run(admin, args)
-    except TRANSIENT_ERRORS as exc:
-        print(f"dlq: Redis unavailable: {exc}", file=sys.stderr)
+        with redis_errors(f"dlq {args.command}"):
+            result = _run(admin, args)
+    except RedisUnavailableError as exc:
+        print(f"dlq: {exc}", file=sys.stderr)
         return 1
     _print(result, args.json)
     return 0

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
-from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+from email_ingestion.common.errors import RedisUnavailableError
+from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.delivery import Delivery
@@ -84,13 +85,14 @@ class WorkerLoop:
         failures = 0
         while not self.stop_event.is_set():
             try:
-                self._run(burst)
+                with redis_errors("the worker loop"):
+                    self._run(burst)
                 return
-            except TRANSIENT_ERRORS as exc:
+            except RedisUnavailableError as exc:
                 failures += 1
                 self.breaker.failure()
                 delay_s = max(min(30.0, 0.5 * 2 ** min(failures, 6)), self.breaker.wait_s())
-                log.warning("Redis unavailable; retrying", extra={"error": f"{type(exc).__name__}: {exc}",
+                log.warning("Redis unavailable; retrying", extra={"error": str(exc),
                                                                     "retry_in_s": round(delay_s, 2)})
                 self._wait(delay_s)
 

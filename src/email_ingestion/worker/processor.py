@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import redis
 from pydantic import ValidationError
 
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import PermanentError
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import EmailPayload
+from email_ingestion.common.text import ms_from_iso, to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.context import HandlerContext
@@ -66,7 +68,7 @@ class BatchProcessor:
     def __init__(self, client: redis.Redis, consumer: str, handler: Handler, idempotency: Idempotency,
                  retries: RetrySchedule, dlq: DeadLetterQueue, backoff: Backoff, max_deliveries: int,
                  metrics: WorkerMetrics, heartbeat: Callable[[], None],
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 clock_ms: Clock = wall_ms) -> None:
         self.redis = client
         self.consumer = consumer
         self.handler = handler
@@ -168,7 +170,7 @@ class BatchProcessor:
             return
         delay_s = self.backoff.delay_s(attempts)
         now = self.clock_ms()
-        record = RetryRecord(_text(delivery.payload), attempts, _first_failed(delivery, now), error[:500],
+        record = RetryRecord(to_text(delivery.payload), attempts, _first_failed(delivery, now), error[:500],
                              delivery.fields.get("original_id", delivery.entry_id))
         self.retries.schedule(pipe, delivery.entry_id, record, now + int(delay_s * 1000), *leased.lease_item)
         result.retried += 1
@@ -179,7 +181,7 @@ class BatchProcessor:
     def _defer(self, pipe: redis.client.Pipeline, leased: Leased, result: BatchResult) -> None:
         """Another worker holds the lease: look again once it would have expired."""
         delivery = leased.delivery
-        record = RetryRecord(_text(delivery.payload), delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
+        record = RetryRecord(to_text(delivery.payload), delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
                              delivery.fields.get("last_error", ""), delivery.fields.get("original_id", delivery.entry_id))
         due = self.clock_ms() + self.idempotency.lease_ms
         self.retries.schedule(pipe, delivery.entry_id, record, due, leased.payload.idempotency_key, "")
@@ -189,7 +191,7 @@ class BatchProcessor:
               trace: str, result: BatchResult, leased: Leased | None = None) -> None:
         now = self.clock_ms()
         letter = DeadLetter(
-            payload=_text(delivery.payload), original_id=delivery.fields.get("original_id", delivery.entry_id),
+            payload=to_text(delivery.payload), original_id=delivery.fields.get("original_id", delivery.entry_id),
             reason=reason, error_type=error_type, error_message=message, traceback=trace,
             attempts=delivery.attempt + (0 if reason == "invalid_payload" else 1),
             first_failure_ms=_first_failed(delivery, now), last_failure_ms=now, consumer=self.consumer)
@@ -202,7 +204,7 @@ class BatchProcessor:
     def _observe_done(self, payload: EmailPayload) -> None:
         if payload.internal_date:
             try:
-                arrived = _iso_ms(payload.internal_date)
+                arrived = ms_from_iso(payload.internal_date)
             except ValueError:
                 return
             self.metrics.end_to_end.observe(max(0.0, (self.clock_ms() - arrived) / 1000))
@@ -245,10 +247,6 @@ class _Renewer:
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
 
 
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
 def _first_failed(delivery: Delivery, now_ms: int) -> int:
     try:
         return int(delivery.fields.get("first_failed_ms", 0)) or now_ms
@@ -261,8 +259,3 @@ def _short(exc: ValidationError) -> str:
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
     where = ".".join(str(part) for part in first["loc"])
     return f"payload failed schema validation ({len(errors)} errors); first: {where}: {first['msg']}"
-
-
-def _iso_ms(value: str) -> int:
-    import datetime as dt
-    return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)

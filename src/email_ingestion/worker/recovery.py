@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from email_ingestion.common.keys import StreamKeys
+from email_ingestion.common.text import to_text
 from email_ingestion.worker.delivery import Delivery
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Recovery:
     def _pending(self, min_idle_ms: int, count: int, consumer: str | None = None) -> list[dict[str, Any]]:
         entries = self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=count,
                                             consumername=consumer, idle=min_idle_ms)
-        return [{**e, "message_id": _s(e["message_id"]), "consumer": _s(e["consumer"])} for e in entries]
+        return [{**e, "message_id": to_text(e["message_id"]), "consumer": to_text(e["consumer"])} for e in entries]
 
     def _alive(self, consumers: set[str]) -> set[str]:
         if not consumers:
@@ -95,7 +96,7 @@ class Recovery:
         claimed = self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_ms, list(counts))
         found = set()
         for entry_id, fields in claimed:
-            delivery = Delivery.from_redis(entry_id, fields, counts.get(_s(entry_id), 0) + 1)
+            delivery = Delivery.from_redis(entry_id, fields, counts.get(to_text(entry_id), 0) + 1)
             found.add(delivery.entry_id)
             result.deliveries.append(delivery)
         gone = [entry_id for entry_id in counts if entry_id not in found]
@@ -111,15 +112,11 @@ class Recovery:
         result.deleted += len(deleted)
         if not claimed:
             return
-        ids = [_s(entry_id) for entry_id, _ in claimed]
-        counts = {_s(p["message_id"]): int(p["times_delivered"]) for p in self.redis.xpending_range(
+        ids = [to_text(entry_id) for entry_id, _ in claimed]
+        counts = {to_text(p["message_id"]): int(p["times_delivered"]) for p in self.redis.xpending_range(
             self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2, consumername=self.consumer)}
         for entry_id, fields in claimed:
             if fields:
-                result.deliveries.append(Delivery.from_redis(entry_id, fields, counts.get(_s(entry_id), 1)))
+                result.deliveries.append(Delivery.from_redis(entry_id, fields, counts.get(to_text(entry_id), 1)))
         log.warning("claimed messages idle past the hard limit from a live consumer",
                     extra={"count": len(claimed), "hard_limit_ms": self.hard_limit_ms})
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,16 @@
+"""The stream-entry format: the field names producer, worker, retries and DLQ share.
+
+Lua scripts get these names as ARGV rather than spelling them, so a rename here is a rename
+everywhere. An entry on the main stream has PAYLOAD, and ATTEMPT/FIRST_FAILED_MS/LAST_ERROR
+once it comes back from the retry schedule; a DLQ entry adds ORIGINAL_ID and the failure
+fields of DeadLetter; a replayed entry carries REPLAYED_FROM (the DLQ id it came from).
+"""
+
+from __future__ import annotations
+
+PAYLOAD = "payload"
+ATTEMPT = "attempt"
+FIRST_FAILED_MS = "first_failed_ms"
+LAST_ERROR = "last_error"
+ORIGINAL_ID = "original_id"
+REPLAYED_FROM = "replayed_from"
