@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
@@ -18,7 +19,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def make_redis(settings: RedisSettings) -> redis.Redis:
-    common = {
+    common: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_seconds,
         "socket_connect_timeout": settings.socket_timeout_seconds,
         "health_check_interval": 30,

@@ -201,7 +201,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
     for name, (cls, prefix) in _GROUPS.items():
         values = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
         try:
-            groups[name] = cls(_env_file=env_file, **values)  # type: ignore[call-arg]
+            groups[name] = cls(_env_file=env_file, **values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
     return Settings(**groups)
