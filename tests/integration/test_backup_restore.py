@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from email_ingestion.common.keys import MailboxKeys
-from email_ingestion.producer.state import Emission, StateStore
+from email_ingestion.producer.payloads import Emission
+from email_ingestion.producer.state import StateStore
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_payloads import add_payloads
 from tests.conftest import ROOT

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from email_ingestion.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.imap.session import imap_errors
-from email_ingestion.producer.state import Emission, StateStore, StreamGuard
+from email_ingestion.producer.payloads import Emission
+from email_ingestion.producer.state import StateStore, StreamGuard
 
 STREAM = "email_ingestion_stream"
 

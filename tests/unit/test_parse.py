@@ -9,18 +9,16 @@ import pytest
 
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.mail.parse import TextPart, html_to_text, parse_date, parse_message, parse_partial
+from email_ingestion.producer.payloads import Downloaded, PayloadBuilder
 from email_ingestion.sandbox.sample_mail import BROKEN_MESSAGES, sample_message
 from tests.conftest import CORPUS
 
 
 def to_payload(raw: bytes) -> EmailPayload:
-    from email_ingestion.common.settings import ProducerSettings
-    from email_ingestion.producer.fetch import MessageFetcher
-
-    fetcher = MessageFetcher(session=None, settings=ProducerSettings(), account="a@x", mailbox="INBOX")  # type: ignore[arg-type]
-    parsed = parse_message(raw)
-    payload = fetcher._payload(1, 7, {b"FLAGS": (b"\\Seen",)}, parsed, "2024-01-01T00:00:00Z", len(raw), None, "c.1")
-    return EmailPayload.from_json(payload.to_json())
+    """The whole pure build path: raw FETCH data -> Emission -> JSON -> EmailPayload."""
+    downloaded = Downloaded([(1, {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw)})])
+    (emission,) = PayloadBuilder(account="a@x", mailbox="INBOX").build(downloaded, 7, "c")
+    return EmailPayload.from_json(emission.payload)
 
 
 @pytest.mark.parametrize(("name", "raw"), BROKEN_MESSAGES, ids=[n for n, _ in BROKEN_MESSAGES])

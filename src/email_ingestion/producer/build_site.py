@@ -17,13 +17,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import Protocol
 
 from email_ingestion.common.errors import ParseWorkerError
 from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.common.settings import ProducerSettings
-from email_ingestion.producer.fetch import Downloaded, MessageFetcher
-from email_ingestion.producer.state import Emission
+from email_ingestion.producer.payloads import Downloaded, Emission, PayloadBuilder
 
 Built = Callable[[], list[Emission]]
 PARALLEL_FROM_BATCHES = 3
@@ -36,11 +34,11 @@ class Builder(Protocol):
 
 
 class InlineBuilder:
-    def __init__(self, fetcher: MessageFetcher) -> None:
-        self.fetcher = fetcher
+    def __init__(self, payloads: PayloadBuilder) -> None:
+        self.payloads = payloads
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        return lambda: self.fetcher.build(downloaded, uidvalidity, pass_id)
+        return lambda: self.payloads.build(downloaded, uidvalidity, pass_id)
 
     def close(self) -> None:
         pass
@@ -49,8 +47,8 @@ class InlineBuilder:
 class ProcessBuilder:
     """Builds in one spawned child (portable; no fork of a threaded process)."""
 
-    def __init__(self, fetcher: MessageFetcher, log_level: str, log_format: str, secrets: list[str]) -> None:
-        self._context = (fetcher.account, fetcher.mailbox, fetcher.settings.model_dump())
+    def __init__(self, payloads: PayloadBuilder, *, log_level: str, log_format: str, secrets: list[str]) -> None:
+        self._context = (payloads.account, payloads.mailbox)
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_child, initargs=(log_level, log_format, secrets))
@@ -69,13 +67,13 @@ class ProcessBuilder:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def builder_factory(fetcher: MessageFetcher, log_level: str, log_format: str,
+def builder_factory(payloads: PayloadBuilder, *, parallel_parse: bool, log_level: str, log_format: str,
                     secrets: list[str]) -> Callable[[int], Builder]:
     """Chooses per pass: a helper process for long syncs when PARALLEL_PARSE allows it."""
     def make(batches: int) -> Builder:
-        if fetcher.settings.parallel_parse and batches >= PARALLEL_FROM_BATCHES:
-            return ProcessBuilder(fetcher, log_level, log_format, secrets)
-        return InlineBuilder(fetcher)
+        if parallel_parse and batches >= PARALLEL_FROM_BATCHES:
+            return ProcessBuilder(payloads, log_level=log_level, log_format=log_format, secrets=secrets)
+        return InlineBuilder(payloads)
     return make
 
 
@@ -98,8 +96,7 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
 
 
 def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str,
-                    context: tuple[str, str, dict[str, Any]]) -> list[Emission]:
-    account, mailbox, settings = context
-    fetcher = MessageFetcher(None, ProducerSettings(**settings), account, mailbox)  # type: ignore[arg-type]
-    return fetcher.build(downloaded, uidvalidity, pass_id)
+                    context: tuple[str, str]) -> list[Emission]:
+    account, mailbox = context
+    return PayloadBuilder(account=account, mailbox=mailbox).build(downloaded, uidvalidity, pass_id)
 

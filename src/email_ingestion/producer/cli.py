@@ -30,6 +30,7 @@ from email_ingestion.monitoring.metrics import ProducerMetrics
 from email_ingestion.producer.build_site import builder_factory
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
+from email_ingestion.producer.payloads import PayloadBuilder
 from email_ingestion.producer.runner import ProducerRunner
 from email_ingestion.producer.state import StateStore, StreamGuard
 from email_ingestion.producer.sync import MailboxSync
@@ -89,7 +90,7 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     imap = settings.imap
     metrics = ProducerMetrics(imap.user, imap.mailbox)
     session = ImapSession(imap, build_authenticator(settings, redactor, metrics))
-    fetcher = MessageFetcher(session, settings.producer, imap.user, imap.mailbox)
+    fetcher = MessageFetcher(session=session, settings=settings.producer)
     client = None
     if dry_run:
         store: Any = DryRunStore()
@@ -98,9 +99,11 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         client = make_redis(settings.redis)
         store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
         guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
-    make_builder = builder_factory(fetcher, settings.log.level, settings.log.format, settings.secrets())
-    sync = MailboxSync(session, store, guard, fetcher, settings.producer, metrics, wait=stop_event.wait,
-                       make_builder=make_builder)
+    make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
+                                   parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
+                                   log_format=settings.log.format, secrets=settings.secrets())
+    sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
+                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
     runner = ProducerRunner(settings, session, sync, metrics, stop_event)
     if client is not None:
         expose(runner, settings, client, store)

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from email_ingestion.producer.state import Emission, MailboxState
+from email_ingestion.producer.payloads import Emission
+from email_ingestion.producer.state import MailboxState
 
 
 class DryRunStore:

@@ -24,6 +24,7 @@ import redis
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import to_text
+from email_ingestion.producer.payloads import Emission
 
 _EMIT = """
 local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
@@ -53,15 +54,6 @@ class MailboxState:
     uidvalidity: int
     last_uid: int
     since_ms: int
-
-
-@dataclass(frozen=True)
-class Emission:
-    """One message ready to append: its dedup fingerprint, UID and payload JSON."""
-
-    fingerprint: str
-    uid: int
-    payload: str
 
 
 

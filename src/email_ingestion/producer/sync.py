@@ -22,7 +22,7 @@ from email_ingestion.common.logging import correlation
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.imap.session import ImapSession, MailboxStatus
 from email_ingestion.monitoring.metrics import ProducerMetrics
-from email_ingestion.producer.build_site import Builder, Built, InlineBuilder
+from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.progress import Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
@@ -41,9 +41,9 @@ class PassResult:
 
 
 class MailboxSync:
-    def __init__(self, session: ImapSession, store: StateStore, guard: StreamGuard,
+    def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder] | None = None) -> None:
+                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder]) -> None:
         self.session = session
         self.store = store
         self.guard = guard
@@ -51,7 +51,7 @@ class MailboxSync:
         self.settings = settings
         self.metrics = metrics
         self._wait = wait  # sleeps, returning True early when asked to stop
-        self._make_builder = make_builder or (lambda _batches: InlineBuilder(fetcher))
+        self._make_builder = make_builder
         self.backpressured = False
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
