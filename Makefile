@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server dovecot-imapd isync prometheus openssl
 
-.PHONY: help system-deps venv install lint test test-fast demo bench bench-producer bench-worker clean
+.PHONY: help system-deps venv install lint test test-fast test-other-pythons demo bench bench-producer bench-worker clean
 
 help:
 	@echo "make demo   - set up everything and run producer + 2 workers on a local sample mailbox"
@@ -35,8 +35,20 @@ lint: install
 	$(VENV)/bin/ruff check src tests scripts producer.py worker.py
 	$(VENV)/bin/mypy
 
+# Other interpreters the machine has (pyenv shims on the CI image), each with its own venv;
+# they run the suite without the long fault runs (those run once, on the default interpreter).
+OTHER_PYTHONS ?= python3.12 python3.13
+
 test: system-deps install lint
 	$(PY) -m pytest -q
+	$(MAKE) test-other-pythons
+
+test-other-pythons:
+	@for py in $(OTHER_PYTHONS); do \
+	  if ! $$py -c "import sys; assert sys.version_info >= (3, 11)" >/dev/null 2>&1; then echo "$$py: not installed, skipped"; continue; fi; \
+	  $(MAKE) --no-print-directory VENV=.venv-$$py PYTHON=$$py install && \
+	  .venv-$$py/bin/python -m pytest -q -m "not slow" || exit 1; \
+	done
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -53,4 +65,4 @@ bench-worker: system-deps install
 	$(PY) scripts/bench_worker.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .demo
+	rm -rf $(VENV) .venv-python3.* .pytest_cache .ruff_cache .mypy_cache .demo
