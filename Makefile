@@ -41,13 +41,15 @@ OTHER_PYTHONS ?= python3.12 python3.13
 
 test: system-deps install lint
 	$(PY) -m pytest -q
-	$(MAKE) test-other-pythons
+	make --no-print-directory test-other-pythons
 
 test-other-pythons:
-	@for py in $(OTHER_PYTHONS); do \
-	  if ! $$py -c "import sys; assert sys.version_info >= (3, 11)" >/dev/null 2>&1; then echo "$$py: not installed, skipped"; continue; fi; \
-	  $(MAKE) --no-print-directory VENV=.venv-$$py PYTHON=$$py install && \
-	  .venv-$$py/bin/python -m pytest -q -m "not slow" || exit 1; \
+	@for name in $(OTHER_PYTHONS); do \
+	  py=$$(ls $${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$$name 2>/dev/null | tail -1); py=$${py:-$$name}; \
+	  if ! $$py -c "import sys; assert sys.version_info >= (3, 11)" >/dev/null 2>&1; then echo "$$name: not installed, skipped"; continue; fi; \
+	  echo "== tests on $$($$py --version)"; \
+	  make --no-print-directory VENV=.venv-$$name PYTHON=$$py install && \
+	  .venv-$$name/bin/python -m pytest -q -m "not slow" || exit 1; \
 	done
 
 test-fast: install
