@@ -14,6 +14,7 @@ import datetime as dt
 import email
 import email.utils
 import quopri
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from html.parser import HTMLParser
@@ -84,7 +85,7 @@ def _parse_single_part(raw: bytes) -> ParsedMessage | None:
         parsed.defects.append("NUL bytes in message")
     encoding = str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     body = decode_bytes(_transfer_decode(raw[cut:], encoding, parsed.defects, True),
-                        msg.get_content_charset(), parsed.defects)
+                        _charset(msg, parsed.defects), parsed.defects)
     is_text = msg.get_content_type() == "text/plain"
     _set_bodies(parsed, body if is_text else "", "" if is_text else body, truncated=False)
     return parsed
@@ -151,13 +152,16 @@ def parse_headers(msg: Message) -> ParsedMessage:
     )
 
 
-def _identity(get) -> str:  # type: ignore[no-untyped-def]
+HeaderGetter = Callable[[str], "str | None"]
+
+
+def _identity(get: HeaderGetter) -> str:
     def norm(name: str) -> str:
         return " ".join(str(get(name) or "").split())
     return norm("Message-ID") or "|".join(norm(h) for h in ("Date", "From", "Subject"))
 
 
-def _header_getter(msg: Message):  # type: ignore[no-untyped-def]
+def _header_getter(msg: Message) -> HeaderGetter:
     # raw_items() keeps 8-bit bytes as surrogate escapes; msg.get() would wrap them in
     # Header objects whose str() loses them.
     first: dict[str, str] = {}
@@ -172,12 +176,13 @@ def parse_date(value: str | None, defects: list[str]) -> str | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(decode_header_value(value) or "")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        # Year 9999 with a negative offset is past datetime.max in UTC: OverflowError.
+        return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     except (TypeError, ValueError, IndexError, OverflowError):
         defects.append("unparseable Date")
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _collect_parts(msg: Message, parsed: ParsedMessage) -> tuple[str, str]:
@@ -197,14 +202,14 @@ def _collect_parts(msg: Message, parsed: ParsedMessage) -> tuple[str, str]:
     return text, html
 
 
-def _leaf_parts(msg: Message):  # type: ignore[no-untyped-def]
+def _leaf_parts(msg: Message) -> Iterator[Message]:
     """Leaf parts in order; an attached message/rfc822 counts as one attachment."""
     stack = [msg]
     while stack:
         part = stack.pop()
         payload = part.get_payload()
         if part.is_multipart() and part.get_content_type() != "message/rfc822" and isinstance(payload, list):
-            stack.extend(reversed(payload))
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         else:
             yield part
 
@@ -242,7 +247,17 @@ def _part_text(part: Message, defects: list[str]) -> str:
     except Exception:  # noqa: BLE001
         defects.append("undecodable transfer encoding")
         data = str(part.get_payload()).encode("utf-8", "surrogateescape")
-    return decode_bytes(data, part.get_content_charset(), defects)
+    return decode_bytes(data, _charset(part, defects), defects)
+
+
+def _charset(part: Message, defects: list[str]) -> str | None:
+    # compat32 decodes RFC 2231 charset parameters with the declared codec itself, and
+    # lets ValueError (a NUL in the name) and non-text codecs escape.
+    try:
+        return part.get_content_charset()
+    except (ValueError, LookupError, UnicodeError, TypeError):
+        defects.append("malformed charset parameter")
+        return None
 
 
 def _transfer_decode(data: bytes, encoding: str, defects: list[str], complete: bool) -> bytes:
