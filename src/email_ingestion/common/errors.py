@@ -43,6 +43,11 @@ class ParseWorkerError(IngestionError):
     """The helper process that builds payloads died; the pass is retried."""
 
 
+class BudgetExceeded(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+    """Raised inside a message's build when it overran its time budget. A BaseException, like
+    KeyboardInterrupt, so that the `except Exception` of a parser cannot swallow it."""
+
+
 class StateError(IngestionError):
     """Root of Redis/state failures."""
 
