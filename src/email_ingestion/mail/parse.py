@@ -14,10 +14,11 @@ import datetime as dt
 import email
 import email.utils
 import quopri
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from html.parser import HTMLParser
+from html import unescape
 
 from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value
 
@@ -295,37 +296,29 @@ def _collect_defects(msg: Message, defects: list[str]) -> None:
                 defects.append(name)
 
 
-class _TextExtractor(HTMLParser):
-    _SKIP = {"script", "style", "head", "title"}
-    _BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BREAKS:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.chunks.append(data)
+# A tag is "<" up to the next ">" with no "<" inside: each match attempt stops at the next
+# "<", so scanning is linear (html.parser is quadratic on runs of unclosed tags, issue 9).
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^<>]*>")
+_SKIP = ("script", "style", "head", "title")
+_BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6"}
 
 
 def html_to_text(html: str) -> str:
     """Readable text of an HTML body, for messages that have no text/plain part."""
-    extractor = _TextExtractor()
-    try:
-        extractor.feed(html[: BODY_TEXT_CHARS * 20])
-        extractor.close()
-    except Exception:  # noqa: BLE001 - HTMLParser is lenient, but never trust it on junk
-        return html[:BODY_TEXT_CHARS]
-    lines = (" ".join(line.split()) for line in "".join(extractor.chunks).splitlines())
+    html = html[: BODY_TEXT_CHARS * 20]
+    lowered = html.lower()
+    chunks: list[str] = []
+    pos = 0
+    while (tag := _TAG.search(html, pos)) is not None:
+        chunks.append(html[pos:tag.start()])
+        closing, name = tag.group(1), (tag.group(2) or "").lower()
+        pos = tag.end()
+        if name in _BREAKS:
+            chunks.append("\n")
+        elif name in _SKIP and not closing:
+            end = lowered.find(f"</{name}", pos)
+            pos = len(html) if end == -1 else end
+    chunks.append(html[pos:])
+    text = unescape("".join(chunks))
+    lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)

@@ -102,7 +102,8 @@ class PayloadBuilder:
 
     def _degraded(self, uid: int, uidvalidity: int, data: dict[Any, Any], facts: _Facts, correlation_id: str,
                   stage: Stage, exc: BaseException) -> tuple[ParsedMessage, str]:
-        error = ParseError(stage=stage, type=type(exc).__name__, reason=_reason(exc))
+        reason = f"took longer than {self.budget_s} s" if isinstance(exc, BudgetExceeded) else _reason(exc)
+        error = ParseError(stage=stage, type=type(exc).__name__, reason=reason)
         # No reason in the log: exception texts can quote message content.
         log.warning("message could not be parsed; delivering a degraded payload",
                     extra={"uid": uid, "stage": stage, "error_type": error.type})
