@@ -35,6 +35,22 @@ class ImapThrottledError(ImapConnectionError):
     """The server asked us to slow down ([THROTTLED], [OVERQUOTA], too many connections)."""
 
 
+class MailboxNotFoundError(SettingsError):
+    """IMAP_MAILBOX names a folder the server does not have; the message lists close ones."""
+
+
+class TlsVerificationError(SettingsError):
+    """The server's certificate failed verification (wrong host, untrusted CA: IMAP_CA_FILE)."""
+
+
+class RedisAuthError(AuthError):
+    """Redis refused the password or user in REDIS_URL / REDIS_PASSWORD."""
+
+
+class RedisPermissionError(SettingsError):
+    """The Redis ACL user lacks a command or key the process needs."""
+
+
 class ImapProtocolError(ImapError):
     """The server answered a command with NO/BAD in a way reconnecting will not fix."""
 

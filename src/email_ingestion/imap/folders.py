@@ -1,0 +1,53 @@
+"""Telling an operator that IMAP_MAILBOX does not exist, and what they may have meant.
+
+A missing folder is a configuration error, not a passing one (issue 9 §8): retrying it
+forever under systemd helps nobody. The message lists the server's folders closest to the
+name and the hierarchy separator, since "Archive/2024" on one server is "Archive.2024" on
+another (Cyrus), and says the setting takes the Unicode name (imapclient encodes it to
+modified UTF-7, RFC 3501 §5.1.3).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from email_ingestion.common.errors import MailboxNotFoundError
+
+# RFC 5530 [NONEXISTENT]; the texts of servers that predate it (Cyrus, Exchange, Gmail).
+_MISSING = re.compile(r"\[NONEXISTENT\]|mailbox (?:does ?n[o']t exist|not found)|unknown mailbox|"
+                      r"no such (?:mailbox|folder)|folder (?:does ?n[o']t exist|not found)", re.I)
+SUGGESTIONS = 5
+
+
+def names_missing_mailbox(server_text: str) -> bool:
+    return _MISSING.search(server_text) is not None
+
+
+def mailbox_not_found(mailbox: str, folders: Sequence[tuple[Any, Any, Any]]) -> MailboxNotFoundError:
+    """The error for `mailbox`, given the server's LIST answer (flags, separator, name)."""
+    names = [str(name) for _, _, name in folders]
+    separators = sorted({_text(sep) for _, sep, _ in folders if sep})
+    close = _close_names(mailbox, names)
+    hint = f"folders with close names: {', '.join(close)}" if close else f"the server has {len(names)} folders"
+    separator = f"; hierarchy separator {' or '.join(repr(s) for s in separators)}" if separators else ""
+    return MailboxNotFoundError(
+        f"invalid setting IMAP_MAILBOX: the server has no folder {mailbox!r} ({hint}{separator}); "
+        "give the folder's name as the server lists it, in plain Unicode")
+
+
+def _close_names(mailbox: str, names: list[str]) -> list[str]:
+    def key(name: str) -> str:
+        return re.sub(r"[./\\]", "/", name).casefold()
+    by_key = {key(name): name for name in names}
+    wanted = key(mailbox)
+    exact = [by_key[wanted]] if wanted in by_key else []
+    leaf = [name for name in names if key(name).rsplit("/", 1)[-1] == wanted.rsplit("/", 1)[-1]]
+    fuzzy = [by_key[k] for k in difflib.get_close_matches(wanted, list(by_key), n=SUGGESTIONS, cutoff=0.6)]
+    return list(dict.fromkeys(exact + leaf + fuzzy))[:SUGGESTIONS]
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
