@@ -150,8 +150,8 @@ def test_untrusted_certificate_is_refused(mailbox, producer_env, dovecot, redis_
     """Without the CA file the self-signed certificate fails verification: no login happens."""
     env = {**producer_env, "IMAP_SSL": "true", "IMAP_PORT": str(dovecot.ssl_port)}
     done = run_producer(env)
-    assert done.returncode == 1
-    assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    assert done.returncode == 2
+    assert "certificate verification failed" in done.stderr
     assert redis_client.dbsize() == 0
 
 

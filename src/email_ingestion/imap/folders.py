@@ -16,9 +16,12 @@ from typing import Any
 
 from email_ingestion.common.errors import MailboxNotFoundError
 
-# RFC 5530 [NONEXISTENT]; the texts of servers that predate it (Cyrus, Exchange, Gmail).
-_MISSING = re.compile(r"\[NONEXISTENT\]|mailbox (?:does ?n[o']t exist|not found)|unknown mailbox|"
-                      r"no such (?:mailbox|folder)|folder (?:does ?n[o']t exist|not found)", re.I)
+# RFC 5530 [NONEXISTENT] and [CANNOT] (a name the server cannot have, e.g. the wrong
+# separator); the texts of servers that predate them (Cyrus, Exchange, Gmail).
+_MISSING = re.compile(r"\[NONEXISTENT\]|\[CANNOT\]|mailbox (?:does ?n[o']t exist|not found)|unknown mailbox|"
+                      r"no such (?:mailbox|folder)|folder (?:does ?n[o']t exist|not found)|"
+                      r"(?:invalid|not allowed in) mailbox name", re.I)
+_SERVER_TEXT_CHARS = 120
 SUGGESTIONS = 5
 
 
@@ -26,16 +29,24 @@ def names_missing_mailbox(server_text: str) -> bool:
     return _MISSING.search(server_text) is not None
 
 
-def mailbox_not_found(mailbox: str, folders: Sequence[tuple[Any, Any, Any]]) -> MailboxNotFoundError:
+def mailbox_not_found(mailbox: str, folders: Sequence[tuple[Any, Any, Any]],
+                      server_text: str = "") -> MailboxNotFoundError:
     """The error for `mailbox`, given the server's LIST answer (flags, separator, name)."""
     names = [str(name) for _, _, name in folders]
     separators = sorted({_text(sep) for _, sep, _ in folders if sep})
     close = _close_names(mailbox, names)
     hint = f"folders with close names: {', '.join(close)}" if close else f"the server has {len(names)} folders"
     separator = f"; hierarchy separator {' or '.join(repr(s) for s in separators)}" if separators else ""
+    said = f" (server: {_server_reason(server_text)})" if server_text else ""
     return MailboxNotFoundError(
-        f"invalid setting IMAP_MAILBOX: the server has no folder {mailbox!r} ({hint}{separator}); "
+        f"invalid setting IMAP_MAILBOX: the server has no folder {mailbox!r}{said}; {hint}{separator}; "
         "give the folder's name as the server lists it, in plain Unicode")
+
+
+def _server_reason(text: str) -> str:
+    found = _MISSING.search(text)
+    start = found.start() if found else 0
+    return " ".join(text[start:start + _SERVER_TEXT_CHARS].split()).rstrip("'\"")
 
 
 def _close_names(mailbox: str, names: list[str]) -> list[str]:

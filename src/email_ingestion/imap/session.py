@@ -166,7 +166,7 @@ class ImapSession:
                 raise
             with imap_errors("LIST"):
                 folders = self.client.list_folders()
-            raise mailbox_not_found(mailbox, folders) from None
+            raise mailbox_not_found(mailbox, folders, str(exc)) from None
         self._after_command()
         self.status = MailboxStatus(
             uidvalidity=int(info[b"UIDVALIDITY"]),
