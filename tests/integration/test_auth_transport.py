@@ -216,3 +216,30 @@ def test_oauth2_cli_info_and_refresh(tmp_path, token_server):
     token_server.fail_with = "invalid_grant"
     failed = cli("--refresh")
     assert failed.returncode == 3 and "invalid_grant" in failed.stderr and "--auth-setup" in failed.stderr
+
+
+def test_revoke_sends_the_token_in_the_body_and_never_prints_it(tmp_path, token_server):
+    """--revoke posts the refresh token in the form body (not the URL); when the endpoint is
+    unreachable it says so in one line, keeps the file and prints no token."""
+    import sys
+
+    from email_ingestion.sandbox.dovecot import free_port
+    from tests.conftest import ROOT
+    token_file = tmp_path / "token.json"
+    write_token_file(token_file, "old-access-token-value", dt.datetime(2020, 1, 1), token_server.url)
+    env = {"PATH": os.environ["PATH"], "GOOGLE_CLIENT_SECRET": CLIENT_SECRET}
+
+    def revoke(uri: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_ingestion.auth.oauth2_gmail", "--revoke", "--revoke-uri",
+                               uri, "--token-file", str(token_file)], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+
+    unreachable = revoke(f"http://127.0.0.1:{free_port()}/revoke")
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and token_file.exists()
+    assert_no_secrets(unreachable.stdout + unreachable.stderr, [REFRESH_TOKEN, CLIENT_SECRET])
+    done = revoke(token_server.url.replace("/token", "/revoke"))
+    assert done.returncode == 0, done.stderr
+    assert token_server.revoked == [REFRESH_TOKEN] and not token_file.exists()
+    assert all(REFRESH_TOKEN not in path for path in token_server.paths)
+    assert_no_secrets(done.stdout + done.stderr, [REFRESH_TOKEN, CLIENT_SECRET])
