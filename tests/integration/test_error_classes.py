@@ -117,8 +117,9 @@ def test_non_ascii_password_without_auth_plain_exits_2(dovecot, producer_env):
 # -- passing problems: classified as throttling or unavailability, so the runner backs off --
 
 def session_through(proxy: TcpProxy, mailbox: str, **hooks: Any) -> ImapSession:
-    from email_ingestion.auth.password import PasswordAuthenticator
     from pydantic import SecretStr
+
+    from email_ingestion.auth.password import PasswordAuthenticator
     settings = ImapSettings(host="127.0.0.1", port=proxy.port, ssl=False, user=USER, mailbox=mailbox,
                             password=SecretStr(PASSWORD), auth_method="password")
     return ImapSession(settings=settings, authenticator=PasswordAuthenticator(password=SecretStr(PASSWORD)), **hooks)
