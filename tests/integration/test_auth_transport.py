@@ -243,3 +243,17 @@ def test_revoke_sends_the_token_in_the_body_and_never_prints_it(tmp_path, token_
     assert token_server.revoked == [REFRESH_TOKEN] and not token_file.exists()
     assert all(REFRESH_TOKEN not in path for path in token_server.paths)
     assert_no_secrets(done.stdout + done.stderr, [REFRESH_TOKEN, CLIENT_SECRET])
+
+
+def test_token_endpoint_unreachable_is_retried_not_fatal(tmp_path, mailbox, producer_env, redis_client):
+    """Token endpoint down: transient. `--once` retries (3 attempts) and gives up with 1, not 3."""
+    from email_ingestion.sandbox.dovecot import free_port
+    token_file = tmp_path / "token.json"
+    down = f"http://127.0.0.1:{free_port()}/token"
+    write_token_file(token_file, "old-access-token-value", dt.datetime(2020, 1, 1), down)
+    done = run_producer(oauth_env(producer_env, token_file, down))
+    assert done.returncode == 1, done.stderr[-2000:]
+    retries = [json.loads(line) for line in done.stderr.splitlines() if "reconnecting after backoff" in line]
+    assert len(retries) == 2 and all("TokenEndpointError" in r["error"] for r in retries)
+    assert "Traceback" not in done.stderr and token_file.exists()
+    assert_no_secrets(done.stderr, [REFRESH_TOKEN, CLIENT_SECRET, "old-access-token-value"])

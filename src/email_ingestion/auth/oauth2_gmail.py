@@ -136,7 +136,7 @@ def _refresh_error(exc: Exception) -> TokenRefreshError:
 class XOAuth2Authenticator:
     """AUTHENTICATE XOAUTH2 with a fresh access token; on refusal, refresh and try once more."""
 
-    def __init__(self, store: TokenStore) -> None:
+    def __init__(self, *, store: TokenStore) -> None:
         self.store = store
 
     def login(self, client: IMAPClient, user: str) -> None:

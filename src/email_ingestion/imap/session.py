@@ -31,6 +31,7 @@ from email_ingestion.common.errors import (
     TlsVerificationError,
 )
 from email_ingestion.common.settings import ImapSettings
+from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
 from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
 
@@ -240,6 +241,7 @@ class ImapSession:
                     slice_s = min(1.0, max(0.05, deadline - time.monotonic()))
                     started = time.monotonic()
                     responses = self.client.idle_check(timeout=slice_s)
+                    _raise_on_bye(responses)
                     changed = any(_is_change(r) for r in responses)
                     early_empty = not responses and time.monotonic() - started < slice_s / 2
                     empty_wakeups = empty_wakeups + 1 if early_empty else 0
@@ -290,6 +292,16 @@ def _watch_tagged_answers(client: IMAPClient, throttled: list[bytes]) -> None:
         return typ, data
 
     imap._command_complete = watched  # noqa: SLF001
+
+
+def _raise_on_bye(responses: list[Any]) -> None:
+    """An untagged BYE while idling: the server is going away, maybe asking us to slow down."""
+    for response in responses:
+        if isinstance(response, tuple) and response and response[0] == b"BYE":
+            text = " ".join(to_text(part) for part in response[1:])
+            if _THROTTLE.search(text):
+                raise ImapThrottledError(f"IDLE: server is throttling: BYE {text}"[:300])
+            raise ImapConnectionError(f"IDLE: the server said goodbye: BYE {text}"[:300])
 
 
 def _is_change(response: Any) -> bool:

@@ -79,7 +79,7 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
         redactor.add_secret(token)
         metrics.oauth_refreshes.inc()
 
-    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token,
+    return XOAuth2Authenticator(store=TokenStore(settings.google, on_new_token=on_new_token,
                                            on_refresh_failed=metrics.oauth_failures.inc))
 
 
