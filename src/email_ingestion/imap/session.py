@@ -186,7 +186,9 @@ class ImapSession:
 
     def uids_since(self, day: Any) -> list[int]:
         with imap_errors("UID SEARCH SINCE"):
-            return sorted(self.client.search(["SINCE", day]))
+            found = self.client.search(["SINCE", day])
+        self._after_command()
+        return sorted(found)
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         if not uids:

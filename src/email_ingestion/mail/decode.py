@@ -104,7 +104,10 @@ def decode_header_value(value: str | None, defects: list[str] | None = None) -> 
     """An unfolded, RFC 2047-decoded header value."""
     if value is None:
         return None
-    text = unescape_8bit(_capped(str(value), defects), defects)
+    text = str(value)
+    if len(text) > HEADER_VALUE_MAX_CHARS:
+        text = _capped(text, defects)
+    text = unescape_8bit(text, defects)
     text = " ".join(text.replace("\r", "").split("\n")).strip()
     if "=?" not in text:
         return _clean(text, defects)
@@ -118,8 +121,6 @@ def decode_header_value(value: str | None, defects: list[str] | None = None) -> 
 
 
 def _capped(value: str, defects: list[str] | None) -> str:
-    if len(value) <= HEADER_VALUE_MAX_CHARS:
-        return value
     _note(defects, f"header longer than {HEADER_VALUE_MAX_CHARS} characters, cut")
     return value[:HEADER_VALUE_MAX_CHARS]
 
@@ -145,7 +146,10 @@ def decode_addresses(value: str | None, defects: list[str] | None = None) -> lis
     """(display name, address) pairs, display names decoded; never raises."""
     if not value:
         return []
-    text = unescape_8bit(_capped(str(value), defects), defects)
+    text = str(value)
+    if len(text) > HEADER_VALUE_MAX_CHARS:
+        text = _capped(text, defects)
+    text = unescape_8bit(text, defects)
     text = " ".join(text.replace("\r", "").split("\n")).strip()
     simple = _SIMPLE_ADDRESS.fullmatch(text)
     if simple:
