@@ -69,3 +69,17 @@ def test_throttling_adds_a_growing_pause_capped_at_5_minutes():
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 1)) == 30
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 3)) == 90
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 50)) == 300
+
+
+def test_missing_mailbox_hint_finds_the_folder_under_another_separator():
+    """'Archive.2024' on a '/' server: the hint names Archive/2024 and the separator; with
+    nothing close it lists the folders."""
+    from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
+    folders = [((), b"/", name) for name in ("INBOX", "Archive", "Archive/2024", "Sent")]
+    text = str(mailbox_not_found("archive.2024", folders))
+    assert "close names: Archive/2024" in text and "hierarchy separator '/'" in text
+    assert "INBOX, Archive, Archive/2024, Sent" in str(mailbox_not_found("Zzz", folders))
+    for answer in ("NO [NONEXISTENT] Mailbox doesn't exist: X", "NO Mailbox does not exist",
+                   "NO [CANNOT] Character not allowed in mailbox name: '.'", "NO Unknown Mailbox: X (Failure)"):
+        assert names_missing_mailbox(answer), answer
+    assert not names_missing_mailbox("NO [UNAVAILABLE] try later")

@@ -23,6 +23,7 @@ _MISSING = re.compile(r"\[NONEXISTENT\]|\[CANNOT\]|mailbox (?:does ?n[o']t exist
                       r"(?:invalid|not allowed in) mailbox name", re.I)
 _SERVER_TEXT_CHARS = 120
 SUGGESTIONS = 5
+LISTED = 10  # folders named when none is close
 
 
 def names_missing_mailbox(server_text: str) -> bool:
@@ -35,7 +36,8 @@ def mailbox_not_found(mailbox: str, folders: Sequence[tuple[Any, Any, Any]],
     names = [str(name) for _, _, name in folders]
     separators = sorted({_text(sep) for _, sep, _ in folders if sep})
     close = _close_names(mailbox, names)
-    hint = f"folders with close names: {', '.join(close)}" if close else f"the server has {len(names)} folders"
+    shown = ", ".join(names[:LISTED]) + (", ..." if len(names) > LISTED else "")
+    hint = f"folders with close names: {', '.join(close)}" if close else f"the server's folders: {shown}"
     separator = f"; hierarchy separator {' or '.join(repr(s) for s in separators)}" if separators else ""
     said = f" (server: {_server_reason(server_text)})" if server_text else ""
     return MailboxNotFoundError(
