@@ -83,3 +83,14 @@ def test_missing_mailbox_hint_finds_the_folder_under_another_separator():
                    "NO [CANNOT] Character not allowed in mailbox name: '.'", "NO Unknown Mailbox: X (Failure)"):
         assert names_missing_mailbox(answer), answer
     assert not names_missing_mailbox("NO [UNAVAILABLE] try later")
+
+
+def test_idle_connection_closed_reconnects_at_once_then_backs_off():
+    """The first reconnect after the server closed an idle connection has no pause; a
+    second failure in a row and any other failure back off."""
+    from email_ingestion.common.errors import ImapConnectionClosedError
+    from email_ingestion.producer.runner import _backoff
+    assert _backoff(_state(ImapConnectionClosedError("eof"), 1)) == 0
+    assert _backoff(_state(ImapConnectionClosedError("eof"), 2)) >= 2
+    assert _backoff(_state(ImapConnectionError("reset"), 1)) >= 1
+    assert _backoff(_state(ImapThrottledError("[THROTTLED]"), 1)) >= 31

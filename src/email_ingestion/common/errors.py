@@ -31,6 +31,11 @@ class ImapConnectionError(ImapError):
     """The IMAP connection failed, dropped or timed out; reconnecting may help."""
 
 
+class ImapConnectionClosedError(ImapConnectionError):
+    """The server closed an idling connection (EOF, or BYE without a throttling code): the
+    first reconnect goes at once, later ones back off."""
+
+
 class ImapThrottledError(ImapConnectionError):
     """The server asked us to slow down ([THROTTLED], [OVERQUOTA], too many connections)."""
 

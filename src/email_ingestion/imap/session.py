@@ -24,6 +24,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from email_ingestion.common.errors import (
     AuthError,
+    ImapConnectionClosedError,
     ImapConnectionError,
     ImapProtocolError,
     ImapThrottledError,
@@ -250,7 +251,7 @@ class ImapSession:
                     if empty_wakeups >= IDLE_EMPTY_WAKEUPS:
                         # Cyrus closes without BYE on shutdown (issue 9 §8): without this the
                         # loop spins on the dead socket until the IDLE timeout.
-                        raise ImapConnectionError("IDLE: the server closed the connection")
+                        raise ImapConnectionClosedError("IDLE: the server closed the connection")
             finally:
                 _, responses = self.client.idle_done()
                 changed = changed or any(_is_change(r) for r in responses)
@@ -303,7 +304,7 @@ def _raise_on_bye(responses: list[Any]) -> None:
             text = " ".join(to_text(part) for part in response[1:])
             if _THROTTLE.search(text):
                 raise ImapThrottledError(f"IDLE: server is throttling: BYE {text}"[:300])
-            raise ImapConnectionError(f"IDLE: the server said goodbye: BYE {text}"[:300])
+            raise ImapConnectionClosedError(f"IDLE: the server said goodbye: BYE {text}"[:300])
 
 
 def _is_change(response: Any) -> bool:

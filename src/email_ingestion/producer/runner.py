@@ -20,12 +20,12 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_combine,
     wait_exponential_jitter,
 )
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import (
+    ImapConnectionClosedError,
     ImapConnectionError,
     ImapProtocolError,
     ImapThrottledError,
@@ -131,7 +131,7 @@ class ProducerRunner:
         stop = stop_after_attempt(ONCE_ATTEMPTS) if once else (lambda _state: self.should_stop())
         return Retrying(
             retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_combine(wait_exponential_jitter(initial=1, max=60, jitter=1), _throttle_pause),
+            wait=_backoff,
             stop=stop,
             sleep=self._sleep,
             before_sleep=self._on_failure,
@@ -176,6 +176,18 @@ class ProducerRunner:
         log.warning("sync failed; reconnecting after backoff", extra={
             "error": f"{type(exc).__name__}: {exc}", "attempt": state.attempt_number,
             "retry_in_s": round(delay, 2)})
+
+
+_exponential = wait_exponential_jitter(initial=1, max=60, jitter=1)
+
+
+def _backoff(state: RetryCallState) -> float:
+    """Exponential with full jitter, plus the throttling pause; none before the first
+    reconnect after the server closed an idle connection (new mail may be waiting)."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ImapConnectionClosedError) and state.attempt_number == 1:
+        return 0.0
+    return float(_exponential(state)) + _throttle_pause(state)
 
 
 def _throttle_pause(state: RetryCallState) -> float:
