@@ -168,17 +168,24 @@ def test_ok_throttled_answer_slows_down_and_is_counted(mailbox, dovecot):
     assert len(counted) == 2 and pauses == [5.0, 10.0]
 
 
-def test_redis_out_of_memory_is_transient(tmp_path):
-    """OOM (a ResponseError in redis-py) is retried like LOADING/READONLY, not fatal."""
-    server = RedisServer(tmp_path / "redis").start()
+def test_redis_out_of_memory_and_read_only_are_transient(tmp_path):
+    """OOM (a ResponseError in redis-py) and READONLY (a replica after failover) are retried
+    like a restart, not fatal."""
+    primary = RedisServer(tmp_path / "primary").start()
+    replica = RedisServer(tmp_path / "replica").start()
     try:
-        client = server.client()
-        client.config_set("maxmemory", "1")
-        client.config_set("maxmemory-policy", "noeviction")
+        full = primary.client()
+        full.config_set("maxmemory", "1")
+        full.config_set("maxmemory-policy", "noeviction")
         with pytest.raises(RedisUnavailableError, match="OutOfMemoryError"), redis_errors("a test write"):
-            client.set("key", "value")
+            full.set("key", "value")
+        read_only = replica.client()
+        read_only.replicaof("127.0.0.1", primary.port)
+        with pytest.raises(RedisUnavailableError, match="ReadOnlyError"), redis_errors("a test write"):
+            read_only.set("key", "value")
     finally:
-        server.stop()
+        replica.stop()
+        primary.stop()
 
 
 def test_settings_error_is_not_retried_by_the_runner():
