@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from email_ingestion.sandbox.hostile_mail import hostile_messages
+from email_ingestion.sandbox.hostile_mail import hostile_messages, nested_multipart
 from email_ingestion.sandbox.sample_mail import sample_message
 from tests.conftest import producer_cmd, stream_payloads
 
@@ -18,7 +18,9 @@ from tests.conftest import producer_cmd, stream_payloads
 def test_hostile_mailbox_delivers_every_message_and_exits_zero(mailbox, producer_env, redis_client, batch_size):
     """Hostile messages between ordinary ones: all are delivered, none twice, rc 0, and no
     message content reaches the log."""
-    hostile = hostile_messages()
+    # Past LARGE_MESSAGE_BYTES: the BODYSTRUCTURE + partial-fetch path, nested deep too.
+    large_nested = nested_multipart(1000).replace(b"x\r\n", b"x" * 1_200_000 + b"\r\n")
+    hostile = [*hostile_messages(), ("large-nested", large_nested)]
     raws = [raw for _, raw in hostile]
     messages = [m for pair in zip(raws, [sample_message(i) for i in range(len(raws))], strict=True) for m in pair]
     mailbox.append(*messages)

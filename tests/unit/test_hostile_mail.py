@@ -86,6 +86,13 @@ def test_unreadable_server_items_cost_only_themselves():
     assert any(d.startswith("unreadable INTERNALDATE") for d in payload.parse_defects)
 
 
+def test_attachment_list_is_capped():
+    """5,000 attachments: 1,000 listed, the rest counted in a defect, still one payload."""
+    parts = b"".join(b"--b\r\nContent-Type: application/octet-stream; name=f%d\r\n\r\nx\r\n" % i for i in range(5000))
+    payload = build(b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+    assert len(payload.attachments) == 1000 and "4000 more attachments not listed" in payload.parse_defects
+
+
 def test_simple_address_pattern_is_linear():
     """10 KB of spaces in To: (hours with the old cubic pattern) parse as the long way does."""
     assert decode_addresses(" " * 10_000 + "x") == [("", "x")]

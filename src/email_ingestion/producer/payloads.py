@@ -31,6 +31,9 @@ TEXT_PARTS = "text_parts"  # key under which the fetcher keeps a large message's
 # Time one message may take to build before it goes out degraded. Ordinary mail takes well
 # under a millisecond, a 20 MB one a fraction of a second; hostile mail is cut off here.
 MESSAGE_BUDGET_S = 5.0
+# A payload lists this many attachments at most: 50,000 one-byte parts fit in a 3 MB message
+# and would make a 4 MB stream entry.
+MAX_LISTED_ATTACHMENTS = 1000
 
 Stage = Literal["parse", "payload", "json"]
 T = TypeVar("T")
@@ -126,8 +129,9 @@ class PayloadBuilder:
             headers=parsed.headers, body_text=parsed.body_text, body_html_preview=parsed.body_html_preview,
             body_truncated=parsed.body_truncated,
             attachments=[Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
-                         for a in parsed.attachments],
-            parse_defects=facts.defects + parsed.defects, parse_error=parse_error,
+                         for a in parsed.attachments[:MAX_LISTED_ATTACHMENTS]],
+            parse_defects=facts.defects + parsed.defects + _unlisted(len(parsed.attachments)),
+            parse_error=parse_error,
             fetched_at=_iso_ms(self.clock_ms), correlation_id=correlation_id,
         )
 
@@ -188,6 +192,11 @@ def _without_surrogates(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_surrogates(item) for item in value]
     return value
+
+
+def _unlisted(attachments: int) -> list[str]:
+    extra = attachments - MAX_LISTED_ATTACHMENTS
+    return [f"{extra} more attachments not listed"] if extra > 0 else []
 
 
 def _reason(exc: BaseException) -> str:
