@@ -78,7 +78,8 @@ class EmailPayload(BaseModel):
     body_text: str = Field(description="first 2000 characters of the text body, decoded")
     body_html_preview: str = Field(description="first 500 characters of the HTML body")
     body_truncated: bool = Field(default=False, description="true when the body was cut or fetched partially")
-    attachments: list[Attachment] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list,
+                                          description="at most 1000; more are counted in parse_defects")
     parse_defects: list[str] = Field(default_factory=list)
     parse_error: ParseError | None = Field(
         default=None, description="set on a degraded payload (the body could not be read); null otherwise")
