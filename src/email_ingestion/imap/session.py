@@ -106,14 +106,14 @@ class ImapSession:
 
     def __init__(self, *, settings: ImapSettings, authenticator: Authenticator,
                  on_throttled: Callable[[], None] = lambda: None,
-                 wait: Callable[[float], bool] = threading.Event().wait) -> None:
+                 wait: Callable[[float], bool] | None = None) -> None:
         self.settings = settings
         self._auth = authenticator
         self._client: IMAPClient | None = None
         self.capabilities: frozenset[bytes] = frozenset()
         self.status: MailboxStatus | None = None
         self._on_throttled = on_throttled
-        self._wait = wait  # sleeps; returns True early when the process is asked to stop
+        self._wait = wait or threading.Event().wait  # sleeps; True early when asked to stop
         self._throttled_answers: list[bytes] = []
         self._throttle_pause_s = THROTTLED_OK_PAUSE_S
 
