@@ -52,7 +52,7 @@ REAUTHORISE = "python producer.py --auth-setup"
 class TokenStore:
     """The stored Google credentials of one account; hands out fresh access tokens."""
 
-    def __init__(self, settings: GoogleSettings, *, on_new_token: Callable[[str], None] = lambda _: None,
+    def __init__(self, *, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None,
                  on_refresh_failed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self._on_new_token = on_new_token
@@ -197,7 +197,7 @@ def run_setup(settings: GoogleSettings, open_browser: bool = True) -> Path:
 
 def token_info(settings: GoogleSettings) -> dict[str, Any]:
     """What an operator needs to know about the token file, with no secret in it."""
-    store = TokenStore(settings)
+    store = TokenStore(settings=settings)
     creds = store.credentials()
     return {
         "token_file": str(settings.token_file),
@@ -218,7 +218,7 @@ def revoke(settings: GoogleSettings, revoke_uri: str = REVOKE_URI) -> None:
     proxy and server logs, and in the text of any request error (issue 9 §6)."""
     import requests
 
-    store = TokenStore(settings)
+    store = TokenStore(settings=settings)
     creds = store.credentials()
     try:
         response = requests.post(revoke_uri, data={"token": creds.refresh_token}, timeout=15,
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.info:
             print(json.dumps(token_info(settings), indent=2))
         elif args.refresh:
-            store = TokenStore(settings)
+            store = TokenStore(settings=settings)
             store.refresh()
             print(f"refreshed; access token valid until {iso_utc(store.credentials().expiry)}")
         else:

@@ -79,8 +79,9 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
         redactor.add_secret(token)
         metrics.oauth_refreshes.inc()
 
-    return XOAuth2Authenticator(store=TokenStore(settings.google, on_new_token=on_new_token,
-                                           on_refresh_failed=metrics.oauth_failures.inc))
+    store = TokenStore(settings=settings.google, on_new_token=on_new_token,
+                       on_refresh_failed=metrics.oauth_failures.inc)
+    return XOAuth2Authenticator(store=store)
 
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
