@@ -48,7 +48,7 @@ def test_deep_nesting_is_degraded_with_its_headers():
     payload = build(nested_multipart(1000))
     assert payload.parse_error is not None
     assert (payload.parse_error.stage, payload.parse_error.type) == ("parse", "RecursionError")
-    assert payload.subject == "deep" and payload.body_truncated and payload.body_text == ""
+    assert payload.subject == "deep-nesting-subject" and payload.body_truncated and payload.body_text == ""
 
 
 def test_lone_surrogate_is_replaced_and_recorded():
@@ -62,7 +62,7 @@ def test_overflowing_date_is_a_defect_not_a_failure():
     """Date in year 9999 with a negative offset overflows in UTC: date null, defect recorded."""
     payload = build(dict(hostile_messages())["date-year-9999"])
     assert payload.date is None and "unparseable Date" in payload.parse_defects
-    assert payload.subject == "late" and payload.parse_error is None
+    assert payload.subject == "late-date-subject" and payload.parse_error is None
 
 
 def test_budget_overrun_yields_degraded_payload():

@@ -18,7 +18,7 @@ def _message(headers: list[bytes], body: bytes = b"body\r\n") -> bytes:
 def nested_multipart(depth: int) -> bytes:
     """MIME nested `depth` levels deep (RecursionError in the stdlib parser at ~1000)."""
     opening = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth))
-    return b"From: hostile@example.org\r\nSubject: deep\r\n" + opening + b"Content-Type: text/plain\r\n\r\nx\r\n"
+    return b"From: hostile@example.org\r\nSubject: deep-nesting-subject\r\n" + opening + b"Content-Type: text/plain\r\n\r\nx\r\n"
 
 
 def hostile_messages() -> list[tuple[str, bytes]]:
@@ -26,7 +26,7 @@ def hostile_messages() -> list[tuple[str, bytes]]:
     cases = [
         ("utf7-lone-surrogate", _message([b"Subject: =?utf-7?q?+2D0-?="])),
         ("utf7-body", _message([b"Content-Type: text/plain; charset=utf-7"], b"+2D0- +AGEAYgBj-\r\n")),
-        ("date-year-9999", _message([b"Date: Fri, 31 Dec 9999 23:30:00 -0100", b"Subject: late"])),
+        ("date-year-9999", _message([b"Date: Fri, 31 Dec 9999 23:30:00 -0100", b"Subject: late-date-subject"])),
         ("date-year-0", _message([b"Date: Fri, 31 Dec 0000 23:30:00 +0100"])),
         ("charset-nul", _message([b'Content-Type: text/plain; charset="utf\x008"'])),
         ("charset-2231-nul", _message([b"Content-Type: text/plain; charset*=utf\x008''x"])),
