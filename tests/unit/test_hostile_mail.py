@@ -149,3 +149,18 @@ def test_any_message_builds_to_valid_json_within_budget(raw):
     assert time.monotonic() - started < MESSAGE_BUDGET_S + BUDGET_SLACK_S
     assert payload.size == len(raw)
     json.loads(payload.to_json())
+
+
+def test_even_an_unreadable_header_block_gives_a_payload(monkeypatch):
+    """When parsing and header salvage both fail, the message still goes out, with its
+    server facts (UID, size, flags) and parse_error."""
+    import email_ingestion.producer.payloads as payloads
+
+    def boom(*_args: object) -> None:
+        raise MemoryError("simulated")
+    monkeypatch.setattr(payloads, "parse_message", boom)
+    monkeypatch.setattr(payloads, "salvage", boom)
+    payload = build(b"From: a@b.c\r\n\r\nok")
+    assert payload.parse_error is not None and payload.parse_error.type == "MemoryError"
+    assert payload.size == 17 and payload.flags == ["\\Seen"] and payload.from_ is None
+    assert "headers unreadable: MemoryError" in payload.parse_defects

@@ -110,10 +110,14 @@ class PayloadBuilder:
         # No reason in the log: exception texts can quote message content.
         log.warning("message could not be parsed; delivering a degraded payload",
                     extra={"uid": uid, "stage": stage, "error_type": error.type})
-        parsed = salvage(data.get(b"BODY[]") or data.get(b"BODY[HEADER]") or b"")
-        parsed.defects[:0] = facts.defects
-        payload = self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, parse_error=error)
-        return parsed, _to_json(payload)
+        try:
+            parsed = salvage(data.get(b"BODY[]") or data.get(b"BODY[HEADER]") or b"")
+            return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
+        except Exception as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
+            parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
+                                   headers={}, body_truncated=True,
+                                   defects=[f"headers unreadable: {type(again).__name__}"])
+            return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
 
     def payload(self, uid: int, uidvalidity: int, data: dict[bytes, Any], parsed: ParsedMessage,
                 facts: _Facts, correlation_id: str, parse_error: ParseError | None = None) -> EmailPayload:
