@@ -192,3 +192,25 @@ def test_settings_error_is_not_retried_by_the_runner():
     """The runner's transient set excludes every configuration error."""
     from email_ingestion.producer.runner import TRANSIENT
     assert not any(issubclass(SettingsError, t) or issubclass(t, SettingsError) for t in TRANSIENT)
+
+
+@pytest.mark.slow
+def test_throttled_ok_reaches_the_producer_metric(mailbox, dovecot, make_settings, redis_client):
+    """Wired end to end: a pass whose FETCH answers `OK Success [THROTTLED]` still delivers,
+    and email_ingestion_imap_throttled_total counts it."""
+    import threading
+
+    from email_ingestion.common.logging import Redactor
+    from email_ingestion.producer.cli import build_runner
+    mailbox.append(sample_message(1), sample_message(2))
+    proxy = TcpProxy(dovecot.port, rewrite=lambda d: d.replace(b"OK Fetch completed", b"OK Success [THROTTLED]")).start()
+    try:
+        settings = make_settings(IMAP_PORT=proxy.port)
+        runner = build_runner(settings, threading.Event(), Redactor(settings.secrets()))
+        runner.run(once=True)
+    finally:
+        proxy.stop()
+    assert len(stream_payloads(redis_client)) == 2
+    counted = runner.metrics.registry.get_sample_value(
+        "email_ingestion_imap_throttled_total", {"account": USER, "mailbox": mailbox.name})
+    assert counted is not None and counted >= 1

@@ -139,7 +139,7 @@ def messages(draw: st.DrawFn) -> bytes:
     return raw * draw(st.sampled_from([1, 1, 1, 20]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(messages())
 def test_any_message_builds_to_valid_json_within_budget(raw):
     """Generated messages (random header bytes, encoded words in every codec name Python
