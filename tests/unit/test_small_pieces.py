@@ -94,3 +94,18 @@ def test_idle_connection_closed_reconnects_at_once_then_backs_off():
     assert _backoff(_state(ImapConnectionClosedError("eof"), 2)) >= 2
     assert _backoff(_state(ImapConnectionError("reset"), 1)) >= 1
     assert _backoff(_state(ImapThrottledError("[THROTTLED]"), 1)) >= 31
+
+
+def test_every_row_of_the_error_table_names_tests_that_exist():
+    """README "Errors and exit codes": each row cites a test, and each cited test exists."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Errors and exit codes", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Condition")]
+    sources = "".join(path.read_text() for path in (ROOT / "tests").rglob("*.py"))
+    assert len(rows) >= 15
+    for row in rows:
+        cited = re.findall(r"`(test_\w+)`|`(tests/[\w/]+\.py)`", row.rsplit("|", 2)[-2])
+        assert cited, row
+        for name, path in cited:
+            assert (f"def {name}(" in sources) if name else (ROOT / path).exists(), name or path
