@@ -23,12 +23,14 @@ from email_ingestion.sandbox.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "alice@example.com", "alice-pw"
+# A user whose password LOGIN cannot carry (issue 9 §8): needs AUTHENTICATE PLAIN, UTF-8.
+UTF8_USER, UTF8_PASSWORD = "bob@example.com", "pässwört-ünïcødé-密码"
 CORPUS = ROOT.parent / "shared" / "corpus" / "public"
 
 
 @pytest.fixture(scope="session")
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]:
-    server = DovecotServer(tmp_path_factory.mktemp("dovecot"), users={USER: PASSWORD}).start()
+    server = DovecotServer(tmp_path_factory.mktemp("dovecot"), users={USER: PASSWORD, UTF8_USER: UTF8_PASSWORD}).start()
     yield server
     server.stop()
 

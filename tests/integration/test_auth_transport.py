@@ -150,8 +150,8 @@ def test_untrusted_certificate_is_refused(mailbox, producer_env, dovecot, redis_
     """Without the CA file the self-signed certificate fails verification: no login happens."""
     env = {**producer_env, "IMAP_SSL": "true", "IMAP_PORT": str(dovecot.ssl_port)}
     done = run_producer(env)
-    assert done.returncode == 1
-    assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    assert done.returncode == 2
+    assert "certificate verification failed" in done.stderr
     assert redis_client.dbsize() == 0
 
 
@@ -216,3 +216,44 @@ def test_oauth2_cli_info_and_refresh(tmp_path, token_server):
     token_server.fail_with = "invalid_grant"
     failed = cli("--refresh")
     assert failed.returncode == 3 and "invalid_grant" in failed.stderr and "--auth-setup" in failed.stderr
+
+
+def test_revoke_sends_the_token_in_the_body_and_never_prints_it(tmp_path, token_server):
+    """--revoke posts the refresh token in the form body (not the URL); when the endpoint is
+    unreachable it says so in one line, keeps the file and prints no token."""
+    import sys
+
+    from email_ingestion.sandbox.dovecot import free_port
+    from tests.conftest import ROOT
+    token_file = tmp_path / "token.json"
+    write_token_file(token_file, "old-access-token-value", dt.datetime(2020, 1, 1), token_server.url)
+    env = {"PATH": os.environ["PATH"], "GOOGLE_CLIENT_SECRET": CLIENT_SECRET}
+
+    def revoke(uri: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_ingestion.auth.oauth2_gmail", "--revoke", "--revoke-uri",
+                               uri, "--token-file", str(token_file)], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+
+    unreachable = revoke(f"http://127.0.0.1:{free_port()}/revoke")
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and token_file.exists()
+    assert_no_secrets(unreachable.stdout + unreachable.stderr, [REFRESH_TOKEN, CLIENT_SECRET])
+    done = revoke(token_server.url.replace("/token", "/revoke"))
+    assert done.returncode == 0, done.stderr
+    assert token_server.revoked == [REFRESH_TOKEN] and not token_file.exists()
+    assert all(REFRESH_TOKEN not in path for path in token_server.paths)
+    assert_no_secrets(done.stdout + done.stderr, [REFRESH_TOKEN, CLIENT_SECRET])
+
+
+def test_token_endpoint_unreachable_is_retried_not_fatal(tmp_path, mailbox, producer_env, redis_client):
+    """Token endpoint down: transient. `--once` retries (3 attempts) and gives up with 1, not 3."""
+    from email_ingestion.sandbox.dovecot import free_port
+    token_file = tmp_path / "token.json"
+    down = f"http://127.0.0.1:{free_port()}/token"
+    write_token_file(token_file, "old-access-token-value", dt.datetime(2020, 1, 1), down)
+    done = run_producer(oauth_env(producer_env, token_file, down))
+    assert done.returncode == 1, done.stderr[-2000:]
+    retries = [json.loads(line) for line in done.stderr.splitlines() if "reconnecting after backoff" in line]
+    assert len(retries) == 2 and all("TokenEndpointError" in r["error"] for r in retries)
+    assert "Traceback" not in done.stderr and token_file.exists()
+    assert_no_secrets(done.stderr, [REFRESH_TOKEN, CLIENT_SECRET, "old-access-token-value"])

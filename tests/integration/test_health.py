@@ -118,4 +118,4 @@ def test_port_in_use_is_a_clear_error(producer_env):
         port = busy.getsockname()[1]
         done = subprocess.run(producer_cmd("--once"), env={**producer_env, "PRODUCER_METRICS_PORT": str(port)},
                               capture_output=True, text=True, timeout=30)
-    assert done.returncode == 1 and "PRODUCER_METRICS_PORT" in done.stderr
+    assert done.returncode == 2 and "PRODUCER_METRICS_PORT" in done.stderr and "Traceback" not in done.stderr

@@ -17,6 +17,8 @@ class TokenServer:
         self.refresh_token = refresh_token
         self.requests = 0
         self.fail_with: str | None = None
+        self.paths: list[str] = []  # every request's path, query included
+        self.revoked: list[str] = []  # tokens posted to /revoke in the form body
         self.lifetime_s = 3600
         outer = self
 
@@ -24,8 +26,13 @@ class TokenServer:
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length", 0))
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                outer.requests += 1
-                status, body = outer._answer(form)
+                outer.paths.append(self.path)
+                if self.path.startswith("/revoke"):
+                    outer.revoked += form.get("token", [])
+                    status, body = 200, {}
+                else:
+                    outer.requests += 1
+                    status, body = outer._answer(form)
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

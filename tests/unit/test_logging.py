@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,3 +64,20 @@ def test_lines_carry_component_and_correlation_id(captured):
     record = json.loads(stream.getvalue().splitlines()[-1])
     assert record["component"] == "test" and record["correlation_id"] == "abc123def"
     assert record["level"] == "INFO" and record["message"] == "inside"
+
+
+def test_url_password_with_unencoded_at_signs_is_redacted_whole(captured):
+    """redis://user:p@ss@w0rd@host: redaction runs to the LAST '@' of the authority, in
+    the log layer and in describe()/secrets()."""
+    from email_ingestion.common.redis_client import describe
+    from email_ingestion.common.settings import RedisSettings, Settings
+    stream, _ = captured
+    url = "redis://app:p@ss@w0rd-x@127.0.0.1:6379/0"
+    logging.getLogger("x").warning("connecting to %s", url)
+    assert "p@ss" not in stream.getvalue() and "w0rd-x" not in stream.getvalue()
+    assert "127.0.0.1:6379/0" in stream.getvalue()
+    settings = RedisSettings(url=url)
+    assert describe(settings) == "redis://127.0.0.1:6379/0"
+    assert "p@ss@w0rd-x" in Settings.secrets(SimpleNamespace(  # type: ignore[arg-type]
+        imap=SimpleNamespace(password=None), google=SimpleNamespace(client_secret=None), redis=settings,
+        retry=SimpleNamespace(webhook_secret=None)))

@@ -69,3 +69,43 @@ def test_throttling_adds_a_growing_pause_capped_at_5_minutes():
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 1)) == 30
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 3)) == 90
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 50)) == 300
+
+
+def test_missing_mailbox_hint_finds_the_folder_under_another_separator():
+    """'Archive.2024' on a '/' server: the hint names Archive/2024 and the separator; with
+    nothing close it lists the folders."""
+    from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
+    folders = [((), b"/", name) for name in ("INBOX", "Archive", "Archive/2024", "Sent")]
+    text = str(mailbox_not_found("archive.2024", folders))
+    assert "close names: Archive/2024" in text and "hierarchy separator '/'" in text
+    assert "INBOX, Archive, Archive/2024, Sent" in str(mailbox_not_found("Zzz", folders))
+    for answer in ("NO [NONEXISTENT] Mailbox doesn't exist: X", "NO Mailbox does not exist",
+                   "NO [CANNOT] Character not allowed in mailbox name: '.'", "NO Unknown Mailbox: X (Failure)"):
+        assert names_missing_mailbox(answer), answer
+    assert not names_missing_mailbox("NO [UNAVAILABLE] try later")
+
+
+def test_idle_connection_closed_reconnects_at_once_then_backs_off():
+    """The first reconnect after the server closed an idle connection has no pause; a
+    second failure in a row and any other failure back off."""
+    from email_ingestion.common.errors import ImapConnectionClosedError
+    from email_ingestion.producer.runner import _backoff
+    assert _backoff(_state(ImapConnectionClosedError("eof"), 1)) == 0
+    assert _backoff(_state(ImapConnectionClosedError("eof"), 2)) >= 2
+    assert _backoff(_state(ImapConnectionError("reset"), 1)) >= 1
+    assert _backoff(_state(ImapThrottledError("[THROTTLED]"), 1)) >= 31
+
+
+def test_every_row_of_the_error_table_names_tests_that_exist():
+    """README "Errors and exit codes": each row cites a test, and each cited test exists."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Errors and exit codes", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Condition")]
+    sources = "".join(path.read_text() for path in (ROOT / "tests").rglob("*.py"))
+    assert len(rows) >= 15
+    for row in rows:
+        cited = re.findall(r"`(test_\w+)`|`(tests/[\w/]+\.py)`", row.rsplit("|", 2)[-2])
+        assert cited, row
+        for name, path in cited:
+            assert (f"def {name}(" in sources) if name else (ROOT / path).exists(), name or path

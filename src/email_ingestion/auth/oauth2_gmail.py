@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 
 from email_ingestion.common.cli_args import add_version
-from email_ingestion.common.errors import AuthError, IngestionError, TokenEndpointError, TokenRefreshError
+from email_ingestion.common.errors import (
+    AuthError,
+    IngestionError,
+    SettingsError,
+    TokenEndpointError,
+    TokenRefreshError,
+)
+from email_ingestion.common.exits import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_SETTINGS
 from email_ingestion.common.settings import GoogleSettings, load_settings
 from email_ingestion.common.text import iso_utc
 
@@ -45,7 +52,7 @@ REAUTHORISE = "python producer.py --auth-setup"
 class TokenStore:
     """The stored Google credentials of one account; hands out fresh access tokens."""
 
-    def __init__(self, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None,
+    def __init__(self, *, settings: GoogleSettings, on_new_token: Callable[[str], None] = lambda _: None,
                  on_refresh_failed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self._on_new_token = on_new_token
@@ -77,7 +84,7 @@ class TokenStore:
             raise AuthError(f"token file {self.path} has no refresh_token; run: {REAUTHORISE}")
         secret = self.settings.client_secret
         expiry = data.get("expiry")
-        return Credentials(
+        return Credentials(  # type: ignore[no-untyped-call]
             token=data.get("token"),
             refresh_token=data["refresh_token"],
             token_uri=self.settings.token_uri or data.get("token_uri"),
@@ -103,7 +110,7 @@ class TokenStore:
 
         creds = self.credentials()
         try:
-            creds.refresh(google.auth.transport.requests.Request())
+            creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
         except google.auth.exceptions.RefreshError as exc:
             self._on_refresh_failed()
             raise _refresh_error(exc) from None
@@ -129,7 +136,7 @@ def _refresh_error(exc: Exception) -> TokenRefreshError:
 class XOAuth2Authenticator:
     """AUTHENTICATE XOAUTH2 with a fresh access token; on refusal, refresh and try once more."""
 
-    def __init__(self, store: TokenStore) -> None:
+    def __init__(self, *, store: TokenStore) -> None:
         self.store = store
 
     def login(self, client: IMAPClient, user: str) -> None:
@@ -155,7 +162,7 @@ def save_credentials(creds: Credentials, path: Path) -> None:
     try:
         os.chmod(tmp, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(creds.to_json())
+            handle.write(creds.to_json())  # type: ignore[no-untyped-call]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -190,7 +197,7 @@ def run_setup(settings: GoogleSettings, open_browser: bool = True) -> Path:
 
 def token_info(settings: GoogleSettings) -> dict[str, Any]:
     """What an operator needs to know about the token file, with no secret in it."""
-    store = TokenStore(settings)
+    store = TokenStore(settings=settings)
     creds = store.credentials()
     return {
         "token_file": str(settings.token_file),
@@ -204,12 +211,22 @@ def token_info(settings: GoogleSettings) -> dict[str, Any]:
     }
 
 
-def revoke(settings: GoogleSettings) -> None:
+def revoke(settings: GoogleSettings, revoke_uri: str = REVOKE_URI) -> None:
+    """Revoke the refresh token at Google and delete the token file.
+
+    The token goes in the form body, as RFC 7009 §2.1 says: in the URL it would end up in
+    proxy and server logs, and in the text of any request error (issue 9 §6)."""
     import requests
 
-    store = TokenStore(settings)
+    store = TokenStore(settings=settings)
     creds = store.credentials()
-    response = requests.post(REVOKE_URI, params={"token": creds.refresh_token}, timeout=15)
+    try:
+        response = requests.post(revoke_uri, data={"token": creds.refresh_token}, timeout=15,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    except requests.RequestException as exc:
+        # Not str(exc): requests quotes the request in it.
+        raise TokenEndpointError(f"revoke endpoint {revoke_uri} unreachable: {type(exc).__name__}; "
+                                 "the token file is kept, try again") from None
     if response.status_code not in (200, 400):
         raise TokenRefreshError(f"revoke failed with HTTP {response.status_code}")
     settings.token_file.unlink(missing_ok=True)
@@ -227,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", type=Path, help="default: GOOGLE_TOKEN_FILE")
     parser.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
     parser.add_argument("--env-file", default=".env")
+    parser.add_argument("--revoke-uri", default=REVOKE_URI, help="token revocation endpoint (default: Google's)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings({"google": {"token_file": args.token_file}}, env_file=args.env_file).google
@@ -235,16 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.info:
             print(json.dumps(token_info(settings), indent=2))
         elif args.refresh:
-            store = TokenStore(settings)
+            store = TokenStore(settings=settings)
             store.refresh()
             print(f"refreshed; access token valid until {iso_utc(store.credentials().expiry)}")
         else:
-            revoke(settings)
+            revoke(settings, args.revoke_uri)
             print(f"revoked and removed {settings.token_file}")
+    except TokenEndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except IngestionError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if "setting" in str(exc) else 3
-    return 0
+        return EXIT_SETTINGS if isinstance(exc, SettingsError) else EXIT_AUTH
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -31,8 +31,29 @@ class ImapConnectionError(ImapError):
     """The IMAP connection failed, dropped or timed out; reconnecting may help."""
 
 
+class ImapConnectionClosedError(ImapConnectionError):
+    """The server closed an idling connection (EOF, or BYE without a throttling code): the
+    first reconnect goes at once, later ones back off."""
+
+
 class ImapThrottledError(ImapConnectionError):
     """The server asked us to slow down ([THROTTLED], [OVERQUOTA], too many connections)."""
+
+
+class MailboxNotFoundError(SettingsError):
+    """IMAP_MAILBOX names a folder the server does not have; the message lists close ones."""
+
+
+class TlsVerificationError(SettingsError):
+    """The server's certificate failed verification (wrong host, untrusted CA: IMAP_CA_FILE)."""
+
+
+class RedisAuthError(AuthError):
+    """Redis refused the password or user in REDIS_URL / REDIS_PASSWORD."""
+
+
+class RedisPermissionError(SettingsError):
+    """The Redis ACL user lacks a command or key the process needs."""
 
 
 class ImapProtocolError(ImapError):
@@ -41,6 +62,11 @@ class ImapProtocolError(ImapError):
 
 class ParseWorkerError(IngestionError):
     """The helper process that builds payloads died; the pass is retried."""
+
+
+class BudgetExceeded(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+    """Raised inside a message's build when it overran its time budget. A BaseException, like
+    KeyboardInterrupt, so that the `except Exception` of a parser cannot swallow it."""
 
 
 class StateError(IngestionError):

@@ -1,5 +1,12 @@
 """The stream payload, schema version 1: what the producer writes and the worker validates.
 
+Degraded payloads (issue 9): when a message cannot be built normally (an exception in the
+parser, or its time budget ran out), it is still delivered, with `parse_error` set and
+whatever could be read: every header field that decodes on its own, UID, size, flags,
+INTERNALDATE and `parse_defects`; `body_text` and `body_html_preview` are empty and
+`body_truncated` is true. `parse_error` is null on every other payload. Every string is
+valid UTF-8: lone surrogates are replaced by U+FFFD and recorded in `parse_defects`.
+
 The JSON Schema in docs/payload.schema.json is generated from this model
 (`python -m email_ingestion.common.payload > docs/payload.schema.json`) and a test keeps it in step.
 """
@@ -31,6 +38,17 @@ class Attachment(BaseModel):
     size: int = Field(description="decoded size in bytes (for large messages: the size BODYSTRUCTURE reports)")
 
 
+class ParseError(BaseModel):
+    """Why a payload is degraded. No message content in it: `reason` names the failure."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Literal["parse", "payload", "json"] = Field(
+        description="parse: reading the MIME structure and fields; payload: mapping them; json: serialising")
+    type: str = Field(description="exception class, e.g. RecursionError, or BudgetExceeded for a time overrun")
+    reason: str = Field(max_length=200, description="short reason, at most 200 characters")
+
+
 class EmailPayload(BaseModel):
     """One email as it travels on the stream."""
 
@@ -60,8 +78,11 @@ class EmailPayload(BaseModel):
     body_text: str = Field(description="first 2000 characters of the text body, decoded")
     body_html_preview: str = Field(description="first 500 characters of the HTML body")
     body_truncated: bool = Field(default=False, description="true when the body was cut or fetched partially")
-    attachments: list[Attachment] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list,
+                                          description="at most 1000; more are counted in parse_defects")
     parse_defects: list[str] = Field(default_factory=list)
+    parse_error: ParseError | None = Field(
+        default=None, description="set on a degraded payload (the body could not be read); null otherwise")
     fetched_at: str
     correlation_id: str
 

@@ -188,7 +188,9 @@ class Settings:
                   self.retry.webhook_secret]
         found = [v.get_secret_value() for v in values if v is not None]
         if self.redis.url and "@" in self.redis.url:
-            found.append(self.redis.url.split("@", 1)[0].rsplit(":", 1)[-1])
+            # The userinfo ends at the last "@" of the authority: passwords may contain "@".
+            authority = self.redis.url.partition("://")[2].partition("/")[0]
+            found.append(authority.rpartition("@")[0].partition(":")[2])
         return [s for s in found if len(s) >= 4]
 
 

@@ -12,8 +12,9 @@ import imaplib
 import logging
 import re
 import ssl
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,9 +22,19 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
 
-from email_ingestion.common.errors import AuthError, ImapConnectionError, ImapProtocolError, ImapThrottledError
+from email_ingestion.common.errors import (
+    AuthError,
+    ImapConnectionClosedError,
+    ImapConnectionError,
+    ImapProtocolError,
+    ImapThrottledError,
+    SettingsError,
+    TlsVerificationError,
+)
 from email_ingestion.common.settings import ImapSettings
+from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
+from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +43,13 @@ log = logging.getLogger(__name__)
 _THROTTLE = re.compile(r"\[(THROTTLED|OVERQUOTA|UNAVAILABLE|LIMIT|INUSE)\]|too many simultaneous|"
                        r"too many connections|rate limit|try again later", re.I)
 GMAIL_CAPABILITY = b"X-GM-EXT-1"
+# Gmail also slows clients down on answers that succeed: "OK Success [THROTTLED]".
+_THROTTLED_OK = re.compile(rb"\[THROTTLED\]", re.I)
+THROTTLED_OK_PAUSE_S = 5.0  # pause after a successful but throttled command, doubling up to the max
+THROTTLED_OK_MAX_PAUSE_S = 60.0
+# idle_check() returns [] at once when the socket is readable but gives no line: the peer
+# closed it (imapclient swallows the EOF). This many such returns in a row = connection lost.
+IDLE_EMPTY_WAKEUPS = 3
 
 
 class Authenticator(Protocol):
@@ -54,13 +72,22 @@ def imap_errors(action: str) -> Iterator[None]:
     """Translate what imapclient, imaplib and sockets raise into our error tree."""
     try:
         yield
-    except (ImapConnectionError, ImapProtocolError, AuthError):
+    except (ImapConnectionError, ImapProtocolError, AuthError, SettingsError):
         raise
+    except ssl.SSLCertVerificationError as exc:
+        raise TlsVerificationError(
+            f"{action}: TLS certificate verification failed ({exc.verify_message}): check IMAP_HOST, "
+            "or IMAP_CA_FILE for a private CA") from None
     except LoginError as exc:
         if _THROTTLE.search(str(exc)):
             raise ImapThrottledError(f"{action}: server is throttling: {exc}") from exc
         raise AuthError(f"{action}: the server refused the credentials: {exc}") from exc
-    except (TimeoutError, imaplib.IMAP4.abort, OSError, EOFError) as exc:
+    except imaplib.IMAP4.abort as exc:
+        # "* BYE [UNAVAILABLE]" arrives as an abort.
+        if _THROTTLE.search(str(exc)):
+            raise ImapThrottledError(f"{action}: server is throttling: {exc}") from exc
+        raise ImapConnectionError(f"{action}: connection failed: {type(exc).__name__}: {exc}") from exc
+    except (TimeoutError, OSError, EOFError) as exc:
         raise ImapConnectionError(f"{action}: connection failed: {type(exc).__name__}: {exc}") from exc
     except (IMAPClientError, imaplib.IMAP4.error) as exc:
         if _THROTTLE.search(str(exc)):
@@ -77,12 +104,18 @@ def tls_context(settings: ImapSettings) -> ssl.SSLContext:
 class ImapSession:
     """A connected, authenticated session with one mailbox examined (read-only)."""
 
-    def __init__(self, settings: ImapSettings, authenticator: Authenticator) -> None:
+    def __init__(self, *, settings: ImapSettings, authenticator: Authenticator,
+                 on_throttled: Callable[[], None] = lambda: None,
+                 wait: Callable[[float], bool] | None = None) -> None:
         self.settings = settings
         self._auth = authenticator
         self._client: IMAPClient | None = None
         self.capabilities: frozenset[bytes] = frozenset()
         self.status: MailboxStatus | None = None
+        self._on_throttled = on_throttled
+        self._wait = wait or threading.Event().wait  # sleeps; True early when asked to stop
+        self._throttled_answers: list[bytes] = []
+        self._throttle_pause_s = THROTTLED_OK_PAUSE_S
 
     @property
     def client(self) -> IMAPClient:
@@ -106,6 +139,7 @@ class ImapSession:
             client = IMAPClient(s.host, port=s.effective_port, ssl=s.ssl, ssl_context=context, timeout=timeout)
             self._client = client
             client.normalise_times = False
+            _watch_tagged_answers(client, self._throttled_answers)
             if s.starttls:
                 client.starttls(context)
         self._login()
@@ -125,8 +159,17 @@ class ImapSession:
 
     def examine(self) -> MailboxStatus:
         """Select the mailbox read-only (EXAMINE): nothing is marked \\Seen or loses \\Recent."""
-        with imap_errors(f"examine {self.settings.mailbox}"):
-            info = self.client.select_folder(self.settings.mailbox, readonly=True)
+        mailbox = self.settings.mailbox
+        try:
+            with imap_errors(f"examine {mailbox}"):
+                info = self.client.select_folder(mailbox, readonly=True)
+        except ImapProtocolError as exc:
+            if not names_missing_mailbox(str(exc)):
+                raise
+            with imap_errors("LIST"):
+                folders = self.client.list_folders()
+            raise mailbox_not_found(mailbox, folders, str(exc)) from None
+        self._after_command()
         self.status = MailboxStatus(
             uidvalidity=int(info[b"UIDVALIDITY"]),
             uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
@@ -139,19 +182,37 @@ class ImapSession:
         # RFC 3501 §6.4.8: "n:*" always matches the highest UID, even when it is < n.
         with imap_errors("UID SEARCH"):
             found = self.client.search(["UID", f"{max(first_uid, 1)}:*", *criteria])
+        self._after_command()
         return sorted(uid for uid in found if uid >= first_uid)
 
     def uids_since(self, day: Any) -> list[int]:
         with imap_errors("UID SEARCH SINCE"):
-            return sorted(self.client.search(["SINCE", day]))
+            found = self.client.search(["SINCE", day])
+        self._after_command()
+        return sorted(found)
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         if not uids:
             return {}
         with imap_errors(f"UID FETCH of {len(uids)} messages"):
             if items and items[-1] == "BODY.PEEK[]":
-                return self._bulk_fetch(uids, items)
-            return dict(self.client.fetch(list(uids), list(items)))
+                fetched = self._bulk_fetch(uids, items)
+            else:
+                fetched = dict(self.client.fetch(list(uids), list(items)))
+        self._after_command()
+        return fetched
+
+    def _after_command(self) -> None:
+        """Slow down after answers that succeeded but said [THROTTLED] (Gmail), pausing
+        longer each time in a row; the next unthrottled answer resets the pause."""
+        if not self._throttled_answers:
+            self._throttle_pause_s = THROTTLED_OK_PAUSE_S
+            return
+        self._throttled_answers.clear()
+        self._on_throttled()
+        log.warning("server answered [THROTTLED]; slowing down", extra={"pause_s": self._throttle_pause_s})
+        self._wait(self._throttle_pause_s)
+        self._throttle_pause_s = min(THROTTLED_OK_MAX_PAUSE_S, self._throttle_pause_s * 2)
 
     def _bulk_fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of whole messages through imaplib (imapclient's `_imap`), parsed by the
@@ -178,10 +239,19 @@ class ImapSession:
         with imap_errors("IDLE"):
             self.client.idle()
             try:
+                empty_wakeups = 0
                 while not changed and not should_stop() and time.monotonic() < deadline:
                     slice_s = min(1.0, max(0.05, deadline - time.monotonic()))
+                    started = time.monotonic()
                     responses = self.client.idle_check(timeout=slice_s)
+                    _raise_on_bye(responses)
                     changed = any(_is_change(r) for r in responses)
+                    early_empty = not responses and time.monotonic() - started < slice_s / 2
+                    empty_wakeups = empty_wakeups + 1 if early_empty else 0
+                    if empty_wakeups >= IDLE_EMPTY_WAKEUPS:
+                        # Cyrus closes without BYE on shutdown (issue 9 §8): without this the
+                        # loop spins on the dead socket until the IDLE timeout.
+                        raise ImapConnectionClosedError("IDLE: the server closed the connection")
             finally:
                 _, responses = self.client.idle_done()
                 changed = changed or any(_is_change(r) for r in responses)
@@ -211,6 +281,30 @@ def uid_set(uids: Sequence[int]) -> str:
         runs.append(str(start) if start == prev else f"{start}:{prev}")
         start = prev = uid
     return ",".join(runs)
+
+
+def _watch_tagged_answers(client: IMAPClient, throttled: list[bytes]) -> None:
+    """imaplib drops the text of a tagged OK; keep the ones that say [THROTTLED]."""
+    imap = client._imap  # noqa: SLF001 - the tagged text is only visible inside imaplib
+    complete = imap._command_complete  # noqa: SLF001
+
+    def watched(name: str, tag: bytes) -> tuple[str, list[Any]]:
+        typ, data = complete(name, tag)
+        if typ == "OK" and any(isinstance(d, bytes) and _THROTTLED_OK.search(d) for d in data or ()):
+            throttled.append(data[0])
+        return typ, data
+
+    imap._command_complete = watched  # noqa: SLF001
+
+
+def _raise_on_bye(responses: list[Any]) -> None:
+    """An untagged BYE while idling: the server is going away, maybe asking us to slow down."""
+    for response in responses:
+        if isinstance(response, tuple) and response and response[0] == b"BYE":
+            text = " ".join(to_text(part) for part in response[1:])
+            if _THROTTLE.search(text):
+                raise ImapThrottledError(f"IDLE: server is throttling: BYE {text}"[:300])
+            raise ImapConnectionClosedError(f"IDLE: the server said goodbye: BYE {text}"[:300])
 
 
 def _is_change(response: Any) -> bool:

@@ -22,6 +22,15 @@ _ALIASES = {
     "iso-8859-1": "cp1252", "latin1": "cp1252", "us-ascii": "ascii", "ansi_x3.4-1968": "ascii",
 }
 _NO_CHARSET = {"", "unknown-8bit", "x-unknown", "unknown", "default", "none", "charset"}
+# Codecs Python knows that are no mail charset: they raise on ordinary bytes (idna,
+# punycode, undefined) or turn backslashes into code points (the escape codecs). Byte-to-byte
+# codecs (base64, zlib, rot13, uu, ...) are refused by `_is_text_encoding` below.
+_NOT_MAIL_CHARSETS = {"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape",
+                      "unicode_escape", "raw_unicode_escape", "mbcs", "oem"}
+_CHARSET_CHARS = 64  # no real charset name is longer; longer labels are junk
+# Linear-time caps (issue 9): one header value is cut to this many characters before the
+# stdlib's encoded-word and address parsers see it (both are superlinear on hostile input).
+HEADER_VALUE_MAX_CHARS = 16_384
 
 
 def normalize_charset(charset: str | None) -> str | None:
@@ -29,13 +38,16 @@ def normalize_charset(charset: str | None) -> str | None:
     if not charset:
         return None
     label = charset.strip().strip("\"'").lower()
-    if label in _NO_CHARSET:
+    if label in _NO_CHARSET or len(label) > _CHARSET_CHARS or "\x00" in label:
         return None
     label = _ALIASES.get(label, label)
     try:
-        return codecs.lookup(label).name
-    except LookupError:
+        info = codecs.lookup(label)
+    except (LookupError, ValueError, TypeError):
         return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_MAIL_CHARSETS:
+        return None
+    return info.name
 
 
 def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = None,
@@ -47,18 +59,25 @@ def decode_bytes(data: bytes, charset: str | None, defects: list[str] | None = N
     """
     codec = normalize_charset(charset)
     if charset and codec is None and charset.strip().lower() not in _NO_CHARSET:
-        _note(defects, f"unknown charset {charset.strip()[:40]!r}")
+        _note(defects, f"unknown charset {_printable(charset.strip()[:40])!r}")
     candidates = [c for c in (codec, "utf-8") if c]
     if codec in ("ascii", "cp1252"):
         candidates = ["utf-8", codec]
     for candidate in dict.fromkeys(candidates):
         try:
             return _decode(data, candidate, "strict", final)
-        except UnicodeDecodeError:
+        except (UnicodeError, ValueError, LookupError):
             continue
     fallback = codec if codec not in (None, "ascii", "utf-8") else "cp1252"
-    _note(defects, f"undecodable bytes for charset {charset or 'none'!r}, replaced")
-    return _decode(data, fallback, "replace", final)
+    _note(defects, f"undecodable bytes for charset {_printable(charset or 'none')!r}, replaced")
+    try:
+        return _decode(data, fallback, "replace", final)
+    except (UnicodeError, ValueError, LookupError):
+        return _decode(data, "cp1252", "replace", final)
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _decode(data: bytes, codec: str, errors: str, final: bool) -> str:
@@ -85,17 +104,25 @@ def decode_header_value(value: str | None, defects: list[str] | None = None) -> 
     """An unfolded, RFC 2047-decoded header value."""
     if value is None:
         return None
-    text = unescape_8bit(str(value), defects)
+    text = str(value)
+    if len(text) > HEADER_VALUE_MAX_CHARS:
+        text = _capped(text, defects)
+    text = unescape_8bit(text, defects)
     text = " ".join(text.replace("\r", "").split("\n")).strip()
     if "=?" not in text:
         return _clean(text, defects)
     try:
         parts = decode_header(text)
-    except (HeaderParseError, ValueError, LookupError, AssertionError):
+    except (HeaderParseError, ValueError, LookupError, AssertionError, UnicodeError):
         _note(defects, "malformed encoded-word in header")
         return _clean(text, defects)
     out = [chunk if isinstance(chunk, str) else decode_bytes(chunk, cs, defects) for chunk, cs in parts]
     return _clean("".join(out), defects)
+
+
+def _capped(value: str, defects: list[str] | None) -> str:
+    _note(defects, f"header longer than {HEADER_VALUE_MAX_CHARS} characters, cut")
+    return value[:HEADER_VALUE_MAX_CHARS]
 
 
 def _clean(text: str, defects: list[str] | None) -> str:
@@ -107,21 +134,28 @@ def _clean(text: str, defects: list[str] | None) -> str:
 
 # The shapes most headers have ("addr", "Name <addr>", "\"Name\" <addr>"), parsed without the
 # stdlib's general (and slow) address parser; anything else goes the long way.
-_SIMPLE_ADDRESS = re.compile(r'\s*(?:"([^"\\]*)"|([^"<>,;:@()\\]*?))\s*<([^<>\s,;:"()\\]+@[^<>\s,;:"()\\]+)>\s*'
-                             r'|\s*([^<>\s,;:"()\\]+@[^<>\s,;:"()\\]+)\s*')
+# Linear by construction (issue 9: the old pattern backtracked cubically on runs of spaces):
+# the text is stripped first, no two adjacent pieces can match the same character (a bare
+# name cannot contain "<", a quoted one no '"', a local part no "@"), so the engine never
+# has a second way to try.
+_ADDR = r'[^<>\s,;:"()\\@]+@[^<>\s,;:"()\\]+'
+_SIMPLE_ADDRESS = re.compile(rf'"([^"\\]*)"[ \t]*<({_ADDR})>|([^"<>,;:@()\\]*)<({_ADDR})>|({_ADDR})')
 
 
 def decode_addresses(value: str | None, defects: list[str] | None = None) -> list[tuple[str, str]]:
     """(display name, address) pairs, display names decoded; never raises."""
     if not value:
         return []
-    text = unescape_8bit(str(value), defects)
-    text = " ".join(text.replace("\r", "").split("\n"))
+    text = str(value)
+    if len(text) > HEADER_VALUE_MAX_CHARS:
+        text = _capped(text, defects)
+    text = unescape_8bit(text, defects)
+    text = " ".join(text.replace("\r", "").split("\n")).strip()
     simple = _SIMPLE_ADDRESS.fullmatch(text)
     if simple:
-        quoted, bare_name, address, lone = simple.groups()
+        quoted, quoted_address, bare_name, bare_address, lone = simple.groups()
         name = quoted if quoted is not None else (bare_name or "").strip()
-        return [(decode_header_value(name, defects) or "", address or lone)]
+        return [(decode_header_value(name, defects) or "", quoted_address or bare_address or lone)]
     try:
         pairs = email.utils.getaddresses([text])
     except Exception:  # noqa: BLE001 - stdlib address parser raises assorted errors on junk

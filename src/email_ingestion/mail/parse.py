@@ -14,9 +14,11 @@ import datetime as dt
 import email
 import email.utils
 import quopri
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from html.parser import HTMLParser
+from html import unescape
 
 from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value
 
@@ -84,7 +86,7 @@ def _parse_single_part(raw: bytes) -> ParsedMessage | None:
         parsed.defects.append("NUL bytes in message")
     encoding = str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     body = decode_bytes(_transfer_decode(raw[cut:], encoding, parsed.defects, True),
-                        msg.get_content_charset(), parsed.defects)
+                        _charset(msg, parsed.defects), parsed.defects)
     is_text = msg.get_content_type() == "text/plain"
     _set_bodies(parsed, body if is_text else "", "" if is_text else body, truncated=False)
     return parsed
@@ -151,13 +153,16 @@ def parse_headers(msg: Message) -> ParsedMessage:
     )
 
 
-def _identity(get) -> str:  # type: ignore[no-untyped-def]
+HeaderGetter = Callable[[str], "str | None"]
+
+
+def _identity(get: HeaderGetter) -> str:
     def norm(name: str) -> str:
         return " ".join(str(get(name) or "").split())
     return norm("Message-ID") or "|".join(norm(h) for h in ("Date", "From", "Subject"))
 
 
-def _header_getter(msg: Message):  # type: ignore[no-untyped-def]
+def _header_getter(msg: Message) -> HeaderGetter:
     # raw_items() keeps 8-bit bytes as surrogate escapes; msg.get() would wrap them in
     # Header objects whose str() loses them.
     first: dict[str, str] = {}
@@ -172,12 +177,13 @@ def parse_date(value: str | None, defects: list[str]) -> str | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(decode_header_value(value) or "")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        # Year 9999 with a negative offset is past datetime.max in UTC: OverflowError.
+        return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     except (TypeError, ValueError, IndexError, OverflowError):
         defects.append("unparseable Date")
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _collect_parts(msg: Message, parsed: ParsedMessage) -> tuple[str, str]:
@@ -197,14 +203,14 @@ def _collect_parts(msg: Message, parsed: ParsedMessage) -> tuple[str, str]:
     return text, html
 
 
-def _leaf_parts(msg: Message):  # type: ignore[no-untyped-def]
+def _leaf_parts(msg: Message) -> Iterator[Message]:
     """Leaf parts in order; an attached message/rfc822 counts as one attachment."""
     stack = [msg]
     while stack:
         part = stack.pop()
         payload = part.get_payload()
         if part.is_multipart() and part.get_content_type() != "message/rfc822" and isinstance(payload, list):
-            stack.extend(reversed(payload))
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         else:
             yield part
 
@@ -242,7 +248,17 @@ def _part_text(part: Message, defects: list[str]) -> str:
     except Exception:  # noqa: BLE001
         defects.append("undecodable transfer encoding")
         data = str(part.get_payload()).encode("utf-8", "surrogateescape")
-    return decode_bytes(data, part.get_content_charset(), defects)
+    return decode_bytes(data, _charset(part, defects), defects)
+
+
+def _charset(part: Message, defects: list[str]) -> str | None:
+    # compat32 decodes RFC 2231 charset parameters with the declared codec itself, and
+    # lets ValueError (a NUL in the name) and non-text codecs escape.
+    try:
+        return part.get_content_charset()
+    except (ValueError, LookupError, UnicodeError, TypeError):
+        defects.append("malformed charset parameter")
+        return None
 
 
 def _transfer_decode(data: bytes, encoding: str, defects: list[str], complete: bool) -> bytes:
@@ -280,37 +296,29 @@ def _collect_defects(msg: Message, defects: list[str]) -> None:
                 defects.append(name)
 
 
-class _TextExtractor(HTMLParser):
-    _SKIP = {"script", "style", "head", "title"}
-    _BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BREAKS:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.chunks.append(data)
+# A tag is "<" up to the next ">" with no "<" inside: each match attempt stops at the next
+# "<", so scanning is linear (html.parser is quadratic on runs of unclosed tags, issue 9).
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^<>]*>")
+_SKIP = ("script", "style", "head", "title")
+_BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6"}
 
 
 def html_to_text(html: str) -> str:
     """Readable text of an HTML body, for messages that have no text/plain part."""
-    extractor = _TextExtractor()
-    try:
-        extractor.feed(html[: BODY_TEXT_CHARS * 20])
-        extractor.close()
-    except Exception:  # noqa: BLE001 - HTMLParser is lenient, but never trust it on junk
-        return html[:BODY_TEXT_CHARS]
-    lines = (" ".join(line.split()) for line in "".join(extractor.chunks).splitlines())
+    html = html[: BODY_TEXT_CHARS * 20]
+    lowered = html.lower()
+    chunks: list[str] = []
+    pos = 0
+    while (tag := _TAG.search(html, pos)) is not None:
+        chunks.append(html[pos:tag.start()])
+        closing, name = tag.group(1), (tag.group(2) or "").lower()
+        pos = tag.end()
+        if name in _BREAKS:
+            chunks.append("\n")
+        elif name in _SKIP and not closing:
+            end = lowered.find(f"</{name}", pos)
+            pos = len(html) if end == -1 else end
+    chunks.append(html[pos:])
+    text = unescape("".join(chunks))
+    lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)

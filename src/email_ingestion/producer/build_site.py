@@ -34,7 +34,7 @@ class Builder(Protocol):
 
 
 class InlineBuilder:
-    def __init__(self, payloads: PayloadBuilder) -> None:
+    def __init__(self, *, payloads: PayloadBuilder) -> None:
         self.payloads = payloads
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
@@ -47,14 +47,14 @@ class InlineBuilder:
 class ProcessBuilder:
     """Builds in one spawned child (portable; no fork of a threaded process)."""
 
-    def __init__(self, payloads: PayloadBuilder, *, log_level: str, log_format: str, secrets: list[str]) -> None:
-        self._context = (payloads.account, payloads.mailbox)
+    def __init__(self, *, payloads: PayloadBuilder, log_level: str, log_format: str, secrets: list[str]) -> None:
+        context = (payloads.account, payloads.mailbox, payloads.budget_s)
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_child, initargs=(log_level, log_format, secrets))
+            initializer=_init_child, initargs=(log_level, log_format, secrets, context))
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        future = self._pool.submit(_build_in_child, downloaded, uidvalidity, pass_id, self._context)
+        future = self._pool.submit(_build_in_child, downloaded, uidvalidity, pass_id)
 
         def result() -> list[Emission]:
             try:
@@ -72,17 +72,23 @@ def builder_factory(payloads: PayloadBuilder, *, parallel_parse: bool, log_level
     """Chooses per pass: a helper process for long syncs when PARALLEL_PARSE allows it."""
     def make(batches: int) -> Builder:
         if parallel_parse and batches >= PARALLEL_FROM_BATCHES:
-            return ProcessBuilder(payloads, log_level=log_level, log_format=log_format, secrets=secrets)
-        return InlineBuilder(payloads)
+            return ProcessBuilder(payloads=payloads, log_level=log_level, log_format=log_format, secrets=secrets)
+        return InlineBuilder(payloads=payloads)
     return make
 
 
-def _init_child(log_level: str, log_format: str, secrets: list[str]) -> None:
+# The child's one PayloadBuilder (and so one budget watchdog thread), made by _init_child.
+_child_builder: list[PayloadBuilder] = []
+
+
+def _init_child(log_level: str, log_format: str, secrets: list[str], context: tuple[str, str, float]) -> None:
     # The parent decides when to stop and then shuts the pool down; Ctrl-C in a terminal
     # or systemd's SIGTERM to the whole cgroup must not kill the child mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(log_level, log_format, "producer", Redactor(secrets))
+    account, mailbox, budget_s = context
+    _child_builder.append(PayloadBuilder(account=account, mailbox=mailbox, budget_s=budget_s))
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
@@ -95,8 +101,6 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     os._exit(0)
 
 
-def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str,
-                    context: tuple[str, str]) -> list[Emission]:
-    account, mailbox = context
-    return PayloadBuilder(account=account, mailbox=mailbox).build(downloaded, uidvalidity, pass_id)
+def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str) -> list[Emission]:
+    return _child_builder[0].build(downloaded, uidvalidity, pass_id)
 

@@ -22,7 +22,6 @@ from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, require_producer_settings
-from email_ingestion.common.text import iso_from_epoch_s
 from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
@@ -74,14 +73,15 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def build_authenticator(settings: Settings, redactor: Redactor, metrics: ProducerMetrics) -> Authenticator:
     if settings.imap.auth_method == "password":
         assert settings.imap.password is not None
-        return PasswordAuthenticator(settings.imap.password)
+        return PasswordAuthenticator(password=settings.imap.password)
 
     def on_new_token(token: str) -> None:
         redactor.add_secret(token)
         metrics.oauth_refreshes.inc()
 
-    return XOAuth2Authenticator(TokenStore(settings.google, on_new_token=on_new_token,
-                                           on_refresh_failed=metrics.oauth_failures.inc))
+    store = TokenStore(settings=settings.google, on_new_token=on_new_token,
+                       on_refresh_failed=metrics.oauth_failures.inc)
+    return XOAuth2Authenticator(store=store)
 
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
@@ -89,7 +89,8 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     """Wire the producer from settings; nothing connects until the runner runs."""
     imap = settings.imap
     metrics = ProducerMetrics(imap.user, imap.mailbox)
-    session = ImapSession(imap, build_authenticator(settings, redactor, metrics))
+    session = ImapSession(settings=imap, authenticator=build_authenticator(settings, redactor, metrics),
+                          on_throttled=metrics.throttled.inc, wait=stop_event.wait)
     fetcher = MessageFetcher(session=session, settings=settings.producer)
     client = None
     if dry_run:
@@ -104,13 +105,13 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
                                    log_format=settings.log.format, secrets=settings.secrets())
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
                        metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
-    runner = ProducerRunner(settings, session, sync, metrics, stop_event)
+    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
     if client is not None:
-        expose(runner, settings, client, store)
+        expose(runner, settings, client)
     return runner
 
 
-def expose(runner: ProducerRunner, settings: Settings, client: Any, store: StateStore) -> None:
+def expose(runner: ProducerRunner, settings: Settings, client: Any) -> None:
     """/health, /ready, /status and /metrics on PRODUCER_METRICS_PORT (0: none)."""
     stream, group = settings.redis.stream_name, settings.worker.group
     dlq = dlq_stream(stream, settings.retry.dlq_stream_name)
@@ -127,21 +128,7 @@ def expose(runner: ProducerRunner, settings: Settings, client: Any, store: State
         return True, "ok"
 
     def status() -> dict[str, Any]:
-        state = store.load()
-        last_ok = runner.status.last_pass_ok_at
-        return {
-            "component": "producer", "account": settings.imap.user, "mailbox": settings.imap.mailbox,
-            "imap_connected": runner.status.connected, "idle": runner.session.can_idle,
-            "counters": {"sync_passes": runner.status.passes, "emitted": runner.status.emitted,
-                         "reconnects": runner.status.reconnects,
-                         "uidvalidity_changes": runner.status.uidvalidity_changes},
-            "last_successful_sync": iso_from_epoch_s(last_ok) if last_ok else None,
-            "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
-            "backpressure": runner.sync.backpressured,
-            "circuit_breakers": {b.name: b.snapshot() for b in (runner.imap_breaker, runner.redis_breaker)},
-            "stream": stream_figures(client, stream, group, dlq),
-            "recent_errors": runner.status.errors,
-        }
+        return {**runner.status_body(), "stream": stream_figures(client, stream, group, dlq)}
 
     start_health(registry, runner.liveness, ready, status, settings.producer.producer_metrics_port,
                  settings.health.host, "PRODUCER_METRICS_PORT")

@@ -13,11 +13,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import (
+    ImapConnectionClosedError,
     ImapConnectionError,
     ImapProtocolError,
     ImapThrottledError,
@@ -26,6 +34,7 @@ from email_ingestion.common.errors import (
     TokenEndpointError,
 )
 from email_ingestion.common.settings import Settings
+from email_ingestion.common.text import iso_from_epoch_s
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import ProducerMetrics
@@ -49,7 +58,7 @@ class RunnerStatus:
 
 
 class ProducerRunner:
-    def __init__(self, settings: Settings, session: ImapSession, sync: MailboxSync,
+    def __init__(self, *, settings: Settings, session: ImapSession, sync: MailboxSync,
                  metrics: ProducerMetrics, stop_event: threading.Event,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -122,12 +131,30 @@ class ProducerRunner:
         stop = stop_after_attempt(ONCE_ATTEMPTS) if once else (lambda _state: self.should_stop())
         return Retrying(
             retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_exponential_jitter(initial=1, max=60, jitter=1) + _throttle_pause,
+            wait=_backoff,
             stop=stop,
             sleep=self._sleep,
             before_sleep=self._on_failure,
             reraise=True,
         )
+
+    def status_body(self) -> dict[str, Any]:
+        """The producer's part of /status: connection, counters, stored position, breakers."""
+        state = self.sync.store.load()
+        last_ok = self.status.last_pass_ok_at
+        imap = self.settings.imap
+        return {
+            "component": "producer", "account": imap.user, "mailbox": imap.mailbox,
+            "imap_connected": self.status.connected, "idle": self.session.can_idle,
+            "counters": {"sync_passes": self.status.passes, "emitted": self.status.emitted,
+                         "reconnects": self.status.reconnects,
+                         "uidvalidity_changes": self.status.uidvalidity_changes},
+            "last_successful_sync": iso_from_epoch_s(last_ok) if last_ok else None,
+            "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
+            "backpressure": self.sync.backpressured,
+            "circuit_breakers": {b.name: b.snapshot() for b in (self.imap_breaker, self.redis_breaker)},
+            "recent_errors": self.status.errors,
+        }
 
     def _sleep(self, seconds: float) -> None:
         """Back off, at least until an open breaker allows a trial, ticking while waiting."""
@@ -149,6 +176,18 @@ class ProducerRunner:
         log.warning("sync failed; reconnecting after backoff", extra={
             "error": f"{type(exc).__name__}: {exc}", "attempt": state.attempt_number,
             "retry_in_s": round(delay, 2)})
+
+
+_exponential = wait_exponential_jitter(initial=1, max=60, jitter=1)
+
+
+def _backoff(state: RetryCallState) -> float:
+    """Exponential with full jitter, plus the throttling pause; none before the first
+    reconnect after the server closed an idle connection (new mail may be waiting)."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ImapConnectionClosedError) and state.attempt_number == 1:
+        return 0.0
+    return float(_exponential(state)) + _throttle_pause(state)
 
 
 def _throttle_pause(state: RetryCallState) -> float:

@@ -136,7 +136,7 @@ class DovecotServer:
         self._write_cert()
         (self.root / "keys/default/HS256/default").write_text(base64.b64encode(JWT_KEY).decode())
         users = "".join(f"{name}:{{PLAIN}}{pw}::::::\n" for name, pw in self.users.items())
-        (self.root / "users").write_text(users)
+        (self.root / "users").write_text(users, encoding="utf-8")
         (self.root / "oauth2.conf").write_text(
             "introspection_mode = local\n"
             f"local_validation_key_dict = fs:posix:prefix={self.root}/keys/\n"

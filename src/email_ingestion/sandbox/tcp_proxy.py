@@ -1,26 +1,34 @@
 """A loopback TCP proxy for tests and benchmarks: adds latency, counts bytes, and can
 "freeze" the connections it holds (traffic silently stops, sockets stay open), which is
-what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection."""
+what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection; "close" them (the
+socket closes with no goodbye, as Cyrus does on shutdown); and rewrite what the server
+says (to play a server that throttles, or lacks a capability)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 from email_ingestion.sandbox.dovecot import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, delay_s: float = 0.0, listen_port: int = 0) -> None:
+    def __init__(self, target_port: int, delay_s: float = 0.0, listen_port: int = 0,
+                 rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self.target_port = target_port
         self.delay_s = delay_s
+        # Applied to each chunk the server sends; loopback IMAP answers arrive whole.
+        self.rewrite = rewrite
         self.port = listen_port or free_port()
         self.bytes_to_client = 0
         self.bytes_to_server = 0
         self.connections = 0
         self._frozen: set[int] = set()  # ids of connections whose traffic is dropped
         self._live: set[int] = set()
+        self._writers: dict[int, list[asyncio.StreamWriter]] = {}
+        self.last_from_client = b""  # the last chunk a client sent (tests wait for a command)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -51,6 +59,18 @@ class TcpProxy:
         """Silently drop all traffic on the connections open now; new ones work."""
         self._frozen |= set(self._live)
 
+    def close_existing(self) -> int:
+        """Close the connections open now on both sides, without a word; new ones work.
+        Returns how many were closed."""
+        return asyncio.run_coroutine_threadsafe(self._close_existing(), self._loop).result(5)
+
+    async def _close_existing(self) -> int:
+        closing = list(self._writers.values())
+        for writers in closing:
+            for writer in writers:
+                writer.close()
+        return len(closing)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = id(writer)
         self.connections += 1
@@ -60,9 +80,11 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        self._writers[conn_id] = [writer, up_writer]
         await asyncio.gather(self._pipe(reader, up_writer, conn_id, True),
                              self._pipe(up_reader, writer, conn_id, False), return_exceptions=True)
         self._live.discard(conn_id)
+        self._writers.pop(conn_id, None)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     conn_id: int, upstream: bool) -> None:
@@ -72,8 +94,10 @@ class TcpProxy:
             while data := await reader.read(65536):
                 if upstream:
                     self.bytes_to_server += len(data)
+                    self.last_from_client = data[-200:]
                 else:
                     self.bytes_to_client += len(data)
+                    data = self.rewrite(data) if self.rewrite else data
                 await queue.put((time.monotonic() + self.delay_s, data))
         finally:
             await queue.put((0.0, b""))

@@ -1,0 +1,166 @@
+"""Issue 9 §1: no single message can stop a mailbox. Every message, however hostile, becomes
+exactly one payload that is valid UTF-8 JSON and validates, within the time budget."""
+
+from __future__ import annotations
+
+import base64
+import encodings.aliases
+import json
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from email_ingestion.common.payload import EmailPayload
+from email_ingestion.mail.decode import decode_addresses
+from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, Downloaded, PayloadBuilder
+from email_ingestion.sandbox.hostile_mail import NON_TEXT_CODECS, hostile_messages, nested_multipart
+
+# Messages the linear parser must handle without falling back: a degraded payload for one
+# of these means a parser step is superlinear again (or raises).
+NEEDS_FALLBACK = {"nested-1000"}
+# Quadratic inside the stdlib (RFC 2231 parameter splitting): done or cut off by the budget.
+MAY_NEED_BUDGET = {"param-quotes"}
+BUDGET_SLACK_S = 2.0  # the watchdog's tick plus building the degraded payload, on a loaded machine
+
+
+def build(raw: bytes, builder: PayloadBuilder | None = None, extra: dict[bytes, object] | None = None) -> EmailPayload:
+    items = {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw), **(extra or {})}
+    (emission,) = (builder or PayloadBuilder(account="a@x", mailbox="INBOX")).build(
+        Downloaded([(1, items)]), 7, "c")
+    emission.payload.encode("utf-8")  # strict: no lone surrogates
+    return EmailPayload.from_json(emission.payload)
+
+
+@pytest.mark.parametrize(("name", "raw"), hostile_messages(), ids=[n for n, _ in hostile_messages()])
+def test_hostile_message_becomes_one_valid_payload(name, raw):
+    """Each crafted message yields a payload; only those that need it are degraded."""
+    payload = build(raw)
+    assert payload.uid == 1 and payload.size == len(raw) and payload.flags == ["\\Seen"]
+    assert payload.from_ is not None and payload.from_.address == "hostile@example.org"
+    if name not in MAY_NEED_BUDGET:
+        assert (payload.parse_error is not None) == (name in NEEDS_FALLBACK), payload.parse_error
+
+
+def test_deep_nesting_is_degraded_with_its_headers():
+    """MIME nested 1000 levels: parse_error names the RecursionError, the headers survive."""
+    payload = build(nested_multipart(1000))
+    assert payload.parse_error is not None
+    assert (payload.parse_error.stage, payload.parse_error.type) == ("parse", "RecursionError")
+    assert payload.subject == "deep-nesting-subject" and payload.body_truncated and payload.body_text == ""
+
+
+def test_lone_surrogate_is_replaced_and_recorded():
+    """A UTF-7 encoded word decoding to a lone surrogate becomes U+FFFD plus a defect."""
+    payload = build(dict(hostile_messages())["utf7-lone-surrogate"])
+    assert payload.subject == "\ufffd"
+    assert "lone surrogates replaced by U+FFFD" in payload.parse_defects
+
+
+def test_overflowing_date_is_a_defect_not_a_failure():
+    """Date in year 9999 with a negative offset overflows in UTC: date null, defect recorded."""
+    payload = build(dict(hostile_messages())["date-year-9999"])
+    assert payload.date is None and "unparseable Date" in payload.parse_defects
+    assert payload.subject == "late-date-subject" and payload.parse_error is None
+
+
+def test_budget_overrun_yields_degraded_payload():
+    """A message that outlasts its budget is cut off by the watchdog and still delivered."""
+    builder = PayloadBuilder(account="a@x", mailbox="INBOX", budget_s=0.3)
+    started = time.monotonic()
+    payload = build(dict(hostile_messages())["param-quotes"], builder)
+    assert time.monotonic() - started < 0.3 + BUDGET_SLACK_S
+    assert payload.parse_error is not None and payload.parse_error.type == "BudgetExceeded"
+    assert payload.from_ is not None and payload.from_.address == "hostile@example.org"
+    # The watchdog leaves later builds alone.
+    assert build(b"From: a@b.c\r\nSubject: next\r\n\r\nok\r\n", builder).parse_error is None
+
+
+def test_unreadable_server_items_cost_only_themselves():
+    """An INTERNALDATE that overflows and a junk RFC822.SIZE become defects, not failures."""
+    import datetime as dt
+    late = dt.datetime(9999, 12, 31, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-1)))
+    payload = build(b"From: a@b.c\r\n\r\nok", extra={b"INTERNALDATE": late, b"RFC822.SIZE": b"junk"})
+    assert payload.internal_date is None and payload.size == 0
+    assert any(d.startswith("unreadable INTERNALDATE") for d in payload.parse_defects)
+
+
+def test_attachment_list_is_capped():
+    """5,000 attachments: 1,000 listed, the rest counted in a defect, still one payload."""
+    parts = b"".join(b"--b\r\nContent-Type: application/octet-stream; name=f%d\r\n\r\nx\r\n" % i for i in range(5000))
+    payload = build(b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+    assert len(payload.attachments) == 1000 and "4000 more attachments not listed" in payload.parse_defects
+
+
+def test_simple_address_pattern_is_linear():
+    """10 KB of spaces in To: (hours with the old cubic pattern) parse as the long way does."""
+    assert decode_addresses(" " * 10_000 + "x") == [("", "x")]
+    assert decode_addresses('"Name" <a@b.c>') == [("Name", "a@b.c")]
+    assert decode_addresses("  Bare Name   <a@b.c> ") == [("Bare Name", "a@b.c")]
+
+
+# -- property test --------------------------------------------------------------------------
+
+CODEC_NAMES = sorted(set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+                     | set(NON_TEXT_CODECS) | {"utf-7", "utf-16", "utf-32", "x-unknown", "", "utf\x008"})
+header_names = st.sampled_from([b"Subject", b"From", b"To", b"Cc", b"Reply-To", b"Date", b"Message-ID",
+                                b"Content-Type", b"Content-Transfer-Encoding", b"Content-Disposition",
+                                b"References", b"X-Junk"])
+
+
+@st.composite
+def encoded_words(draw: st.DrawFn) -> bytes:
+    charset = draw(st.sampled_from(CODEC_NAMES)).encode("latin-1", "replace")
+    data = draw(st.binary(max_size=40))
+    if draw(st.booleans()):
+        return b"=?" + charset + b"?B?" + base64.b64encode(data) + b"?="
+    return b"=?" + charset + b"?Q?" + b"".join(b"=%02X" % byte for byte in data) + b"?="
+
+
+@st.composite
+def header_values(draw: st.DrawFn) -> bytes:
+    pieces = draw(st.lists(st.one_of(encoded_words(), st.binary(max_size=60),
+                                     st.sampled_from([b"a@b.c", b'"N" <x@y.z>', b" " * 750, b"\r\n ",
+                                                      b"; charset=", b'"', b"<", b"@", b"=?", b"?="])),
+                           max_size=12))
+    value = b"".join(pieces).replace(b"\r\n\r\n", b"\r\n ")
+    return value.replace(b"\n", b"\n ").replace(b"\r\n \r\n", b"\r\n ")
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    headers = [draw(header_names) + b": " + draw(header_values()) for _ in range(draw(st.integers(0, 12)))]
+    body = draw(st.binary(max_size=2000))
+    raw = b"\r\n".join(headers) + b"\r\n\r\n" + body
+    depth = draw(st.sampled_from([0, 0, 0, 3, 50, 400, 1100]))
+    if depth:
+        raw = b"\r\n".join(headers) + b"\r\n" + nested_multipart(depth)
+    return raw * draw(st.sampled_from([1, 1, 1, 20]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(messages())
+def test_any_message_builds_to_valid_json_within_budget(raw):
+    """Generated messages (random header bytes, encoded words in every codec name Python
+    knows, folding, nesting, sizes) never raise and finish within the default budget."""
+    started = time.monotonic()
+    payload = build(raw)
+    assert time.monotonic() - started < MESSAGE_BUDGET_S + BUDGET_SLACK_S
+    assert payload.size == len(raw)
+    json.loads(payload.to_json())
+
+
+def test_even_an_unreadable_header_block_gives_a_payload(monkeypatch):
+    """When parsing and header salvage both fail, the message still goes out, with its
+    server facts (UID, size, flags) and parse_error."""
+    import email_ingestion.producer.payloads as payloads
+
+    def boom(*_args: object) -> None:
+        raise MemoryError("simulated")
+    monkeypatch.setattr(payloads, "parse_message", boom)
+    monkeypatch.setattr(payloads, "salvage", boom)
+    payload = build(b"From: a@b.c\r\n\r\nok")
+    assert payload.parse_error is not None and payload.parse_error.type == "MemoryError"
+    assert payload.size == 17 and payload.flags == ["\\Seen"] and payload.from_ is None
+    assert "headers unreadable: MemoryError" in payload.parse_defects
