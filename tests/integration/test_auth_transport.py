@@ -50,6 +50,7 @@ def run_producer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
 
 
 def test_xoauth2_with_valid_token_needs_no_refresh(tmp_path, mailbox, producer_env, token_server, redis_client):
+    """A still-valid stored access token logs in with XOAUTH2 and syncs without calling the token endpoint."""
     mailbox.append(sample_message(1))
     token_file = tmp_path / "token.json"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
@@ -92,6 +93,7 @@ def test_token_rejected_by_server_is_refreshed_once(tmp_path, mailbox, producer_
 
 
 def test_invalid_grant_is_reported_as_such_with_the_fix(tmp_path, mailbox, producer_env, token_server, redis_client):
+    """invalid_grant on refresh exits 3, naming it and the --auth-setup fix, leaking no secrets."""
     token_server.fail_with = "invalid_grant"
     token_file = tmp_path / "token.json"
     write_token_file(token_file, "expired", dt.datetime(2020, 1, 1), token_server.url)
@@ -104,6 +106,7 @@ def test_invalid_grant_is_reported_as_such_with_the_fix(tmp_path, mailbox, produ
 
 
 def test_wrong_password_exits_3_without_leaking_it(mailbox, producer_env, redis_client):
+    """A refused password exits 3 with a clear message and the password never appears in the logs."""
     env = {**producer_env, "IMAP_PASSWORD": "wrong-password-123", "LOG_LEVEL": "DEBUG"}
     done = run_producer(env)
     assert done.returncode == 3
@@ -112,6 +115,7 @@ def test_wrong_password_exits_3_without_leaking_it(mailbox, producer_env, redis_
 
 
 def test_password_never_logged_even_at_debug(mailbox, producer_env, redis_client):
+    """The IMAP password never appears in logs, even at DEBUG level."""
     mailbox.append(sample_message(1))
     done = run_producer({**producer_env, "LOG_LEVEL": "DEBUG"})
     assert done.returncode == 0
@@ -119,6 +123,7 @@ def test_password_never_logged_even_at_debug(mailbox, producer_env, redis_client
 
 
 def test_info_logs_carry_no_subject_address_or_body(mailbox, producer_env, redis_client):
+    """INFO logs are JSON with component and correlation id, and hold no subject, address or body."""
     raw = sample_message(1, subject="Secret merger plans")
     mailbox.append(raw)
     done = run_producer({**producer_env, "LOG_LEVEL": "INFO"})
@@ -131,6 +136,7 @@ def test_info_logs_carry_no_subject_address_or_body(mailbox, producer_env, redis
 
 
 def test_implicit_tls_with_custom_ca(mailbox, producer_env, dovecot, redis_client):
+    """Implicit TLS on the SSL port with IMAP_CA_FILE verifies the server and syncs."""
     mailbox.append(sample_message(1))
     env = {**producer_env, "IMAP_SSL": "true", "IMAP_PORT": str(dovecot.ssl_port), "IMAP_CA_FILE": str(dovecot.cert_file)}
     done = run_producer(env)
@@ -139,6 +145,7 @@ def test_implicit_tls_with_custom_ca(mailbox, producer_env, dovecot, redis_clien
 
 
 def test_starttls(mailbox, producer_env, dovecot, redis_client):
+    """STARTTLS on the plain port with IMAP_CA_FILE upgrades the connection and syncs."""
     mailbox.append(sample_message(1))
     env = {**producer_env, "IMAP_SSL": "false", "IMAP_STARTTLS": "true", "IMAP_CA_FILE": str(dovecot.cert_file)}
     done = run_producer(env)
@@ -193,6 +200,7 @@ def assert_no_secrets(text: str, secrets: list[str]) -> None:
 
 
 def test_oauth2_cli_info_and_refresh(tmp_path, token_server):
+    """The OAuth2 CLI shows token info without secrets, refreshes on demand, and exits 3 on invalid_grant."""
     import sys
 
     from tests.conftest import ROOT

@@ -60,6 +60,7 @@ def snapshot(client: redis.Redis) -> dict[str, object]:
 
 
 def test_backup_wipe_restore_gives_identical_state(server):
+    """Backup, wipe, restore --force --flush: entries, groups, pending lists and UID state are identical."""
     tmp_path, port, client = server
     url = f"redis://127.0.0.1:{port}/0"
     store = StateStore(client, MailboxKeys(STREAM, "alice@example.com", "INBOX"))
@@ -96,6 +97,7 @@ def test_backup_wipe_restore_gives_identical_state(server):
 
 
 def test_a_damaged_backup_is_refused(tmp_path):
+    """restore.py refuses a file that is not an RDB file, exiting 1."""
     bad = tmp_path / "x.rdb"
     bad.write_bytes(b"NOTREDIS at all")
     done = subprocess.run([sys.executable, "scripts/restore.py", str(bad), "--dry-run"], cwd=ROOT,
@@ -104,6 +106,7 @@ def test_a_damaged_backup_is_refused(tmp_path):
 
 
 def test_unreachable_redis_is_a_clear_error(tmp_path):
+    """backup.py against an unreachable Redis exits 1 with a one-line "backup:" error and no traceback."""
     done = subprocess.run([sys.executable, "scripts/backup.py", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
                            "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("backup: ") and "Traceback" not in done.stderr

@@ -47,11 +47,13 @@ def program_of(words: list[str]) -> tuple[str, ...]:
 
 
 def test_docs_quote_commands():
+    """The extraction finds over 30 quoted commands, so the per-command check proves something."""
     assert len(quoted_commands()) > 30, "the extraction found too little to prove anything"
 
 
 @pytest.mark.parametrize(("doc", "command"), quoted_commands())
 def test_quoted_command_exists_and_accepts_its_flags(doc, command):
+    """Each quoted command runs with --help (make targets with make -n) and lists every flag used."""
     words = shlex.split(command)
     if words[0] == "make":
         done = subprocess.run(["make", "-n", words[1]], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -47,6 +47,7 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 def test_producer_endpoints(mailbox, producer_env, redis_client):
+    """A producer serves /ready, /health, /status sync figures, /metrics names, and 404 elsewhere."""
     mailbox.append(sample_message(1), sample_message(2))
     port = free_port()
     proc = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_METRICS_PORT": str(port)},
@@ -72,6 +73,7 @@ def test_producer_endpoints(mailbox, producer_env, redis_client):
 
 
 def test_producer_not_ready_while_imap_is_down_but_alive(producer_env, redis_client):
+    """With IMAP unreachable the breaker opens: /ready 503, /health 200, recent errors in /status."""
     port = free_port()
     env = {**producer_env, "PRODUCER_METRICS_PORT": str(port), "IMAP_PORT": str(free_port()),
            "HEALTH_BREAKER_FAILURES": "1"}
@@ -88,6 +90,7 @@ def test_producer_not_ready_while_imap_is_down_but_alive(producer_env, redis_cli
 
 
 def test_worker_endpoints(redis_server, redis_client):
+    """A running worker serves /ready, /health, /status figures and /metrics with its processed count."""
     add_payloads(redis_client, 5)
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "WORKER_METRICS_PORT": str(port),
@@ -111,6 +114,7 @@ def test_worker_endpoints(redis_server, redis_client):
 
 
 def test_port_in_use_is_a_clear_error(producer_env):
+    """A metrics port already in use makes the producer exit 1 naming PRODUCER_METRICS_PORT."""
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

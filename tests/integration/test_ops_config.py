@@ -40,6 +40,7 @@ def used_names(text: str) -> set[str]:
 
 @promtool
 def test_prometheus_config_and_rules_are_valid():
+    """promtool accepts the Prometheus config and alert rules and the alert unit tests pass."""
     for args in (["check", "config", "config/prometheus.yml"], ["check", "rules", "config/alerts.yml"],
                  ["test", "rules", "tests/prometheus/alerts_test.yml"]):
         done = subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -47,6 +48,7 @@ def test_prometheus_config_and_rules_are_valid():
 
 
 def test_alerts_and_dashboard_use_only_exported_metrics(redis_client):
+    """Alert rules and dashboard queries use only metrics the code (or Redis/Prometheus) exports."""
     exported = exported_names(redis_client) | EXTERNAL
     alerts = (ROOT / "config" / "alerts.yml").read_text()
     dashboard = json.loads((ROOT / "config" / "grafana_dashboard.json").read_text())
@@ -57,6 +59,7 @@ def test_alerts_and_dashboard_use_only_exported_metrics(redis_client):
 
 
 def test_dashboard_has_the_panels_operators_need():
+    """The Grafana dashboard has at least 13 panels covering every operational topic."""
     dashboard = json.loads((ROOT / "config" / "grafana_dashboard.json").read_text())
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     assert len(dashboard["panels"]) >= 13

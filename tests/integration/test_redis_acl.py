@@ -49,6 +49,7 @@ def url(port: int, user: str) -> str:
 
 
 def test_production_settings_are_in_force(acl_redis):
+    """config/redis.conf enforces noeviction, AOF everysec and protected mode, and the default user is off."""
     _, admin = acl_redis
     config = admin.config_get("*")
     assert config["maxmemory-policy"] == "noeviction"
@@ -59,6 +60,7 @@ def test_production_settings_are_in_force(acl_redis):
 
 
 def test_producer_and_worker_run_with_their_own_users(acl_redis, mailbox):
+    """Producer and worker do their whole job with only their own ACL users."""
     port, admin = acl_redis
     mailbox.append(sample_message(1), sample_message(2))
     env = {**os.environ, **base_env(mailbox.server.port, url(port, "producer"), mailbox.name)}
@@ -79,6 +81,7 @@ def test_producer_and_worker_run_with_their_own_users(acl_redis, mailbox):
     ("producer", ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "email_ingestion_stream", ">")),
 ])
 def test_forbidden_commands_are_refused(acl_redis, user, command):
+    """Each ACL user is refused the commands outside its role with NoPermissionError."""
     port, _ = acl_redis
     client = redis.Redis(port=port, username=user, password=PASSWORDS[user])
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -86,6 +89,7 @@ def test_forbidden_commands_are_refused(acl_redis, user, command):
 
 
 def test_metrics_user_can_read(acl_redis):
+    """The metrics user can read stream length and memory info."""
     port, admin = acl_redis
     admin.xadd("email_ingestion_stream", {"payload": "{}"})
     client = redis.Redis(port=port, username="metrics", password=PASSWORDS["metrics"])

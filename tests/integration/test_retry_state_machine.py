@@ -29,6 +29,7 @@ outcomes = st.lists(st.sampled_from(["ok", "fail", "permanent"]), min_size=1, ma
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scripts=st.lists(outcomes, min_size=1, max_size=6), batch_size=st.integers(1, 4))
 def test_every_message_ends_in_exactly_one_place(redis_server, redis_client, monkeypatch, scripts, batch_size):
+    """Each message is handled or dead-lettered exactly once, never lost, within MAX_RETRIES + 1 tries."""
     redis_client.flushall()
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("MAX_RETRIES", str(MAX_RETRIES))

@@ -44,6 +44,7 @@ def sh(script: str, env: dict[str, str], *args: str, timeout_s: float = 60) -> s
 
 
 def test_start_health_check_stop(tmp_path, mailbox, redis_server, redis_client):
+    """start.sh starts everything once, health_check.sh sees it healthy, stop.sh stops it cleanly."""
     mailbox.append(sample_message(1), sample_message(2))
     producer_port, base = free_port(), free_run(2)
     env = {**os.environ, **base_env(mailbox.server.port, redis_server.url, mailbox.name),
@@ -75,6 +76,7 @@ def test_start_health_check_stop(tmp_path, mailbox, redis_server, redis_client):
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not available")
 def test_systemd_units_verify():
+    """systemd-analyze verify reports no problems in the units beyond missing executables."""
     units = sorted(str(p) for p in (ROOT / "deploy" / "systemd").glob("*.service"))
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
     problems = [line for line in (done.stdout + done.stderr).splitlines()
@@ -84,6 +86,7 @@ def test_systemd_units_verify():
 
 
 def test_units_refuse_to_restart_on_bad_settings_or_credentials():
+    """The producer unit never restarts on exit 2 or 3; the worker unit uses its instance as consumer."""
     producer = (ROOT / "deploy" / "systemd" / "email-producer.service").read_text()
     assert "RestartPreventExitStatus=2 3" in producer and "--consumer %i" in Path(
         ROOT / "deploy" / "systemd" / "email-worker@.service").read_text()

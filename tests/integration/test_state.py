@@ -27,6 +27,7 @@ def store(redis_client):
 
 
 def test_emit_appends_and_advances_together(store, redis_client):
+    """emit appends the entries and advances UIDVALIDITY and last_uid in one step."""
     assert len(store.emit(5, 3, items(1, 2, 3))) == 3
     state = store.load()
     assert (state.uidvalidity, state.last_uid) == (5, 3)
@@ -42,12 +43,14 @@ def test_replaying_a_batch_adds_nothing(store, redis_client):
 
 
 def test_position_never_moves_backwards(store):
+    """An emit with a lower last_uid leaves the saved position unchanged."""
     store.emit(5, 10, items(10))
     store.emit(5, 4, [])
     assert store.load().last_uid == 10
 
 
 def test_new_uidvalidity_resets_position_and_fingerprints_dedup(store, redis_client):
+    """A new UIDVALIDITY resets the position; fingerprint dedup emits only unseen messages."""
     store.emit(5, 3, items(1, 2, 3))
     added = store.emit(9, 2, [Emission("fp1", 1, "{}"), Emission("fp-new", 2, "{}")], by_fingerprint=True)
     assert len(added) == 1
@@ -56,6 +59,7 @@ def test_new_uidvalidity_resets_position_and_fingerprints_dedup(store, redis_cli
 
 
 def test_script_survives_a_script_cache_flush(store, redis_client):
+    """emit keeps working after SCRIPT FLUSH empties Redis's script cache."""
     store.emit(5, 1, items(1))
     redis_client.script_flush()
     store.emit(5, 2, items(2))
@@ -63,6 +67,7 @@ def test_script_survives_a_script_cache_flush(store, redis_client):
 
 
 def test_unacknowledged_counts_pending_and_undelivered(redis_client):
+    """Counts pending plus undelivered entries (all entries without a group); full at max_unacked."""
     guard = StreamGuard(redis_client, STREAM, max_unacked=5)
     assert guard.unacknowledged() == 0
     for i in range(4):
@@ -80,6 +85,7 @@ def test_unacknowledged_counts_pending_and_undelivered(redis_client):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(total=st.integers(5, 40), read=st.integers(0, 40), acks=st.lists(st.integers(0, 39), max_size=40))
 def test_trim_never_deletes_an_unacknowledged_entry(redis_client, total, read, acks):
+    """Trimming acknowledged entries never deletes one that is pending or undelivered."""
     redis_client.flushall()
     ids = [redis_client.xadd(STREAM, {"payload": str(i)}) for i in range(total)]
     redis_client.xgroup_create(STREAM, "g", id="0")
@@ -95,6 +101,7 @@ def test_trim_never_deletes_an_unacknowledged_entry(redis_client, total, read, a
 
 
 def test_no_group_means_no_trim(redis_client):
+    """Without a consumer group, trimming deletes nothing."""
     for i in range(10):
         redis_client.xadd(STREAM, {"payload": str(i)})
     assert StreamGuard(redis_client, STREAM, max_unacked=3).trim_acknowledged() == 0
@@ -109,12 +116,14 @@ def test_no_group_means_no_trim(redis_client):
     (imaplib.IMAP4.error("Mailbox doesn't exist: Nope"), ImapProtocolError),
 ])
 def test_imap_error_classification(raised, expected):
+    """IMAP errors map to throttled, connection or protocol errors by their text and type."""
     with pytest.raises(expected):
         with imap_errors("test"):
             raise raised
 
 
 def test_login_errors():
+    """A login refused for too many connections is throttling; AUTHENTICATIONFAILED is an AuthError."""
     from imapclient.exceptions import LoginError
     with pytest.raises(ImapThrottledError):
         with imap_errors("login"):

@@ -24,6 +24,7 @@ def test_first_sync_emits_every_message_once_in_uid_order(mailbox, make_settings
 
 
 def test_incremental_sync_emits_only_new_mail(mailbox, make_settings, redis_client):
+    """A second pass emits only the message that arrived after the first."""
     mailbox.append(sample_message(1), sample_message(2))
     settings = make_settings()
     run_once(settings)
@@ -43,6 +44,7 @@ def test_no_new_mail_emits_nothing(mailbox, make_settings, redis_client):
 
 
 def test_nothing_is_marked_seen(mailbox, make_settings, redis_client, dovecot):
+    """Syncing does not set the Seen flag on the messages it reads."""
     from tests.conftest import imap_admin
     mailbox.append(sample_message(1))
     run_once(make_settings())
@@ -93,6 +95,7 @@ def test_uidvalidity_change_emits_only_new_messages(mailbox, make_settings, redi
 
 
 def test_initial_sync_new_skips_existing_mail_even_after_uidvalidity_change(mailbox, make_settings, redis_client):
+    """INITIAL_SYNC=new emits nothing for mail present at the first run, then only later mail."""
     mailbox.append(sample_message(1), sample_message(2))
     settings = make_settings(INITIAL_SYNC="new")
     run_once(settings)
@@ -103,6 +106,7 @@ def test_initial_sync_new_skips_existing_mail_even_after_uidvalidity_change(mail
 
 
 def test_initial_sync_since_date(mailbox, make_settings, redis_client):
+    """INITIAL_SYNC=since:DATE emits only messages received on or after that date."""
     mailbox.append(sample_message(1), msg_time=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     mailbox.append(sample_message(2), msg_time=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
     run_once(make_settings(INITIAL_SYNC="since:2024-01-01"))
@@ -110,6 +114,7 @@ def test_initial_sync_since_date(mailbox, make_settings, redis_client):
 
 
 def test_broken_messages_all_come_out_as_payloads(mailbox, make_settings, redis_client):
+    """Each broken sample synced through Dovecot becomes a payload with the right decoding and defects."""
     mailbox.append(*[raw for _, raw in BROKEN_MESSAGES])
     assert run_once(make_settings()) == 0
     payloads = stream_payloads(redis_client)
@@ -126,6 +131,7 @@ def test_broken_messages_all_come_out_as_payloads(mailbox, make_settings, redis_
 
 
 def test_dry_run_writes_nothing(mailbox, producer_env, redis_client):
+    """--dry-run prints one line per message and writes nothing to Redis."""
     import subprocess
 
     from tests.conftest import producer_cmd

@@ -22,6 +22,7 @@ def run(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_runs_end_to_end_and_stops_cleanly():
+    """scripts/demo.py syncs, handles the mail and stops cleanly."""
     done = run("scripts/demo.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "first sync done" in done.stdout and "(clean)" in done.stdout
@@ -29,6 +30,7 @@ def test_demo_runs_end_to_end_and_stops_cleanly():
 
 
 def test_load_test_reports_throughput_and_percentiles():
+    """The load test handles every email, its workers exit 0, and it reports ordered latency percentiles."""
     done = run("-m", "tests.load.load_test", "--emails", "600", "--workers", "2", "--rate", "600", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -37,6 +39,7 @@ def test_load_test_reports_throughput_and_percentiles():
 
 
 def test_worker_benchmark_runs():
+    """scripts/bench_worker.py runs and reports a positive worker throughput."""
     done = run("scripts/bench_worker.py", "--messages", "3000", "--naive-messages", "500", "--rounds", "1", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["worker_msg_per_s"] > 0
@@ -44,6 +47,7 @@ def test_worker_benchmark_runs():
 
 @pytest.mark.skipif(not shutil.which("mbsync"), reason="isync not installed")
 def test_producer_benchmark_runs():
+    """scripts/bench_producer.py runs and reports a positive producer throughput for every message."""
     done = run("scripts/bench_producer.py", "--messages", "300", "--rounds", "1", "--naive-sample", "5", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

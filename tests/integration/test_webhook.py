@@ -53,6 +53,7 @@ def call(url: str, timeout_s: float = 2.0) -> None:
 
 
 def test_200_is_success_and_the_signature_verifies(server):
+    """A 200 is success; the POST has a valid HMAC-SHA256 signature, idempotency key and attempt."""
     call(server["url"])
     [(headers, body)] = server["requests"]
     expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -63,6 +64,7 @@ def test_200_is_success_and_the_signature_verifies(server):
 
 @pytest.mark.parametrize("status", [500, 503, 429, 408])
 def test_retryable_statuses(server, status):
+    """500, 503, 429 and 408 responses raise RetryLater."""
     server["status"] = status
     with pytest.raises(RetryLater):
         call(server["url"])
@@ -70,23 +72,27 @@ def test_retryable_statuses(server, status):
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
 def test_other_4xx_are_permanent(server, status):
+    """Other 4xx responses raise PermanentError."""
     server["status"] = status
     with pytest.raises(PermanentError):
         call(server["url"])
 
 
 def test_timeout_is_retryable(server):
+    """A response slower than the timeout raises RetryLater."""
     server["delay_s"] = 1.0
     with pytest.raises(RetryLater):
         call(server["url"], timeout_s=0.2)
 
 
 def test_unreachable_is_retryable():
+    """An unreachable endpoint raises RetryLater."""
     from email_ingestion.sandbox.dovecot import free_port
     with pytest.raises(RetryLater):
         call(f"http://127.0.0.1:{free_port()}/hook")
 
 
 def test_unsigned_webhooks_are_refused_at_start():
+    """A webhook handler without a secret is refused at start with a SettingsError naming WEBHOOK_SECRET."""
     with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
         WebhookHandler("http://127.0.0.1:1/x", None, 1.0)

@@ -69,6 +69,7 @@ def run_burst(settings, handler, consumer: str = "w1", timeout_s: float = 30):
 
 
 def test_backlog_before_the_group_existed_is_processed(redis_client, worker_env):
+    """Entries added before the group existed are all processed; creating the group again is harmless."""
     add_payloads(redis_client, 25)
     recorder = Recorder()
     worker = run_burst(worker_env(), recorder)
@@ -78,6 +79,7 @@ def test_backlog_before_the_group_existed_is_processed(redis_client, worker_env)
 
 
 def test_same_idempotency_key_is_handled_once(redis_client, worker_env):
+    """A repeated idempotency key is handled once and counted as duplicate; its marker expires in 7 days."""
     add_payloads(redis_client, 3)
     add_payloads(redis_client, 3)  # the same three messages again
     recorder = Recorder()
@@ -89,6 +91,7 @@ def test_same_idempotency_key_is_handled_once(redis_client, worker_env):
 
 
 def test_two_accounts_same_uid_are_different_messages(redis_client, worker_env):
+    """The same UID in two accounts gives two messages, both handled."""
     add_payloads(redis_client, 1, account="alice@example.com")
     add_payloads(redis_client, 1, account="bob@example.com")
     recorder = Recorder()
@@ -97,6 +100,7 @@ def test_two_accounts_same_uid_are_different_messages(redis_client, worker_env):
 
 
 def test_failing_twice_then_succeeding_is_handled_once_without_delaying_others(redis_client, worker_env):
+    """Failing twice then succeeding: retried with backoff, handled once, and no other message waits."""
     add_payloads(redis_client, 10)
     recorder = Recorder(fail_times={3: 2})
     worker = run_burst(worker_env(), recorder)
@@ -114,6 +118,7 @@ def test_failing_twice_then_succeeding_is_handled_once_without_delaying_others(r
 
 
 def test_always_failing_goes_to_dlq_with_metadata(redis_client, worker_env):
+    """After MAX_RETRIES + 1 failures the DLQ entry has reason, error, attempts, traceback, payload."""
     [entry_id] = add_payloads(redis_client, 1)
     recorder = Recorder(fail_times={0: 99})
     run_burst(worker_env(), recorder)
@@ -130,6 +135,7 @@ def test_always_failing_goes_to_dlq_with_metadata(redis_client, worker_env):
 
 
 def test_permanent_error_goes_straight_to_dlq(redis_client, worker_env):
+    """A PermanentError sends the message to the DLQ after one attempt, with reason permanent."""
     add_payloads(redis_client, 2)
     recorder = Recorder(permanent={1})
     run_burst(worker_env(), recorder)
@@ -139,6 +145,7 @@ def test_permanent_error_goes_straight_to_dlq(redis_client, worker_env):
 
 
 def test_invalid_payload_goes_to_dlq_as_permanent(redis_client, worker_env):
+    """Schema-invalid and non-JSON payloads go to the DLQ as invalid_payload without reaching the handler."""
     redis_client.xadd(STREAM, {"payload": json.dumps({"schema_version": 1, "uid": "not-a-number"})})
     redis_client.xadd(STREAM, {"payload": "{not json"})
     recorder = Recorder()
@@ -166,6 +173,7 @@ def test_retry_moves_back_when_due_with_time_passed_in(redis_client, worker_env)
 
 
 def test_live_slow_consumer_is_not_robbed_but_a_dead_one_is(redis_client, worker_env):
+    """Reclaim takes pending messages only from consumers whose heartbeat has expired."""
     add_payloads(redis_client, 4)
     keys = StreamKeys(STREAM, GROUP)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
@@ -181,6 +189,7 @@ def test_live_slow_consumer_is_not_robbed_but_a_dead_one_is(redis_client, worker
 
 
 def test_entries_deleted_while_pending_are_cleaned_up(redis_client, worker_env):
+    """Reclaim drops pending entries deleted from the stream and counts them as deleted."""
     ids = add_payloads(redis_client, 3)
     keys = StreamKeys(STREAM, GROUP)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
@@ -193,6 +202,7 @@ def test_entries_deleted_while_pending_are_cleaned_up(redis_client, worker_env):
 
 
 def test_hard_limit_sweep_takes_even_from_live_consumers(redis_client, worker_env):
+    """Messages pending past the hard limit are reclaimed even from a consumer with a live heartbeat."""
     add_payloads(redis_client, 1)
     keys = StreamKeys(STREAM, GROUP)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
@@ -211,6 +221,7 @@ def dlq_cli(redis_url: str, *args: str) -> Any:
 
 
 def test_dlq_list_show_stats_replay_and_purge(redis_server, redis_client, worker_env):
+    """dlq_admin lists, shows, counts by reason, replays into the stream at attempt 0, and purges."""
     add_payloads(redis_client, 4)
     recorder = Recorder(permanent={0, 1, 2, 3})
     run_burst(worker_env(), recorder)
@@ -233,6 +244,7 @@ def test_dlq_list_show_stats_replay_and_purge(redis_server, redis_client, worker
 
 
 def test_dlq_purge_older_than(redis_server, redis_client, worker_env):
+    """dlq_admin purge --older-than removes only DLQ entries older than the given age."""
     old_ms = int(time.time() * 1000) - 3 * 86_400_000
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"}, id=f"{old_ms}-0")
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"})

@@ -57,6 +57,7 @@ def finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str
 
 
 def test_four_workers_ten_thousand_messages_each_exactly_once(env, redis_client):
+    """Four workers share 10,000 messages and handle each exactly once, leaving nothing pending."""
     total = 10_000
     for start in range(0, total, 2000):
         add_payloads(redis_client, 2000, start=start)
@@ -119,6 +120,7 @@ def test_sigstopped_worker_past_claim_time_causes_no_double_effect(env, redis_cl
 
 
 def test_sigterm_drains_the_batch_in_hand_and_exits_zero(env, redis_client):
+    """On SIGTERM a worker finishes the batch in hand, acknowledges it and exits 0."""
     add_payloads(redis_client, 10)
     slow = {**env, "TEST_HANDLER_DELAY_S": "0.3"}
     worker = start_worker(slow, "drainer", "tests.support.handlers:record", "--batch-size", "10")
@@ -131,6 +133,7 @@ def test_sigterm_drains_the_batch_in_hand_and_exits_zero(env, redis_client):
 
 
 def test_sigterm_timeout_leaves_unfinished_messages_pending(env, redis_client):
+    """Past the shutdown timeout a worker exits 0 and leaves unfinished messages pending for others."""
     add_payloads(redis_client, 10)
     slow = {**env, "TEST_HANDLER_DELAY_S": "0.5", "WORKER_SHUTDOWN_TIMEOUT_SECONDS": "0.6"}
     worker = start_worker(slow, "hasty", "tests.support.handlers:record", "--batch-size", "10")
@@ -143,6 +146,7 @@ def test_sigterm_timeout_leaves_unfinished_messages_pending(env, redis_client):
 
 
 def test_message_that_kills_its_worker_goes_to_dlq_after_max_deliveries(env, redis_client):
+    """A message that kills its worker 3 times is dead-lettered as max_deliveries; the rest are handled."""
     add_payloads(redis_client, 5)
     poison = {**env, "TEST_POISON_UID": "2", "MAX_DELIVERIES": "3"}
     exits = []

@@ -15,6 +15,7 @@ SINGLE = (b"text", b"plain", (b"charset", b"utf-8"), None, None, b"base64", 18, 
 
 
 def test_nested_sections_and_kinds():
+    """Nested parts get IMAP section numbers, kinds, charset, RFC 2231 filename and an estimated size."""
     parts = list(walk(NESTED))
     assert [(p.section, p.content_type, p.is_body_text) for p in parts] == [
         ("1.1", "text/plain", True), ("1.2", "text/html", True), ("2", "application/octet-stream", False)]
@@ -24,10 +25,12 @@ def test_nested_sections_and_kinds():
 
 
 def test_single_part_message_is_section_1():
+    """A single-part message's only part is section 1 and counts as body text."""
     [part] = walk(SINGLE)
     assert part.section == "1" and part.is_body_text
 
 
 def test_quoted_name_parameter():
+    """A name parameter containing double quotes is kept verbatim as the filename."""
     structure = (b"image", b"png", (b"name", b'a "quoted" name.png'), None, None, b"base64", 100, None, None, None, None)
     assert next(walk(structure)).filename == 'a "quoted" name.png'

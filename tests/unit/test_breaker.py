@@ -6,6 +6,7 @@ from email_ingestion.common.breaker import CircuitBreaker, State
 
 
 def test_opens_after_threshold_then_half_opens_then_closes():
+    """Opens at the failure threshold, half-opens after the reset timeout, closes on a success."""
     now = [0.0]
     breaker = CircuitBreaker("imap", failure_threshold=3, reset_timeout_s=30, clock=lambda: now[0])
     for _ in range(2):
@@ -22,6 +23,7 @@ def test_opens_after_threshold_then_half_opens_then_closes():
 
 
 def test_a_failed_trial_reopens_at_once():
+    """A failure during the half-open trial reopens the breaker at once for a full reset timeout."""
     now = [0.0]
     breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout_s=5, clock=lambda: now[0])
     breaker.failure()
@@ -33,6 +35,7 @@ def test_a_failed_trial_reopens_at_once():
 
 
 def test_health_is_503_when_the_loop_stalls_and_status_survives_errors():
+    """/health is 503 while the loop is stalled, 200 after a tick; a failing /status still answers 200."""
     import json
 
     from prometheus_client import CollectorRegistry

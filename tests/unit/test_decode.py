@@ -24,6 +24,7 @@ from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_h
     ("nul\x00byte", "nul\ufffdbyte"),
 ])
 def test_decode_header_value(raw, expected):
+    """RFC 2047 words, folding, CJK and unknown charsets, raw 8-bit and NULs decode to clean text."""
     assert decode_header_value(raw) == expected
 
 
@@ -36,12 +37,14 @@ def test_decode_header_value(raw, expected):
     (b"\xff\xfe\xfa", "utf-8", "ÿþú", None),
 ])
 def test_decode_bytes_fallbacks(data, charset, expected, defect):
+    """Mislabelled, unknown or missing charsets fall back to a readable decoding; unknown is a defect."""
     defects: list[str] = []
     assert decode_bytes(data, charset, defects) == expected
     assert (defect in defects) if defect else True
 
 
 def test_normalize_charset_aliases():
+    """Quoted and alias charset names map to Python codec names; unknown-8bit maps to None."""
     assert normalize_charset('"UTF8"') == "utf-8"
     assert normalize_charset("unknown-8bit") is None
     assert normalize_charset("windows-874") == "cp874"
@@ -54,22 +57,26 @@ def test_normalize_charset_aliases():
     ("", []),
 ])
 def test_decode_addresses(raw, expected):
+    """Address headers give (name, address) pairs, encoded and quoted names too; empty gives []."""
     assert decode_addresses(raw) == expected
 
 
 @given(st.binary(max_size=300), st.one_of(st.none(), st.sampled_from(
     ["utf-8", "iso-8859-1", "us-ascii", "shift_jis", "koi8-r", "bogus", "utf-16", "gb2312", ""])))
 def test_decode_bytes_never_raises(data, charset):
+    """decode_bytes returns a str for any bytes and any charset label, never raising."""
     assert isinstance(decode_bytes(data, charset, []), str)
 
 
 @given(st.text(max_size=200))
 def test_decode_header_value_never_raises(text):
+    """decode_header_value returns a str for any text, never raising."""
     assert isinstance(decode_header_value(text, []), str)
 
 
 @given(st.text(max_size=200))
 def test_decode_addresses_never_raises(text):
+    """decode_addresses returns a list for any text, never raising."""
     assert isinstance(decode_addresses(text, []), list)
 
 

@@ -33,6 +33,7 @@ def captured():
     "redis://:s3cr3t@host password=s3cr3t",
 ])
 def test_secret_shapes_never_reach_output(captured, secret_line):
+    """Passwords, XOAUTH2 strings, bearer and OAuth tokens, Redis URL passwords never reach log output."""
     stream, _ = captured
     logging.getLogger("imapclient").warning("> %s", secret_line)
     logging.getLogger("x").info("sending", extra={"detail": secret_line})
@@ -42,6 +43,7 @@ def test_secret_shapes_never_reach_output(captured, secret_line):
 
 
 def test_secrets_added_later_are_redacted(captured):
+    """A secret registered after logging was set up is redacted from later lines."""
     stream, redactor = captured
     redactor.add_secret("fresh-access-token-value")
     logging.getLogger("x").error("failed with fresh-access-token-value")
@@ -49,6 +51,7 @@ def test_secrets_added_later_are_redacted(captured):
 
 
 def test_exceptions_are_redacted(captured):
+    """Secrets inside a logged exception's traceback are redacted while the exception type remains."""
     stream, _ = captured
     try:
         raise RuntimeError("login failed for hunter2-password")
@@ -58,6 +61,7 @@ def test_exceptions_are_redacted(captured):
 
 
 def test_lines_carry_component_and_correlation_id(captured):
+    """Each JSON log line carries level, message, component and the active correlation id."""
     stream, _ = captured
     with correlation("abc123def"):
         logging.getLogger("x").info("inside")

@@ -23,12 +23,14 @@ def to_payload(raw: bytes) -> EmailPayload:
 
 @pytest.mark.parametrize(("name", "raw"), BROKEN_MESSAGES, ids=[n for n, _ in BROKEN_MESSAGES])
 def test_broken_message_yields_valid_payload(name, raw):
+    """Each deliberately broken sample message builds a payload that validates, with a str body."""
     payload = to_payload(raw)
     assert payload.uid == 1
     assert isinstance(payload.body_text, str)
 
 
 def test_defects_are_listed():
+    """Defects name a missing boundary or From, and a present Message-ID is not reported missing."""
     parsed = parse_message(dict(BROKEN_MESSAGES)["missing boundary"])
     assert "missing Message-ID" not in parsed.defects
     assert any("Boundary" in d for d in parsed.defects)
@@ -36,6 +38,7 @@ def test_defects_are_listed():
 
 
 def test_attachment_and_alternative_parts():
+    """An alternative gives the plain body and HTML preview; attachments list filename, type, size."""
     from email.mime.application import MIMEApplication
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
@@ -53,6 +56,7 @@ def test_attachment_and_alternative_parts():
 
 
 def test_body_text_is_capped_and_flagged():
+    """Body text is capped at 2000 characters and body_truncated is set."""
     parsed = parse_message(sample_message(1, body_bytes=10_000))
     assert len(parsed.body_text) == 2000 and parsed.body_truncated
 
@@ -64,10 +68,12 @@ def test_body_text_is_capped_and_flagged():
     (None, None),
 ])
 def test_parse_date(value, expected):
+    """Date headers normalise to UTC ISO 8601 with Z; unparseable or missing dates give None."""
     assert parse_date(value, []) == expected
 
 
 def test_partial_base64_cut_mid_sequence_decodes_what_it_has():
+    """A base64 text part cut mid-sequence decodes the text it has and is flagged truncated."""
     import base64
     text = "héllo wörld " * 50
     encoded = base64.encodebytes(text.encode())[:301]
@@ -77,11 +83,13 @@ def test_partial_base64_cut_mid_sequence_decodes_what_it_has():
 
 
 def test_html_to_text_skips_scripts():
+    """html_to_text drops script contents, breaks lines at blocks and unescapes entities."""
     assert html_to_text("<p>Hi<script>evil()</script></p><p>there &amp; you</p>") == "Hi\nthere & you"
 
 
 @pytest.mark.skipif(not CORPUS.exists(), reason="shared corpus not present")
 def test_whole_corpus_parses_into_valid_payloads():
+    """Every message of the public corpus builds a valid payload whose date, if any, is ISO 8601."""
     files = sorted(CORPUS.rglob("*.eml"))
     assert len(files) > 100
     for path in files:

@@ -22,6 +22,7 @@ def clean_env(monkeypatch):
 
 
 def test_defaults(clean_env):
+    """Without env: port 993 over SSL, OAuth2, initial sync all, the documented stream and group names."""
     s = load_settings(env_file=None)
     assert s.imap.effective_port == 993 and s.imap.ssl and s.imap.auth_method == "oauth2"
     assert s.redis.stream_name == "email_ingestion_stream"
@@ -29,6 +30,7 @@ def test_defaults(clean_env):
 
 
 def test_env_names_and_overrides(clean_env):
+    """Documented env names are read, INITIAL_SYNC=since: gives a date; explicit overrides beat env."""
     clean_env.setenv("IMAP_HOST", "mail.example.org")
     clean_env.setenv("BATCH_SIZE", "50")
     clean_env.setenv("INITIAL_SYNC", "since:2024-03-01")
@@ -38,6 +40,7 @@ def test_env_names_and_overrides(clean_env):
 
 
 def test_env_file_is_read(clean_env, tmp_path):
+    """Values in the given env file are loaded into settings."""
     env_file = tmp_path / "x.env"
     env_file.write_text("IMAP_USER=bob@example.org\nREDIS_STREAM_NAME=s2\n")
     s = load_settings(env_file=env_file)
@@ -52,6 +55,7 @@ def test_env_file_is_read(clean_env, tmp_path):
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
 ])
 def test_invalid_values_name_the_variable(clean_env, env, needle):
+    """An invalid value raises SettingsError naming the offending environment variable."""
     for key, value in env.items():
         clean_env.setenv(key, value)
     with pytest.raises(SettingsError, match=needle):
@@ -66,6 +70,7 @@ def test_invalid_values_name_the_variable(clean_env, env, needle):
     ({"IMAP_USER": "a@b.c", "IMAP_CA_FILE": "/nonexistent/ca.pem"}, "IMAP_CA_FILE"),
 ])
 def test_producer_cross_checks(clean_env, env, needle):
+    """Producer needs IMAP_USER, a password for password auth, TLS to remote hosts, an existing CA file."""
     for key, value in env.items():
         clean_env.setenv(key, value)
     with pytest.raises(SettingsError, match=needle):
@@ -73,6 +78,7 @@ def test_producer_cross_checks(clean_env, env, needle):
 
 
 def test_bad_setting_exits_2_with_one_line_and_no_traceback(tmp_path):
+    """A bad setting makes the producer exit 2 with one stderr line naming the variable and no traceback."""
     env = {"PATH": os.environ["PATH"], "IMAP_USER": "a@b.c", "IMAP_PORT": "not-a-port"}
     done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
@@ -81,6 +87,7 @@ def test_bad_setting_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 
 def test_cli_flag_overrides_env(tmp_path):
+    """A CLI flag overrides the env and is validated: --batch-size 0 exits 2 naming BATCH_SIZE."""
     env = {"PATH": os.environ["PATH"], "IMAP_USER": "a@b.c", "BATCH_SIZE": "10"}
     done = subprocess.run(producer_cmd("--once", "--batch-size", "0"), env=env, capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)

@@ -22,6 +22,7 @@ def slot_tag(key: str) -> str:
 
 
 def test_keys_of_a_mailbox_share_the_stream_hash_tag():
+    """State, dedup, retry, idempotency and DLQ keys all carry the stream's hash tag (same slot)."""
     keys = MailboxKeys("email_ingestion_stream", "a@x.org", "INBOX")
     for key in (keys.state, keys.seen):
         assert slot_tag(key) == "{email_ingestion_stream}"
@@ -32,6 +33,7 @@ def test_keys_of_a_mailbox_share_the_stream_hash_tag():
 
 
 def test_account_and_mailbox_cannot_break_the_key_shape():
+    """Colons and braces in account or mailbox names cannot make keys collide or open a second hash tag."""
     a = MailboxKeys("s", "x:y", "z").state
     b = MailboxKeys("s", "x", "y:z").state
     assert a != b
@@ -39,16 +41,19 @@ def test_account_and_mailbox_cannot_break_the_key_shape():
 
 
 def test_stream_name_with_its_own_tag_keeps_it():
+    """A stream name that already holds a hash tag keeps that tag."""
     assert hash_tag("mail:{acct1}") == "{acct1}"
 
 
 def test_published_json_schema_matches_the_model():
+    """docs/payload.schema.json is identical to the schema generated from the payload model."""
     published = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
     assert published == json.loads(json.dumps(json_schema())), \
         "regenerate: python -m email_ingestion.common.payload > docs/payload.schema.json"
 
 
 def test_progress_rate_and_eta():
+    """Progress reports done count, rate per second and ETA from elapsed time and the total."""
     now = [0.0]
     progress = Progress(total=1000, interval_s=10, clock=lambda: now[0])
     now[0] = 5.0
@@ -65,6 +70,7 @@ def _state(exc: Exception, attempt: int) -> RetryCallState:
 
 
 def test_throttling_adds_a_growing_pause_capped_at_5_minutes():
+    """Only throttling errors add a pause, 30 s per attempt, capped at 300 s."""
     assert _throttle_pause(_state(ImapConnectionError("x"), 1)) == 0
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 1)) == 30
     assert _throttle_pause(_state(ImapThrottledError("[THROTTLED]"), 3)) == 90
