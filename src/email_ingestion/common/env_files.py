@@ -50,7 +50,7 @@ def resolve_env_file(given: str | Path | None, environ: Mapping[str, str] = os.e
 
 
 def _must_exist(path: Path, where: str) -> Path:
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # /dev/null is fine: "no settings file"
         raise SettingsError(f"invalid setting {where}: {path} is not a readable file")
     return path
 
