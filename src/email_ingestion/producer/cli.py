@@ -93,7 +93,7 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     fetcher = MessageFetcher(session=session, settings=settings.producer)
     client = None
     if dry_run:
-        store: Any = DryRunStore()
+        store: Any = DryRunStore(on_closed=stop_event.set)
         guard: Any = NullGuard()
     else:
         client = make_redis(settings.redis)
