@@ -19,6 +19,10 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "worker": ("email_ingestion.worker.cli", "consume the stream through the group (email-worker)"),
     "dlq": ("email_ingestion.worker.dlq_admin", "inspect, replay and purge the dead-letter queue (email-dlq)"),
     "auth": ("email_ingestion.auth.oauth2_gmail", "set up, inspect, refresh or revoke the Gmail token"),
+    "status": ("email_ingestion.admin.status", "mailboxes, stream, workers, retries and DLQ; exit 0 healthy, 1 degraded"),
+    "tail": ("email_ingestion.admin.tail", "summaries of the newest payloads (no addresses or subjects by default)"),
+    "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
+    "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 
 
