@@ -22,6 +22,7 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "status": ("email_ingestion.admin.status", "mailboxes, stream, workers, retries and DLQ; exit 0 healthy, 1 degraded"),
     "tail": ("email_ingestion.admin.tail", "summaries of the newest payloads (no addresses or subjects by default)"),
     "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
+    "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 

@@ -17,8 +17,16 @@ from typing import Any
 
 import redis
 
-from email_ingestion.admin.common import (EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, Target, load, parse_duration_ms,
-                                          parser, target)
+from email_ingestion.admin.common import (
+    EXIT_DEGRADED,
+    EXIT_HEALTHY,
+    EXIT_SETTINGS,
+    Target,
+    load,
+    parse_duration_ms,
+    parser,
+    target,
+)
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import live_workers
 

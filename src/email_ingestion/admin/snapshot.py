@@ -105,7 +105,7 @@ def retries(target: Target, now_ms: int) -> dict[str, Any]:
 def dead_letters(target: Target) -> dict[str, Any]:
     client, reasons, start, read = target.client, Counter[str](), "-", 0
     while read < DLQ_MAX_READ:
-        page = client.xrange(target.dlq, min=start, count=DLQ_PAGE)
+        page: Any = client.xrange(target.dlq, min=start, count=DLQ_PAGE)
         reasons.update(to_text(fields.get(b"reason", b"?")) for _, fields in page)
         read += len(page)
         if len(page) < DLQ_PAGE:

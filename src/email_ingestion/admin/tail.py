@@ -37,12 +37,14 @@ def summary(entry_id: Any, fields: dict[bytes, bytes], show_content: bool) -> st
 
 def newest(client: redis.Redis, stream: str, count: int) -> list[tuple[Any, dict[bytes, bytes]]]:
     """The newest `count` entries, oldest first (as `tail` prints)."""
-    return list(reversed(client.xrevrange(stream, count=count)))
+    entries: Any = client.xrevrange(stream, count=count)
+    return list(reversed(entries))
 
 
 def follow(client: redis.Redis, stream: str, last_id: str, show_content: bool, stop: list[bool]) -> None:
     while not stop:
-        for _, entries in client.xread({stream: last_id}, block=FOLLOW_BLOCK_MS) or []:
+        replies: Any = client.xread({stream: last_id}, block=FOLLOW_BLOCK_MS) or []
+        for _, entries in replies:
             for entry_id, fields in entries:
                 print(summary(entry_id, fields, show_content), flush=True)
                 last_id = to_text(entry_id)

@@ -107,7 +107,7 @@ class _UtcTime(logging.Formatter):
         return iso_utc_ms(record.created)
 
 
-class _JsonFormatter(_UtcTime, JsonFormatter):  # type: ignore[misc]  # untyped base (pythonjsonlogger)
+class _JsonFormatter(_UtcTime, JsonFormatter):
     pass
 
 

@@ -60,8 +60,9 @@ class DlqAdmin:
         self._replay = client.register_script(_REPLAY)
 
     def entries(self, limit: int | None = None, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        raw: Any
         if ids:
-            found = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
+            found: list[Any] = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
             raw = [entry for entries in found for entry in entries]
         else:
             raw = self.redis.xrange(self.dlq, count=limit)
@@ -111,7 +112,7 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
 def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
     """Options accepted before and after the subcommand (`dlq --json stats`, `dlq stats --json`);
     after it they default to SUPPRESS, so they never undo the same option given before."""
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     parser.add_argument("--json", action="store_true", help="machine-readable output",
                         **({"default": False} if defaults else unset))
     parser.add_argument("--stream", help="REDIS_STREAM_NAME", **unset)
