@@ -88,8 +88,14 @@ def check_rdb(path: Path) -> list[str]:
 
 
 def private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    """Create the directory 0700; an existing one is left as it is (it may be /var/backups),
+    with a warning when others can list it: the files themselves are 0600 either way."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    elif path.stat().st_mode & 0o077:
+        print(f"backup: warning: {path} is accessible to other users (mode {path.stat().st_mode & 0o777:o}); "
+              "backup files are 0600, but consider chmod 700", file=sys.stderr)
     return path
 
 

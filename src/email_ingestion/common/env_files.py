@@ -25,13 +25,15 @@ ENV_FILE_VARIABLE = "EMAIL_INGEST_ENV_FILE"
 PROJECT_PREFIXES = ("IMAP_", "REDIS_", "GOOGLE_", "WORKER_", "LOG_", "HEALTH_", "RETRY_", "PRODUCER_",
                     "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_")
 # Read by the shell scripts, not by Settings.
-SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "PRODUCER_BASE_PORT"})
+SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "LOG_DIR"})
 
 
 def install_dirs() -> list[Path]:
     """Directories an installation lives in: the checkout (src layout) and the venv's parent."""
     package = Path(__file__).resolve().parents[1]
-    candidates = [package.parents[1], Path(sys.prefix).resolve().parent]
+    candidates = [package.parents[1]]
+    if sys.prefix != sys.base_prefix:  # in a virtual environment: the directory holding it
+        candidates.append(Path(sys.prefix).resolve().parent)
     return [d for i, d in enumerate(candidates) if d not in candidates[:i]]
 
 
