@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
 
 # name -> (module with main(argv), one-line help); imported only when chosen.
@@ -42,6 +43,7 @@ def _program(name: str) -> Callable[[list[str] | None], int]:
     return main
 
 
+@closed_pipe_is_quiet
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()

@@ -4,10 +4,13 @@ built the same way, and the exit statuses they answer with."""
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import redis
 
@@ -77,3 +80,20 @@ def server_ms(client: redis.Redis) -> int:
 def id_ms(entry_id: Any) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     return int(text.split("-", 1)[0])
+
+
+P = ParamSpec("P")
+
+
+def closed_pipe_is_quiet(main: Callable[P, int]) -> Callable[P, int]:
+    """`email-ingest tail | head`: when the reader goes away, end quietly with 0, as `cat`
+    does, instead of a BrokenPipeError traceback. stdout is pointed at /dev/null so the
+    interpreter's final flush cannot raise again."""
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    return wrapper

@@ -22,6 +22,7 @@ from email_ingestion.admin.common import (
     EXIT_HEALTHY,
     EXIT_SETTINGS,
     Target,
+    closed_pipe_is_quiet,
     load,
     parse_duration_ms,
     parser,
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load(args, "consumers")

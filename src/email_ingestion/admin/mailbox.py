@@ -23,7 +23,16 @@ from typing import Any
 
 import redis
 
-from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, Target, load, parser, target
+from email_ingestion.admin.common import (
+    EXIT_DEGRADED,
+    EXIT_HEALTHY,
+    EXIT_SETTINGS,
+    Target,
+    closed_pipe_is_quiet,
+    load,
+    parser,
+    target,
+)
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace, where: Target) -> dict[str, Any]:
     return {**result, "changed": True}
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load(args, "mailbox")

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, load, parser, target
+from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, closed_pipe_is_quiet, load, parser, target
 from email_ingestion.admin.snapshot import snapshot
 from email_ingestion.common.redis_client import describe
 from email_ingestion.common.settings import Settings
@@ -123,6 +123,7 @@ def _render_workers(snap: dict[str, Any]) -> list[str]:
     return lines
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     p = parser("email-ingest status", "Mailboxes, stream, workers, retries and DLQ at a glance.")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, load, parser, target
+from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, closed_pipe_is_quiet, load, parser, target
 from email_ingestion.common.text import to_text
 
 FOLLOW_BLOCK_MS = 1000
@@ -50,6 +50,7 @@ def follow(client: redis.Redis, stream: str, last_id: str, show_content: bool, s
                 last_id = to_text(entry_id)
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     p = parser("email-ingest tail", "Summaries of the newest payloads in the stream.")
     p.add_argument("--count", type=int, default=10, help="how many of the newest entries (default 10)")

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.errors import RedisUnavailableError, SettingsError
 from email_ingestion.common.keys import dlq_stream
@@ -144,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
