@@ -37,7 +37,10 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
         if len(parts) != 2:
             continue  # a consumer-side key that happens to end in :state
         state = {to_text(k): to_text(v) for k, v in client.hgetall(key).items()}
-        updated = int(state["updated_at_ms"]) if state.get("updated_at_ms") else None
+        # synced_at_ms (a pass finished) when the producer records it, else the last time it
+        # stored a position (a batch appended, or a pass that moved it).
+        stamp = state.get("synced_at_ms") or state.get("updated_at_ms")
+        updated = int(stamp) if stamp else None
         found.append({"account": unescape(parts[0]), "mailbox": unescape(parts[1]),
                       "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
                       "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
