@@ -246,3 +246,22 @@ def test_email_ingest_lists_the_operator_commands():
 def _no_maxmemory_left(redis_client):
     yield
     redis_client.config_set("maxmemory", "0")
+
+
+def test_status_names_each_degradation(redis_server, redis_client):
+    """Orphans past the claim time, backpressure and overdue retries each become a problem line
+    (settings as the services would read them: short claim time, small stream limit)."""
+    add_payloads(redis_client, 3)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "crashed-2", {STREAM: ">"}, count=3)
+    redis_client.set(KEYS.heartbeat("alive"), "1", px=60_000)
+    seconds, _ = redis_client.time()
+    redis_client.zadd(KEYS.retries, {"r1": (int(seconds) - 600) * 1000})
+    env = clean_env(redis_server.url, CLAIM_MIN_IDLE_MS="0", HEARTBEAT_TTL_MS="100", REDIS_MAX_STREAM_LENGTH="3")
+    assert wait_until(lambda: "dead consumers" in ingest(env, "status").stdout, timeout_s=10)
+    done = ingest(env, "status")
+    assert done.returncode == 1
+    assert "entries held by dead consumers past the claim time (0.2s), not reclaimed: crashed-2 (3)" in done.stdout
+    assert "backpressure: 3 unacknowledged entries >= REDIS_MAX_STREAM_LENGTH 3" in done.stdout
+    assert "retries overdue by" in done.stdout and "no live worker" not in done.stdout
+    assert "retries: 1 scheduled, next due" in done.stdout

@@ -24,9 +24,12 @@ def worker(redis_url: str, handler: str) -> subprocess.CompletedProcess[str]:
     lambda tmp: "jsonl:   ",
     lambda tmp: f"jsonl:{tmp}/no/such/dir/out.jsonl",
     lambda tmp: f"jsonl:{tmp}",
+    lambda tmp: "webhook:",
+    lambda tmp: "no_such_module_xyz:handle",
 ])
 def test_bad_jsonl_path_exits_2_and_touches_nothing(tmp_path, redis_server, redis_client, make_spec):
-    """Empty path, missing parent directory, or a directory: exit 2, one line, messages untouched."""
+    """Empty path, missing parent directory, a directory, an empty URL, an unknown module: exit 2,
+    one line, messages untouched."""
     add_payloads(redis_client, 3)
     done = worker(redis_server.url, make_spec(tmp_path))
     assert done.returncode == 2, done.stderr
