@@ -4,8 +4,10 @@ Not from XINFO CONSUMERS: Redis 7.0 does not list a consumer blocked in XREADGRO
 has received its first message, so a fresh, idle install looked like "no workers" and
 EmailNoActiveWorkers fired falsely (issue 11). Every worker keeps `hb:<consumer>` alive with
 a TTL (common/keys.py StreamKeys.heartbeat) from its first moment, so the keys are the truth.
-They are found with SCAN MATCH: its cost grows with the keyspace (about one round trip per
-1,000 keys, done markers included), which is fine at scrape intervals for millions of keys.
+They are found with SCAN MATCH, whose cost grows with the whole keyspace: one round trip per
+1,000 keys, done markers included (one per message for IDEMPOTENCY_TTL_SECONDS). That is a
+few milliseconds for tens of thousands of keys, but about a second per scrape with millions;
+an index (a sorted set the heartbeat also writes, scored by expiry) would make it O(workers).
 """
 
 from __future__ import annotations
