@@ -1,30 +1,45 @@
 #!/usr/bin/env python3
 """Back up Redis: BGSAVE, wait for it, copy the RDB with a SHA-256 and a metadata file.
 
-    python scripts/backup.py [--redis-url URL] [--output-dir DIR] [--retention-days N]
+    python scripts/backup.py [--env-file FILE] [--redis-url URL] [--output-dir DIR] [--retention-days N] [--compress]
     python scripts/backup.py --list [--output-dir DIR]
 
-Run it on the Redis host, as a user that can read Redis's data directory, with an admin
-REDIS_URL (CONFIG GET and BGSAVE are admin commands). When the RDB file cannot be reached
-(remote Redis, CONFIG disabled, no permission) it says so and prints the fallback:
-`redis-cli --rdb FILE`, which streams a snapshot over the network.
+Redis is found exactly as the services find it (environment, `.env` searched the same way,
+`--env-file`, then `--redis-url`). Run it on the Redis host, as a user that can read Redis's
+data directory, with an admin user (CONFIG GET and BGSAVE are admin commands). When the RDB
+file cannot be reached (remote Redis, CONFIG disabled, no permission) it says so and prints
+the fallback: `redis-cli --rdb FILE`, which streams a snapshot over the network.
+
+Backups hold mail: the directory is made mode 0700 and every file 0600; `--compress` gzips
+the RDB. Each backup is verified after it is written (checksum of the copy read back,
+RDB magic bytes, `redis-check-rdb` when installed) and removed if it fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.settings import RedisSettings, load_settings
+
 PREFIX = "redis-backup-"
+SUFFIXES = (".rdb", ".rdb.gz")
 
 
 class BackupError(Exception):
@@ -37,6 +52,70 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def redis_settings(env_file: str, url: str | None) -> RedisSettings:
+    """The services' Redis settings (SettingsError when invalid)."""
+    return load_settings({"redis": {"url": url}}, env_file=env_file).redis
+
+
+@contextmanager
+def plain_rdb(path: Path) -> Iterator[Path]:
+    """The backup as a plain RDB file: itself, or gunzipped into a private temporary file."""
+    if not path.name.endswith(".gz"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="redis-backup-") as work:
+        plain = Path(work) / path.name.removesuffix(".gz")
+        with gzip.open(path, "rb") as source, open(plain, "wb") as target:
+            shutil.copyfileobj(source, target)
+        yield plain
+
+
+def check_rdb(path: Path) -> list[str]:
+    """Checks that passed on a plain RDB file, or BackupError for the first that failed."""
+    with open(path, "rb") as handle:
+        magic = handle.read(9)
+    if not (magic[:5] == b"REDIS" and magic[5:].isdigit()):
+        raise BackupError(f"{path} is not an RDB file (magic bytes {magic[:9]!r})")
+    passed = [f"RDB magic, format version {int(magic[5:])}"]
+    if shutil.which("redis-check-rdb"):
+        done = subprocess.run(["redis-check-rdb", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BackupError(f"redis-check-rdb rejected {path}: {done.stdout[-500:]}")
+        passed.append("redis-check-rdb OK")
+    return passed
+
+
+def private_dir(path: Path) -> Path:
+    """Create the directory 0700; an existing one is left as it is (it may be /var/backups),
+    with a warning when others can list it: the files themselves are 0600 either way."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    elif path.stat().st_mode & 0o077:
+        print(f"backup: warning: {path} is accessible to other users (mode {path.stat().st_mode & 0o777:o}); "
+              "backup files are 0600, but consider chmod 700", file=sys.stderr)
+    return path
+
+
+def private_copy(source: Path, target: Path, compress: bool) -> None:
+    """Copy (or gzip) `source` to `target`, created 0600 before any byte is written."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as out, open(source, "rb") as src:
+        if compress:
+            with gzip.GzipFile(fileobj=out, mode="wb") as zipped:
+                shutil.copyfileobj(src, zipped)
+        else:
+            shutil.copyfileobj(src, out)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as handle:
+        handle.write(text)
 
 
 def bgsave_and_wait(client: redis.Redis, timeout_s: float) -> None:
@@ -73,37 +152,63 @@ def rdb_path(client: redis.Redis, url: str) -> Path:
     return path
 
 
-def backup(client: redis.Redis, url: str, output_dir: Path, timeout_s: float = 300) -> Path:
+def checksum_file(backup: Path) -> Path:
+    return backup.with_name(backup.name + ".sha256")
+
+
+def meta_file(backup: Path) -> Path:
+    return backup.with_name(backup.name.split(".rdb")[0] + ".json")
+
+
+def backup(client: redis.Redis, url: str, output_dir: Path, timeout_s: float = 300, compress: bool = False) -> Path:
     bgsave_and_wait(client, timeout_s)
     source = rdb_path(client, url)
-    output_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = output_dir / f"{PREFIX}{stamp}.rdb"
-    shutil.copy2(source, target)
+    target = private_dir(output_dir) / f"{PREFIX}{stamp}{'.rdb.gz' if compress else '.rdb'}"
+    source_sum = sha256_of(source)
+    private_copy(source, target, compress)
+    try:
+        verify_written(target, source_sum)
+    except BackupError:
+        target.unlink(missing_ok=True)
+        raise
     checksum = sha256_of(target)
-    (target.with_suffix(".rdb.sha256")).write_text(f"{checksum}  {target.name}\n")
+    write_private(checksum_file(target), f"{checksum}  {target.name}\n")
     server = client.info("server")
     meta = {"file": target.name, "sha256": checksum, "bytes": target.stat().st_size, "created_at": stamp,
-            "source": str(source), "redis_version": server.get("redis_version"), "keys": client.dbsize()}
-    (target.with_suffix(".json")).write_text(json.dumps(meta, indent=2) + "\n")
+            "compressed": compress, "rdb_sha256": source_sum, "source": str(source),
+            "redis_version": server.get("redis_version"), "keys": client.dbsize()}
+    write_private(meta_file(target), json.dumps(meta, indent=2) + "\n")
     return target
+
+
+def verify_written(target: Path, source_sum: str) -> None:
+    """Read the backup back: it must be the RDB that was copied, and a valid one."""
+    with plain_rdb(target) as plain:
+        if sha256_of(plain) != source_sum:
+            raise BackupError(f"{target} does not match the RDB it was copied from (disk full? the file changed?)")
+        check_rdb(plain)
 
 
 def prune(output_dir: Path, retention_days: float, now: float | None = None) -> list[Path]:
     cutoff = (now or time.time()) - retention_days * 86400
     removed = []
-    for rdb in sorted(output_dir.glob(f"{PREFIX}*.rdb")):
+    for rdb in backups_in(output_dir):
         if rdb.stat().st_mtime < cutoff:
-            for companion in (rdb, rdb.with_suffix(".rdb.sha256"), rdb.with_suffix(".json")):
+            for companion in (rdb, checksum_file(rdb), meta_file(rdb)):
                 companion.unlink(missing_ok=True)
             removed.append(rdb)
     return removed
 
 
+def backups_in(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.glob(f"{PREFIX}*") if p.name.endswith(SUFFIXES))
+
+
 def list_backups(output_dir: Path) -> list[dict[str, object]]:
     rows = []
-    for rdb in sorted(output_dir.glob(f"{PREFIX}*.rdb")):
-        meta_path = rdb.with_suffix(".json")
+    for rdb in backups_in(output_dir):
+        meta_path = meta_file(rdb)
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         rows.append({"file": str(rdb), "bytes": rdb.stat().st_size, "created_at": meta.get("created_at"),
                      "checksum_ok": meta.get("sha256") == sha256_of(rdb), "keys": meta.get("keys")})
@@ -112,9 +217,11 @@ def list_backups(output_dir: Path) -> list[dict[str, object]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--output-dir", type=Path, default=Path("backups"))
+    parser.add_argument("--env-file", default=".env", help="settings file, as the services read it (default: .env, searched)")
+    parser.add_argument("--redis-url", help="REDIS_URL (default: from the settings)")
+    parser.add_argument("--output-dir", type=Path, default=Path("backups"), help="made mode 0700")
     parser.add_argument("--retention-days", type=float, default=14)
+    parser.add_argument("--compress", action="store_true", help="gzip the RDB (.rdb.gz)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for BGSAVE")
     parser.add_argument("--list", action="store_true", help="list backups and verify their checksums")
     args = parser.parse_args()
@@ -123,8 +230,13 @@ def main() -> int:
             print(json.dumps(row))
         return 0
     try:
-        target = backup(redis.Redis.from_url(args.redis_url), args.redis_url, args.output_dir, args.timeout)
-    except (BackupError, redis.RedisError) as exc:
+        settings = redis_settings(args.env_file, args.redis_url)
+    except SettingsError as exc:
+        print(f"backup: {exc}", file=sys.stderr)
+        return 2
+    try:
+        target = backup(make_redis(settings), describe(settings), args.output_dir, args.timeout, args.compress)
+    except (BackupError, redis.RedisError, OSError) as exc:
         print(f"backup: {exc}", file=sys.stderr)
         return 1
     removed = prune(args.output_dir, args.retention_days)

@@ -3,6 +3,10 @@
 
     python scripts/restore.py FILE [--dry-run]          # validate, print the manual steps
     python scripts/restore.py FILE --force [--flush]    # restore into the running server
+    python scripts/restore.py --file FILE ...           # the same; FILE may be .rdb or .rdb.gz
+
+Redis is found exactly as the services find it (environment, `.env`, `--env-file`, then
+`--redis-url`).
 
 The file is validated first: RDB magic bytes, the SHA-256 written beside it, and
 `redis-check-rdb` when installed. By default nothing is changed: the manual procedure for
@@ -16,7 +20,6 @@ without it, keys not in the backup are left alone. Needs redis-server on this ho
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess
@@ -27,8 +30,12 @@ from pathlib import Path
 
 import redis
 
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.redis_client import make_redis
+from email_ingestion.common.settings import RedisSettings
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup import sha256_of  # noqa: E402
+from backup import BackupError, check_rdb, plain_rdb, redis_settings, sha256_of  # noqa: E402
 
 
 class RestoreError(Exception):
@@ -38,23 +45,18 @@ class RestoreError(Exception):
 def validate(path: Path) -> list[str]:
     """Checks that passed, or RestoreError for the first that failed."""
     passed = []
-    with open(path, "rb") as handle:
-        magic = handle.read(9)
-    if not (magic[:5] == b"REDIS" and magic[5:].isdigit()):
-        raise RestoreError(f"{path} is not an RDB file (magic bytes {magic[:9]!r})")
-    passed.append(f"RDB magic, format version {int(magic[5:])}")
-    checksum_file = path.with_suffix(path.suffix + ".sha256")
+    checksum_file = path.with_name(path.name + ".sha256")
     if checksum_file.exists():
         expected = checksum_file.read_text().split()[0]
         if sha256_of(path) != expected:
             raise RestoreError(f"{path} does not match {checksum_file.name}: corrupted or altered")
         passed.append("SHA-256 matches")
-    if shutil.which("redis-check-rdb"):
-        done = subprocess.run(["redis-check-rdb", str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RestoreError(f"redis-check-rdb rejected {path}: {done.stdout[-500:]}")
-        passed.append("redis-check-rdb OK")
-    return passed
+    try:
+        with plain_rdb(path) as plain:
+            passed += check_rdb(plain)
+    except (BackupError, OSError, EOFError) as exc:  # gzip errors are OSErrors
+        raise RestoreError(str(exc)) from None
+    return passed[::-1]
 
 
 def server_paths(client: redis.Redis) -> dict[str, str]:
@@ -67,11 +69,12 @@ def server_paths(client: redis.Redis) -> dict[str, str]:
 def manual_steps(path: Path, config: dict[str, str]) -> str:
     target = Path(config["dir"]) / config["dbfilename"]
     aof = Path(config["dir"]) / config.get("appenddirname", "appendonlydir")
+    copy = f"gunzip -c {path} > {target}" if path.name.endswith(".gz") else f"cp {path} {target}"
     return "\n".join([
         "Manual restore (nothing was changed). Simplest: run again with --force (online, no restart). By hand:",
         "  1. Stop the producer and the workers (scripts/stop.sh), then Redis: systemctl stop redis-server",
         f"  2. Move the AOF aside, or Redis loads it instead of the RDB: mv {aof} {aof}.pre-restore",
-        f"  3. Copy the backup into place: cp {path} {target} && chown redis:redis {target}",
+        f"  3. Copy the backup into place: {copy} && chown redis:redis {target}",
         "  4. Start Redis with AOF off so it loads the RDB (Redis 7 with appendonly yes and no AOF starts EMPTY):",
         "     set appendonly no in redis.conf, systemctl start redis-server",
         "  5. redis-cli CONFIG SET appendonly yes (rewrites the AOF from memory), set appendonly yes in redis.conf again",
@@ -79,12 +82,12 @@ def manual_steps(path: Path, config: dict[str, str]) -> str:
     ])
 
 
-def force_restore(url: str, path: Path, flush: bool, timeout_s: float) -> int:
-    """Load `path` into a temporary server and MIGRATE every key into the server at `url`."""
-    target = redis.Redis.from_url(url)
+def force_restore(settings: RedisSettings, path: Path, flush: bool, timeout_s: float) -> int:
+    """Load `path` into a temporary server and MIGRATE every key into the configured server."""
+    target = make_redis(settings)
     options = target.connection_pool.connection_kwargs
-    with tempfile.TemporaryDirectory(prefix="redis-restore-") as work:
-        shutil.copy2(path, Path(work) / "restore.rdb")
+    with tempfile.TemporaryDirectory(prefix="redis-restore-") as work, plain_rdb(path) as plain:
+        shutil.copy2(plain, Path(work) / "restore.rdb")
         port = _free_port()
         temp = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", work,
                                  "--dbfilename", "restore.rdb", "--appendonly", "no", "--save", ""],
@@ -139,23 +142,32 @@ def _free_port() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("file", type=Path, nargs="?", help="the backup (.rdb or .rdb.gz)")
+    parser.add_argument("--file", type=Path, dest="file_option", metavar="FILE", help="the backup, as an option")
+    parser.add_argument("--env-file", default=".env", help="settings file, as the services read it (default: .env, searched)")
+    parser.add_argument("--redis-url", help="REDIS_URL (default: from the settings)")
     parser.add_argument("--dry-run", action="store_true", help="validate only")
     parser.add_argument("--force", action="store_true", help="restore into the running server now")
     parser.add_argument("--flush", action="store_true", help="with --force: empty the target first")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
+    if (args.file is None) == (args.file_option is None):
+        parser.error("name the backup once: FILE or --file FILE")
+    args.file = args.file or args.file_option
+    try:
+        settings = redis_settings(args.env_file, args.redis_url)
+    except SettingsError as exc:
+        print(f"restore: {exc}", file=sys.stderr)
+        return 2
     try:
         for check in validate(args.file):
             print(f"ok: {check}")
         if args.dry_run:
             return 0
-        client = redis.Redis.from_url(args.redis_url)
         if not args.force:
-            print(manual_steps(args.file, server_paths(client)))
+            print(manual_steps(args.file, server_paths(make_redis(settings))))
             return 0
-        moved = force_restore(args.redis_url, args.file, args.flush, args.timeout)
+        moved = force_restore(settings, args.file, args.flush, args.timeout)
     except (RestoreError, redis.RedisError, OSError, subprocess.CalledProcessError) as exc:
         print(f"restore: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,8 @@
 # Start the producer and N workers in the background, with PID files and log files.
 #   scripts/start.sh [--workers N] [--env-file FILE]
 # Workers are named <hostname>-worker-<i>; worker i serves /health, /metrics on
-# WORKER_BASE_PORT+i (default 9100+i; WORKER_BASE_PORT=0 disables them).
+# WORKER_BASE_PORT+i (default 9100+i; WORKER_BASE_PORT=0 disables them). Exit 1 when a
+# process dies during start-up (START_GRACE_SECONDS, default 3), with its log's tail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=2
@@ -11,15 +12,20 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS="$2"; shift 2 ;;
     --env-file) ENV_FILE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "start.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 PYTHON="${PYTHON:-.venv/bin/python}"
 RUN_DIR="${RUN_DIR:-run}"
 LOG_DIR="${LOG_DIR:-logs}"
-BASE_PORT="${WORKER_BASE_PORT:-9100}"
+GRACE="${START_GRACE_SECONDS:-3}"
+# The same settings the services read (a bad one stops here, exit 2, before anything starts).
+settings=$("$PYTHON" -m email_ingestion.admin.shell_settings --env-file "$ENV_FILE") || exit 2
+eval "$settings"
+BASE_PORT="$WORKER_BASE_PORT"
 mkdir -p "$RUN_DIR" "$LOG_DIR"
+started=()
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -31,7 +37,7 @@ start() {  # name, then the command
   fi
   nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 &
   echo $! >"$RUN_DIR/$name.pid"
-  echo "started $name (pid $!, log $LOG_DIR/$name.log)"
+  started+=("$name:$!")
 }
 
 start producer "$PYTHON" producer.py --env-file "$ENV_FILE"
@@ -40,3 +46,21 @@ for i in $(seq 1 "$WORKERS"); do
   [ "$BASE_PORT" != 0 ] && port=$((BASE_PORT + i))
   start "worker-$i" "$PYTHON" worker.py --env-file "$ENV_FILE" --consumer "$(hostname)-worker-$i" --metrics-port "$port"
 done
+
+# A process that exits at once (bad setting: 2, refused credentials: 3) must not be reported started.
+deadline=$(( $(date +%s) + GRACE ))
+while [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
+failed=0
+for entry in "${started[@]+"${started[@]}"}"; do
+  name="${entry%%:*}"; pid="${entry#*:}"
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "started $name (pid $pid, log $LOG_DIR/$name.log)"
+  else
+    rc=0; wait "$pid" || rc=$?
+    echo "FAILED: $name exited with status $rc during start-up; last lines of $LOG_DIR/$name.log:" >&2
+    tail -n 5 "$LOG_DIR/$name.log" | sed 's/^/  /' >&2
+    rm -f "$RUN_DIR/$name.pid"
+    failed=1
+  fi
+done
+exit $failed

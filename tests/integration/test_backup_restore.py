@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -110,3 +113,53 @@ def test_unreachable_redis_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "scripts/backup.py", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
                            "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("backup: ") and "Traceback" not in done.stderr
+
+
+def test_backup_reads_settings_like_the_services_private_compressed_verified(server):
+    """REDIS_URL only in an env file (not exported): --compress writes a 0600 .rdb.gz in a 0700
+    directory, verified; restore --file of it brings the data back."""
+    tmp_path, port, client = server
+    add_payloads(client, 3)
+    (tmp_path / "svc.env").write_text(f"REDIS_URL=redis://127.0.0.1:{port}/0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    out = tmp_path / "private" / "backups"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/backup.py"), "--env-file", str(tmp_path / "svc.env"),
+                           "--output-dir", str(out), "--compress"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [backup] = list(out.glob("redis-backup-*.rdb.gz"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    with gzip.open(backup) as handle:
+        assert handle.read(5) == b"REDIS"
+    listed = subprocess.run([sys.executable, str(ROOT / "scripts/backup.py"), "--list", "--output-dir", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert '"checksum_ok": true' in listed.stdout
+    client.flushall()
+    restored = subprocess.run([sys.executable, str(ROOT / "scripts/restore.py"), "--file", str(backup), "--force",
+                               "--env-file", str(tmp_path / "svc.env")], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert restored.returncode == 0, restored.stderr
+    assert "SHA-256 matches" in restored.stdout and client.xlen(STREAM) == 3
+
+
+def test_backup_finds_dot_env_in_the_working_directory(server):
+    """`backup.py --output-dir DIR` as the README shows it, with REDIS_URL only in ./.env."""
+    tmp_path, port, client = server
+    work = tmp_path / "install"
+    work.mkdir()
+    (work / ".env").write_text(f"REDIS_URL=redis://127.0.0.1:{port}/0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/backup.py"), "--output-dir", "backups"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(list((work / "backups").glob("redis-backup-*.rdb"))) == 1
+
+
+def test_restore_needs_exactly_one_file(tmp_path):
+    """Neither or both of FILE and --file is a usage error (exit 2)."""
+    neither = subprocess.run([sys.executable, "scripts/restore.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    both = subprocess.run([sys.executable, "scripts/restore.py", "a.rdb", "--file", "b.rdb"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert neither.returncode == 2 and both.returncode == 2 and "--file" in both.stderr

@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-COMMAND = re.compile(r"(python (?:-m [\w.]+|[\w/]+\.py)[^`\n|]*|scripts/\w+\.sh[^`\n|]*|(?:(?<=`)|^)make \w[\w-]*)",
-                     re.MULTILINE)
+COMMAND = re.compile(r"(python (?:-m [\w.]+|[\w/]+\.py)[^`\n|]*|scripts/\w+\.sh[^`\n|]*|(?:(?<=`)|^)make \w[\w-]*"
+                     r"|(?:(?<=`)|^)email-ingest \w[^`\n|]*)", re.MULTILINE)
+NESTED = {"prune", "list", "show", "reset"}  # email-ingest consumers prune, mailbox reset...
 SUBCOMMANDS = {"email_ingestion.worker.dlq_admin": {"list", "show", "replay", "purge", "stats"}}
 NO_HELP = {"email_ingestion.common.payload", "email_ingestion.common.settings", "json.tool"}
 
@@ -36,6 +37,9 @@ def help_text(program: tuple[str, ...]) -> tuple[int, str]:
 
 
 def program_of(words: list[str]) -> tuple[str, ...]:
+    if words[0] == "email-ingest":
+        subs = words[1:2] + [w for w in words[2:3] if w in NESTED]
+        return (sys.executable, "-m", "email_ingestion", *subs)
     if words[0] == "python":
         words = [sys.executable, *words[1:]]
         if words[1] == "-m":
@@ -64,7 +68,7 @@ def test_quoted_command_exists_and_accepts_its_flags(doc, command):
     program = program_of(words)
     code, text = help_text(program)
     assert code == 0, f"{doc}: `{command}` --help failed: {text[-500:]}"
-    if len(program) == 4:  # a subcommand: its parent's options count too
-        text += help_text(program[:3])[1]
+    for parent in range(3, len(program)):  # a subcommand: its parents' options count too
+        text += help_text(program[:parent])[1]
     for flag in (w.split("=")[0] for w in words if w.startswith("--")):
         assert flag in text, f"{doc}: `{command}` uses {flag}, which --help does not list"

@@ -56,7 +56,11 @@ def test_producer_endpoints(mailbox, producer_env, redis_client):
         code, body = wait_for(port, "/ready", lambda a: a[0] == 200)
         assert code == 200 and json.loads(body)["ready"] is True
         assert get(port, "/health")[0] == 200
-        status = json.loads(get(port, "/status")[1])
+        # /ready is 200 as soon as the session is up, which can be before the first pass has
+        # stored its position: wait for the pass instead of assuming it is done.
+        _, body = wait_for(port, "/status", lambda a: a[0] == 200 and json.loads(a[1]).get("last_uid") == 2
+                           and bool(json.loads(a[1]).get("last_successful_sync")))
+        status = json.loads(body)
         assert status["component"] == "producer" and status["last_uid"] == 2 and status["imap_connected"]
         assert status["counters"]["emitted"] == 2 and status["last_successful_sync"]
         assert status["circuit_breakers"]["imap"]["state"] == "closed"

@@ -11,14 +11,17 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry
 
+from email_ingestion.admin.common import Target
 from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.keys import StreamKeys
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector
+from email_ingestion.monitoring.exporter import registry_for
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import ProducerMetrics, WorkerMetrics
 from tests.conftest import ROOT
 
 promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (apt-get install prometheus)")
-EXTERNAL = {"up", "redis_memory_used_bytes", "redis_memory_max_bytes"}
+EXTERNAL = {"up"}
 
 
 def exported_names(redis_client) -> set[str]:
@@ -29,7 +32,9 @@ def exported_names(redis_client) -> set[str]:
     WorkerMetrics("s", "g", worker)
     worker.register(StreamCollector(redis_client, "s", "g", "dlq"))
     worker.register(ProcessCollector(Liveness(60), [CircuitBreaker("imap")], "worker"))
-    return {sample.name for registry in (producer, worker) for family in registry.collect()
+    where = Target(redis_client, "s", "g", "dlq", StreamKeys(stream="s", group="g"))
+    exporter = registry_for(where, Liveness(60))
+    return {sample.name for registry in (producer, worker, exporter) for family in registry.collect()
             for sample in family.samples}
 
 

@@ -85,3 +85,20 @@ def test_url_password_with_unencoded_at_signs_is_redacted_whole(captured):
     assert "p@ss@w0rd-x" in Settings.secrets(SimpleNamespace(  # type: ignore[arg-type]
         imap=SimpleNamespace(password=None), google=SimpleNamespace(client_secret=None), redis=settings,
         retry=SimpleNamespace(webhook_secret=None)))
+
+
+def test_json_timestamps_are_iso_utc_with_milliseconds(captured, monkeypatch):
+    """JSON log lines carry `ts` as ISO 8601 UTC with milliseconds and a Z, whatever the local zone."""
+    import re
+    import time
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    stream, _ = captured
+    logging.getLogger("x").info("hello")
+    monkeypatch.delenv("TZ")
+    time.tzset()
+    ts = json.loads(stream.getvalue().splitlines()[-1])["ts"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", ts), ts
+    import datetime as dt
+    parsed = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() - time.time()) < 60

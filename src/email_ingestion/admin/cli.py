@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
 
 # name -> (module with main(argv), one-line help); imported only when chosen.
@@ -19,6 +20,11 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "worker": ("email_ingestion.worker.cli", "consume the stream through the group (email-worker)"),
     "dlq": ("email_ingestion.worker.dlq_admin", "inspect, replay and purge the dead-letter queue (email-dlq)"),
     "auth": ("email_ingestion.auth.oauth2_gmail", "set up, inspect, refresh or revoke the Gmail token"),
+    "status": ("email_ingestion.admin.status", "mailboxes, stream, workers, retries and DLQ; exit 0 healthy, 1 degraded"),
+    "tail": ("email_ingestion.admin.tail", "summaries of the newest payloads (no addresses or subjects by default)"),
+    "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
+    "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
+    "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 
 
@@ -37,6 +43,7 @@ def _program(name: str) -> Callable[[list[str] | None], int]:
     return main
 
 
+@closed_pipe_is_quiet
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()

@@ -4,6 +4,7 @@ line, and secrets redacted at the handler so no code path can leak one."""
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import logging
 import re
 import sys
@@ -96,7 +97,22 @@ class _Context(logging.Filter):
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
-class _TextFormatter(logging.Formatter):
+def iso_utc_ms(created_s: float) -> str:
+    """`2026-12-02T04:02:31.224Z`: ISO 8601, UTC, milliseconds; sorts and parses everywhere,
+    unlike the local-time `asctime`."""
+    return dt.datetime.fromtimestamp(created_s, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _UtcTime(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging API
+        return iso_utc_ms(record.created)
+
+
+class _JsonFormatter(_UtcTime, JsonFormatter):
+    pass
+
+
+class _TextFormatter(_UtcTime):
     def format(self, record: logging.LogRecord) -> str:
         extras = {k: v for k, v in record.__dict__.items()
                   if k not in _STANDARD_ATTRS and k not in ("component", "correlation_id")}
@@ -110,7 +126,7 @@ def setup_logging(level: str, fmt: str, component: str, redactor: Redactor) -> N
     handler.addFilter(_Context(component))
     handler.addFilter(redactor)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter(
+        handler.setFormatter(_JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(component)s %(correlation_id)s %(message)s",
             rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
         ))

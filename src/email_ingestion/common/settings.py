@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from email_ingestion.common.env_files import file_variables, resolve_env_file, unknown_variables
 from email_ingestion.common.errors import SettingsError
 
 
 def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", frozen=True)
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
 
 
 class ImapSettings(BaseSettings):
@@ -181,6 +183,8 @@ class Settings:
     health: HealthSettings
     worker: WorkerSettings
     retry: RetrySettings
+    # Variables with a project prefix that no setting reads (typos), with the nearest name.
+    warnings: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
@@ -196,17 +200,26 @@ class Settings:
 
 def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
                   env_file: str | Path | None = ".env") -> Settings:
-    """Read every group from the environment and `env_file`; raise SettingsError naming the
-    first bad variable."""
+    """Read every group from the environment and the env file (the default name is searched
+    for, see common/env_files.py; None reads none); raise SettingsError naming the first bad
+    variable."""
+    path = resolve_env_file(env_file)
     overrides = overrides or {}
     groups: dict[str, Any] = {}
     for name, (cls, prefix) in _GROUPS.items():
         values = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
         try:
-            groups[name] = cls(_env_file=env_file, **values)
+            groups[name] = cls(_env_file=path, **values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
-    return Settings(**groups)
+    warnings = unknown_variables([*os.environ, *file_variables(path)], (row[0] for row in env_reference()))
+    return Settings(**groups, warnings=tuple(warnings))
+
+
+def log_warnings(settings: Settings, log: Any) -> None:
+    """Report misspelt variables once the process's logging is set up."""
+    for warning in settings.warnings:
+        log.warning(warning)
 
 
 def _describe(exc: ValidationError, prefix: str) -> str:

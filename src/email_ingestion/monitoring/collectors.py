@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.heartbeats import live_workers
 
 NS = "email_ingestion"
 
@@ -22,8 +23,11 @@ def stream_figures(client: redis.Redis, stream: str, group: str, dlq: str) -> di
     pipe.xlen(stream)
     pipe.xlen(dlq)
     depth, dlq_depth = pipe.execute()
+    # Heartbeats, not XINFO CONSUMERS (see monitoring/heartbeats.py); counted even before the
+    # group exists, so a worker that cannot create it still shows up as alive.
+    workers = len(live_workers(client, StreamKeys(stream=stream, group=group)))
     figures: dict[str, Any] = {"stream_depth": int(depth), "dlq_depth": int(dlq_depth), "pending": 0,
-                               "lag": None, "group_exists": False, "active_workers": 0}
+                               "lag": None, "group_exists": False, "active_workers": workers}
     try:
         groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
     except redis.ResponseError:
@@ -33,19 +37,7 @@ def stream_figures(client: redis.Redis, stream: str, group: str, dlq: str) -> di
         return figures
     figures.update(group_exists=True, pending=int(info["pending"]),
                    lag=int(info["lag"]) if info.get("lag") is not None else None)
-    figures["active_workers"] = _live_consumers(client, stream, group)
     return figures
-
-
-def _live_consumers(client: redis.Redis, stream: str, group: str) -> int:
-    names = [c["name"].decode() for c in client.xinfo_consumers(stream, group)]
-    if not names:
-        return 0
-    keys = StreamKeys(stream, group)
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.exists(keys.heartbeat(name))
-    return sum(1 for alive in pipe.execute() if alive)
 
 
 class StreamCollector(Collector):

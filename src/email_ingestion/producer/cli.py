@@ -21,7 +21,7 @@ from email_ingestion.common.exits import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, run_
 from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import describe, make_redis
-from email_ingestion.common.settings import Settings, load_settings, require_producer_settings
+from email_ingestion.common.settings import Settings, load_settings, log_warnings, require_producer_settings
 from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
@@ -94,7 +94,7 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     fetcher = MessageFetcher(session=session, settings=settings.producer)
     client = None
     if dry_run:
-        store: Any = DryRunStore()
+        store: Any = DryRunStore(on_closed=stop_event.set)
         guard: Any = NullGuard()
     else:
         client = make_redis(settings.redis)
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_AUTH
     redactor = Redactor(settings.secrets())
     setup_logging(settings.log.level, settings.log.format, "producer", redactor)
+    log_warnings(settings, log)
     stop_event = threading.Event()
     install_signal_handlers(stop_event)
     return run(settings, stop_event, redactor, once=args.once, dry_run=args.dry_run)

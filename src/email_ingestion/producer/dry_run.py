@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from email_ingestion.producer.payloads import Emission
@@ -14,23 +15,44 @@ from email_ingestion.producer.state import MailboxState
 class DryRunStore:
     """Behaves like StateStore with an empty Redis, printing one line per message instead."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
+    def __init__(self, out: TextIO = sys.stdout, on_closed: Callable[[], None] | None = None) -> None:
         self.out = out
         self.count = 0
+        self.on_closed = on_closed
+        self.closed = False
 
     def load(self) -> MailboxState | None:
         return None
 
     def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0,
              by_fingerprint: bool = False, now_ms: int | None = None) -> list[str]:
+        try:
+            self._print(items)
+        except BrokenPipeError:
+            self._reader_left()
+        self.count += len(items)
+        return [f"dry-run-{item.uid}" for item in items]
+
+    def _print(self, items: Sequence[Emission]) -> None:
         for item in items:
+            if self.closed:
+                return
             payload = json.loads(item.payload)
             sender = (payload.get("from") or {}).get("address", "")
             print(f"uid={item.uid} date={payload['date']} size={payload['size']} from={sender} "
                   f"attachments={len(payload['attachments'])} defects={len(payload['parse_defects'])} "
                   f"subject={payload['subject']!r}", file=self.out)
-        self.count += len(items)
-        return [f"dry-run-{item.uid}" for item in items]
+
+    def _reader_left(self) -> None:
+        """`--dry-run | head`: the reader has gone. Stop quietly, as `cat` does: point stdout at
+        /dev/null so the final flush at exit cannot raise again, and ask the producer to stop."""
+        self.closed = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+        except (OSError, ValueError):
+            pass  # not a real file (tests): nothing will flush it at exit
+        if self.on_closed is not None:
+            self.on_closed()
 
     def seen(self, fingerprints: Sequence[str]) -> list[bool]:
         return [False] * len(fingerprints)

@@ -22,7 +22,7 @@ from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
 from email_ingestion.common.keys import StreamKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import describe, make_redis
-from email_ingestion.common.settings import Settings, load_settings
+from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import Liveness, start_health
 from email_ingestion.monitoring.metrics import WorkerMetrics
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
     setup_logging(settings.log.level, settings.log.format, "worker", Redactor(settings.secrets()))
+    log_warnings(settings, log)
     shutdown = Shutdown(settings.worker.shutdown_timeout_seconds)
     signal.signal(signal.SIGTERM, shutdown.request)
     signal.signal(signal.SIGINT, shutdown.request)

@@ -22,12 +22,13 @@ from typing import Any
 
 import redis
 
+from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.errors import RedisUnavailableError, SettingsError
 from email_ingestion.common.keys import dlq_stream
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
-from email_ingestion.common.text import to_text
+from email_ingestion.common.text import iso_from_epoch_s, to_text
 
 # KEYS: dlq, stream; ARGV: dlq entry id
 _REPLAY = """
@@ -60,8 +61,9 @@ class DlqAdmin:
         self._replay = client.register_script(_REPLAY)
 
     def entries(self, limit: int | None = None, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        raw: Any
         if ids:
-            found = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
+            found: list[Any] = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
             raw = [entry for entries in found for entry in entries]
         else:
             raw = self.redis.xrange(self.dlq, count=limit)
@@ -108,30 +110,42 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
     return {"id": to_text(entry_id), **{to_text(k): to_text(v) for k, v in fields.items()}}
 
 
+def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand (`dlq --json stats`, `dlq stats --json`);
+    after it they default to SUPPRESS, so they never undo the same option given before."""
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--json", action="store_true", help="machine-readable output",
+                        **({"default": False} if defaults else unset))
+    parser.add_argument("--stream", help="REDIS_STREAM_NAME", **unset)
+    parser.add_argument("--redis-url", help="REDIS_URL", **unset)
+    parser.add_argument("--env-file", help="settings file (default: .env, searched)",
+                        **({"default": ".env"} if defaults else unset))
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="email-dlq", description="Inspect and act on the dead-letter queue.")
+    p = _common_options(argparse.ArgumentParser(prog="email-dlq", description="Inspect and act on the dead-letter queue."),
+                        defaults=True)
     add_version(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--stream", help="REDIS_STREAM_NAME")
-    p.add_argument("--redis-url", help="REDIS_URL")
-    p.add_argument("--env-file", default=".env")
+    common = [_common_options(argparse.ArgumentParser(add_help=False), defaults=False)]
     sub = p.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="list dead letters (oldest first)")
+    listing = sub.add_parser("list", help="list dead letters (oldest first)", parents=common)
     listing.add_argument("--limit", type=int, default=50)
-    show = sub.add_parser("show", help="one dead letter in full")
+    show = sub.add_parser("show", help="one dead letter in full", parents=common)
     show.add_argument("id")
-    replay = sub.add_parser("replay", help="put payloads back on the stream (attempts reset)")
+    replay = sub.add_parser("replay", help="put payloads back on the stream (attempts reset)", parents=common)
     replay.add_argument("ids", nargs="*")
     replay.add_argument("--all", action="store_true")
     replay.add_argument("--error-type")
-    purge = sub.add_parser("purge", help="delete dead letters")
+    purge = sub.add_parser("purge", help="delete dead letters", parents=common)
     purge.add_argument("ids", nargs="*")
     purge.add_argument("--all", action="store_true")
     purge.add_argument("--older-than", type=parse_duration_s, metavar="DURATION")
-    sub.add_parser("stats", help="counts by reason and error type, ages")
+    sub.add_parser("stats", help="counts by reason and error type, ages", parents=common)
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailableError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 1
+    if result is None:
+        print(f"dlq: no dead letter {args.id} in {admin.dlq}", file=sys.stderr)
+        return 1
     _print(result, args.json)
     return 0
 
@@ -162,10 +179,11 @@ def _check_selection(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
     if args.command == "list":
-        return [{k: v for k, v in e.items() if k not in ("payload", "traceback")} for e in admin.entries(args.limit)]
+        return [_with_times({k: v for k, v in e.items() if k not in ("payload", "traceback")})
+                for e in admin.entries(args.limit)]
     if args.command == "show":
         found = admin.entries(ids=[args.id])
-        return found[0] if found else {"error": f"no dead letter {args.id}"}
+        return _with_times(found[0]) if found else None
     if args.command == "replay":
         return {"replayed": admin.replay(admin.select(args.all, args.error_type, args.ids))}
     if args.command == "purge":
@@ -173,13 +191,22 @@ def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
     return admin.stats()
 
 
+def _with_times(entry: dict[str, Any]) -> dict[str, Any]:
+    """Each `*_ms` instant also as ISO 8601 UTC (`first_failure_ms` -> `first_failure`)."""
+    timed = dict(entry)
+    for key, value in entry.items():
+        if key.endswith("_ms") and str(value).isdigit():
+            timed[key.removesuffix("_ms")] = iso_from_epoch_s(int(value) / 1000)
+    return timed
+
+
 def _print(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return
     rows = result if isinstance(result, list) else [result]
-    for row in rows:
-        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    for row in rows:  # people read the ISO times; the *_ms twins stay in --json
+        print("  ".join(f"{k}={v}" for k, v in row.items() if not (k.endswith("_ms") and k[:-3] in row)))
     if not rows:
         print("(empty)")
 

@@ -11,14 +11,30 @@ import json
 import os
 from pathlib import Path
 
+from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.filelock import locked
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.worker.context import HandlerContext
 
 
+def check_path(spec_path: str) -> Path:
+    """Checked at start, so a bad path fails the worker (exit 2) instead of every message."""
+    where = f"invalid setting WORKER_HANDLER: jsonl:{spec_path}"
+    if not spec_path.strip():
+        raise SettingsError(f"{where}: the path is empty (jsonl:/var/lib/email-ingestion/emails.jsonl)")
+    path = Path(spec_path)
+    if path.is_dir():
+        raise SettingsError(f"{where}: {path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise SettingsError(f"{where}: directory {path.parent} does not exist (create it, owned by the worker's user)")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SettingsError(f"{where}: this user may not write {path}")
+    return path
+
+
 class JsonlHandler:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = check_path(str(path))
         self._keys: set[str] = set()
         self._offset = 0
 

@@ -1,0 +1,77 @@
+"""Which `.env` file a process reads, and which variables in it (or in the environment) are
+misspelt settings.
+
+Search order when no file is named: `EMAIL_INGEST_ENV_FILE`, `.env` in the current
+directory, then `.env` next to the installation (the checkout an editable install points
+at, or the directory holding the virtual environment), so a service started from any
+directory reads the same file as one started from the checkout. A file named explicitly
+(`--env-file`, `EMAIL_INGEST_ENV_FILE`) must exist: a typo there is a setting error, not a
+silent fall back to defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from email_ingestion.common.errors import SettingsError
+
+DEFAULT_ENV_FILE = ".env"
+ENV_FILE_VARIABLE = "EMAIL_INGEST_ENV_FILE"
+# Prefixes that mark a variable as meant for this project; an unknown one is a typo.
+PROJECT_PREFIXES = ("IMAP_", "REDIS_", "GOOGLE_", "WORKER_", "LOG_", "HEALTH_", "RETRY_", "PRODUCER_",
+                    "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_")
+# Read by the shell scripts, not by Settings.
+SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "LOG_DIR"})
+
+
+def install_dirs() -> list[Path]:
+    """Directories an installation lives in: the checkout (src layout) and the venv's parent."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = [package.parents[1]]
+    if sys.prefix != sys.base_prefix:  # in a virtual environment: the directory holding it
+        candidates.append(Path(sys.prefix).resolve().parent)
+    return [d for i, d in enumerate(candidates) if d not in candidates[:i]]
+
+
+def resolve_env_file(given: str | Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The file to read: None reads none; the default name searches; any other name must exist."""
+    if given is None:
+        return None
+    if str(given) != DEFAULT_ENV_FILE:
+        return _must_exist(Path(given), "--env-file")
+    if environ.get(ENV_FILE_VARIABLE):
+        return _must_exist(Path(environ[ENV_FILE_VARIABLE]), ENV_FILE_VARIABLE)
+    for directory in (Path.cwd(), *install_dirs()):
+        if (directory / DEFAULT_ENV_FILE).is_file():
+            return directory / DEFAULT_ENV_FILE
+    return None
+
+
+def _must_exist(path: Path, where: str) -> Path:
+    if not path.exists() or path.is_dir():  # /dev/null is fine: "no settings file"
+        raise SettingsError(f"invalid setting {where}: {path} is not a readable file")
+    return path
+
+
+def file_variables(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    from dotenv import dotenv_values
+    return [name for name in dotenv_values(path) if name]
+
+
+def unknown_variables(names: Iterable[str], known: Iterable[str]) -> list[str]:
+    """One warning per project-prefixed name that no setting reads, with the nearest known name."""
+    known_set = set(known) | SCRIPT_VARIABLES
+    warnings = []
+    for name in sorted(set(names)):
+        if name.upper() in known_set or not name.upper().startswith(PROJECT_PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(name.upper(), sorted(known_set - SCRIPT_VARIABLES), n=1, cutoff=0.5)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        warnings.append(f"unknown setting {name} is ignored{hint}")
+    return warnings

@@ -1,0 +1,267 @@
+"""`email-ingest status`, `tail`, `consumers prune` and `exporter` against a real Redis, a
+real producer (Dovecot) and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from email_ingestion.admin.consumers import _PRUNE
+from email_ingestion.common.keys import StreamKeys
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.sample_payloads import add_payloads
+from tests.conftest import ROOT, producer_cmd
+from tests.support.waits import wait_until
+
+STREAM, GROUP = "email_ingestion_stream", "email_processor_group"
+DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
+KEYS = StreamKeys(stream=STREAM, group=GROUP)
+
+
+def clean_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAP_", "REDIS_", "GOOGLE_", "WORKER_"))}
+    return {**env, "REDIS_URL": redis_url, **extra}
+
+
+def ingest(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "email_ingestion", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def status_json(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    done = ingest(env, "status", "--json")
+    return done.returncode, json.loads(done.stdout)
+
+
+def start_worker(env: dict[str, str], name: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", name, "--handler", "noop", *args],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+def test_status_reports_a_healthy_installation_then_why_it_degrades(mailbox, producer_env, redis_server, redis_client):
+    """After a real sync and a live worker, status exits 0 with every figure; stopping the
+    worker and dead-lettering a message make it exit 1, each reason named."""
+    mailbox.append(sample_message(1), sample_message(2))
+    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    env = clean_env(redis_server.url)
+    worker = start_worker(env, "w-status")
+    try:
+        assert wait_until(lambda: status_json(env)[0] == 0, timeout_s=60), ingest(env, "status").stdout
+        code, snap = status_json(env)
+        [box] = snap["mailboxes"]
+        assert (box["account"], box["mailbox"], box["last_uid"]) == ("alice@example.com", mailbox.name, 2)
+        assert box["uidvalidity"] == mailbox.uidvalidity() and box["last_sync"].endswith("Z")
+        assert box["backpressure"] is False
+        group = snap["stream"]["groups"][GROUP]
+        assert snap["stream"]["length"] == 2 and group["lag"] == 0 and group["pending"] == 0
+        assert [w["name"] for w in snap["workers"]["live"]] == ["w-status"]
+        assert snap["retries"]["scheduled"] == 0 and snap["dlq"]["size"] == 0 and snap["problems"] == []
+        text = ingest(env, "status")
+        assert text.returncode == 0 and "status: healthy" in text.stdout and "last_uid=2" in text.stdout
+    finally:
+        assert stop(worker) == 0
+    redis_client.xadd(DLQ, {"payload": "{}", "reason": "max_retries"})
+    done = ingest(env, "status")
+    assert done.returncode == 1 and "status: DEGRADED" in done.stdout
+    assert "no live worker" in done.stdout and "1 dead letters (max_retries 1)" in done.stdout
+    assert "w-status: pending=0" in done.stdout and "stale" in done.stdout
+
+
+def test_status_sees_oldest_unacked_age_and_dead_consumers(redis_server, redis_client):
+    """Entries held by a consumer without a heartbeat show up under that consumer, with the
+    age of the oldest unacknowledged entry measured on Redis's clock."""
+    add_payloads(redis_client, 3)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "crashed-1", {STREAM: ">"}, count=2)
+    code, snap = status_json(clean_env(redis_server.url))
+    assert code == 1
+    group = snap["stream"]["groups"][GROUP]
+    assert group["pending"] == 2 and group["lag"] == 1 and group["oldest_unacked_age_s"] >= 0
+    [dead] = snap["workers"]["dead_with_pending"]
+    assert dead["name"] == "crashed-1" and dead["pending"] == 2
+
+
+def test_status_bad_configuration_exits_2_and_redis_down_exits_1(tmp_path):
+    """A bad setting is exit 2 with one line; an unreachable Redis is exit 1 with the reason."""
+    bad = ingest(clean_env("redis://127.0.0.1:1/0", REDIS_SOCKET_TIMEOUT_SECONDS="zero"), "status")
+    assert bad.returncode == 2 and "REDIS_SOCKET_TIMEOUT_SECONDS" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    missing = ingest(clean_env("redis://127.0.0.1:1/0"), "status", "--env-file", str(tmp_path / "nope.env"))
+    assert missing.returncode == 2 and "--env-file" in missing.stderr
+    down = ingest(clean_env(f"redis://127.0.0.1:{free_port()}/0", REDIS_SOCKET_TIMEOUT_SECONDS="1"), "status")
+    assert down.returncode == 1 and "Redis unreachable" in down.stdout
+
+
+def test_status_reads_the_env_file_the_services_read(tmp_path, redis_server, redis_client):
+    """REDIS_URL from EMAIL_INGEST_ENV_FILE reaches status, run from another directory."""
+    (tmp_path / "ingest.env").write_text(f"REDIS_URL={redis_server.url}\nREDIS_STREAM_NAME=other\n")
+    add_payloads(redis_client, 1, stream="other")
+    env = clean_env("redis://127.0.0.1:1/0", EMAIL_INGEST_ENV_FILE=str(tmp_path / "ingest.env"))
+    env.pop("REDIS_URL")
+    done = subprocess.run([sys.executable, "-m", "email_ingestion", "status", "--json"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout)["stream"]["length"] == 1, done.stderr
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_fresh_idle_worker_counts_as_active(redis_server, redis_client):
+    """A worker blocked on an empty stream (Redis 7.0 lists no such consumer) is one active
+    worker in the exporter's gauge and in status; stopping it brings both to zero."""
+    env = clean_env(redis_server.url)
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "email_ingestion", "exporter", "--port", str(port)], env=env,
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_worker(env, "idle-1")
+    try:
+        assert wait_until(lambda: metric(port, "email_ingestion_active_workers") == 1.0, timeout_s=30)
+        assert [w["name"] for w in status_json(env)[1]["workers"]["live"]] == ["idle-1"]
+        assert stop(worker) == 0
+        assert wait_until(lambda: metric(port, "email_ingestion_active_workers") == 0.0, timeout_s=30)
+        assert metric(port, "email_ingestion_redis_memory_used_bytes") > 0
+        assert metric(port, "email_ingestion_redis_memory_max_bytes") is not None
+    finally:
+        worker.kill()
+        exporter.send_signal(signal.SIGTERM)
+        assert exporter.wait(20) == 0
+
+
+def test_exporter_shows_the_backlog_while_no_service_runs(redis_server, redis_client):
+    """With no producer and no worker, the exporter alone exports depth, lag and DLQ depth."""
+    add_payloads(redis_client, 7)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"})
+    redis_client.config_set("maxmemory", "64mb")
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "email_ingestion", "exporter", "--port", str(port)],
+                                env=clean_env(redis_server.url), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: metric(port, "email_ingestion_consumer_lag") == 7.0, timeout_s=30)
+        assert metric(port, "email_ingestion_stream_depth") == 7.0 and metric(port, "email_ingestion_dlq_depth") == 1.0
+        assert metric(port, "email_ingestion_redis_memory_max_bytes") == 64 * 1024 * 1024
+    finally:
+        redis_client.config_set("maxmemory", "0")
+        exporter.send_signal(signal.SIGTERM)
+        exporter.wait(20)
+
+
+def test_tail_hides_people_unless_asked(redis_server, redis_client):
+    """tail prints uid, sender domain and subject length; addresses and subjects only with --show-content."""
+    add_payloads(redis_client, 5)
+    env = clean_env(redis_server.url)
+    done = ingest(env, "tail", "--count", "2")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 2 and "uid=3" in lines[0] and "uid=4" in lines[1]
+    assert "from_domain=example.org" in lines[1] and "subject_chars=9" in lines[1]
+    assert "s4@example.org" not in done.stdout and "Report #4" not in done.stdout
+    shown = ingest(env, "tail", "--count", "1", "--show-content").stdout
+    assert "from=s4@example.org" in shown and "Report #4" in shown
+
+
+def test_tail_follow_prints_new_entries_until_stopped(tmp_path, redis_server, redis_client):
+    """tail --follow prints entries added after it started, and SIGTERM ends it with 0."""
+    add_payloads(redis_client, 1)
+    out = tmp_path / "tail.out"
+    with open(out, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "tail", "--follow", "--count", "1"],
+                                env=clean_env(redis_server.url), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: "uid=0" in out.read_text(), timeout_s=30)
+        add_payloads(redis_client, 2, start=1)
+        assert wait_until(lambda: "uid=2" in out.read_text(), timeout_s=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert [line.split(" uid=")[1].split()[0] for line in out.read_text().splitlines()] == ["0", "1", "2"]
+
+
+def test_prune_deletes_only_dead_idle_empty_consumers(redis_server, redis_client):
+    """Dead with nothing pending: deleted. Dead holding entries, or alive: kept, entries still pending."""
+    add_payloads(redis_client, 2)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "dead-holding", {STREAM: ">"}, count=1)
+    for name in ("dead-empty-1", "dead-empty-2", "alive-empty"):
+        redis_client.xgroup_createconsumer(STREAM, GROUP, name)
+    redis_client.set(KEYS.heartbeat("alive-empty"), "1", px=60_000)
+    env = clean_env(redis_server.url)
+    dry = ingest(env, "consumers", "prune", "--idle-over", "0s", "--dry-run")
+    assert dry.stdout.count("would delete") == 2
+    done = ingest(env, "consumers", "--json", "prune", "--idle-over", "0s")
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["name"] for r in json.loads(done.stdout) if r["outcome"] == "deleted") == ["dead-empty-1", "dead-empty-2"]
+    left = {c["name"].decode(): c["pending"] for c in redis_client.xinfo_consumers(STREAM, GROUP)}
+    assert left == {"dead-holding": 1, "alive-empty": 0}
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 1
+    assert "nothing to prune" in ingest(env, "consumers", "prune", "--idle-over", "1d").stdout
+
+
+def test_prune_rechecks_on_the_server(redis_server, redis_client):
+    """A consumer that received an entry or a heartbeat after it was listed is not deleted
+    (XGROUP DELCONSUMER would drop its pending entries for good)."""
+    add_payloads(redis_client, 1)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xgroup_createconsumer(STREAM, GROUP, "late")
+    script = redis_client.register_script(_PRUNE)
+    redis_client.xreadgroup(GROUP, "late", {STREAM: ">"}, count=1)  # after the listing, before the delete
+    assert script(keys=[STREAM, KEYS.heartbeat("late")], args=[GROUP, "late", 0]) == -2
+    redis_client.set(KEYS.heartbeat("late"), "1", px=60_000)
+    assert script(keys=[STREAM, KEYS.heartbeat("late")], args=[GROUP, "late", 0]) == -1
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 1
+
+
+def test_email_ingest_lists_the_operator_commands():
+    """`email-ingest --help` names every subcommand, and each answers --help."""
+    done = subprocess.run([str(Path(sys.executable).parent / "email-ingest"), "--help"], capture_output=True, text=True,
+                          timeout=30)
+    for name in ("status", "tail", "consumers", "exporter", "producer", "worker", "dlq"):
+        assert name in done.stdout
+        assert ingest(os.environ.copy(), name, "--help").returncode == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_maxmemory_left(redis_client):
+    yield
+    redis_client.config_set("maxmemory", "0")
+
+
+def test_status_names_each_degradation(redis_server, redis_client):
+    """Orphans past the claim time, backpressure and overdue retries each become a problem line
+    (settings as the services would read them: short claim time, small stream limit)."""
+    add_payloads(redis_client, 3)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "crashed-2", {STREAM: ">"}, count=3)
+    redis_client.set(KEYS.heartbeat("alive"), "1", px=60_000)
+    seconds, _ = redis_client.time()
+    redis_client.zadd(KEYS.retries, {"r1": (int(seconds) - 600) * 1000})
+    env = clean_env(redis_server.url, CLAIM_MIN_IDLE_MS="0", HEARTBEAT_TTL_MS="100", REDIS_MAX_STREAM_LENGTH="3")
+    assert wait_until(lambda: "dead consumers" in ingest(env, "status").stdout, timeout_s=10)
+    done = ingest(env, "status")
+    assert done.returncode == 1
+    assert "entries held by dead consumers past the claim time (0.2s), not reclaimed: crashed-2 (3)" in done.stdout
+    assert "backpressure: 3 unacknowledged entries >= REDIS_MAX_STREAM_LENGTH 3" in done.stdout
+    assert "retries overdue by" in done.stdout and "no live worker" not in done.stdout
+    assert "retries: 1 scheduled, next due" in done.stdout
