@@ -89,3 +89,8 @@ def dlq_stream(stream: str, dlq_name: str) -> str:
     """The DLQ stream of `stream`: the configured name plus the stream's hash tag, so a
     message moves to the DLQ in the same atomic step that removes it from the retry path."""
     return dlq_name if "{" in dlq_name else f"{dlq_name}:{hash_tag(stream)}"
+
+
+def wait_marker(stream: str) -> str:
+    """Hash written just before WAIT (REDIS_WAIT_REPLICAS), on the stream's slot."""
+    return f"{PREFIX}:{hash_tag(stream)}:wait"

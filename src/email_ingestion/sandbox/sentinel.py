@@ -1,0 +1,149 @@
+"""A throwaway Sentinel topology on loopback: one master, one replica, three Sentinels.
+
+Sentinels run as `redis-server CONF --sentinel` (what Debian's redis-sentinel package
+runs too), with short timings so a failover takes seconds: the master is declared down
+after `down_after_ms` and two of the three must agree (quorum 2).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from email_ingestion.sandbox.dovecot import free_port
+from email_ingestion.sandbox.redis_server import RedisServer
+
+MASTER_NAME = "mymaster"
+
+
+@dataclass
+class SentinelProcess:
+    root: Path
+    master_port: int
+    down_after_ms: int
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.port = self.port or free_port()
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "sentinel.conf"
+        conf.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.root}",
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
+            f"sentinel failover-timeout {MASTER_NAME} {max(3 * self.down_after_ms, 3000)}",
+            f"sentinel parallel-syncs {MASTER_NAME} 1", ""]))
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.process = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=open(self.root / "sentinel.log", "ab"),
+                                        stderr=subprocess.STDOUT)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def sees_everyone(self, sentinels: int, replicas: int) -> bool:
+        try:
+            master = self.client().sentinel_master(MASTER_NAME)
+        except redis.RedisError:
+            return False
+        return (int(master.get("num-other-sentinels", 0)) >= sentinels - 1
+                and int(master.get("num-slaves", 0)) >= replicas)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@dataclass
+class SentinelTopology:
+    """Master + replica + three Sentinels under `root`; `start()` returns once every
+    Sentinel knows the others and the replica, and the replica is in sync."""
+
+    root: Path
+    down_after_ms: int = 1000
+    master: RedisServer = field(init=False)
+    replica: RedisServer = field(init=False)
+    sentinels: list[SentinelProcess] = field(default_factory=list)
+
+    def start(self, timeout_s: float = 60) -> SentinelTopology:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> SentinelTopology:
+        self.root = Path(self.root)
+        self.master = RedisServer(self.root / "master").start()
+        self.replica = RedisServer(self.root / "replica",
+                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port))).start()
+        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", self.master.port, self.down_after_ms).start()
+                          for i in range(3)]
+        _until(lambda: self.replica_in_sync() and all(s.sees_everyone(3, 1) for s in self.sentinels), timeout_s,
+               "the Sentinels did not all see the master, the replica and each other")
+        return self
+
+    @property
+    def sentinel_setting(self) -> str:
+        """The REDIS_SENTINELS value for this topology."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def replica_in_sync(self) -> bool:
+        try:
+            info = self.replica.client().info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("master_link_status") == "up"
+
+    def master_port(self) -> int | None:
+        """Where the Sentinels say the master is now."""
+        for sentinel in self.sentinels:
+            try:
+                address = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
+            except redis.RedisError:
+                continue
+            if address:
+                return int(address[1])
+        return None
+
+    def kill_master(self) -> None:
+        """SIGKILL the master: no shutdown save, no goodbye to the replica."""
+        assert self.master.process is not None
+        self.master.process.kill()
+        self.master.process.wait(10)
+
+    def wait_failover(self, timeout_s: float = 60) -> None:
+        _until(lambda: self.master_port() == self.replica.port and _is_master(self.replica), timeout_s,
+               "the Sentinels did not promote the replica")
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in (getattr(self, "replica", None), getattr(self, "master", None)):
+            if server is not None:
+                server.stop()
+
+
+def _is_master(server: RedisServer) -> bool:
+    try:
+        return server.client().info("replication").get("role") == "master"
+    except redis.RedisError:
+        return False
+
+
+def _until(predicate: object, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{message} within {timeout_s:g}s")
