@@ -58,7 +58,7 @@ class RedisClusterSandbox:
     @staticmethod
     def _node_ok(node: RedisServer) -> bool:
         try:
-            info = node.client().execute_command("CLUSTER INFO")
+            info = node.client().execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
         except redis.RedisError:
             return False
         text = info.decode() if isinstance(info, bytes) else str(info)

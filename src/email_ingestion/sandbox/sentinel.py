@@ -54,6 +54,8 @@ class SentinelProcess:
             master = self.client().sentinel_master(MASTER_NAME)
         except redis.RedisError:
             return False
+        if not isinstance(master, dict):
+            return False
         return (int(master.get("num-other-sentinels", 0)) >= sentinels - 1
                 and int(master.get("num-slaves", 0)) >= replicas)
 
@@ -111,7 +113,7 @@ class SentinelTopology:
                 address = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
             except redis.RedisError:
                 continue
-            if address:
+            if isinstance(address, tuple | list):
                 return int(address[1])
         return None
 
