@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.keys import hash_tag
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -83,6 +84,12 @@ class RedisSettings(BaseSettings):
     key_file: Path | None = Field(default=None, description="client certificate's private key")
     wait_replicas: int = Field(default=0, ge=0, description="WAIT for N replicas after each emit and settlement")
     wait_timeout_ms: int = Field(default=1000, ge=1, description="WAIT timeout; fewer replicas is a retryable error")
+
+    @field_validator("stream_name")
+    @classmethod
+    def _check_stream_name(cls, value: str) -> str:
+        hash_tag(value)
+        return value
 
     @field_validator("sentinels")
     @classmethod
