@@ -21,8 +21,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+import redis.cluster
+
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.settings import load_settings
 
 PREFIX = "redis-backup-"
 
@@ -112,7 +118,8 @@ def list_backups(output_dir: Path) -> list[dict[str, object]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", help="REDIS_URL; without it the REDIS_* settings (Sentinel, Cluster too)")
+    parser.add_argument("--env-file", default=".env")
     parser.add_argument("--output-dir", type=Path, default=Path("backups"))
     parser.add_argument("--retention-days", type=float, default=14)
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for BGSAVE")
@@ -123,14 +130,29 @@ def main() -> int:
             print(json.dumps(row))
         return 0
     try:
-        target = backup(redis.Redis.from_url(args.redis_url), args.redis_url, args.output_dir, args.timeout)
+        settings = load_settings({"redis": {"url": args.redis_url}}, env_file=args.env_file).redis
+    except SettingsError as exc:
+        print(f"backup: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for client, url, output_dir in _servers(make_redis(settings), args.redis_url or describe(settings),
+                                                args.output_dir):
+            target = backup(client, url, output_dir, args.timeout)
+            removed = prune(output_dir, args.retention_days)
+            print(f"backup written: {target} (sha256 in {target.name}.sha256); pruned {len(removed)} older than "
+                  f"{args.retention_days:g} days")
     except (BackupError, redis.RedisError) as exc:
         print(f"backup: {exc}", file=sys.stderr)
         return 1
-    removed = prune(args.output_dir, args.retention_days)
-    print(f"backup written: {target} (sha256 in {target.name}.sha256); pruned {len(removed)} older than "
-          f"{args.retention_days:g} days")
     return 0
+
+
+def _servers(client: Any, url: str, output_dir: Path) -> list[tuple[redis.Redis, str, Path]]:
+    """The server to back up; on a cluster, each primary, into a folder of its own."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return [(client, url, output_dir)]
+    return [(client.get_redis_connection(node), f"redis://{node.host}:{node.port}",
+             output_dir / f"{node.host}-{node.port}") for node in client.get_primaries()]
 
 
 if __name__ == "__main__":

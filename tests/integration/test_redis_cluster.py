@@ -177,7 +177,8 @@ def release_a_lease_unhandled(worker: Any, client: Any) -> None:
 @pytest.mark.slow
 def test_pipeline_with_real_processes_on_the_cluster(cluster, cluster_client, producer_env, mailbox, tmp_path):
     """producer --once against Dovecot and two workers --burst against the cluster: every
-    message is handled once or dead-lettered, retries come back, nothing stays pending."""
+    message is handled once or dead-lettered, retries come back, nothing stays pending;
+    the backup script saves each primary."""
     records = tmp_path / "records"
     records.mkdir()
     env = {**producer_env, **cluster_env(cluster, records)}
@@ -198,6 +199,11 @@ def test_pipeline_with_real_processes_on_the_cluster(cluster, cluster_client, pr
     assert set(counts) == set(uids) - dead and set(counts.values()) == {1}
     assert cluster_client.xlen(DLQ) == len(dead)
     assert cluster_client.xpending(STREAM, GROUP)["pending"] == 0
+    backups = tmp_path / "backups"
+    backup = subprocess.run([sys.executable, "scripts/backup.py", "--output-dir", str(backups)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert backup.returncode == 0, backup.stderr[-2000:]
+    assert len(list(backups.glob("*/*.rdb"))) == 3  # one per primary
     assert os.environ.get("REDIS_CLUSTER") is None  # the test left the parent's environment alone
 
 
