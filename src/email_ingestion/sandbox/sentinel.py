@@ -17,6 +17,7 @@ import redis
 
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.redis_server import RedisServer
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 
 MASTER_NAME = "mymaster"
 
@@ -26,6 +27,7 @@ class SentinelProcess:
     root: Path
     master_port: int
     down_after_ms: int
+    failover_timeout_ms: int
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -37,7 +39,7 @@ class SentinelProcess:
             f"port {self.port}", "bind 127.0.0.1", f"dir {self.root}",
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2",
             f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
-            f"sentinel failover-timeout {MASTER_NAME} {max(3 * self.down_after_ms, 3000)}",
+            f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}",
             f"sentinel parallel-syncs {MASTER_NAME} 1", ""]))
         binary = shutil.which("redis-server")
         if not binary:
@@ -72,6 +74,8 @@ class SentinelTopology:
 
     root: Path
     down_after_ms: int = 1000
+    replica_via_proxy: bool = False  # replicate through a TcpProxy that can freeze the link
+    proxy: TcpProxy | None = None
     master: RedisServer = field(init=False)
     replica: RedisServer = field(init=False)
     sentinels: list[SentinelProcess] = field(default_factory=list)
@@ -86,10 +90,16 @@ class SentinelTopology:
     def _start(self, timeout_s: float) -> SentinelTopology:
         self.root = Path(self.root)
         self.master = RedisServer(self.root / "master").start()
-        self.replica = RedisServer(self.root / "replica",
-                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port))).start()
-        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", self.master.port, self.down_after_ms).start()
-                          for i in range(3)]
+        upstream = self.master.port
+        if self.replica_via_proxy:
+            self.proxy = TcpProxy(self.master.port).start()
+            upstream = self.proxy.port
+        self.replica = RedisServer(self.root / "replica", extra_args=("--replicaof", "127.0.0.1", str(upstream))).start()
+        # Sentinels "fix" a replica that replicates from another address than the master's
+        # (+fix-slave-config) once failover-timeout has passed: keep the proxied one longer.
+        failover_timeout_ms = 120_000 if self.replica_via_proxy else max(3 * self.down_after_ms, 3000)
+        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", self.master.port, self.down_after_ms,
+                                          failover_timeout_ms).start() for i in range(3)]
         _until(lambda: self.replica_in_sync() and all(s.sees_everyone(3, 1) for s in self.sentinels), timeout_s,
                "the Sentinels did not all see the master, the replica and each other")
         return self
@@ -117,6 +127,12 @@ class SentinelTopology:
                 return int(address[1])
         return None
 
+    def freeze_replication(self) -> None:
+        """Stop the replication stream silently (the link stays open): from now on the
+        master acknowledges writes the replica never gets, as under a replication lag."""
+        assert self.proxy is not None, "start with replica_via_proxy=True"
+        self.proxy.freeze_existing()
+
     def kill_master(self) -> None:
         """SIGKILL the master: no shutdown save, no goodbye to the replica."""
         assert self.master.process is not None
@@ -133,6 +149,9 @@ class SentinelTopology:
         for server in (getattr(self, "replica", None), getattr(self, "master", None)):
             if server is not None:
                 server.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
 
 
 def _is_master(server: RedisServer) -> bool:
