@@ -86,18 +86,14 @@ def test_producer_and_worker_over_tls(tls_redis, tls_env, mailbox):
     assert plain.xinfo_groups(STREAM)[0]["lag"] == 0
 
 
-@pytest.mark.parametrize("case", ["other CA", "no CA file", "no client certificate"])
+@pytest.mark.parametrize("case", ["other CA", "no CA file"])
 def test_refused_certificate_is_one_clear_line_and_exit_3(tls_redis, tls_env, mailbox, case):
-    """An untrusted server certificate (another CA, or the system store by default) or a
-    missing client certificate: producer and worker exit 3 at once with one line that
-    names REDIS_CA_FILE, and write nothing."""
+    """An untrusted server certificate (another CA, or the system store by default):
+    producer, worker and the DLQ tool exit 3 at once with one line that names
+    REDIS_CA_FILE, and write nothing."""
     env = {**tls_env, **tls_redis.env(ca=tls_redis.other_ca)}
     if case == "no CA file":
         env.pop("REDIS_CA_FILE")
-    if case == "no client certificate":
-        env = {**tls_env, **tls_redis.env(client_cert=False)}
-        env.pop("REDIS_CERT_FILE", None)
-        env.pop("REDIS_KEY_FILE", None)
     add_payloads(tls_redis.server.client(), 3)
     mailbox.append(sample_message(1))
     for proc in (run_worker(env), subprocess.run(producer_cmd("--once"), env=env, cwd=ROOT, capture_output=True,
@@ -107,6 +103,23 @@ def test_refused_certificate_is_one_clear_line_and_exit_3(tls_redis, tls_env, ma
         assert len(errors) == 1 and "REDIS_CA_FILE" in errors[0]["error"], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
     assert tls_redis.server.client().xlen(STREAM) == 3  # the producer wrote nothing
+    dlq = subprocess.run([sys.executable, "-m", "email_ingestion.worker.dlq_admin", "stats"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dlq.returncode == EXIT_AUTH and dlq.stderr.count("\n") == 1 and "REDIS_CA_FILE" in dlq.stderr
+
+
+def test_missing_client_certificate_is_named(tls_redis, tls_env, mailbox):
+    """The server wants a client certificate and gets none: TLS 1.3 lets the handshake
+    finish and the server then drops the connection (or sends an alert, depending on
+    timing), which looks like a server dying; the producer gives up after its attempts
+    with a message that names REDIS_CERT_FILE, and writes nothing."""
+    env = {k: v for k, v in tls_env.items() if k not in ("REDIS_CERT_FILE", "REDIS_KEY_FILE")}
+    mailbox.append(sample_message(1))
+    proc = subprocess.run(producer_cmd("--once"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode in (1, EXIT_AUTH), proc.stderr[-2000:]
+    errors = [json.loads(line) for line in proc.stderr.splitlines() if '"ERROR"' in line]
+    assert len(errors) == 1 and "REDIS_CERT_FILE" in errors[0]["error"], proc.stderr[-2000:]
+    assert tls_redis.server.client().xlen(STREAM) == 0
 
 
 def test_verification_is_on_by_default(tls_redis):

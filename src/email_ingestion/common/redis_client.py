@@ -155,7 +155,8 @@ def redis_errors(where: str) -> Iterator[None]:
     except TRANSIENT_ERRORS as exc:
         if _is_trust_failure(exc):
             raise RedisTlsError(_trust_message(exc)) from None
-        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc
+        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
+                                    f"{_tls_hint(exc)}") from exc
 
 
 def _is_trust_failure(exc: BaseException) -> bool:
@@ -168,6 +169,19 @@ def _is_trust_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """A TLS server that closes right after the handshake may be refusing to go on without a
+    client certificate (TLS 1.3 tells the client only after it), or may just have died:
+    the error stays retryable, with a hint."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLEOFError):
+            return (" (the TLS connection was closed by the server: if this persists, it may require a client "
+                    "certificate: REDIS_CERT_FILE and REDIS_KEY_FILE)")
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _trust_message(exc: BaseException) -> str:
