@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from email_ingestion.common.redis_client import make_redis
 from email_ingestion.common.settings import RedisSettings
 from email_ingestion.sandbox.sample_mail import sample_message
-from email_ingestion.sandbox.sentinel import SentinelTopology
+from email_ingestion.sandbox.sentinel import SentinelTopology, TopologyTls
+from email_ingestion.sandbox.tls_ca import ThrowawayCA
 from tests.conftest import ROOT, imap_admin, producer_cmd
 from tests.support.waits import wait_until
 
@@ -91,6 +93,28 @@ def test_pipeline_and_tools_find_the_master_through_sentinel(topology, sentinel_
                             capture_output=True, text=True, timeout=60)
     assert backup.returncode == 0, backup.stderr[-2000:]
     assert len(list(backups.glob("*.rdb"))) == 1
+
+
+def test_sentinels_and_servers_over_tls(tmp_path, producer_env, mailbox):
+    """TLS-only Sentinels, TLS replication, and a producer and a worker that reach both
+    over TLS (REDIS_TLS=true, REDIS_CA_FILE, client certificate) through REDIS_SENTINELS."""
+    ca = ThrowawayCA(tmp_path / "ca")
+    cert = ca.issue("node")
+    sandbox = SentinelTopology(tmp_path / "sentinel-tls", tls=TopologyTls(ca, cert)).start()
+    try:
+        env = {**env_for(sandbox, producer_env, tmp_path), "REDIS_TLS": "true", "REDIS_CA_FILE": str(ca.cert_file),
+               "REDIS_CERT_FILE": str(cert.cert_file), "REDIS_KEY_FILE": str(cert.key_file),
+               "REDIS_WAIT_REPLICAS": "1"}
+        mailbox.append(*[sample_message(i) for i in range(5)])
+        for cmd in (producer_cmd("--once"), worker_cmd("w1", "--burst")):
+            proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert set(handled(env)) == set(range(1, 6))
+        assert sandbox.replica.client().xlen(STREAM) == 5  # replicated over TLS, WAITed for
+        with pytest.raises(redis.ConnectionError):  # the Sentinels speak TLS only
+            redis.Redis(port=sandbox.sentinels[0].port, socket_timeout=2).ping()
+    finally:
+        sandbox.stop()
 
 
 def test_wait_replicas_waits_on_the_writing_connection(topology):

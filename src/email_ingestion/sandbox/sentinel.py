@@ -12,14 +12,31 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.redis_server import RedisServer
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
+from email_ingestion.sandbox.tls_ca import Certificate, ThrowawayCA, tls_server_args
 
 MASTER_NAME = "mymaster"
+
+
+@dataclass(frozen=True)
+class TopologyTls:
+    """TLS everywhere: servers, replication and Sentinels use certificates of one CA."""
+
+    ca: ThrowawayCA
+    cert: Certificate
+
+    def server_args(self, tls_port: int) -> tuple[str, ...]:
+        return (*tls_server_args(self.ca, self.cert, tls_port), "--tls-replication", "yes")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca.cert_file), "ssl_certfile": str(self.cert.cert_file),
+                "ssl_keyfile": str(self.cert.key_file)}
 
 
 @dataclass
@@ -28,6 +45,7 @@ class SentinelProcess:
     master_port: int
     down_after_ms: int
     failover_timeout_ms: int
+    tls: TopologyTls | None = None
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -35,8 +53,12 @@ class SentinelProcess:
         self.port = self.port or free_port()
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "sentinel.conf"
+        listen = [f"port {self.port}"]
+        if self.tls is not None:  # TLS only; Sentinels then reach the servers over TLS too
+            options = self.tls.server_args(self.port)
+            listen = ["port 0", *(f"{options[i].lstrip('-')} {options[i + 1]}" for i in range(0, len(options), 2))]
         conf.write_text("\n".join([
-            f"port {self.port}", "bind 127.0.0.1", f"dir {self.root}",
+            *listen, "bind 127.0.0.1", f"dir {self.root}",
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2",
             f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
             f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}",
@@ -49,7 +71,8 @@ class SentinelProcess:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        tls = self.tls.client_kwargs() if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **tls)
 
     def sees_everyone(self, sentinels: int, replicas: int) -> bool:
         try:
@@ -75,6 +98,8 @@ class SentinelTopology:
     root: Path
     down_after_ms: int = 1000
     replica_via_proxy: bool = False  # replicate through a TcpProxy that can freeze the link
+    tls: TopologyTls | None = None  # servers keep their plain port for set-up; the rest is TLS
+    tls_ports: dict[str, int] = field(default_factory=dict)
     proxy: TcpProxy | None = None
     master: RedisServer = field(init=False)
     replica: RedisServer = field(init=False)
@@ -89,17 +114,22 @@ class SentinelTopology:
 
     def _start(self, timeout_s: float) -> SentinelTopology:
         self.root = Path(self.root)
-        self.master = RedisServer(self.root / "master").start()
-        upstream = self.master.port
+        tls_args: dict[str, tuple[str, ...]] = {"master": (), "replica": ()}
+        if self.tls is not None:
+            self.tls_ports = {name: free_port() for name in tls_args}
+            tls_args = {name: self.tls.server_args(port) for name, port in self.tls_ports.items()}
+        self.master = RedisServer(self.root / "master", extra_args=tls_args["master"]).start()
+        upstream = self.tls_ports.get("master", self.master.port)
         if self.replica_via_proxy:
             self.proxy = TcpProxy(self.master.port).start()
             upstream = self.proxy.port
-        self.replica = RedisServer(self.root / "replica", extra_args=("--replicaof", "127.0.0.1", str(upstream))).start()
+        self.replica = RedisServer(self.root / "replica", extra_args=(
+            "--replicaof", "127.0.0.1", str(upstream), *tls_args["replica"])).start()
         # Sentinels "fix" a replica that replicates from another address than the master's
         # (+fix-slave-config) once failover-timeout has passed: keep the proxied one longer.
         failover_timeout_ms = 120_000 if self.replica_via_proxy else max(3 * self.down_after_ms, 3000)
-        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", self.master.port, self.down_after_ms,
-                                          failover_timeout_ms).start() for i in range(3)]
+        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", upstream, self.down_after_ms,
+                                          failover_timeout_ms, self.tls).start() for i in range(3)]
         _until(lambda: self.replica_in_sync() and all(s.sees_everyone(3, 1) for s in self.sentinels), timeout_s,
                "the Sentinels did not all see the master, the replica and each other")
         return self
@@ -140,7 +170,8 @@ class SentinelTopology:
         self.master.process.wait(10)
 
     def wait_failover(self, timeout_s: float = 60) -> None:
-        _until(lambda: self.master_port() == self.replica.port and _is_master(self.replica), timeout_s,
+        replica_port = self.tls_ports.get("replica", self.replica.port)
+        _until(lambda: self.master_port() == replica_port and _is_master(self.replica), timeout_s,
                "the Sentinels did not promote the replica")
 
     def stop(self) -> None:
