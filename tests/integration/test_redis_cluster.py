@@ -28,6 +28,7 @@ from email_ingestion.common.keys import dlq_stream
 from email_ingestion.sandbox.cluster import RedisClusterSandbox
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.sample_payloads import make_payload
+from email_ingestion.sandbox.tls_ca import ThrowawayCA, TopologyTls
 from email_ingestion.worker.cli import build_worker
 from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.dlq_admin import DlqAdmin
@@ -205,6 +206,28 @@ def test_pipeline_with_real_processes_on_the_cluster(cluster, cluster_client, pr
     assert backup.returncode == 0, backup.stderr[-2000:]
     assert len(list(backups.glob("*/*.rdb"))) == 3  # one per primary
     assert os.environ.get("REDIS_CLUSTER") is None  # the test left the parent's environment alone
+
+
+def test_cluster_over_tls(tmp_path, producer_env, mailbox):
+    """A cluster whose nodes speak TLS to clients and on the bus: producer --once and a
+    worker --burst reach every node over TLS (rediss://, REDIS_CA_FILE, client certificate)."""
+    ca = ThrowawayCA(tmp_path / "ca")
+    cert = ca.issue("node")
+    sandbox = RedisClusterSandbox(tmp_path / "cluster-tls", tls=TopologyTls(ca, cert)).start()
+    try:
+        records = tmp_path / "records"
+        records.mkdir()
+        env = {**producer_env, **cluster_env(sandbox, records), "REDIS_CA_FILE": str(ca.cert_file),
+               "REDIS_CERT_FILE": str(cert.cert_file), "REDIS_KEY_FILE": str(cert.key_file)}
+        mailbox.append(*[sample_message(i) for i in range(6)])
+        for cmd in (producer_cmd("--once"), [sys.executable, str(ROOT / "worker.py"), "--consumer", "w1", "--burst",
+                                             "--handler", "tests.support.ha_handlers:flaky"]):
+            proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert set(recorded(records)) == set(range(1, 7))  # uid 5 after a retry
+        assert env["REDIS_URL"].startswith("rediss://")
+    finally:
+        sandbox.stop()
 
 
 def _payload(entry: Any) -> dict[str, Any]:

@@ -12,31 +12,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.redis_server import RedisServer
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
-from email_ingestion.sandbox.tls_ca import Certificate, ThrowawayCA, tls_server_args
+from email_ingestion.sandbox.tls_ca import TopologyTls
 
 MASTER_NAME = "mymaster"
-
-
-@dataclass(frozen=True)
-class TopologyTls:
-    """TLS everywhere: servers, replication and Sentinels use certificates of one CA."""
-
-    ca: ThrowawayCA
-    cert: Certificate
-
-    def server_args(self, tls_port: int) -> tuple[str, ...]:
-        return (*tls_server_args(self.ca, self.cert, tls_port), "--tls-replication", "yes")
-
-    def client_kwargs(self) -> dict[str, Any]:
-        return {"ssl": True, "ssl_ca_certs": str(self.ca.cert_file), "ssl_certfile": str(self.cert.cert_file),
-                "ssl_keyfile": str(self.cert.key_file)}
 
 
 @dataclass

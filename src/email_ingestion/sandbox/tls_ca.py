@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 _ALT_NAMES = "subjectAltName=IP:127.0.0.1,DNS:localhost"
@@ -46,3 +47,18 @@ def tls_server_args(ca: ThrowawayCA, server: Certificate, tls_port: int, auth_cl
     return ("--tls-port", str(tls_port), "--tls-cert-file", str(server.cert_file),
             "--tls-key-file", str(server.key_file), "--tls-ca-cert-file", str(ca.cert_file),
             "--tls-auth-clients", auth_clients)
+
+
+@dataclass(frozen=True)
+class TopologyTls:
+    """TLS everywhere: servers, replication and Sentinels use certificates of one CA."""
+
+    ca: ThrowawayCA
+    cert: Certificate
+
+    def server_args(self, tls_port: int) -> tuple[str, ...]:
+        return (*tls_server_args(self.ca, self.cert, tls_port), "--tls-replication", "yes")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca.cert_file), "ssl_certfile": str(self.cert.cert_file),
+                "ssl_keyfile": str(self.cert.key_file)}
