@@ -130,6 +130,24 @@ def test_wait_replicas_waits_on_the_writing_connection(topology):
         Replication(2, 200).wait(client, STREAM)
 
 
+def test_wait_covers_writes_made_on_another_connection(lagging_topology):
+    """The write was made on one pooled connection and WAIT runs on another (as when a
+    health request borrows the connection in between): with the replica's link frozen,
+    the wait must not report the write replicated. A bare WAIT on a connection that wrote
+    nothing would answer 1 at once."""
+    from email_ingestion.common.errors import RedisUnavailableError
+    from email_ingestion.common.redis_client import Replication
+    writer = make_redis(RedisSettings(sentinels=lagging_topology.sentinel_setting))
+    other = make_redis(RedisSettings(sentinels=lagging_topology.sentinel_setting))
+    writer.xadd(STREAM, {"payload": "before"})
+    Replication(1, 2000).wait(other, STREAM)  # the link works: returns
+    lagging_topology.freeze_replication()
+    writer.xadd(STREAM, {"payload": "after"})
+    assert other.execute_command("WAIT", 1, 100) == 1  # what a bare WAIT would have said
+    with pytest.raises(RedisUnavailableError, match="only 0 of 1 replicas"):
+        Replication(1, 300).wait(other, STREAM)
+
+
 @dataclass
 class Watch:
     """Samples the master's stream length every 50 ms until the kill."""

@@ -102,8 +102,10 @@ class SentinelTopology:
         if self.tls is not None:
             self.tls_ports = {name: free_port() for name in tls_args}
             tls_args = {name: self.tls.server_args(port) for name, port in self.tls_ports.items()}
-        self.master = RedisServer(self.root / "master", extra_args=tls_args["master"]).start()
-        upstream = self.tls_ports.get("master", self.master.port)
+        # shutdown-timeout 0: on SIGTERM a master waits (10 s) for lagging replicas; not here.
+        self.master = RedisServer(self.root / "master",
+                                  extra_args=(*tls_args["master"], "--shutdown-timeout", "0")).start()
+        upstream = master_address = self.tls_ports.get("master", self.master.port)
         if self.replica_via_proxy:
             self.proxy = TcpProxy(self.master.port).start()
             upstream = self.proxy.port
@@ -112,7 +114,7 @@ class SentinelTopology:
         # Sentinels "fix" a replica that replicates from another address than the master's
         # (+fix-slave-config) once failover-timeout has passed: keep the proxied one longer.
         failover_timeout_ms = 120_000 if self.replica_via_proxy else max(3 * self.down_after_ms, 3000)
-        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", upstream, self.down_after_ms,
+        self.sentinels = [SentinelProcess(self.root / f"sentinel{i}", master_address, self.down_after_ms,
                                           failover_timeout_ms, self.tls).start() for i in range(3)]
         _until(lambda: self.replica_in_sync() and all(s.sees_everyone(3, 1) for s in self.sentinels), timeout_s,
                "the Sentinels did not all see the master, the replica and each other")
