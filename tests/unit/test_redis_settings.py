@@ -18,6 +18,8 @@ from email_ingestion.common.settings import load_settings, sentinel_addresses
     ({"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "20000"}, "REDIS_WAIT_TIMEOUT_MS"),
     ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS"),
     ({"REDIS_STREAM_NAME": "mail}box"}, "REDIS_STREAM_NAME"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://node:7000/2"}, "REDIS_DB"),
+    ({"REDIS_CLUSTER": "true", "REDIS_DB": "1"}, "REDIS_DB"),
 ])
 def test_bad_topology_settings_are_one_line_naming_the_variable(monkeypatch, env, named):
     """The message names the variable and fits on one line."""

@@ -103,6 +103,8 @@ class RedisSettings(BaseSettings):
     def _check_topology(self) -> RedisSettings:
         if self.sentinels and self.cluster:
             raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER exclude each other: choose one")
+        if self.cluster and (self.db != 0 or re.search(r"://[^/]*/0*[1-9]", self.url or "")):
+            raise ValueError("REDIS_DB: Redis Cluster has database 0 only")
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
