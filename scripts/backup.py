@@ -31,8 +31,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
+import redis.cluster
 
 from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.redis_client import describe, make_redis
@@ -218,7 +220,7 @@ def list_backups(output_dir: Path) -> list[dict[str, object]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env-file", default=".env", help="settings file, as the services read it (default: .env, searched)")
-    parser.add_argument("--redis-url", help="REDIS_URL (default: from the settings)")
+    parser.add_argument("--redis-url", help="REDIS_URL; without it the REDIS_* settings (Sentinel, Cluster too)")
     parser.add_argument("--output-dir", type=Path, default=Path("backups"), help="made mode 0700")
     parser.add_argument("--retention-days", type=float, default=14)
     parser.add_argument("--compress", action="store_true", help="gzip the RDB (.rdb.gz)")
@@ -235,14 +237,23 @@ def main() -> int:
         print(f"backup: {exc}", file=sys.stderr)
         return 2
     try:
-        target = backup(make_redis(settings), describe(settings), args.output_dir, args.timeout, args.compress)
+        for client, url, output_dir in _servers(make_redis(settings), describe(settings), args.output_dir):
+            target = backup(client, url, output_dir, args.timeout, args.compress)
+            removed = prune(output_dir, args.retention_days)
+            print(f"backup written: {target} (sha256 in {target.name}.sha256); pruned {len(removed)} older than "
+                  f"{args.retention_days:g} days")
     except (BackupError, redis.RedisError, OSError) as exc:
         print(f"backup: {exc}", file=sys.stderr)
         return 1
-    removed = prune(args.output_dir, args.retention_days)
-    print(f"backup written: {target} (sha256 in {target.name}.sha256); pruned {len(removed)} older than "
-          f"{args.retention_days:g} days")
     return 0
+
+
+def _servers(client: Any, url: str, output_dir: Path) -> list[tuple[redis.Redis, str, Path]]:
+    """The server to back up; on a cluster, each primary, into a folder of its own."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return [(client, url, output_dir)]
+    return [(client.get_redis_connection(node), f"redis://{node.host}:{node.port}",
+             output_dir / f"{node.host}-{node.port}") for node in client.get_primaries()]
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class RedisUnavailableError(StateError):
     """Redis cannot be reached or is loading; waiting and retrying may help."""
 
 
+class RedisTlsError(AuthError):
+    """Redis's TLS certificate is not trusted (or Redis refused ours); a person has to act."""
+
+
 class WorkerError(IngestionError):
     """Root of worker-side failures."""
 

@@ -17,12 +17,23 @@ from functools import cached_property
 PREFIX = "email_ingestion"
 
 
+def _own_tag(name: str) -> str | None:
+    """The hash tag Redis Cluster reads in `name`: from the first '{' to the first '}'
+    after it, when not empty; None when the whole name is hashed."""
+    start = name.find("{")
+    end = name.find("}", start + 1) if start != -1 else -1
+    return name[start:end + 1] if end > start + 1 else None
+
+
 def hash_tag(stream: str) -> str:
     """The cluster hash tag that puts a key on the same slot as `stream`."""
-    start = stream.find("{")
-    end = stream.find("}", start + 1)
-    if start != -1 and end > start + 1:
-        return stream[start:end + 1]
+    tag = _own_tag(stream)
+    if tag is not None:
+        return tag
+    if "}" in stream:
+        # The whole name is hashed, but no tag can hold it: its '}' would end the tag early.
+        raise ValueError(f"stream name {stream!r} has a '}}' outside a {{hash tag}}: its keys could not "
+                         "share its cluster slot; drop the '}}' or write a tag, e.g. {mail}")
     return "{" + stream + "}"
 
 
@@ -88,4 +99,13 @@ class StreamKeys:
 def dlq_stream(stream: str, dlq_name: str) -> str:
     """The DLQ stream of `stream`: the configured name plus the stream's hash tag, so a
     message moves to the DLQ in the same atomic step that removes it from the retry path."""
-    return dlq_name if "{" in dlq_name else f"{dlq_name}:{hash_tag(stream)}"
+    tag = hash_tag(stream)
+    if _own_tag(dlq_name) == tag:
+        return dlq_name
+    # Braces of the configured name would open a tag of their own: escape them.
+    return f"{dlq_name.replace('{', '%7B').replace('}', '%7D')}:{tag}"
+
+
+def wait_marker(stream: str) -> str:
+    """Hash written just before WAIT (REDIS_WAIT_REPLICAS), on the stream's slot."""
+    return f"{PREFIX}:{hash_tag(stream)}:wait"

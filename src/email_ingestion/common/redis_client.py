@@ -1,43 +1,149 @@
-"""Building the Redis client from settings, and mapping its failures onto ours."""
+"""Building the Redis client from settings, and mapping its failures onto ours.
+
+`make_redis` is the one place a component gets its client, whatever the topology: one
+server (`REDIS_URL` or host/port), a master found through Sentinel (`REDIS_SENTINELS`), or
+a Redis Cluster (`REDIS_CLUSTER=true`, `REDIS_URL` naming any node); TLS for each of them.
+`redis_errors` is the one boundary between redis-py's exceptions and ours.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ssl
+import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
+import redis.cluster
+import redis.exceptions
+import redis.sentinel
 
-from email_ingestion.common.errors import RedisAuthError, RedisPermissionError, RedisUnavailableError, SettingsError
-from email_ingestion.common.settings import RedisSettings
+from email_ingestion.common.errors import (
+    RedisAuthError,
+    RedisPermissionError,
+    RedisTlsError,
+    RedisUnavailableError,
+    SettingsError,
+)
+from email_ingestion.common.keys import wait_marker
+from email_ingestion.common.settings import RedisSettings, sentinel_addresses
 
 # What redis-py raises when the server is down, restarting, loading its dataset, read-only
-# after a failover or out of memory until workers acknowledge and trimming frees some: all
-# of them pass by themselves. AuthenticationError is a ConnectionError too, but it does not
+# after a failover, out of memory until workers acknowledge and trimming frees some, when
+# Sentinel has no master yet (MasterNotFoundError is a ConnectionError), or while a cluster
+# reshards or fails over: all of them pass by themselves. MOVED and ASK never get here:
+# RedisCluster follows them. AuthenticationError is a ConnectionError too, but it does not
 # pass: redis_errors() tells it apart first.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
+    redis.sentinel.MasterNotFoundError, redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError,
 )
 URL_SHAPE = "redis://[[user]:password@]host[:port][/db] (or rediss://, unix://)"
 
+HEALTH_CHECK_INTERVAL_S = 30
+
 
 def make_redis(settings: RedisSettings) -> redis.Redis:
-    common: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout_seconds,
-        "socket_connect_timeout": settings.socket_timeout_seconds,
-        "health_check_interval": 30,
-    }
+    """The client for `settings`; nothing connects until the first command."""
+    if settings.sentinels:
+        return _sentinel_master(settings)
+    if settings.cluster:
+        # RedisCluster offers the commands and scripts this project uses with the same
+        # signatures; callers keep one type.
+        return cast(redis.Redis, _cluster(settings))
     if settings.url:
         try:
-            return redis.Redis.from_url(settings.url, **common)
+            return redis.Redis.from_url(settings.url, **_common(settings), **_tls(settings, from_url=True))
         except ValueError as exc:
             # The URL is not echoed: it may hold the password.
             raise SettingsError(f"invalid setting REDIS_URL: {_url_problem(exc)}; expected {URL_SHAPE}") from None
-    return redis.Redis(
-        host=settings.host, port=settings.port, db=settings.db, username=settings.username,
-        password=settings.password.get_secret_value() if settings.password else None, **common,
-    )
+    return redis.Redis(host=settings.host, port=settings.port, db=settings.db, **_credentials(settings),
+                       **_common(settings), **_tls(settings))
+
+
+def _common(settings: RedisSettings) -> dict[str, Any]:
+    return {"socket_timeout": settings.socket_timeout_seconds,
+            "socket_connect_timeout": settings.socket_timeout_seconds,
+            "health_check_interval": HEALTH_CHECK_INTERVAL_S}
+
+
+def _credentials(settings: RedisSettings) -> dict[str, Any]:
+    password = settings.password.get_secret_value() if settings.password else None
+    return {"username": settings.username, "password": password}
+
+
+def _tls(settings: RedisSettings, from_url: bool = False) -> dict[str, Any]:
+    """TLS options; verification of the certificate and its host name stays on."""
+    if not settings.uses_tls:
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if not from_url:  # a rediss:// URL picks the SSL connection class itself
+        options["ssl"] = True
+    for option, path in (("ssl_ca_certs", settings.ca_file), ("ssl_certfile", settings.cert_file),
+                         ("ssl_keyfile", settings.key_file)):
+        if path is not None:
+            options[option] = str(path)
+    return options
+
+
+def _sentinel_master(settings: RedisSettings) -> redis.Redis:
+    """The master named REDIS_SENTINEL_MASTER; each new connection asks the Sentinels
+    where it is now, so a failover needs no restart."""
+    assert settings.sentinels is not None
+    sentinel_password = settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
+    sentinel_kwargs = {**_common(settings), **_tls(settings), "username": settings.sentinel_username,
+                       "password": sentinel_password}
+    sentinel = redis.sentinel.Sentinel(sentinel_addresses(settings.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(settings.sentinel_master, **_master_kwargs(settings),  # type: ignore[no-untyped-call]
+                                              **_common(settings), **_tls(settings))
+    return master
+
+
+def _master_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """Credentials and database for the master: from REDIS_URL when it is set (its host
+    is ignored: Sentinel says where the master is), else REDIS_USERNAME/PASSWORD/DB."""
+    if not settings.url:
+        return {**_credentials(settings), "db": settings.db}
+    parsed = redis.connection.parse_url(settings.url)  # type: ignore[no-untyped-call]
+    return {key: parsed[key] for key in ("username", "password", "db") if parsed.get(key) is not None}
+
+
+class _ClusterClient(redis.cluster.RedisCluster):
+    """RedisCluster whose pipelines send registered scripts as EVAL.
+
+    A standalone pipeline loads its scripts before MULTI; a cluster pipeline does not, and
+    an EVALSHA the node does not know fails inside EXEC while the rest of the MULTI is
+    applied. Sending the source costs a few hundred bytes and can never miss."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.script_sources: dict[str, Any] = {}
+
+    def register_script(self, script: Any) -> Any:
+        registered = super().register_script(script)
+        self.script_sources[registered.sha] = script
+        return registered
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        sources = self.script_sources
+
+        def evalsha(sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+            return pipe.execute_command("EVAL", sources[sha], numkeys, *keys_and_args)
+
+        pipe.evalsha = evalsha
+        return pipe
+
+
+def _cluster(settings: RedisSettings) -> redis.cluster.RedisCluster:
+    if settings.url:
+        return _ClusterClient.from_url(settings.url, **_common(settings), **_tls(settings, from_url=True))
+    return _ClusterClient(host=settings.host, port=settings.port, **_credentials(settings),
+                          **_common(settings), **_tls(settings))
 
 
 def _url_problem(exc: ValueError) -> str:
@@ -47,9 +153,14 @@ def _url_problem(exc: ValueError) -> str:
 
 def describe(settings: RedisSettings) -> str:
     """Where Redis is, without credentials, for log lines."""
+    if settings.sentinels:
+        return f"sentinel://{settings.sentinels}/{settings.sentinel_master}"
+    scheme = "rediss" if settings.uses_tls else "redis"
     if settings.url:
-        return redact_url(settings.url)
-    return f"redis://{settings.host}:{settings.port}/{settings.db}"
+        where = redact_url(settings.url)
+    else:
+        where = f"{scheme}://{settings.host}:{settings.port}/{settings.db}"
+    return f"cluster {where}" if settings.cluster else where
 
 
 def redact_url(url: str) -> str:
@@ -65,8 +176,9 @@ def redact_url(url: str) -> str:
 
 @contextlib.contextmanager
 def redis_errors(where: str) -> Iterator[None]:
-    """The one boundary between redis-py's errors and ours: what passes by itself
-    becomes RedisUnavailableError, naming what was being done; the rest propagates."""
+    """The one boundary between redis-py's errors and ours: an untrusted certificate
+    becomes RedisTlsError (a person must act); what passes by itself becomes
+    RedisUnavailableError, naming what was being done; the rest propagates."""
     try:
         yield
     except redis.AuthenticationError as exc:
@@ -76,4 +188,75 @@ def redis_errors(where: str) -> Iterator[None]:
         raise RedisPermissionError(f"Redis ACL refused a command during {where}: {exc}; "
                                    "see config/users.acl.example") from None
     except TRANSIENT_ERRORS as exc:
-        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}") from exc
+        if _is_trust_failure(exc):
+            raise RedisTlsError(_trust_message(exc)) from None
+        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
+                                    f"{_tls_hint(exc)}") from exc
+
+
+def _is_trust_failure(exc: BaseException) -> bool:
+    """A certificate refused on either side: retrying cannot help."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(seen, ssl.SSLError) and "CERTIFICATE" in str(seen.reason or "").upper():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """A TLS server that closes right after the handshake may be refusing to go on without a
+    client certificate (TLS 1.3 tells the client only after it), or may just have died:
+    the error stays retryable, with a hint."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLEOFError):
+            return (" (the TLS connection was closed by the server: if this persists, it may require a client "
+                    "certificate: REDIS_CERT_FILE and REDIS_KEY_FILE)")
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def _trust_message(exc: BaseException) -> str:
+    detail = str(exc).splitlines()[0][:300]
+    return (f"Redis TLS handshake refused: {detail}; set REDIS_CA_FILE to the CA that signed the server's "
+            "certificate (and REDIS_CERT_FILE/REDIS_KEY_FILE if the server asks for a client certificate)")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """REDIS_WAIT_REPLICAS: after a write, block until that many replicas hold it.
+
+    Replication is asynchronous: without this, a failover can lose writes the old master
+    acknowledged. WAIT only covers the writes of the connection it runs on, and the pool
+    may hand out another one; so the wait first writes a marker key (with the stream's
+    hash tag) on the connection it then WAITs on: the marker comes after every write made
+    before the call, and replicas apply writes in order."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> Replication:
+        return cls(settings.wait_replicas, settings.wait_timeout_ms)
+
+    def wait(self, client: Any, stream: str) -> None:
+        """Return once `replicas` replicas hold every write made so far; else raise
+        RedisUnavailableError (retryable: the writes are idempotent)."""
+        if self.replicas <= 0:
+            return
+        with redis_errors("WAIT for replicas"):
+            acked = self._marker_then_wait(client, wait_marker(stream))
+        if acked < self.replicas:
+            raise RedisUnavailableError(f"only {acked} of {self.replicas} replicas (REDIS_WAIT_REPLICAS) "
+                                        f"acknowledged within {self.timeout_ms} ms")
+
+    def _marker_then_wait(self, client: Any, marker: str) -> int:
+        if isinstance(client, redis.cluster.RedisCluster):
+            client = client.get_redis_connection(client.get_node_from_key(marker))  # type: ignore[no-untyped-call]
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(marker, "at_ms", int(time.time() * 1000))
+        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        return int(pipe.execute()[1])

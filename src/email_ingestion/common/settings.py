@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from email_ingestion.common.env_files import file_variables, resolve_env_file, unknown_variables
 from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.keys import hash_tag
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -74,6 +75,63 @@ class RedisSettings(BaseSettings):
     stream_name: str = Field(default="email_ingestion_stream", min_length=1, description="the stream (and cluster hash tag)")
     max_stream_length: int = Field(default=100_000, ge=1, description="unacknowledged entries before backpressure")
     socket_timeout_seconds: float = Field(default=10.0, gt=0, description="Redis connect/read timeout")
+    sentinels: str | None = Field(default=None, description="host:port,host:port of Sentinels; find the master there")
+    sentinel_master: str = Field(default="mymaster", min_length=1, description="the master's name in Sentinel")
+    sentinel_username: str | None = Field(default=None, description="ACL user on the Sentinels")
+    sentinel_password: SecretStr | None = Field(default=None, description="password of the Sentinels")
+    cluster: bool = Field(default=False, description="Redis Cluster: REDIS_URL names any node")
+    tls: bool = Field(default=False, description="TLS to Redis and Sentinels (implied by rediss://)")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify Redis's certificate with")
+    cert_file: Path | None = Field(default=None, description="client certificate (tls-auth-clients yes)")
+    key_file: Path | None = Field(default=None, description="client certificate's private key")
+    wait_replicas: int = Field(default=0, ge=0, description="WAIT for N replicas after each emit and settlement")
+    wait_timeout_ms: int = Field(default=1000, ge=1, description="WAIT timeout; fewer replicas is a retryable error")
+
+    @field_validator("stream_name")
+    @classmethod
+    def _check_stream_name(cls, value: str) -> str:
+        hash_tag(value)
+        return value
+
+    @field_validator("sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            sentinel_addresses(value)
+            return value
+        return None
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> RedisSettings:
+        if self.sentinels and self.cluster:
+            raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER exclude each other: choose one")
+        if self.cluster and (self.db != 0 or re.search(r"://[^/]*/0*[1-9]", self.url or "")):
+            raise ValueError("REDIS_DB: Redis Cluster has database 0 only")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"REDIS_{name.upper()}: {path} is not a readable file")
+        if self.wait_replicas and self.wait_timeout_ms >= self.socket_timeout_seconds * 1000:
+            raise ValueError("REDIS_WAIT_TIMEOUT_MS: must be below REDIS_SOCKET_TIMEOUT_SECONDS, or the "
+                             "socket times out before WAIT answers")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("REDIS_CERT_FILE and REDIS_KEY_FILE go together: set both or neither")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or (self.url or "").startswith("rediss://")
+
+
+def sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` as pairs; a ValueError names the part that is not one."""
+    pairs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port,host:port,... ({part!r} is not host:port)")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
 
 
 class LogSettings(BaseSettings):
@@ -189,7 +247,7 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
         values = [self.imap.password, self.google.client_secret, self.redis.password,
-                  self.retry.webhook_secret]
+                  self.redis.sentinel_password, self.retry.webhook_secret]
         found = [v.get_secret_value() for v in values if v is not None]
         if self.redis.url and "@" in self.redis.url:
             # The userinfo ends at the last "@" of the authority: passwords may contain "@".
@@ -224,7 +282,9 @@ def log_warnings(settings: Settings, log: Any) -> None:
 
 def _describe(exc: ValidationError, prefix: str) -> str:
     error = exc.errors()[0]
-    field = str(error["loc"][0]) if error["loc"] else "?"
+    if not error["loc"]:  # a check across fields: its message names the variables
+        return f"invalid setting {str(error['msg']).removeprefix('Value error, ')}"
+    field = str(error["loc"][0])
     given = error.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
     return f"invalid setting {prefix}{field.upper()}: {error['msg']}{shown}"

@@ -20,7 +20,7 @@ from email_ingestion.common.errors import AuthError, SettingsError
 from email_ingestion.common.exits import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, run_guarded
 from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.redis_client import Replication, describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings, require_producer_settings
 from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
@@ -98,7 +98,8 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         guard: Any = NullGuard()
     else:
         client = make_redis(settings.redis)
-        store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox))
+        store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
+                           Replication.from_settings(settings.redis))
         guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,

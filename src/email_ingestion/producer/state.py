@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis
 
 from email_ingestion.common.keys import MailboxKeys
-from email_ingestion.common.redis_client import redis_errors
+from email_ingestion.common.redis_client import Replication, redis_errors
 from email_ingestion.common.text import to_text
 from email_ingestion.producer.payloads import Emission
 
@@ -60,9 +60,10 @@ class MailboxState:
 class StateStore:
     """UID state and stream writes of one mailbox."""
 
-    def __init__(self, client: redis.Redis, keys: MailboxKeys) -> None:
+    def __init__(self, client: redis.Redis, keys: MailboxKeys, replication: Replication = Replication()) -> None:
         self.redis = client
         self.keys = keys
+        self.replication = replication
         self._emit = client.register_script(_EMIT)
 
     def load(self) -> MailboxState | None:
@@ -86,6 +87,7 @@ class StateStore:
         keys = [self.keys.stream, self.keys.state, self.keys.seen]
         with redis_errors("stream append"):
             added = self._emit(keys=keys, args=args)
+        self.replication.wait(self.redis, self.keys.stream)  # REDIS_WAIT_REPLICAS
         return [x.decode() if isinstance(x, bytes) else str(x) for x in added]
 
     def seen(self, fingerprints: Sequence[str]) -> list[bool]:

@@ -21,7 +21,7 @@ from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
 from email_ingestion.common.keys import StreamKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.common.redis_client import describe, make_redis
+from email_ingestion.common.redis_client import Replication, describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import Liveness, start_health
@@ -83,7 +83,7 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
         Idempotency(client, keys, retry.lease_ms, retry.idempotency_ttl_seconds), retries,
         DeadLetterQueue(client, stream, group, dlq_stream(stream, retry.dlq_stream_name), keys),
         Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
-        retry.max_deliveries, metrics, heartbeat=recovery.beat)
+        retry.max_deliveries, metrics, heartbeat=recovery.beat, replication=Replication.from_settings(settings.redis))
     loop = LoopSettings(stream, group, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
     health = settings.health
     worker = WorkerLoop(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time,

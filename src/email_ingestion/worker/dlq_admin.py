@@ -24,7 +24,7 @@ import redis
 
 from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
-from email_ingestion.common.errors import RedisUnavailableError, SettingsError
+from email_ingestion.common.errors import AuthError, RedisUnavailableError, SettingsError
 from email_ingestion.common.keys import dlq_stream
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailableError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 1
+    except AuthError as exc:  # an untrusted Redis TLS certificate: a person must act
+        print(f"dlq: {exc}", file=sys.stderr)
+        return 3
     if result is None:
         print(f"dlq: no dead letter {args.id} in {admin.dlq}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import PermanentError
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import EmailPayload
+from email_ingestion.common.redis_client import Replication
 from email_ingestion.common.text import ms_from_iso, to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.backoff import Backoff
@@ -68,8 +69,9 @@ class BatchProcessor:
     def __init__(self, client: redis.Redis, consumer: str, handler: Handler, idempotency: Idempotency,
                  retries: RetrySchedule, dlq: DeadLetterQueue, backoff: Backoff, max_deliveries: int,
                  metrics: WorkerMetrics, heartbeat: Callable[[], None],
-                 clock_ms: Clock = wall_ms) -> None:
+                 clock_ms: Clock = wall_ms, replication: Replication = Replication()) -> None:
         self.redis = client
+        self.replication = replication
         self.consumer = consumer
         self.handler = handler
         self.idempotency = idempotency
@@ -106,6 +108,7 @@ class BatchProcessor:
                 self._handle(leased, pipe, settle, result)
         self.idempotency.settle(pipe, self.retries.stream, self.retries.group, settle.done_keys, settle.ack_ids)
         pipe.execute()
+        self.replication.wait(self.redis, self.retries.stream)  # REDIS_WAIT_REPLICAS
         self._count(result)
         return result
 

@@ -1,0 +1,235 @@
+"""The pipeline on a real three-master Redis Cluster (REDIS_CLUSTER=true).
+
+Every key a Lua script or a MULTI touches must hash to one slot, or the cluster refuses
+the call (CROSSSLOT). The first test records the keys of every script call and every
+pipeline while the whole pipeline runs in-process (sync, workers, retries, DLQ, reclaim,
+lease renewal and release, trimming, DLQ replay) and asserts one slot each, and that every
+script the code registers was exercised. The second runs it with real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.commands.core import Script
+from redis.crc import key_slot
+
+from email_ingestion.common import redis_client
+from email_ingestion.common.keys import dlq_stream
+from email_ingestion.sandbox.cluster import RedisClusterSandbox
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.sample_payloads import make_payload
+from email_ingestion.sandbox.tls_ca import ThrowawayCA, TopologyTls
+from email_ingestion.worker.cli import build_worker
+from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.dlq_admin import DlqAdmin
+from tests.conftest import ROOT, producer_cmd, run_once
+
+STREAM, GROUP = "email_ingestion_stream", "email_processor_group"
+DLQ = dlq_stream(STREAM, "email_ingestion_dlq")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSandbox]:
+    sandbox = RedisClusterSandbox(tmp_path_factory.mktemp("cluster")).start()
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def cluster_client(cluster: RedisClusterSandbox) -> Iterator[redis.cluster.RedisCluster]:
+    cluster.flush()
+    client = cluster.client()
+    yield client
+    client.close()
+
+
+def cluster_env(cluster: RedisClusterSandbox, records: Path) -> dict[str, str]:
+    return {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "TEST_RECORD_DIR": str(records),
+            "TEST_RETRY_EVERY": "5", "TEST_DEAD_EVERY": "7", "RETRY_BASE_SECONDS": "0.05",
+            "RETRY_CAP_SECONDS": "0.2", "WORKER_BLOCK_TIMEOUT_MS": "200", "WORKER_METRICS_PORT": "0"}
+
+
+class SlotRecorder:
+    """Keys of each script call and each pipeline, as (what, slots)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, set[int]]] = []
+        self.registered: set[str] = set()
+        self.called: set[str] = set()
+
+    def script(self, script: Script, keys: Any) -> None:
+        source = script.script if isinstance(script.script, str) else script.script.decode()
+        self.called.add(source)
+        self.calls.append((f"script {source.strip().splitlines()[0][:60]}", {key_slot(_b(k)) for k in keys or []}))
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> None:
+        slots = {key_slot(_b(key)) for args in commands for key in _keys_of(args)}
+        self.calls.append((f"pipeline {[str(a[0]) for a in commands][:6]}", slots))
+
+
+def _b(key: Any) -> bytes:
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+def _keys_of(args: tuple[Any, ...]) -> list[Any]:
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return list(args[3:3 + int(args[2])])
+    if name == "WAIT":
+        return []
+    return [args[1]]  # every other command this project pipelines takes one key first
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> SlotRecorder:
+    rec = SlotRecorder()
+    original_call, original_register = Script.__call__, redis_client._ClusterClient.register_script
+    original_pipeline = redis_client._ClusterClient.pipeline
+
+    def call(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        rec.script(self, keys)
+        return original_call(self, keys=keys, args=args, client=client)
+
+    def register(self: Any, script: Any) -> Any:
+        rec.registered.add(script if isinstance(script, str) else script.decode())
+        return original_register(self, script)
+
+    def pipeline(self: Any, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = original_pipeline(self, transaction, shard_hint)
+        queued: list[tuple[Any, ...]] = []
+        send, run = pipe.execute_command, pipe.execute
+
+        def execute_command(*args: Any, **kwargs: Any) -> Any:
+            queued.append(args)
+            return send(*args, **kwargs)
+
+        def execute(*args: Any, **kwargs: Any) -> Any:
+            rec.pipeline(list(queued))
+            queued.clear()
+            return run(*args, **kwargs)
+
+        pipe.execute_command, pipe.execute = execute_command, execute
+        return pipe
+
+    monkeypatch.setattr(Script, "__call__", call)
+    monkeypatch.setattr(redis_client._ClusterClient, "register_script", register)
+    monkeypatch.setattr(redis_client._ClusterClient, "pipeline", pipeline)
+    return rec
+
+
+def recorded(records: Path) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for path in records.glob("*.txt"):
+        counts.update(int(line) for line in path.read_text().split())
+    return counts
+
+
+def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, recorder, make_settings, mailbox,
+                                                      tmp_path, monkeypatch):
+    """Sync, retries, DLQ, reclaim, lease renewal and release, trimming and DLQ replay on a
+    real cluster: each script call and each pipeline touches keys of one slot only, and
+    every script the code registers is among those exercised."""
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {**cluster_env(cluster, records), "TEST_SLOW_FIRST_S": "0.3", "LEASE_MS": "300",
+           "CLAIM_MIN_IDLE_MS": "0", "REDIS_MAX_STREAM_LENGTH": "5"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    mailbox.append(*[sample_message(i) for i in range(30)])
+    settings = make_settings(**env, WORKER_HANDLER="tests.support.ha_handlers:flaky")
+    assert run_once(settings) == 0
+    cluster_client.xgroup_create(STREAM, GROUP, id="0")
+    assert cluster_client.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"}, count=3)  # left pending: reclaimed
+    worker = build_worker(settings, "w1", threading.Event())
+    worker.run(burst=True)
+    assert worker.stats.reclaimed == 3
+    release_a_lease_unhandled(worker, cluster_client)
+    mailbox.append(sample_message(30))
+    assert run_once(settings) == 0  # the stream now holds more acknowledged entries than 5: trimmed
+    assert cluster_client.xlen(STREAM) <= 6
+    admin = DlqAdmin(redis_client.make_redis(settings.redis), STREAM, DLQ)
+    assert admin.replay(admin.select(True, None, []))
+    assert recorder.calls
+    crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
+    assert not crossing, crossing
+    assert {s for what, slots in recorder.calls for s in slots} == {key_slot(STREAM.encode())}
+    assert recorder.registered <= recorder.called, "registered scripts never run in this test"
+
+
+def release_a_lease_unhandled(worker: Any, client: Any) -> None:
+    """A shutdown that runs out of time gives leases back (the release script)."""
+    client.xadd(STREAM, {"payload": make_payload(999).to_json()})
+    entries = client.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=1)[0][1]
+    deliveries = [Delivery.from_redis(entry_id, fields) for entry_id, fields in entries]
+    result = worker.processor.process(deliveries, out_of_time=lambda: True)
+    assert result.unfinished == 1
+
+
+@pytest.mark.slow
+def test_pipeline_with_real_processes_on_the_cluster(cluster, cluster_client, producer_env, mailbox, tmp_path):
+    """producer --once against Dovecot and two workers --burst against the cluster: every
+    message is handled once or dead-lettered, retries come back, nothing stays pending;
+    the backup script saves each primary."""
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {**producer_env, **cluster_env(cluster, records)}
+    total = 60
+    mailbox.append(*[sample_message(i) for i in range(total)])
+    producer = subprocess.run(producer_cmd("--once"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert producer.returncode == 0, producer.stderr[-2000:]
+    assert cluster_client.xlen(STREAM) == total
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", f"w{i}", "--burst",
+                                 "--handler", "tests.support.ha_handlers:flaky"], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-2000:]
+    uids = [p["uid"] for p in map(_payload, cluster_client.xrange(STREAM))]
+    dead = {uid for uid in uids if uid % 7 == 0}
+    counts = recorded(records)
+    assert set(counts) == set(uids) - dead and set(counts.values()) == {1}
+    assert cluster_client.xlen(DLQ) == len(dead)
+    assert cluster_client.xpending(STREAM, GROUP)["pending"] == 0
+    backups = tmp_path / "backups"
+    backup = subprocess.run([sys.executable, "scripts/backup.py", "--output-dir", str(backups)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert backup.returncode == 0, backup.stderr[-2000:]
+    assert len(list(backups.glob("*/*.rdb"))) == 3  # one per primary
+    assert os.environ.get("REDIS_CLUSTER") is None  # the test left the parent's environment alone
+
+
+def test_cluster_over_tls(tmp_path, producer_env, mailbox):
+    """A cluster whose nodes speak TLS to clients and on the bus: producer --once and a
+    worker --burst reach every node over TLS (rediss://, REDIS_CA_FILE, client certificate)."""
+    ca = ThrowawayCA(tmp_path / "ca")
+    cert = ca.issue("node")
+    sandbox = RedisClusterSandbox(tmp_path / "cluster-tls", tls=TopologyTls(ca, cert)).start()
+    try:
+        records = tmp_path / "records"
+        records.mkdir()
+        env = {**producer_env, **cluster_env(sandbox, records), "REDIS_CA_FILE": str(ca.cert_file),
+               "REDIS_CERT_FILE": str(cert.cert_file), "REDIS_KEY_FILE": str(cert.key_file)}
+        mailbox.append(*[sample_message(i) for i in range(6)])
+        for cmd in (producer_cmd("--once"), [sys.executable, str(ROOT / "worker.py"), "--consumer", "w1", "--burst",
+                                             "--handler", "tests.support.ha_handlers:flaky"]):
+            proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert set(recorded(records)) == set(range(1, 7))  # uid 5 after a retry
+        assert env["REDIS_URL"].startswith("rediss://")
+    finally:
+        sandbox.stop()
+
+
+def _payload(entry: Any) -> dict[str, Any]:
+    import json
+    return dict(json.loads(entry[1][b"payload"]))
