@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _THROTTLE = re.compile(r"\[(THROTTLED|OVERQUOTA|UNAVAILABLE|LIMIT|INUSE)\]|too many simultaneous|"
                        r"too many connections|rate limit|try again later", re.I)
 GMAIL_CAPABILITY = b"X-GM-EXT-1"
+_ESEARCH_MIN = re.compile(rb"\bMIN (\d+)", re.I)
 
 
 class Authenticator(Protocol):
@@ -134,16 +135,40 @@ class ImapSession:
         )
         return self.status
 
-    def uids_from(self, first_uid: int, *criteria: str) -> list[int]:
-        """UIDs >= first_uid matching the extra criteria, ascending."""
-        # RFC 3501 §6.4.8: "n:*" always matches the highest UID, even when it is < n.
-        with imap_errors("UID SEARCH"):
-            found = self.client.search(["UID", f"{max(first_uid, 1)}:*", *criteria])
-        return sorted(uid for uid in found if uid >= first_uid)
+    @property
+    def can_esearch(self) -> bool:
+        return b"ESEARCH" in self.capabilities
 
-    def uids_since(self, day: Any) -> list[int]:
-        with imap_errors("UID SEARCH SINCE"):
-            return sorted(self.client.search(["SINCE", day]))
+    def uids_in(self, first_uid: int, last_uid: int, *criteria: Any) -> list[int]:
+        """UIDs in first_uid..last_uid matching the extra criteria, ascending.
+
+        Callers keep the range short (windows.py): the reply is one line, and imaplib
+        refuses a line over 1,000,000 bytes."""
+        if last_uid < max(first_uid, 1):
+            return []
+        with imap_errors("UID SEARCH"):
+            found = self.client.search(["UID", f"{max(first_uid, 1)}:{last_uid}", *criteria])
+        return sorted(uid for uid in found if first_uid <= uid <= last_uid)
+
+    def first_uid_in(self, first_uid: int, last_uid: int) -> int | None:
+        """The lowest UID in the range (RFC 4731 ESEARCH MIN: one short answer however
+        many messages match), None when there is none. Needs `can_esearch`."""
+        if last_uid < max(first_uid, 1):
+            return None
+        with imap_errors("UID SEARCH RETURN (MIN)"):
+            imap = self.client._imap  # noqa: SLF001 - imapclient does not parse ESEARCH
+            typ, data = imap.uid("SEARCH", "RETURN", "(MIN)", "UID", f"{max(first_uid, 1)}:{last_uid}")
+            answers = imap.untagged_responses.pop("ESEARCH", [])
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID SEARCH RETURN (MIN) failed: {data!r}"[:300])
+        found = [int(m.group(1)) for a in answers if (m := _ESEARCH_MIN.search(bytes(a or b"")))]
+        return min(found) if found else None
+
+    def highest_uid(self) -> int:
+        """The highest UID in the mailbox, 0 when empty (for servers that omit UIDNEXT)."""
+        with imap_errors("UID SEARCH UID *"):
+            found = self.client.search(["UID", "*"]) if self.status is None or self.status.exists else []
+        return max(found, default=0)
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         if not uids:

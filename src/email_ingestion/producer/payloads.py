@@ -1,4 +1,4 @@
-"""Raw FETCH data -> stream payloads: parsing, mapping and the dedup fingerprint.
+"""Raw FETCH data -> stream payloads: parsing, mapping and the dedup fingerprint (identity.py).
 
 Pure: no sockets and no Redis, so it runs inline or in the helper process that
 build_site.py starts, and the tests drive it with bytes.
@@ -7,7 +7,6 @@ build_site.py starts, and the tests drive it with bytes.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from email_ingestion.common.payload import Address, Attachment, EmailPayload
 from email_ingestion.common.text import iso_utc, to_text
 from email_ingestion.imap import bodystructure
 from email_ingestion.mail.parse import ParsedMessage, parse_message, parse_partial
+from email_ingestion.producer.identity import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ class Emission:
     fingerprint: str
     uid: int
     payload: str
-
-
-def fingerprint(identity: str, internal_date: str | None, size: int, gmail_msgid: str | None) -> str:
-    """Identity of a message that survives a UIDVALIDITY change.
-
-    Gmail's X-GM-MSGID when the server has it; otherwise Message-ID + INTERNALDATE + size,
-    with Date/From/Subject standing in for a missing Message-ID.
-    """
-    if gmail_msgid:
-        return f"gm:{gmail_msgid}"
-    digest = hashlib.sha256(f"{identity}|{internal_date}|{size}".encode("utf-8", "surrogateescape")).hexdigest()
-    return f"h:{digest[:32]}"
 
 
 class PayloadBuilder:
@@ -76,7 +64,8 @@ class PayloadBuilder:
             payload = self.payload(uid, uidvalidity, data, parsed, internal, size, gm_msgid, correlation_id)
             if parsed.defects:
                 log.info("message parsed with defects", extra={"uid": uid, "defects": parsed.defects[:10]})
-            return Emission(fingerprint(parsed.identity, internal, size, gm_msgid), uid, payload.to_json())
+            header = raw if TEXT_PARTS not in data else data.get(b"BODY[HEADER]")
+            return Emission(fingerprint(header or b"", size, gm_msgid), uid, payload.to_json())
 
     def payload(self, uid: int, uidvalidity: int, data: dict[bytes, Any], parsed: ParsedMessage,
                 internal: str | None, size: int, gm_msgid: str | None, correlation_id: str) -> EmailPayload:
