@@ -1,10 +1,13 @@
 """A loopback TCP proxy for tests and benchmarks: adds latency, counts bytes, and can
 "freeze" the connections it holds (traffic silently stops, sockets stay open), which is
-what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection."""
+what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection, or reset them (RST),
+which is what a restarting middlebox or a server crash does."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 import time
 
@@ -21,6 +24,7 @@ class TcpProxy:
         self.connections = 0
         self._frozen: set[int] = set()  # ids of connections whose traffic is dropped
         self._live: set[int] = set()
+        self._writers: dict[int, list[asyncio.StreamWriter]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -51,6 +55,19 @@ class TcpProxy:
         """Silently drop all traffic on the connections open now; new ones work."""
         self._frozen |= set(self._live)
 
+    def reset_existing(self) -> None:
+        """Abort the connections open now with a TCP reset, both sides; new ones work."""
+        asyncio.run_coroutine_threadsafe(self._reset(), self._loop).result(5)
+
+    async def _reset(self) -> None:
+        for writers in list(self._writers.values()):
+            for writer in writers:
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    # Linger 0: close() sends RST instead of FIN.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = id(writer)
         self.connections += 1
@@ -60,9 +77,11 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        self._writers[conn_id] = [writer, up_writer]
         await asyncio.gather(self._pipe(reader, up_writer, conn_id, True),
                              self._pipe(up_reader, writer, conn_id, False), return_exceptions=True)
         self._live.discard(conn_id)
+        self._writers.pop(conn_id, None)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     conn_id: int, upstream: bool) -> None:
