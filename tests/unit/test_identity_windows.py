@@ -67,6 +67,10 @@ class FakeSession:
             self.searched.append((lo, hi))
         return [u for u in self.uids if lo <= u <= hi and (not criteria or u % 7 == 0)]
 
+    def sizes_in(self, lo: int, hi: int) -> dict[int, int]:
+        self.searched.append((lo, hi))
+        return {u: 2000 if u % 7 == 0 else 10 for u in self.uids if lo <= u <= hi}
+
     def first_uid_in(self, lo: int, hi: int) -> int | None:
         return min((u for u in self.uids if lo <= u <= hi), default=None)
 

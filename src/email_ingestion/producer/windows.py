@@ -55,10 +55,17 @@ class UidWindows:
                     return
                 lo = found
             hi = min(lo + self.span - 1, self.last_uid)
-            uids = self.session.uids_in(lo, hi)
+            uids, large = self._search(lo, hi)
             if uids:
-                yield uids, set(self.session.uids_in(lo, hi, "LARGER", str(self.large_bytes)))
+                yield uids, large
             lo, jump = hi + 1, not uids
+
+    def _search(self, lo: int, hi: int) -> tuple[list[int], set[int]]:
+        if hi - lo < self.batch_size:
+            sizes = self.session.sizes_in(lo, hi)
+            return sorted(sizes), {uid for uid, size in sizes.items() if size > self.large_bytes}
+        uids = self.session.uids_in(lo, hi)
+        return uids, set(self.session.uids_in(lo, hi, "LARGER", str(self.large_bytes))) if uids else set()
 
     def first_matching(self, *criteria: object) -> int | None:
         """The lowest UID in the range matching `criteria` (e.g. SINCE for INITIAL_SYNC)."""
