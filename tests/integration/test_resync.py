@@ -12,7 +12,7 @@ import pytest
 
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
-from tests.conftest import producer_cmd, run_once, stream_payloads
+from tests.conftest import CORPUS, producer_cmd, run_once, stream_payloads
 from tests.support.waits import wait_until
 
 STREAM = "email_ingestion_stream"
@@ -138,3 +138,19 @@ def test_resync_survives_a_connection_reset_after_its_first_batch(mailbox, produ
     assert "reconnecting after backoff" in err
     assert proxy.connections >= 2
     assert_each_once(redis_client, old, new_ids)
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="shared corpus not present")
+def test_recreated_corpus_folder_is_not_delivered_again(mailbox, make_settings, redis_client):
+    """Real-world mail (odd folding, 8-bit headers, missing fields): the header-only re-sync
+    fetch gives the same fingerprint as the whole message, so a re-created copy adds nothing."""
+    raws = [f.read_bytes() for f in sorted(CORPUS.rglob("*.eml"))]
+    for start in range(0, len(raws), 50):
+        mailbox.append(*raws[start:start + 50])
+    settings = make_settings(BATCH_SIZE=40)
+    assert run_once(settings) == 0
+    mailbox.recreate()
+    for start in range(0, len(raws), 50):
+        mailbox.append(*raws[start:start + 50])
+    assert run_once(settings) == 0
+    assert redis_client.xlen(STREAM) == len(raws)
