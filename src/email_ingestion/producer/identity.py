@@ -25,8 +25,9 @@ IDENTITY_HEADERS = ("Message-ID", "Date", "From", "Subject")
 HEADER_FIELDS_ITEM = f"BODY.PEEK[HEADER.FIELDS ({' '.join(h.upper() for h in IDENTITY_HEADERS)})]"
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_FIELD = re.compile(rb"^([!-9;-~]+):(.*(?:\r?\n[ \t].*)*)", re.M)
-_WANTED = {name.lower().encode() for name in IDENTITY_HEADERS}
+# A field of the header block: its name at a line start, its value with continuation lines.
+_FIELD = re.compile(rb"^(" + b"|".join(h.encode() for h in IDENTITY_HEADERS) + rb"):(.*(?:\r?\n[ \t].*)*)",
+                    re.M | re.I)
 
 
 def header_block(raw: bytes) -> bytes:
@@ -40,7 +41,7 @@ def identity_fields(header: bytes) -> dict[bytes, bytes]:
     found: dict[bytes, bytes] = {}
     for match in _FIELD.finditer(header_block(header)):
         name = match.group(1).lower()
-        if name in _WANTED and name not in found:
+        if name not in found:
             found[name] = b" ".join(match.group(2).split())
     return found
 
