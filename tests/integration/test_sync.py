@@ -181,3 +181,22 @@ def test_message_expunged_between_search_and_fetch_is_skipped_and_counted(mailbo
     assert registry.get_sample_value("email_ingestion_producer_expunged_skipped_total", labels) == 2
     assert registry.get_sample_value("email_ingestion_producer_duplicates_skipped_total", labels) == 0
     assert "expunged between SEARCH and FETCH" in caplog.text
+
+
+@pytest.mark.parametrize("esearch", [True, False])
+def test_uids_in_the_billions_are_reached_without_searching_the_gap(dovecot, make_settings, redis_client,
+                                                                    monkeypatch, esearch):
+    """A folder whose UIDs start at 3,000,000,000 (as after a migration): the gap below is
+    jumped (ESEARCH MIN, or FETCH 1 (UID) without ESEARCH), not searched in 60,000 windows."""
+    import uuid
+
+    from tests.conftest import USER
+    folder = f"far-{uuid.uuid4().hex[:8]}"
+    dovecot.seed_maildir_with_uids(USER, [sample_message(i) for i in range(30)], folder, first_uid=3_000_000_000)
+    monkeypatch.setattr(ImapSession, "can_esearch", property(lambda self: esearch))
+    searches = []
+    original = ImapSession.uids_in
+    monkeypatch.setattr(ImapSession, "uids_in", lambda self, *a: searches.append(a) or original(self, *a))
+    assert run_once(make_settings(IMAP_MAILBOX=folder, BATCH_SIZE=10)) == 0
+    assert [p["uid"] for p in stream_payloads(redis_client)] == list(range(3_000_000_000, 3_000_000_030))
+    assert len(searches) <= 4

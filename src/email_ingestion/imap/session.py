@@ -164,6 +164,18 @@ class ImapSession:
         found = [int(m.group(1)) for a in answers if (m := _ESEARCH_MIN.search(bytes(a or b"")))]
         return min(found) if found else None
 
+    def lowest_uid(self) -> int | None:
+        """The UID of message 1 (the lowest), None when the mailbox is empty; for servers
+        without ESEARCH, to skip a gap before the first message."""
+        if self.status is not None and not self.status.exists:
+            return None
+        with imap_errors("FETCH 1 (UID)"):
+            typ, data = self.client._imap.fetch("1", "(UID)")  # noqa: SLF001 - by sequence number
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"FETCH failed: {data!r}"[:300])
+            found = parse_fetch_response([d for d in data if d is not None], normalise_times=False, uid_is_key=False)
+        return next((int(v[b"UID"]) for seq, v in found.items() if seq == 1 and b"UID" in v), None)
+
     def sizes_in(self, first_uid: int, last_uid: int) -> dict[int, int]:
         """UID -> RFC822.SIZE of the messages in a short range: the UIDs and which are large
         in one round trip instead of two SEARCHes (an IDLE wake-up's usual range)."""

@@ -47,7 +47,10 @@ class UidWindows:
         lo = self.first_uid
         # Jump gaps wider than a window in one command (long runs of expunged UIDs, or UIDs
         # that start in the billions after a migration) instead of searching them empty.
+        # Without ESEARCH only the gap before the first message can be jumped.
         jump = self.last_uid - lo >= self.span
+        if jump and not self.session.can_esearch:
+            lo = max(lo, self.session.lowest_uid() or self.last_uid + 1)
         while lo <= self.last_uid:
             if jump and self.session.can_esearch:
                 found = self.session.first_uid_in(lo, self.last_uid)
