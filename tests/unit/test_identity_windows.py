@@ -55,21 +55,23 @@ def test_legacy_fingerprint_matches_what_older_versions_stored(raw):
 
 
 class FakeSession:
-    """UIDs on a server; records every searched range."""
+    """UIDs on a server (multiples of 7 are 2,000 bytes, others 10); records searched ranges."""
 
-    def __init__(self, uids: list[int], esearch: bool = True) -> None:
+    def __init__(self, uids: list[int], esearch: bool = True, sizes: dict[int, int] | None = None) -> None:
         self.uids = uids
+        self.sizes = sizes or {u: 2000 if u % 7 == 0 else 10 for u in uids}
         self.can_esearch = esearch
         self.searched: list[tuple[int, int]] = []
 
     def uids_in(self, lo: int, hi: int, *criteria: object) -> list[int]:
         if not criteria:
             self.searched.append((lo, hi))
-        return [u for u in self.uids if lo <= u <= hi and (not criteria or u % 7 == 0)]
+        larger = int(str(criteria[1])) if criteria else -1
+        return [u for u in self.uids if lo <= u <= hi and self.sizes[u] > larger]
 
     def sizes_in(self, lo: int, hi: int) -> dict[int, int]:
         self.searched.append((lo, hi))
-        return {u: 2000 if u % 7 == 0 else 10 for u in self.uids if lo <= u <= hi}
+        return {u: self.sizes[u] for u in self.uids if lo <= u <= hi}
 
     def lowest_uid(self) -> int | None:
         return min(self.uids, default=None)
@@ -97,3 +99,17 @@ def test_windows_stop_at_the_last_uid():
     session = FakeSession(list(range(1, 100)))
     batches = list(UidWindows(session=session, first_uid=10, last_uid=20, batch_size=5, large_bytes=1))
     assert [b.uids for b in batches] == [[10, 11, 12, 13, 14], [15, 16, 17, 18, 19], [20]]
+
+
+@pytest.mark.parametrize("last_uid", [300, 40])  # a long window (SEARCH LARGER), a short one (sizes)
+def test_batches_are_cut_by_bytes_too(last_uid):
+    """BATCH_SIZE messages of almost LARGE_MESSAGE_BYTES each must not be one batch in memory."""
+    mb = 1024 * 1024
+    sizes = {u: 3 * mb if u % 50 == 0 else 900 * 1024 if u % 3 == 0 else 5_000 for u in range(1, 301)}
+    session = FakeSession(list(range(1, 301)), sizes=sizes)
+    batches = list(UidWindows(session=session, first_uid=1, last_uid=last_uid, batch_size=500,
+                              large_bytes=mb, batch_max_bytes=4 * mb))
+    assert [u for b in batches for u in b.uids] == list(range(1, last_uid + 1))
+    for batch in batches:
+        assert sum(sizes[u] for u in batch.uids if u not in batch.large) <= 4 * mb
+        assert batch.large == {u for u in batch.uids if sizes[u] > mb}
