@@ -66,7 +66,7 @@ def test_backup_wipe_restore_gives_identical_state(server):
     """Backup, wipe, restore --force --flush: entries, groups, pending lists and UID state are identical."""
     tmp_path, port, client = server
     url = f"redis://127.0.0.1:{port}/0"
-    store = StateStore(client, MailboxKeys(STREAM, "alice@example.com", "INBOX"))
+    store = StateStore(client=client, keys=MailboxKeys(STREAM, "alice@example.com", "INBOX"))
     store.emit(77, 3, [Emission(f"fp{i}", i, f'{{"uid": {i}}}') for i in (1, 2, 3)])
     add_payloads(client, 5)
     client.xgroup_create(STREAM, GROUP, id="0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -206,4 +207,28 @@ def test_backpressure_pauses_fetching_until_workers_catch_up(mailbox, producer_e
         code, err = stop(proc)
     assert acked == 100
     assert "backpressure: stream full" in err
+    assert code == 0, err[-3000:]
+
+
+def test_mail_arriving_during_a_pass_is_delivered_without_waiting_for_the_poll(mailbox, producer_env, redis_client):
+    """A message appended while a pass is held mid-way (backpressure) is announced during the
+    pass's own FETCHes; with a 300 s poll interval it still arrives as soon as the pass ends."""
+    redis_client.xgroup_create("email_ingestion_stream", "g", id="0", mkstream=True)
+    mailbox.append(*[sample_message(i) for i in range(60)])
+    env = {**producer_env, "BATCH_SIZE": "10", "REDIS_MAX_STREAM_LENGTH": "20", "POLL_INTERVAL_SECONDS": "300"}
+    proc = start_producer(env)
+    delivered: Counter[str] = Counter()
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 20, 30)
+        mailbox.append(sample_message(1000))  # the pass is paused: 40 messages still to fetch
+        deadline = time.monotonic() + 60
+        while delivered.total() < 61 and time.monotonic() < deadline:
+            entries = redis_client.xreadgroup("g", "c1", {"email_ingestion_stream": ">"}, count=10, block=200)
+            for _, items in entries or []:
+                redis_client.xack("email_ingestion_stream", "g", *[i for i, _ in items])
+                delivered.update(json.loads(fields[b"payload"])["message_id"] for _, fields in items)
+    finally:
+        code, err = stop(proc)
+    assert delivered.total() == 61, f"{delivered.total()} of 61 delivered within 60 s (poll interval 300 s)"
+    assert len(delivered) == 61, "a message was delivered twice"
     assert code == 0, err[-3000:]

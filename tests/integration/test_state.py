@@ -23,7 +23,7 @@ def items(*uids: int) -> list[Emission]:
 
 @pytest.fixture
 def store(redis_client):
-    return StateStore(redis_client, MailboxKeys(STREAM, "a@x.org", "INBOX"))
+    return StateStore(client=redis_client, keys=MailboxKeys(STREAM, "a@x.org", "INBOX"))
 
 
 def test_emit_appends_and_advances_together(store, redis_client):
@@ -50,12 +50,40 @@ def test_position_never_moves_backwards(store):
 
 
 def test_new_uidvalidity_resets_position_and_fingerprints_dedup(store, redis_client):
-    """A new UIDVALIDITY resets the position; fingerprint dedup emits only unseen messages."""
+    """After begin_resync, UIDs up to the target are deduplicated by fingerprint, above it by UID."""
     store.emit(5, 3, items(1, 2, 3))
-    added = store.emit(9, 2, [Emission("fp1", 1, "{}"), Emission("fp-new", 2, "{}")], by_fingerprint=True)
+    state = store.begin_resync(9, 3)
+    assert (state.uidvalidity, state.last_uid, state.resync_until, state.resyncing) == (9, 0, 3, True)
+    added = store.emit(9, 2, [Emission("fp1", 1, "{}"), Emission("fp-new", 2, "{}")])
     assert len(added) == 1
     assert (store.load().uidvalidity, store.load().last_uid) == (9, 2)
     assert store.seen(["fp1", "fp-new", "fp-other"]) == [True, True, False]
+    added = store.emit(9, 4, [Emission("fp2", 3, "{}"), Emission("fp1", 4, "{}")])
+    assert len(added) == 1, "fp2 at UID 3 was emitted before; UID 4 is above the target: by UID only"
+    assert not store.load().resyncing
+
+
+def test_resync_target_survives_a_new_store(store, redis_client):
+    """The re-sync target is state in Redis, not in the process: a restarted producer resumes it."""
+    store.emit(5, 3, items(1, 2, 3))
+    store.begin_resync(9, 100)
+    store.emit(9, 2, items(1, 2))
+    again = StateStore(client=redis_client, keys=store.keys).load()
+    assert (again.last_uid, again.resync_until, again.resyncing) == (2, 100, True)
+    assert store.emit(9, 3, items(3)) == []
+
+
+def test_entries_use_the_shared_payload_field_name(store, redis_client):
+    from email_ingestion.common.entry_fields import PAYLOAD
+    store.emit(5, 1, items(1))
+    assert list(redis_client.xrange(STREAM)[0][1]) == [PAYLOAD.encode()]
+
+
+def test_state_times_come_from_the_injected_clock(redis_client):
+    """updated_at_ms is the store's clock, not the wall clock."""
+    store = StateStore(client=redis_client, keys=MailboxKeys(STREAM, "a", "b"), clock_ms=lambda: 1234)
+    store.emit(5, 1, items(1))
+    assert redis_client.hget(store.keys.state, "updated_at_ms") == b"1234"
 
 
 def test_script_survives_a_script_cache_flush(store, redis_client):
@@ -68,7 +96,7 @@ def test_script_survives_a_script_cache_flush(store, redis_client):
 
 def test_unacknowledged_counts_pending_and_undelivered(redis_client):
     """Counts pending plus undelivered entries (all entries without a group); full at max_unacked."""
-    guard = StreamGuard(redis_client, STREAM, max_unacked=5)
+    guard = StreamGuard(client=redis_client, stream=STREAM, max_unacked=5)
     assert guard.unacknowledged() == 0
     for i in range(4):
         redis_client.xadd(STREAM, {"payload": str(i)})
@@ -95,7 +123,7 @@ def test_trim_never_deletes_an_unacknowledged_entry(redis_client, total, read, a
     acked = {delivered[i] for i in acks if i < len(delivered)}
     if acked:
         redis_client.xack(STREAM, "g", *acked)
-    StreamGuard(redis_client, STREAM, max_unacked=3).trim_acknowledged()
+    StreamGuard(client=redis_client, stream=STREAM, max_unacked=3).trim_acknowledged()
     remaining = {entry_id for entry_id, _ in redis_client.xrange(STREAM)}
     assert set(ids) - acked <= remaining
 
@@ -104,7 +132,7 @@ def test_no_group_means_no_trim(redis_client):
     """Without a consumer group, trimming deletes nothing."""
     for i in range(10):
         redis_client.xadd(STREAM, {"payload": str(i)})
-    assert StreamGuard(redis_client, STREAM, max_unacked=3).trim_acknowledged() == 0
+    assert StreamGuard(client=redis_client, stream=STREAM, max_unacked=3).trim_acknowledged() == 0
     assert redis_client.xlen(STREAM) == 10
 
 

@@ -153,3 +153,56 @@ def test_corpus_through_a_real_sync(mailbox, make_settings, redis_client):
     payloads = stream_payloads(redis_client)
     assert len(payloads) == len(files)
     assert sorted(p["uid"] for p in payloads) == list(range(1, len(files) + 1))
+
+
+def test_message_expunged_between_search_and_fetch_is_skipped_and_counted(mailbox, make_settings, redis_client,
+                                                                          dovecot, monkeypatch, caplog):
+    """UIDs 2 and 4 are expunged after the pass's SEARCH, before its FETCH: Dovecot answers
+    BODY[] NIL, RFC822.SIZE 0; they are never emitted, and counted and logged as skipped."""
+    import threading
+
+    from email_ingestion.common.logging import Redactor
+    from email_ingestion.producer.cli import build_runner
+    from email_ingestion.producer.fetch import MessageFetcher
+    from tests.conftest import imap_admin
+
+    mailbox.append(*[sample_message(i) for i in range(5)])
+    original = MessageFetcher.download
+
+    def expunge_then_download(self, uids, large):
+        admin = imap_admin(dovecot)
+        admin.select_folder(mailbox.name)
+        admin.delete_messages([2, 4])
+        admin.expunge()
+        admin.logout()
+        return original(self, uids, large)
+
+    monkeypatch.setattr(MessageFetcher, "download", expunge_then_download)
+    settings = make_settings()
+    runner = build_runner(settings, threading.Event(), Redactor(settings.secrets()))
+    runner.run(once=True)
+    assert [p["uid"] for p in stream_payloads(redis_client)] == [1, 3, 5]
+    labels = {"account": settings.imap.user, "mailbox": mailbox.name}
+    registry = runner.metrics.registry
+    assert registry.get_sample_value("email_ingestion_producer_expunged_skipped_total", labels) == 2
+    assert registry.get_sample_value("email_ingestion_producer_duplicates_skipped_total", labels) == 0
+    assert "expunged between SEARCH and FETCH" in caplog.text
+
+
+@pytest.mark.parametrize("esearch", [True, False])
+def test_uids_in_the_billions_are_reached_without_searching_the_gap(dovecot, make_settings, redis_client,
+                                                                    monkeypatch, esearch):
+    """A folder whose UIDs start at 3,000,000,000 (as after a migration): the gap below is
+    jumped (ESEARCH MIN, or FETCH 1 (UID) without ESEARCH), not searched in 60,000 windows."""
+    import uuid
+
+    from tests.conftest import USER
+    folder = f"far-{uuid.uuid4().hex[:8]}"
+    dovecot.seed_maildir_with_uids(USER, [sample_message(i) for i in range(30)], folder, first_uid=3_000_000_000)
+    monkeypatch.setattr(ImapSession, "can_esearch", property(lambda self: esearch))
+    searches = []
+    original = ImapSession.uids_in
+    monkeypatch.setattr(ImapSession, "uids_in", lambda self, *a: searches.append(a) or original(self, *a))
+    assert run_once(make_settings(IMAP_MAILBOX=folder, BATCH_SIZE=10)) == 0
+    assert [p["uid"] for p in stream_payloads(redis_client)] == list(range(3_000_000_000, 3_000_000_030))
+    assert len(searches) <= 4

@@ -50,6 +50,7 @@ THROTTLED_OK_MAX_PAUSE_S = 60.0
 # idle_check() returns [] at once when the socket is readable but gives no line: the peer
 # closed it (imapclient swallows the EOF). This many such returns in a row = connection lost.
 IDLE_EMPTY_WAKEUPS = 3
+_ESEARCH_MIN = re.compile(rb"\bMIN (\d+)", re.I)
 
 
 class Authenticator(Protocol):
@@ -177,19 +178,68 @@ class ImapSession:
         )
         return self.status
 
-    def uids_from(self, first_uid: int, *criteria: str) -> list[int]:
-        """UIDs >= first_uid matching the extra criteria, ascending."""
-        # RFC 3501 §6.4.8: "n:*" always matches the highest UID, even when it is < n.
-        with imap_errors("UID SEARCH"):
-            found = self.client.search(["UID", f"{max(first_uid, 1)}:*", *criteria])
-        self._after_command()
-        return sorted(uid for uid in found if uid >= first_uid)
+    @property
+    def can_esearch(self) -> bool:
+        return b"ESEARCH" in self.capabilities
 
-    def uids_since(self, day: Any) -> list[int]:
-        with imap_errors("UID SEARCH SINCE"):
-            found = self.client.search(["SINCE", day])
+    def uids_in(self, first_uid: int, last_uid: int, *criteria: Any) -> list[int]:
+        """UIDs in first_uid..last_uid matching the extra criteria, ascending.
+
+        Callers keep the range short (windows.py): the reply is one line, and imaplib
+        refuses a line over 1,000,000 bytes."""
+        if last_uid < max(first_uid, 1):
+            return []
+        with imap_errors("UID SEARCH"):
+            found = self.client.search(["UID", f"{max(first_uid, 1)}:{last_uid}", *criteria])
         self._after_command()
-        return sorted(found)
+        return sorted(uid for uid in found if first_uid <= uid <= last_uid)
+
+    def first_uid_in(self, first_uid: int, last_uid: int) -> int | None:
+        """The lowest UID in the range (RFC 4731 ESEARCH MIN: one short answer however
+        many messages match), None when there is none. Needs `can_esearch`."""
+        if last_uid < max(first_uid, 1):
+            return None
+        with imap_errors("UID SEARCH RETURN (MIN)"):
+            imap = self.client._imap  # noqa: SLF001 - imapclient does not parse ESEARCH
+            typ, data = imap.uid("SEARCH", "RETURN", "(MIN)", "UID", f"{max(first_uid, 1)}:{last_uid}")
+            answers = imap.untagged_responses.pop("ESEARCH", [])
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID SEARCH RETURN (MIN) failed: {data!r}"[:300])
+        found = [int(m.group(1)) for a in answers if (m := _ESEARCH_MIN.search(bytes(a or b"")))]
+        return min(found) if found else None
+
+    def lowest_uid(self) -> int | None:
+        """The UID of message 1 (the lowest), None when the mailbox is empty; for servers
+        without ESEARCH, to skip a gap before the first message."""
+        if self.status is not None and not self.status.exists:
+            return None
+        with imap_errors("FETCH 1 (UID)"):
+            typ, data = self.client._imap.fetch("1", "(UID)")  # noqa: SLF001 - by sequence number
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"FETCH failed: {data!r}"[:300])
+            found = parse_fetch_response([d for d in data if d is not None], normalise_times=False, uid_is_key=False)
+        return next((int(v[b"UID"]) for seq, v in found.items() if seq == 1 and b"UID" in v), None)
+
+    def sizes_in(self, first_uid: int, last_uid: int) -> dict[int, int]:
+        """UID -> RFC822.SIZE of the messages in a short range: the UIDs and which are large
+        in one round trip instead of two SEARCHes (an IDLE wake-up's usual range)."""
+        if last_uid < max(first_uid, 1):
+            return {}
+        with imap_errors("UID FETCH RFC822.SIZE"):
+            typ, data = self.client._imap.uid("FETCH", f"{max(first_uid, 1)}:{last_uid}", "(UID RFC822.SIZE)")  # noqa: SLF001
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID FETCH failed: {data!r}"[:300])
+            found = parse_fetch_response([d for d in data if d is not None], normalise_times=False, uid_is_key=True)
+        # An unsolicited FETCH (a flag change) has no UID and is keyed by sequence number.
+        return {uid: int(data[b"RFC822.SIZE"]) for uid, data in found.items()
+                if first_uid <= uid <= last_uid and b"RFC822.SIZE" in data}
+
+    def highest_uid(self) -> int:
+        """The highest UID in the mailbox, 0 when empty (for servers that omit UIDNEXT)."""
+        with imap_errors("UID SEARCH UID *"):
+            found = self.client.search(["UID", "*"]) if self.status is None or self.status.exists else []
+        self._after_command()
+        return max(found, default=0)
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         if not uids:

@@ -40,6 +40,8 @@ class ProducerMetrics:
                                   labels, registry=r).labels(account, mailbox)
         self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels,
                               registry=r).labels(account, mailbox)
+        self.expunged_skipped = counter("producer_expunged_skipped_total",
+                                        "Messages expunged between SEARCH and FETCH, skipped (never emitted)")
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "producer").set(1)
 

@@ -98,9 +98,10 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         guard: Any = NullGuard()
     else:
         client = make_redis(settings.redis)
-        store = StateStore(client, MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           Replication.from_settings(settings.redis))
-        guard = StreamGuard(client, settings.redis.stream_name, settings.redis.max_stream_length)
+        store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
+                           replication=Replication.from_settings(settings.redis))
+        guard = StreamGuard(client=client, stream=settings.redis.stream_name,
+                            max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
                                    log_format=settings.log.format, secrets=settings.secrets())

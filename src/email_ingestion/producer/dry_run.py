@@ -24,8 +24,7 @@ class DryRunStore:
     def load(self) -> MailboxState | None:
         return None
 
-    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0,
-             by_fingerprint: bool = False, now_ms: int | None = None) -> list[str]:
+    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0) -> list[str]:
         try:
             self._print(items)
         except BrokenPipeError:

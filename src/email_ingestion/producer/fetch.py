@@ -8,9 +8,8 @@ responses into payloads is payloads.py's job.
 
 from __future__ import annotations
 
-import email
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +17,23 @@ from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.common.text import iso_utc
 from email_ingestion.imap import bodystructure
 from email_ingestion.imap.session import ImapSession
-from email_ingestion.mail.parse import TextPart, parse_headers
-from email_ingestion.producer.payloads import TEXT_PARTS, Downloaded, fingerprint, gmail_id, internal_date
+from email_ingestion.mail.parse import TextPart
+from email_ingestion.producer.identity import HEADER_FIELDS_ITEM, fingerprint, legacy_fingerprint
+from email_ingestion.producer.payloads import TEXT_PARTS, Downloaded, gmail_id, internal_date
 
 log = logging.getLogger(__name__)
 
 _BASE_ITEMS = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
 _GMAIL_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
-_FINGERPRINT_HEADERS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)]"
 
 
 @dataclass(frozen=True)
 class MessageMeta:
+    """What a re-sync needs to know of a message before deciding to download it."""
+
     uid: int
     fingerprint: str
+    legacy_fingerprint: str  # as versions before issue 9 stored it (see identity.py)
     internal_date_ms: int
 
 
@@ -43,36 +45,41 @@ class MessageFetcher:
     def _items(self, *extra: str) -> list[str]:
         return _BASE_ITEMS + (_GMAIL_ITEMS if self.session.is_gmail else []) + list(extra)
 
-    def download(self, uids: Sequence[int], large: set[int]) -> Downloaded:
+    def download(self, uids: Sequence[int], large: Set[int]) -> Downloaded:
         """All the IMAP I/O for a batch (so it can run ahead of parsing, in another thread).
-        UIDs the server no longer has are skipped."""
+        UIDs the server no longer has are skipped, never emitted."""
         small = [uid for uid in uids if uid not in large]
         big = [uid for uid in uids if uid in large]
-        responses = self.session.fetch(small, self._items("BODY.PEEK[]"))
+        responses: dict[int, dict[Any, Any]] = dict(self.session.fetch(small, self._items("BODY.PEEK[]")))
         if big:
             for uid, data in self.session.fetch(big, self._items("BODYSTRUCTURE", "BODY.PEEK[HEADER]")).items():
                 responses[uid] = {**data, TEXT_PARTS: self._fetch_text_parts(uid, data)}
         for data in responses.values():
             # A plain UTC datetime pickles (imapclient's FixedOffset does not), for build_site.py.
             data[b"INTERNALDATE"] = internal_date(data.get(b"INTERNALDATE"))
-        missing = [uid for uid in uids if uid not in responses]
-        if missing:
-            log.warning("messages vanished between SEARCH and FETCH (expunged)", extra={"uids": missing[:20]})
-        return Downloaded([(uid, responses[uid]) for uid in uids if uid in responses])
+        kept = [(uid, responses[uid]) for uid in uids if uid in responses and not _expunged(responses[uid])]
+        if len(kept) < len(uids):
+            gone = sorted(set(uids) - {uid for uid, _ in kept})
+            log.warning("messages expunged between SEARCH and FETCH: skipped",
+                        extra={"count": len(gone), "uids": gone[:20]})
+        return Downloaded(kept)
 
     def metadata(self, uids: Sequence[int]) -> list[MessageMeta]:
-        """Fingerprints and arrival times only: a cheap FETCH for re-synchronisation."""
-        items = ["INTERNALDATE", "RFC822.SIZE", _FINGERPRINT_HEADERS]
+        """Fingerprints and arrival times only: a cheap, header-only FETCH for re-synchronisation."""
+        items = ["INTERNALDATE", "RFC822.SIZE", HEADER_FIELDS_ITEM]
         if self.session.is_gmail:
             items.append("X-GM-MSGID")
         result = []
         for uid, data in sorted(self.session.fetch(uids, items).items()):
-            header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), b"")
+            header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), None)
+            size = int(data.get(b"RFC822.SIZE") or 0)
+            if header is None and size == 0:
+                continue  # expunged since the SEARCH: nothing to decide
             internal = internal_date(data.get(b"INTERNALDATE"))
-            identity = parse_headers(email.message_from_bytes(header or b"")).identity
-            fp = fingerprint(identity, iso_utc(internal),
-                             int(data.get(b"RFC822.SIZE", 0)), gmail_id(data.get(b"X-GM-MSGID")))
-            result.append(MessageMeta(uid, fp, int(internal.timestamp() * 1000) if internal else 0))
+            result.append(MessageMeta(
+                uid, fingerprint(header or b"", size, gmail_id(data.get(b"X-GM-MSGID"))),
+                legacy_fingerprint(header or b"", iso_utc(internal), size),
+                int(internal.timestamp() * 1000) if internal else 0))
         return result
 
     def _fetch_text_parts(self, uid: int, data: dict[bytes, Any]) -> list[TextPart]:
@@ -84,6 +91,13 @@ class MessageFetcher:
         fetched = self.session.fetch([uid], items).get(uid, {}) if items else {}
         return [TextPart(p.content_type, p.charset, p.encoding, fetched.get(f"BODY[{p.section}]<0>".encode(), b""),
                          complete=p.size <= limit) for p in texts]
+
+
+def _expunged(data: dict[Any, Any]) -> bool:
+    """Dovecot answers a UID expunged after the SEARCH with BODY[] NIL, RFC822.SIZE 0 and
+    INTERNALDATE 1970, and `OK [EXPUNGEISSUED]` (RFC 5530): a message that is gone."""
+    content = data.get(b"BODY[]", data.get(b"BODY[HEADER]"))
+    return content is None and not data.get(b"RFC822.SIZE")
 
 
 def _first_of_each(parts: Any) -> list[bodystructure.PartInfo]:

@@ -1,4 +1,4 @@
-"""Raw FETCH data -> stream payloads: parsing, mapping and the dedup fingerprint.
+"""Raw FETCH data -> stream payloads: parsing, mapping and the dedup fingerprint (identity.py).
 
 Pure: no sockets and no Redis, so it runs inline or in the helper process that
 build_site.py starts, and the tests drive it with bytes.
@@ -24,6 +24,7 @@ from email_ingestion.imap import bodystructure
 from email_ingestion.mail.parse import ParsedMessage, parse_message, parse_partial
 from email_ingestion.mail.salvage import salvage
 from email_ingestion.producer.budget import Watchdog
+from email_ingestion.producer.identity import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,6 @@ class Emission:
     fingerprint: str
     uid: int
     payload: str
-
-
-def fingerprint(identity: str, internal_date: str | None, size: int, gmail_msgid: str | None) -> str:
-    """Identity of a message that survives a UIDVALIDITY change.
-
-    Gmail's X-GM-MSGID when the server has it; otherwise Message-ID + INTERNALDATE + size,
-    with Date/From/Subject standing in for a missing Message-ID.
-    """
-    if gmail_msgid:
-        return f"gm:{gmail_msgid}"
-    digest = hashlib.sha256(f"{identity}|{internal_date}|{size}".encode("utf-8", "surrogateescape")).hexdigest()
-    return f"h:{digest[:32]}"
 
 
 class PayloadBuilder:
@@ -101,7 +90,7 @@ class PayloadBuilder:
                 parsed, text = self._degraded(uid, uidvalidity, data, facts, correlation_id, stage[0], exc)
             if parsed.defects:
                 log.info("message parsed with defects", extra={"uid": uid, "defects": parsed.defects[:10]})
-            return Emission(fingerprint(parsed.identity, facts.internal, facts.size, facts.gm_msgid), uid, text)
+            return Emission(_fingerprint_of(data, facts), uid, text)
 
     def _degraded(self, uid: int, uidvalidity: int, data: dict[Any, Any], facts: _Facts, correlation_id: str,
                   stage: Stage, exc: BaseException) -> tuple[ParsedMessage, str]:
@@ -170,6 +159,16 @@ class _Facts:
         except Exception as exc:  # noqa: BLE001 - a broken item costs that item only
             self.defects.append(f"unreadable {item}: {type(exc).__name__}")
             return default
+
+
+def _fingerprint_of(data: dict[Any, Any], facts: _Facts) -> str:
+    """The dedup identity from the raw header bytes (whole message or BODY[HEADER]), as the
+    re-sync's HEADER.FIELDS fetch computes it; any bytes get one, so no message is lost to it."""
+    header = data.get(b"BODY[]") if TEXT_PARTS not in data else data.get(b"BODY[HEADER]")
+    try:
+        return fingerprint(header or b"", facts.size, facts.gm_msgid)
+    except Exception:  # noqa: BLE001 - issue 9: one message never stops a mailbox
+        return "x:" + hashlib.sha256(bytes(header or b"")).hexdigest()[:32]
 
 
 def _parse(data: dict[Any, Any], size: int) -> ParsedMessage:

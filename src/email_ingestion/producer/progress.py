@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(self, total: int, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, total: int, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
         self.done = 0
         self.interval_s = interval_s

@@ -7,39 +7,52 @@ script leaves nothing written; after it, everything. A script whose reply was lo
 same batch again and adds nothing: within one UIDVALIDITY, a UID at or below the stored
 position is already in the stream.
 
-Fingerprints (see fetch.fingerprint) are consulted only after a UIDVALIDITY change, where
-UIDs mean nothing any more. They are not used otherwise because two distinct messages can
-share Message-ID, size and arrival second (mail re-sent by a list, test fixtures): checking
-them on every message would silently drop the second one.
+Fingerprints (see identity.py) are consulted only after a UIDVALIDITY change, where UIDs
+mean nothing any more, for the UIDs up to `resync_until` that the change stored (so a
+re-sync interrupted by a crash or a dropped connection resumes as a re-sync). They are not
+used otherwise because two distinct messages can share them (mail re-sent by a list, test
+fixtures): checking them on every message would silently drop the second one.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
+from email_ingestion.common.clock import Clock, wall_ms
+from email_ingestion.common.entry_fields import PAYLOAD
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import Replication, redis_errors
 from email_ingestion.common.text import to_text
 from email_ingestion.producer.payloads import Emission
 
+# ARGV: uidvalidity, last_uid, now_ms, since_ms, payload field name, then per item
+# fingerprint, uid, payload. Items at or below the stored position are already in the
+# stream; items at or below `resync_until` (a UIDVALIDITY re-sync still in progress) are
+# also skipped when their fingerprint was ever emitted.
 _EMIT = """
 local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
 local uidvalidity, last_uid, now_ms, since_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local by_fingerprint = ARGV[5] == '1'
-local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid')
+local payload_field = ARGV[5]
+local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid', 'resync_until')
 local position = tonumber(stored[2] or '0')
-if stored[1] ~= uidvalidity then position = 0 end
+local resync_until = tonumber(stored[3] or '0')
+if stored[1] and stored[1] ~= uidvalidity then
+  -- Another UIDVALIDITY without begin_resync (a racing producer saw another one): UIDs
+  -- mean nothing here, so every item is checked by fingerprint.
+  position, resync_until = 0, math.huge
+end
 local added = {}
 for i = 6, #ARGV, 3 do
-  local fresh = tonumber(ARGV[i + 1]) > position
-  if fresh and by_fingerprint then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
+  local uid = tonumber(ARGV[i + 1])
+  local fresh = uid > position
+  if fresh and uid <= resync_until then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
   if fresh then
     redis.call('HSET', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1])
-    added[#added + 1] = redis.call('XADD', stream, '*', 'payload', ARGV[i + 2])
+    added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2])
   end
 end
 if last_uid > position then position = last_uid end
@@ -48,40 +61,62 @@ redis.call('HSETNX', state, 'since_ms', since_ms)
 return added
 """
 
+# ARGV: new uidvalidity, resync_until, now_ms. The new UIDVALIDITY is stored together with
+# the highest UID that must be checked by fingerprint, so an interrupted re-sync resumes
+# as a re-sync (issue 9 §3). `since_ms`, the first run's baseline, stays.
+_BEGIN_RESYNC = """
+redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', 0, 'resync_until', ARGV[2],
+           'updated_at_ms', ARGV[3])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class MailboxState:
     uidvalidity: int
     last_uid: int
     since_ms: int
+    resync_until: int = 0  # UIDs up to here are checked by fingerprint (UIDVALIDITY re-sync)
 
+    @property
+    def resyncing(self) -> bool:
+        return self.resync_until > self.last_uid
 
 
 class StateStore:
     """UID state and stream writes of one mailbox."""
 
-    def __init__(self, client: redis.Redis, keys: MailboxKeys, replication: Replication = Replication()) -> None:
+    def __init__(self, *, client: redis.Redis, keys: MailboxKeys, replication: Replication = Replication(),
+                 clock_ms: Clock = wall_ms) -> None:
         self.redis = client
         self.keys = keys
         self.replication = replication
+        self.clock_ms = clock_ms
         self._emit = client.register_script(_EMIT)
+        self._begin_resync = client.register_script(_BEGIN_RESYNC)
 
     def load(self) -> MailboxState | None:
         with redis_errors("state load"):
-            values = self.redis.hmget(self.keys.state, "uidvalidity", "last_uid", "since_ms")
+            values = self.redis.hmget(self.keys.state, "uidvalidity", "last_uid", "since_ms", "resync_until")
         if values[0] is None:
             return None
-        return MailboxState(int(values[0]), int(values[1] or 0), int(values[2] or 0))
+        return MailboxState(*(int(value or 0) for value in values))
 
-    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0,
-             by_fingerprint: bool = False, now_ms: int | None = None) -> list[str]:
+    def begin_resync(self, uidvalidity: int, resync_until: int) -> MailboxState:
+        """Adopt a new UIDVALIDITY: position 0, and every UID up to `resync_until` (the
+        mailbox's highest now) is checked by fingerprint, across restarts."""
+        with redis_errors("re-sync start"):
+            self._begin_resync(keys=[self.keys.state], args=[uidvalidity, resync_until, self.clock_ms()])
+        state = self.load()
+        assert state is not None
+        return state
+
+    def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0) -> list[str]:
         """Append the new items and move the position to `last_uid`, atomically.
 
         Returns the stream ids of the entries added (fewer than items when some were
-        already emitted). `by_fingerprint` also skips items whose fingerprint was ever
-        emitted (re-synchronisation after a UIDVALIDITY change)."""
-        now_ms = now_ms or int(time.time() * 1000)
-        args: list[str | int] = [uidvalidity, last_uid, now_ms, since_ms, int(by_fingerprint)]
+        already emitted)."""
+        args: list[str | int] = [uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD]
         for item in items:
             args.extend((item.fingerprint, item.uid, item.payload))
         keys = [self.keys.stream, self.keys.state, self.keys.seen]
@@ -101,7 +136,7 @@ class StateStore:
 class StreamGuard:
     """Backpressure and trimming that never lose an entry a consumer group has not acked."""
 
-    def __init__(self, client: redis.Redis, stream: str, max_unacked: int) -> None:
+    def __init__(self, *, client: redis.Redis, stream: str, max_unacked: int) -> None:
         self.redis = client
         self.stream = stream
         self.max_unacked = max_unacked
@@ -133,13 +168,13 @@ class StreamGuard:
             ms, seq = min(self._first_unacked(group) for group in groups)
             return int(self.redis.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False))
 
-    def _groups(self) -> list[dict[str, object]]:
+    def _groups(self) -> list[dict[str, Any]]:
         try:
             return list(self.redis.xinfo_groups(self.stream))
         except redis.ResponseError:  # no such key yet
             return []
 
-    def _first_unacked(self, group: dict[str, object]) -> tuple[int, int]:
+    def _first_unacked(self, group: dict[str, Any]) -> tuple[int, int]:
         """The oldest entry this group still needs. XINFO and XPENDING are two calls, so
         entries acked in between are fine: the answer can only be too old, never too new."""
         last = to_text(group["last-delivered-id"])

@@ -3,9 +3,14 @@
 Where a pass starts:
 - no stored state: INITIAL_SYNC decides (all / new / since:DATE);
 - same UIDVALIDITY: after the stored last UID;
-- UIDVALIDITY changed: every message is looked at again, but only its fingerprint is
-  fetched first; messages already emitted (or older than the first sync's baseline) are
-  skipped, so a re-created mailbox does not re-deliver itself.
+- UIDVALIDITY changed: the new UIDVALIDITY is stored with the highest UID the mailbox has
+  (`resync_until`); every message up to there is looked at again, but only its fingerprint
+  is fetched first; messages already emitted (or older than the first sync's baseline) are
+  skipped, so a re-created mailbox does not re-deliver itself, even when the re-sync is
+  interrupted and resumed by another process.
+
+A pass covers the UIDs below the UIDNEXT it saw at its start, one window at a time
+(windows.py), and then looks again: mail that arrived meanwhile is synced in the same pass.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import contextvars
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.imap.session import ImapSession, MailboxStatus
@@ -26,6 +32,7 @@ from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.progress import Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
+from email_ingestion.producer.windows import Batch, UidWindows
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +47,30 @@ class PassResult:
     interrupted: bool = False
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    """One batch downloaded by the read-ahead thread, ready to build."""
+
+    batch: Batch
+    built: Built
+    vanished: int  # expunged between SEARCH and FETCH
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The UIDs one sync step covers, and the state it started from."""
+
+    first_uid: int
+    last_uid: int
+    status: MailboxStatus
+    stored: MailboxState | None
+
+
 class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder]) -> None:
+                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
+                 clock_ms: Clock = wall_ms) -> None:
         self.session = session
         self.store = store
         self.guard = guard
@@ -52,20 +79,21 @@ class MailboxSync:
         self.metrics = metrics
         self._wait = wait  # sleeps, returning True early when asked to stop
         self._make_builder = make_builder
+        self.clock_ms = clock_ms
         self.backpressured = False
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
         with correlation() as pass_id:
             started = time.monotonic()
-            status = self.session.examine()
-            stored = self.store.load()
             result = PassResult()
-            if stored is not None and stored.uidvalidity != status.uidvalidity:
-                self._resync(status, stored, pass_id, should_stop, result)
-            else:
-                start = stored.last_uid + 1 if stored else self._first_start(status)
-                uids = self.session.uids_from(start)
-                self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result)
+            status = self.session.examine()
+            while self._sync(status, pass_id, should_stop, result):
+                # Mail that arrived during the pass was announced in the replies to the pass's
+                # own commands and absorbed there; IDLE will not announce it again (§7).
+                again = self.session.examine()
+                if not _has_new_mail(status, again):
+                    break
+                status = again
             self.metrics.polls.inc()
             self.metrics.poll_duration.observe(time.monotonic() - started)
             self.guard.trim_acknowledged()
@@ -74,84 +102,101 @@ class MailboxSync:
                                                   "duration_s": round(time.monotonic() - started, 3)})
             return result
 
-    def _first_start(self, status: MailboxStatus) -> int:
+    def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
+        """Sync everything below `status`'s UIDNEXT; False when interrupted."""
+        stored = self.store.load()
+        last = status.uidnext - 1 if status.uidnext else self.session.highest_uid()
+        if stored is not None and stored.uidvalidity != status.uidvalidity:
+            stored = self._begin_resync(status, stored, last, result)
+        start = stored.last_uid + 1 if stored else self._first_start(status, last)
+        if start <= last:
+            self._emit_range(_Range(start, last, status, stored), pass_id, should_stop, result)
+        return not (result.interrupted or should_stop())
+
+    def _first_start(self, status: MailboxStatus, last: int) -> int:
         """Where the very first pass starts; records the baseline for later resyncs."""
         mode = self.settings.initial_sync
         if mode == "all":
             return 1
         if mode == "new":
-            last = (status.uidnext - 1) if status.uidnext else max(self.session.uids_from(1) or [0])
-            self.store.emit(status.uidvalidity, last, [], since_ms=_now_ms())
+            self.store.emit(status.uidvalidity, last, [], since_ms=self.clock_ms())
             log.info("first run with INITIAL_SYNC=new: existing mail skipped", extra={"baseline_uid": last})
             return last + 1
         since = self.settings.since_date
         assert since is not None
-        uids = self.session.uids_since(since)
-        first = uids[0] if uids else (status.uidnext or 1)
+        first = self._windows(1, last).first_matching("SINCE", since) or last + 1
         since_ms = int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp() * 1000)
         self.store.emit(status.uidvalidity, first - 1, [], since_ms=since_ms)
         return first
 
-    def _resync(self, status: MailboxStatus, stored: MailboxState, pass_id: str,
-                should_stop: ShouldStop, result: PassResult) -> None:
+    def _begin_resync(self, status: MailboxStatus, stored: MailboxState, last: int,
+                      result: PassResult) -> MailboxState:
         log.warning("UIDVALIDITY changed: re-checking the mailbox, already emitted messages are skipped",
-                    extra={"old_uidvalidity": stored.uidvalidity, "new_uidvalidity": status.uidvalidity})
+                    extra={"old_uidvalidity": stored.uidvalidity, "new_uidvalidity": status.uidvalidity,
+                           "resync_until_uid": last})
         self.metrics.uidvalidity_changes.inc()
         result.uidvalidity_changed = True
-        uids = self.session.uids_from(1)
-        if not uids:
-            self.store.emit(status.uidvalidity, 0, [], since_ms=stored.since_ms)
-            return
-        self._emit_uids(uids, status.uidvalidity, pass_id, should_stop, result, resync_since_ms=stored.since_ms)
+        return self.store.begin_resync(status.uidvalidity, last)
 
-    def _emit_uids(self, uids: Sequence[int], uidvalidity: int, pass_id: str, should_stop: ShouldStop,
-                   result: PassResult, resync_since_ms: int | None = None) -> None:
-        """Emit `uids` in batches. With `resync_since_ms` (after a UIDVALIDITY change) only
-        messages never emitted and not older than the first run's baseline go out."""
-        if not uids:
-            return
-        large = set(self.session.uids_from(uids[0], "LARGER", str(self.settings.large_message_bytes)))
-        progress = Progress(len(uids), self.settings.progress_interval_seconds)
-        size = self.settings.batch_size
-        batches = [list(uids[offset:offset + size]) for offset in range(0, len(uids), size)]
+    def _windows(self, first_uid: int, last_uid: int) -> UidWindows:
+        return UidWindows(session=self.session, first_uid=first_uid, last_uid=last_uid,
+                          batch_size=self.settings.batch_size, large_bytes=self.settings.large_message_bytes)
 
-        builder = self._make_builder(len(batches))
+    def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult) -> None:
+        """Emit the UIDs of `span` in batches. While a re-sync is in progress, only messages
+        never emitted and not older than the first run's baseline go out."""
+        expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
+        progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds)
+        builder = self._make_builder(-(-expected // self.settings.batch_size))
+        batches = iter(self._windows(span.first_uid, span.last_uid))
+        uidvalidity = span.status.uidvalidity
+        since_ms = span.stored.since_ms if span.stored else 0
 
-        def download(batch: list[int]) -> Built:
-            todo = batch if resync_since_ms is None else self._not_yet_emitted(batch, resync_since_ms)
-            return builder.submit(self.fetcher.download(todo, large), uidvalidity, pass_id)
+        def download() -> _Fetched | None:
+            batch = next(batches, None)  # may search the next window: this thread only
+            if batch is None:
+                return None
+            todo = self._to_fetch(batch, span.stored)
+            downloaded = self.fetcher.download(todo, batch.large)
+            built = builder.submit(downloaded, uidvalidity, pass_id)
+            return _Fetched(batch, built, len(todo) - len(downloaded.messages))
 
         # Read ahead: the next batch downloads (network-bound) while this one is built and
-        # written. Only that thread touches the IMAP connection until the pass ends.
+        # written. Only that thread touches the IMAP connection until the step ends.
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-read-ahead") as pool:
-                ahead = pool.submit(contextvars.copy_context().run, download, batches[0])
-                for index, batch in enumerate(batches):
+                for fetched in _read_ahead(pool, download):
                     if should_stop() or not self._wait_for_room(should_stop):
                         result.interrupted = True
                         return
-                    built = ahead.result()
-                    if index + 1 < len(batches):
-                        ahead = pool.submit(contextvars.copy_context().run, download, batches[index + 1])
-                    items = built()
-                    added = self.store.emit(uidvalidity, batch[-1], items, since_ms=resync_since_ms or 0,
-                                            by_fingerprint=resync_since_ms is not None)
-                    self._count(result, len(batch), len(items), len(added))
-                    self.metrics.last_uid.set(batch[-1])
-                    progress.advance(len(batch))
+                    items = fetched.built()
+                    added = self.store.emit(uidvalidity, fetched.batch.uids[-1], items, since_ms=since_ms)
+                    self._count(result, fetched, len(added))
+                    self.metrics.last_uid.set(fetched.batch.uids[-1])
+                    progress.advance(len(fetched.batch.uids))
         finally:
             builder.close()
 
-    def _not_yet_emitted(self, batch: list[int], since_ms: int) -> list[int]:
-        metas = self.fetcher.metadata(batch)
-        seen = self.store.seen([m.fingerprint for m in metas])
-        return [m.uid for m, done in zip(metas, seen, strict=True) if not done and m.internal_date_ms >= since_ms]
+    def _to_fetch(self, batch: Batch, stored: MailboxState | None) -> list[int]:
+        """The UIDs of `batch` to download: during a re-sync, those not yet emitted."""
+        if stored is None or batch.uids[0] > stored.resync_until:
+            return batch.uids
+        check = [uid for uid in batch.uids if uid <= stored.resync_until]
+        rest = [uid for uid in batch.uids if uid > stored.resync_until]
+        return self._not_yet_emitted(check, stored.since_ms) + rest
 
-    def _count(self, result: PassResult, batch: int, fetched: int, added: int) -> None:
-        result.seen += batch
+    def _not_yet_emitted(self, uids: list[int], since_ms: int) -> list[int]:
+        metas = self.fetcher.metadata(uids)
+        seen = self.store.seen([fp for m in metas for fp in (m.fingerprint, m.legacy_fingerprint)])
+        return [m.uid for index, m in enumerate(metas)
+                if not (seen[2 * index] or seen[2 * index + 1]) and m.internal_date_ms >= since_ms]
+
+    def _count(self, result: PassResult, fetched: _Fetched, added: int) -> None:
+        result.seen += len(fetched.batch.uids)
         result.emitted += added
         self.metrics.produced.inc(added)
-        self.metrics.dedup_skipped.inc(fetched - added)
+        self.metrics.expunged_skipped.inc(fetched.vanished)
+        self.metrics.dedup_skipped.inc(len(fetched.batch.uids) - fetched.vanished - added)
 
     def _wait_for_room(self, should_stop: ShouldStop) -> bool:
         """Backpressure: block while the stream holds too many unacknowledged entries."""
@@ -170,5 +215,20 @@ class MailboxSync:
         return True
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def _read_ahead(pool: ThreadPoolExecutor, download: Callable[[], _Fetched | None]) -> Iterator[_Fetched]:
+    """Each batch as it is ready, with the download of the next one already started."""
+    def submit() -> Future[_Fetched | None]:
+        return pool.submit(contextvars.copy_context().run, download)
+
+    ahead = submit()
+    while (fetched := ahead.result()) is not None:
+        ahead = submit()
+        yield fetched
+
+
+def _has_new_mail(before: MailboxStatus, after: MailboxStatus) -> bool:
+    if after.uidvalidity != before.uidvalidity:
+        return True
+    if after.uidnext is not None and before.uidnext is not None:
+        return after.uidnext > before.uidnext
+    return after.exists != before.exists

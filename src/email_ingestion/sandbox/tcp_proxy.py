@@ -1,12 +1,15 @@
 """A loopback TCP proxy for tests and benchmarks: adds latency, counts bytes, and can
 "freeze" the connections it holds (traffic silently stops, sockets stay open), which is
 what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection; "close" them (the
-socket closes with no goodbye, as Cyrus does on shutdown); and rewrite what the server
-says (to play a server that throttles, or lacks a capability)."""
+socket closes with no goodbye, as Cyrus does on shutdown); reset them (RST, what a
+restarting middlebox or a server crash does); and rewrite what the server says (to play
+a server that throttles, or lacks a capability)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +73,19 @@ class TcpProxy:
             for writer in writers:
                 writer.close()
         return len(closing)
+
+    def reset_existing(self) -> None:
+        """Abort the connections open now with a TCP reset, both sides; new ones work."""
+        asyncio.run_coroutine_threadsafe(self._reset(), self._loop).result(5)
+
+    async def _reset(self) -> None:
+        for writers in list(self._writers.values()):
+            for writer in writers:
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    # Linger 0: close() sends RST instead of FIN.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = id(writer)
