@@ -78,7 +78,7 @@ def lease_value(consumer: str, entry_id: str) -> str:
 
 
 class Idempotency:
-    def __init__(self, client: redis.Redis, keys: StreamKeys, lease_ms: int, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, keys: StreamKeys, lease_ms: int, ttl_s: int) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
@@ -110,12 +110,11 @@ class Idempotency:
         keys = [self.keys.idempotency(key) for key, _ in items]
         return int(self._renew(keys=keys, args=[self.lease_ms, *[value for _, value in items]]))
 
-    def settle(self, pipe: redis.client.Pipeline, stream: str, group: str, done: Sequence[str],
-               ack_ids: Sequence[str]) -> None:
+    def settle(self, pipe: redis.client.Pipeline, done: Sequence[str], ack_ids: Sequence[str]) -> None:
         """Mark `done` keys handled, then acknowledge `ack_ids`: one call for the batch."""
         if ack_ids:
-            keys = [stream, *[self.keys.idempotency(key) for key in done]]
-            self._settle(keys=keys, args=[group, self.ttl_s, *ack_ids], client=pipe)
+            keys = [self.keys.stream, *[self.keys.idempotency(key) for key in done]]
+            self._settle(keys=keys, args=[self.keys.group, self.ttl_s, *ack_ids], client=pipe)
 
 
 def _state(previous: bytes | None, ours: str) -> LeaseState:

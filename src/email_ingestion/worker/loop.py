@@ -8,16 +8,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import RedisUnavailableError
+from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.delivery import Delivery
-from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.processor import BatchProcessor, BatchResult
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.retries import RetrySchedule
 
@@ -27,14 +30,24 @@ RECLAIM_INTERVAL_S = 5.0
 RECLAIM_MAX_PER_ROUND = 1000
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
-    stream: str
-    group: str
+    keys: StreamKeys
     consumer: str
     batch_size: int
     block_ms: int
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
+
+    @property
+    def stream(self) -> str:
+        return self.keys.stream
+
+    @property
+    def group(self) -> str:
+        return self.keys.group
+
+
+_COUNTED = ("processed", "failed", "dead_lettered", "duplicates")
 
 
 @dataclass
@@ -48,6 +61,15 @@ class WorkerStats:
     first_read_at: float | None = None  # monotonic: when the first batch arrived
     last_settled_at: float | None = None  # monotonic: when the last batch was settled
 
+    def add(self, result: BatchResult) -> None:
+        """Count one settled batch."""
+        self.batches += 1
+        for name in _COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(result, name))
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("batches", *_COUNTED, "reclaimed")}
+
     @property
     def busy_s(self) -> float:
         if self.first_read_at is None or self.last_settled_at is None:
@@ -56,10 +78,10 @@ class WorkerStats:
 
 
 class WorkerLoop:
-    def __init__(self, client: redis.Redis, loop: LoopSettings, processor: BatchProcessor, retries: RetrySchedule,
-                 recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
+    def __init__(self, client: redis.Redis, *, loop: LoopSettings, processor: BatchProcessor,
+                 retries: RetrySchedule, recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
                  out_of_time: Callable[[], bool] = lambda: False, liveness: Liveness | None = None,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, clock_ms: Clock = wall_ms) -> None:
         self.redis = client
         self.loop = loop
         self.processor = processor
@@ -71,6 +93,14 @@ class WorkerLoop:
         self.liveness = liveness or Liveness(180.0)
         self.breaker = breaker or CircuitBreaker("redis")
         self.stats = WorkerStats()
+        self.clock_ms = clock_ms
+
+    def status(self) -> dict[str, Any]:
+        """The worker's part of the /status body: who it is and what it has done."""
+        return {"component": "worker", "consumer": self.loop.consumer, "stream": self.loop.stream,
+                "group": self.loop.group, "counters": self.stats.counters(),
+                "circuit_breakers": {self.breaker.name: self.breaker.snapshot()},
+                "retries_waiting": self.retries.waiting()}
 
     def ensure_group(self) -> None:
         """Create the group idempotently, from id 0 so a backlog that predates it is read."""
@@ -111,7 +141,7 @@ class WorkerLoop:
             self.liveness.tick()
             self.recovery.beat()
             self.breaker.success()
-            _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
+            _, next_due_ms = self.retries.move_due(self.clock_ms())
             if time.monotonic() >= next_reclaim:
                 self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
@@ -138,7 +168,7 @@ class WorkerLoop:
 
     def _read(self, block_ms: int) -> list[Delivery]:
         try:
-            reply = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
+            reply: Any = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
                                           count=self.loop.batch_size, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -150,7 +180,7 @@ class WorkerLoop:
     def _block_ms(self, next_due_ms: int | None) -> int:
         block = self.loop.block_ms
         if next_due_ms is not None:
-            block = min(block, max(1, next_due_ms - int(time.time() * 1000)))
+            block = min(block, max(1, next_due_ms - self.clock_ms()))
         return max(1, block)
 
     def _drained(self) -> bool:
@@ -169,8 +199,4 @@ class WorkerLoop:
             self.stats.first_read_at = time.monotonic()
         result = self.processor.process(deliveries, self.out_of_time)
         self.stats.last_settled_at = time.monotonic()
-        self.stats.batches += 1
-        self.stats.processed += result.processed
-        self.stats.failed += result.failed
-        self.stats.dead_lettered += result.dead_lettered
-        self.stats.duplicates += result.duplicates
+        self.stats.add(result)

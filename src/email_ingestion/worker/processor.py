@@ -65,10 +65,9 @@ class BatchResult:
 
 
 class BatchProcessor:
-    def __init__(self, client: redis.Redis, consumer: str, handler: Handler, idempotency: Idempotency,
+    def __init__(self, client: redis.Redis, *, consumer: str, handler: Handler, idempotency: Idempotency,
                  retries: RetrySchedule, dlq: DeadLetterQueue, backoff: Backoff, max_deliveries: int,
-                 metrics: WorkerMetrics, heartbeat: Callable[[], None],
-                 clock_ms: Clock = wall_ms) -> None:
+                 metrics: WorkerMetrics, heartbeat: Callable[[], None], clock_ms: Clock = wall_ms) -> None:
         self.redis = client
         self.consumer = consumer
         self.handler = handler
@@ -104,7 +103,7 @@ class BatchProcessor:
                     result.unfinished = len(to_handle) - index
                     break
                 self._handle(leased, pipe, settle, result)
-        self.idempotency.settle(pipe, self.retries.stream, self.retries.group, settle.done_keys, settle.ack_ids)
+        self.idempotency.settle(pipe, settle.done_keys, settle.ack_ids)
         pipe.execute()
         self._count(result)
         return result
@@ -170,8 +169,8 @@ class BatchProcessor:
             return
         delay_s = self.backoff.delay_s(attempts)
         now = self.clock_ms()
-        record = RetryRecord(to_text(delivery.payload), attempts, _first_failed(delivery, now), error[:500],
-                             delivery.fields.get("original_id", delivery.entry_id))
+        record = RetryRecord(to_text(delivery.payload), attempts, delivery.first_failed_ms or now, error[:500],
+                             delivery.original_id)
         self.retries.schedule(pipe, delivery.entry_id, record, now + int(delay_s * 1000), *leased.lease_item)
         result.retried += 1
         log.warning("handler failed; retry scheduled", extra={
@@ -181,8 +180,8 @@ class BatchProcessor:
     def _defer(self, pipe: redis.client.Pipeline, leased: Leased, result: BatchResult) -> None:
         """Another worker holds the lease: look again once it would have expired."""
         delivery = leased.delivery
-        record = RetryRecord(to_text(delivery.payload), delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
-                             delivery.fields.get("last_error", ""), delivery.fields.get("original_id", delivery.entry_id))
+        record = RetryRecord(to_text(delivery.payload), delivery.attempt, delivery.first_failed_ms,
+                             delivery.last_error, delivery.original_id)
         due = self.clock_ms() + self.idempotency.lease_ms
         self.retries.schedule(pipe, delivery.entry_id, record, due, leased.payload.idempotency_key, "")
         result.deferred += 1
@@ -191,10 +190,10 @@ class BatchProcessor:
               trace: str, result: BatchResult, leased: Leased | None = None) -> None:
         now = self.clock_ms()
         letter = DeadLetter(
-            payload=to_text(delivery.payload), original_id=delivery.fields.get("original_id", delivery.entry_id),
+            payload=to_text(delivery.payload), original_id=delivery.original_id,
             reason=reason, error_type=error_type, error_message=message, traceback=trace,
             attempts=delivery.attempt + (0 if reason == "invalid_payload" else 1),
-            first_failure_ms=_first_failed(delivery, now), last_failure_ms=now, consumer=self.consumer)
+            first_failure_ms=delivery.first_failed_ms or now, last_failure_ms=now, consumer=self.consumer)
         key, lease = leased.lease_item if leased else ("", "")
         self.dlq.send(pipe, delivery.entry_id, letter, key, lease)
         result.dead_lettered += 1
@@ -245,13 +244,6 @@ class _Renewer:
                 self.heartbeat()
             except redis.RedisError as exc:
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
-
-
-def _first_failed(delivery: Delivery, now_ms: int) -> int:
-    try:
-        return int(delivery.fields.get("first_failed_ms", 0)) or now_ms
-    except ValueError:
-        return now_ms
 
 
 def _short(exc: ValidationError) -> str:

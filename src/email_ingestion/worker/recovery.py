@@ -38,11 +38,11 @@ class Reclaimed:
 
 
 class Recovery:
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, keys: StreamKeys,
-                 claim_min_idle_ms: int, hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100) -> None:
+    def __init__(self, client: redis.Redis, *, keys: StreamKeys, consumer: str, claim_min_idle_ms: int,
+                 hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100) -> None:
         self.redis = client
-        self.stream = stream
-        self.group = group
+        self.stream = keys.stream
+        self.group = keys.group
         self.consumer = consumer
         self.keys = keys
         self.claim_min_idle_ms = claim_min_idle_ms
@@ -93,7 +93,7 @@ class Recovery:
         if not pending:
             return
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        claimed = self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_ms, list(counts))
+        claimed: Any = self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_ms, list(counts))
         found = set()
         for entry_id, fields in claimed:
             delivery = Delivery.from_redis(entry_id, fields, counts.get(to_text(entry_id), 0) + 1)
