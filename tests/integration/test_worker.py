@@ -150,18 +150,20 @@ def test_invalid_payload_goes_to_dlq_as_permanent(redis_client, worker_env):
 
 
 def test_retry_moves_back_when_due_with_time_passed_in(redis_client, worker_env):
-    """Given a retry due in an hour, passing `now` an hour ahead moves it; no sleeping."""
+    """Given a retry due in an hour (Redis time), looking an hour ahead moves it; no sleeping."""
     from email_ingestion.worker.retries import RetryRecord, RetrySchedule
     keys = StreamKeys(STREAM, GROUP)
     schedule = RetrySchedule(redis_client, keys=keys)
     redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     pipe = redis_client.pipeline()
-    now = int(time.time() * 1000)
-    schedule.schedule(pipe, "1-1", RetryRecord("{}", 1, now, "E", "1-1"), now + 3_600_000, "k", "lease")
+    redis_client.xadd(STREAM, {"payload": "{}"}, id="1-1")
+    redis_client.xreadgroup(GROUP, "w", {STREAM: ">"})
+    schedule.schedule(pipe, "1-1", RetryRecord("{}", 1, 5, "E", "1-1"), 3_600_000, "k", "lease")
     pipe.execute()
-    assert schedule.move_due(now) == (0, now + 3_600_000)
-    assert schedule.move_due(now + 3_600_000) == (1, None)
-    [(_, fields)] = redis_client.xrange(STREAM)
+    moved, due_in_ms = schedule.move_due()
+    assert moved == 0 and due_in_ms is not None and 3_500_000 < due_in_ms <= 3_600_000
+    assert schedule.move_due(ahead_ms=3_600_000) == (1, None)
+    [(_, fields)] = redis_client.xrange(STREAM, min="2")
     assert fields[b"attempt"] == b"1" and fields[b"original_id"] == b"1-1"
 
 

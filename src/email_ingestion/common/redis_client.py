@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from email_ingestion.common.errors import RedisUnavailableError
 from email_ingestion.common.settings import RedisSettings
@@ -23,6 +25,11 @@ def make_redis(settings: RedisSettings) -> redis.Redis:
         "socket_timeout": settings.socket_timeout_seconds,
         "socket_connect_timeout": settings.socket_timeout_seconds,
         "health_check_interval": 30,
+        # The same transparent retries whether REDIS_URL or host/port is set (redis-py's
+        # defaults differ): a reply lost on a dropped connection is retried on a new one.
+        # Every worker script tolerates running twice, and what a retried XREADGROUP or
+        # XCLAIM delivers twice stays pending on this consumer until it re-reads it.
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
     }
     if settings.url:
         return redis.Redis.from_url(settings.url, **common)

@@ -154,6 +154,9 @@ class RetrySettings(BaseSettings):
     claim_min_idle_ms: int = Field(default=60_000, ge=0, description="idle time before a dead consumer's message is claimed")
     claim_hard_limit_ms: int = Field(default=3_600_000, ge=1, description="claim even with a heartbeat")
     heartbeat_ttl_ms: int = Field(default=15_000, ge=100, description="consumer heartbeat key TTL")
+    handler_timeout_seconds: float = Field(default=300.0, gt=0,
+                                           description="a handler call running longer fails (timeout) and "
+                                                       "the worker exits for its supervisor to restart it")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")

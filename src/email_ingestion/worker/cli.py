@@ -1,6 +1,7 @@
 """`python worker.py --consumer NAME`: handle the stream's emails through a consumer group.
 
-Exit status: 0 stopped cleanly (or --burst done), 1 failed, 2 bad setting.
+Exit status: 0 stopped cleanly (or --burst done), 1 failed (or a handler call timed out), 2 bad
+setting, 3 Redis refused the credentials.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from email_ingestion.common.settings import Settings, load_settings
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import Liveness, start_health
 from email_ingestion.monitoring.metrics import WorkerMetrics
+from email_ingestion.worker import timings
 from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.dead_letter import DeadLetterQueue
 from email_ingestion.worker.handlers import load_handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
-from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
+from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
 
 log = logging.getLogger("email_ingestion.worker")
@@ -74,10 +77,14 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
                  out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms) -> WorkerLoop:
     """Wire a worker from settings; nothing connects until it runs."""
     retry = settings.retry
+    timings.check(settings.worker, retry)
     handler = load_handler(settings.worker.handler, retry)
     client = make_redis(settings.redis)
     keys = StreamKeys.of(settings.redis.stream_name, settings.worker.group, retry.dlq_stream_name)
     metrics = WorkerMetrics(keys.stream, keys.group)
+    health = settings.health
+    redis_wait = RedisWait(stop_event, Liveness(health.stall_seconds),
+                           CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
     retries = RetrySchedule(client, keys=keys)
     recovery = Recovery(client, keys=keys, consumer=consumer, claim_min_idle_ms=retry.claim_min_idle_ms,
                         hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms)
@@ -86,14 +93,13 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
         idempotency=Idempotency(client, keys=keys, lease_ms=retry.lease_ms, ttl_s=retry.idempotency_ttl_seconds),
         retries=retries, dlq=DeadLetterQueue(client, keys=keys, clock_ms=clock_ms),
         backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
-        max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat, clock_ms=clock_ms)
+        max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat,
+        stop_heartbeat=recovery.stop_beating, redis_wait=redis_wait,
+        timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds),
+        clock_ms=clock_ms)
     loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
-    health = settings.health
     worker = WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
-                        metrics=metrics, stop_event=stop_event, out_of_time=out_of_time,
-                        liveness=Liveness(health.stall_seconds),
-                        breaker=CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds),
-                        clock_ms=clock_ms)
+                        metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
     expose(worker, settings, client)
     return worker
 
@@ -105,15 +111,11 @@ def expose(worker: WorkerLoop, settings: Settings, client: redis.Redis) -> None:
     registry.register(StreamCollector(client, keys.stream, keys.group, keys.dlq))
     registry.register(ProcessCollector(worker.liveness, [worker.breaker], "worker"))
 
-    def ready() -> tuple[bool, str]:
-        groups = {g["name"].decode() for g in client.xinfo_groups(keys.stream)}
-        return (keys.group in groups, "ok" if keys.group in groups else f"consumer group {keys.group} does not exist")
-
     def status() -> dict[str, Any]:
         return {**worker.status(), "handler": settings.worker.handler.split(":", 1)[0],
                 "figures": stream_figures(client, keys.stream, keys.group, keys.dlq)}
 
-    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host,
+    start_health(registry, worker.liveness, worker.ready, status, settings.worker.metrics_port, settings.health.host,
                  "WORKER_METRICS_PORT")
 
 

@@ -12,8 +12,9 @@ from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.keys import StreamKeys
 
 # KEYS: stream, dlq, idempotency key (may be a dummy); ARGV: group, entry id, lease, fields...
+# Only an entry still pending moves: a replayed settlement adds no second dead letter.
 _DEAD_LETTER = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))

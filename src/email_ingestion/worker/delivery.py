@@ -53,3 +53,9 @@ class Delivery:
     def original_id(self) -> str:
         """The id the message first had on the stream (retries and deferrals re-add it)."""
         return self._text(F.ORIGINAL_ID, self.entry_id)
+
+    @property
+    def delivered(self) -> int:
+        """Deliveries of this message so far, this one included: Redis's counter of this
+        entry plus those that ended without an outcome on the entries it had before."""
+        return self._int(F.DELIVERIES) + self.deliveries

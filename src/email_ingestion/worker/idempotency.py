@@ -21,13 +21,14 @@ from email_ingestion.common.keys import StreamKeys
 
 DONE = "done"
 
-# Renew only leases that are still ours: a lease that expired and was taken by another
-# worker must not be extended by the one that lost it.
-# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key.
+# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key. A lease that is
+# already ours (our previous life, same consumer and entry) is taken back with a fresh TTL:
+# SET NX GET alone would leave it to expire under the handler.
 _ACQUIRE = """
 local previous = {}
 for i, key in ipairs(KEYS) do
   previous[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1], 'GET')
+  if previous[i] == ARGV[i + 1] then redis.call('PEXPIRE', key, ARGV[1]) end
 end
 return previous
 """
@@ -43,6 +44,9 @@ end
 return acked
 """
 
+# Renew only leases that are still ours: a lease that expired and was taken by another
+# worker must not be extended by the one that lost it.
+# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key.
 _RENEW = """
 local renewed = 0
 for i, key in ipairs(KEYS) do
@@ -109,6 +113,10 @@ class Idempotency:
             return 0
         keys = [self.keys.idempotency(key) for key, _ in items]
         return int(self._renew(keys=keys, args=[self.lease_ms, *[value for _, value in items]]))
+
+    def confirm(self, item: tuple[str, str]) -> bool:
+        """Is this lease still ours? If so it is extended by a full lease time."""
+        return self.renew([item]) == 1
 
     def settle(self, pipe: redis.client.Pipeline, done: Sequence[str], ack_ids: Sequence[str]) -> None:
         """Mark `done` keys handled, then acknowledge `ack_ids`: one call for the batch."""

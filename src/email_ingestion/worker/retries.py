@@ -16,28 +16,41 @@ import redis
 from email_ingestion.common import entry_fields as F
 from email_ingestion.common.keys import StreamKeys
 
+# Due times are Redis server time (TIME), never a worker's clock: one host running fast
+# must not collapse everyone's backoff (issue 10 item 12).
+_NOW_MS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 # KEYS: stream, due zset, records hash, idempotency key
-# ARGV: group, entry id, record json, due ms, lease value
-_SCHEDULE = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+# ARGV: group, entry id, record json, delay ms, lease value
+# Only an entry still pending is scheduled: a settlement replayed after a lost reply (or a
+# Redis restart) finds it acknowledged and adds no second copy.
+_SCHEDULE = _NOW_MS + """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[2])
 if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 return 1
 """
 
-# KEYS: stream, due zset, records hash; ARGV: now ms, max to move, then the entry field names
-# (the record's JSON keys are the same names).
-_MOVE_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+# KEYS: stream, due zset, records hash; ARGV: max to move, ms to look ahead (0 but in tests),
+# then the entry field names (the record's JSON keys are the same names).
+# Returns {moved, ms until the next is due | false}.
+_MOVE_DUE = _NOW_MS + """
+now_ms = now_ms + tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, ARGV[1])
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', KEYS[3], id)
   if raw then
     local r = cjson.decode(raw)
     local fields = {}
     for i = 3, #ARGV do
-      fields[#fields + 1] = ARGV[i]
-      fields[#fields + 1] = tostring(r[ARGV[i]])
+      if r[ARGV[i]] ~= nil then
+        fields[#fields + 1] = ARGV[i]
+        fields[#fields + 1] = r[ARGV[i]]
+      end
     end
     redis.call('XADD', KEYS[1], '*', unpack(fields))
   end
@@ -45,10 +58,11 @@ for _, id in ipairs(ids) do
   redis.call('HDEL', KEYS[3], id)
 end
 local following = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-return {#ids, following[2] or false}
+if following[2] then return {#ids, math.max(0, tonumber(following[2]) - now_ms)} end
+return {#ids, false}
 """
 
-RECORD_FIELDS = (F.PAYLOAD, F.ATTEMPT, F.FIRST_FAILED_MS, F.LAST_ERROR, F.ORIGINAL_ID)
+RECORD_FIELDS = (F.PAYLOAD, F.ATTEMPT, F.FIRST_FAILED_MS, F.LAST_ERROR, F.ORIGINAL_ID, F.DELIVERIES)
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,11 @@ class RetryRecord:
     first_failed_ms: int
     last_error: str
     original_id: str
+    deliveries: int = 0  # earlier deliveries that ended without an outcome (see entry_fields)
 
     def to_json(self) -> str:
-        values = (self.payload, self.attempt, self.first_failed_ms, self.last_error, self.original_id)
+        values = (self.payload, self.attempt, self.first_failed_ms, self.last_error, self.original_id,
+                  self.deliveries)
         return json.dumps(dict(zip(RECORD_FIELDS, values, strict=True)))
 
 
@@ -71,16 +87,18 @@ class RetrySchedule:
         self._schedule = client.register_script(_SCHEDULE)
         self._move = client.register_script(_MOVE_DUE)
 
-    def schedule(self, pipe: redis.client.Pipeline, entry_id: str, record: RetryRecord, due_ms: int,
+    def schedule(self, pipe: redis.client.Pipeline, entry_id: str, record: RetryRecord, delay_ms: int,
                  idempotency_key: str, lease: str) -> None:
+        """Acknowledge `entry_id` and schedule `record` `delay_ms` from now (Redis time)."""
         keys = [self.keys.stream, self.keys.retries, self.keys.retry_payloads, self.keys.idempotency(idempotency_key)]
-        self._schedule(keys=keys, args=[self.keys.group, entry_id, record.to_json(), due_ms, lease], client=pipe)
+        self._schedule(keys=keys, args=[self.keys.group, entry_id, record.to_json(), delay_ms, lease], client=pipe)
 
-    def move_due(self, now_ms: int, limit: int = 500) -> tuple[int, int | None]:
-        """Move retries due at `now_ms` back into the stream. Returns (moved, next due ms)."""
+    def move_due(self, limit: int = 500, ahead_ms: int = 0) -> tuple[int, int | None]:
+        """Move retries that are due (Redis time, plus `ahead_ms` for tests that pass time in)
+        back into the stream. Returns (moved, ms until the next one is due, or None)."""
         moved, following = self._move(keys=[self.keys.stream, self.keys.retries, self.keys.retry_payloads],
-                                      args=[now_ms, limit, *RECORD_FIELDS])
-        return int(moved), int(float(following)) if following else None
+                                      args=[limit, ahead_ms, *RECORD_FIELDS])
+        return int(moved), int(following) if following is not None and following is not False else None
 
     def waiting(self) -> int:
         return int(self.redis.zcard(self.keys.retries))
