@@ -1,6 +1,8 @@
 """A loopback TCP proxy for tests and benchmarks: adds latency, counts bytes, and can
 "freeze" the connections it holds (traffic silently stops, sockets stay open), which is
-what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection."""
+what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection. It can also lose one
+reply: the next server-to-client chunk holding a marker is discarded and the connection
+dropped, as when a network fails after the server has acted on a command."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ class TcpProxy:
         self.connections = 0
         self._frozen: set[int] = set()  # ids of connections whose traffic is dropped
         self._live: set[int] = set()
+        self._drop_marker: bytes | None = None
+        self.replies_dropped = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -51,6 +55,18 @@ class TcpProxy:
         """Silently drop all traffic on the connections open now; new ones work."""
         self._frozen |= set(self._live)
 
+    def drop_next_reply(self, marker: bytes) -> None:
+        """Lose the next reply (server-to-client chunk) that contains `marker`, then close
+        that connection: the server did the work, the client never hears of it."""
+        self._drop_marker = marker
+
+    def _drops(self, data: bytes) -> bool:
+        if self._drop_marker is None or self._drop_marker not in data:
+            return False
+        self._drop_marker = None
+        self.replies_dropped += 1
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = id(writer)
         self.connections += 1
@@ -70,6 +86,9 @@ class TcpProxy:
         sender = asyncio.ensure_future(self._send_later(queue, writer, conn_id))
         try:
             while data := await reader.read(65536):
+                if not upstream and self._drops(data):
+                    writer.transport.abort()
+                    break
                 if upstream:
                     self.bytes_to_server += len(data)
                 else:
