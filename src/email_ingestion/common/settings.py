@@ -133,7 +133,7 @@ class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
     group: str = Field(default="email_processor_group", description="consumer group")
-    batch_size: int = Field(default=200, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")

@@ -20,7 +20,7 @@ from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.processor import BatchProcessor, BatchResult
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import Interrupted, RedisWait
-from email_ingestion.worker.retries import RetrySchedule
+from email_ingestion.worker.retries import RetrySchedule, moved_reply
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class WorkerLoop:
         waiting = False
         while not self.stop_event.is_set():
             self.liveness.tick()
-            self.recovery.beat()
-            _, next_due_in_ms = self.retries.move_due()
+            next_due_in_ms = self._beat_and_move_due()
             if time.monotonic() >= next_reclaim:
                 self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
@@ -148,6 +147,15 @@ class WorkerLoop:
                     log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
                     return
                 waiting = True
+
+    def _beat_and_move_due(self) -> int | None:
+        """Renew the heartbeat and move due retries back, in one round trip; returns the ms
+        until the next retry is due."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.recovery.beat(pipe)
+        self.retries.move_due_in(pipe)
+        _, next_due_in_ms = moved_reply(pipe.execute()[-1])
+        return next_due_in_ms
 
     def _recover(self, own_idle_ms: int | None = None) -> int:
         """Claim and settle orphans one at a time (see recovery.py for why), our own

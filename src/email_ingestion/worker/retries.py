@@ -96,9 +96,21 @@ class RetrySchedule:
     def move_due(self, limit: int = 500, ahead_ms: int = 0) -> tuple[int, int | None]:
         """Move retries that are due (Redis time, plus `ahead_ms` for tests that pass time in)
         back into the stream. Returns (moved, ms until the next one is due, or None)."""
-        moved, following = self._move(keys=[self.keys.stream, self.keys.retries, self.keys.retry_payloads],
-                                      args=[limit, ahead_ms, *RECORD_FIELDS])
-        return int(moved), int(following) if following is not None and following is not False else None
+        return _moved(self._move(keys=[self.keys.stream, self.keys.retries, self.keys.retry_payloads],
+                                 args=[limit, ahead_ms, *RECORD_FIELDS]))
+
+    def move_due_in(self, pipe: redis.client.Pipeline, limit: int = 500) -> None:
+        """Queue move_due() in `pipe`; parse its reply with moved_reply()."""
+        self._move(keys=[self.keys.stream, self.keys.retries, self.keys.retry_payloads],
+                   args=[limit, 0, *RECORD_FIELDS], client=pipe)
 
     def waiting(self) -> int:
         return int(self.redis.zcard(self.keys.retries))
+
+
+def _moved(reply: list[int | None]) -> tuple[int, int | None]:
+    moved, following = reply
+    return int(moved or 0), None if following is None else int(following)
+
+
+moved_reply = _moved
