@@ -2,7 +2,8 @@
 
 For any script of handler outcomes, every message ends in exactly one place (handled once,
 or dead-lettered once), never both, never lost; retries and pending lists end empty; and
-no message is tried more than MAX_RETRIES + 1 times. Time is passed in: no sleeping.
+no message is tried more than MAX_RETRIES + 1 times. Time is passed in (a look-ahead on
+Redis's clock): no sleeping.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_every_message_ends_in_exactly_one_place(redis_server, redis_client, mon
     worker.ensure_group()
     far_future_ms = 2**50
     for _ in range(50):  # bounded: each round moves all due retries and reads everything
-        worker.retries.move_due(far_future_ms)
+        worker.retries.move_due(ahead_ms=far_future_ms)
         reply = redis_client.xreadgroup(GROUP, "w", {STREAM: ">"}, count=batch_size)
         deliveries = [Delivery.from_redis(i, f) for _, entries in reply or [] for i, f in entries]
         if not deliveries and worker.retries.waiting() == 0:

@@ -157,18 +157,20 @@ def test_invalid_payload_goes_to_dlq_as_permanent(redis_client, worker_env):
 
 
 def test_retry_moves_back_when_due_with_time_passed_in(redis_client, worker_env):
-    """Given a retry due in an hour, passing `now` an hour ahead moves it; no sleeping."""
+    """Given a retry due in an hour (Redis time), looking an hour ahead moves it; no sleeping."""
     from email_ingestion.worker.retries import RetryRecord, RetrySchedule
     keys = StreamKeys(STREAM, GROUP)
-    schedule = RetrySchedule(redis_client, STREAM, GROUP, keys)
+    schedule = RetrySchedule(redis_client, keys=keys)
     redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     pipe = redis_client.pipeline()
-    now = int(time.time() * 1000)
-    schedule.schedule(pipe, "1-1", RetryRecord("{}", 1, now, "E", "1-1"), now + 3_600_000, "k", "lease")
+    redis_client.xadd(STREAM, {"payload": "{}"}, id="1-1")
+    redis_client.xreadgroup(GROUP, "w", {STREAM: ">"})
+    schedule.schedule(pipe, "1-1", RetryRecord("{}", 1, 5, "E", "1-1"), 3_600_000, "k", "lease")
     pipe.execute()
-    assert schedule.move_due(now) == (0, now + 3_600_000)
-    assert schedule.move_due(now + 3_600_000) == (1, None)
-    [(_, fields)] = redis_client.xrange(STREAM)
+    moved, due_in_ms = schedule.move_due()
+    assert moved == 0 and due_in_ms is not None and 3_500_000 < due_in_ms <= 3_600_000
+    assert schedule.move_due(ahead_ms=3_600_000) == (1, None)
+    [(_, fields)] = redis_client.xrange(STREAM, min="2")
     assert fields[b"attempt"] == b"1" and fields[b"original_id"] == b"1-1"
 
 
@@ -180,7 +182,7 @@ def test_live_slow_consumer_is_not_robbed_but_a_dead_one_is(redis_client, worker
     redis_client.xreadgroup(GROUP, "live", {STREAM: ">"}, count=2)
     redis_client.xreadgroup(GROUP, "dead", {STREAM: ">"}, count=2)
     redis_client.set(keys.heartbeat("live"), "1", px=60_000)
-    rescuer = Recovery(redis_client, STREAM, GROUP, "rescuer", keys, claim_min_idle_ms=0, hard_limit_ms=3_600_000,
+    rescuer = Recovery(redis_client, keys=keys, consumer="rescuer", claim_min_idle_ms=0, hard_limit_ms=3_600_000,
                        heartbeat_ttl_ms=1000)
     reclaimed = rescuer.reclaim()
     assert len(reclaimed.deliveries) == 2 and all(d.deliveries == 2 for d in reclaimed.deliveries)
@@ -195,7 +197,8 @@ def test_entries_deleted_while_pending_are_cleaned_up(redis_client, worker_env):
     redis_client.xgroup_create(STREAM, GROUP, id="0")
     redis_client.xreadgroup(GROUP, "dead", {STREAM: ">"}, count=3)
     redis_client.xdel(STREAM, ids[0])
-    rescuer = Recovery(redis_client, STREAM, GROUP, "rescuer", keys, 0, 3_600_000, 1000)
+    rescuer = Recovery(redis_client, keys=keys, consumer="rescuer", claim_min_idle_ms=0, hard_limit_ms=3_600_000,
+                       heartbeat_ttl_ms=1000)
     reclaimed = rescuer.reclaim()
     assert len(reclaimed.deliveries) == 2 and reclaimed.deleted == 1
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 2
@@ -209,7 +212,8 @@ def test_hard_limit_sweep_takes_even_from_live_consumers(redis_client, worker_en
     redis_client.xreadgroup(GROUP, "wedged", {STREAM: ">"}, count=1)
     redis_client.set(keys.heartbeat("wedged"), "1", px=60_000)
     time.sleep(0.05)
-    rescuer = Recovery(redis_client, STREAM, GROUP, "rescuer", keys, 0, hard_limit_ms=10, heartbeat_ttl_ms=1000)
+    rescuer = Recovery(redis_client, keys=keys, consumer="rescuer", claim_min_idle_ms=0, hard_limit_ms=10,
+                       heartbeat_ttl_ms=1000)
     assert len(rescuer.reclaim().deliveries) == 1
 
 

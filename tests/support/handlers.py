@@ -48,3 +48,36 @@ class _SlowJsonl:
 
 def slow_jsonl() -> _SlowJsonl:
     return _SlowJsonl()
+
+
+def marked_record(payload: EmailPayload, ctx: HandlerContext) -> None:
+    """Touch a per-message 'started' marker in TEST_MARKER_DIR, then behave like `record`."""
+    Path(os.environ["TEST_MARKER_DIR"], f"started-{payload.uid}-{os.getpid()}").touch()
+    record(payload, ctx)
+
+
+def hang(payload: EmailPayload, ctx: HandlerContext) -> None:
+    """Never returns on the message whose uid is TEST_HANG_UID; records the rest."""
+    if payload.uid == int(os.environ["TEST_HANG_UID"]):
+        while True:
+            time.sleep(3600)
+    record(payload, ctx)
+
+
+def fault_after(payload: EmailPayload, ctx: HandlerContext) -> None:
+    """Records; after the message whose uid is TEST_FAULT_UID (once per TEST_MARKER_DIR) it
+    breaks Redis before the batch settles: "restart" stops the server (TEST_REDIS_PID) and
+    waits until it is gone, "oom" sets maxmemory to 1 byte (TEST_REDIS_PORT)."""
+    record(payload, ctx)
+    marker = Path(os.environ["TEST_MARKER_DIR"], "fault-done")
+    if payload.uid != int(os.environ["TEST_FAULT_UID"]) or marker.exists():
+        return
+    marker.touch()
+    if os.environ["TEST_FAULT"] == "oom":
+        import redis
+        redis.Redis(port=int(os.environ["TEST_REDIS_PORT"])).config_set("maxmemory", 1)
+        return
+    pid = int(os.environ["TEST_REDIS_PID"])
+    os.kill(pid, signal.SIGTERM)
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+        time.sleep(0.02)

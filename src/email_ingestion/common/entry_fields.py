@@ -14,3 +14,7 @@ FIRST_FAILED_MS = "first_failed_ms"
 LAST_ERROR = "last_error"
 ORIGINAL_ID = "original_id"
 REPLAYED_FROM = "replayed_from"
+# Deliveries of this message that ended without an outcome (its worker died or froze) on the
+# entries it had before this one: deferrals and retries re-add a message as a new entry, whose
+# Redis delivery counter starts again at 1, so the count of crashes travels with it.
+DELIVERIES = "deliveries"

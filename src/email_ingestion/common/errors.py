@@ -91,3 +91,7 @@ class PermanentError(WorkerError):
 
 class RetryLater(WorkerError):
     """Raised by a handler to ask for a retry with backoff (any other exception does too)."""
+
+
+class HandlerTimeoutError(WorkerError):
+    """A handler call ran past HANDLER_TIMEOUT_SECONDS: the message fails with reason timeout."""

@@ -68,10 +68,16 @@ class MailboxKeys:
 
 @dataclass(frozen=True)
 class StreamKeys:
-    """Keys of the consumer side of one stream."""
+    """Keys of the consumer side of one stream: the stream, its group and its DLQ stream."""
 
     stream: str
     group: str
+    dlq: str = ""
+
+    @classmethod
+    def of(cls, stream: str, group: str, dlq_name: str) -> StreamKeys:
+        """The keys of `group` on `stream`, with the DLQ named as dlq_stream() names it."""
+        return cls(stream, group, dlq_stream(stream, dlq_name))
 
     @cached_property
     def _base(self) -> str:

@@ -19,6 +19,8 @@ import redis
 import redis.cluster
 import redis.exceptions
 import redis.sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from email_ingestion.common.errors import (
     RedisAuthError,
@@ -66,9 +68,14 @@ def make_redis(settings: RedisSettings) -> redis.Redis:
 
 
 def _common(settings: RedisSettings) -> dict[str, Any]:
+    # The same transparent retries whether REDIS_URL or host/port is set (redis-py's
+    # defaults differ): a reply lost on a dropped connection is retried on a new one.
+    # Every worker script tolerates running twice, and what a retried XREADGROUP or
+    # XCLAIM delivers twice stays pending on this consumer until it re-reads it.
     return {"socket_timeout": settings.socket_timeout_seconds,
             "socket_connect_timeout": settings.socket_timeout_seconds,
-            "health_check_interval": HEALTH_CHECK_INTERVAL_S}
+            "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)}
 
 
 def _credentials(settings: RedisSettings) -> dict[str, Any]:

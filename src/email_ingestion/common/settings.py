@@ -193,7 +193,7 @@ class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
     group: str = Field(default="email_processor_group", description="consumer group")
-    batch_size: int = Field(default=200, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
@@ -214,6 +214,9 @@ class RetrySettings(BaseSettings):
     claim_min_idle_ms: int = Field(default=60_000, ge=0, description="idle time before a dead consumer's message is claimed")
     claim_hard_limit_ms: int = Field(default=3_600_000, ge=1, description="claim even with a heartbeat")
     heartbeat_ttl_ms: int = Field(default=15_000, ge=100, description="consumer heartbeat key TTL")
+    handler_timeout_seconds: float = Field(default=300.0, gt=0,
+                                           description="a handler call running longer fails (timeout) and "
+                                                       "the worker exits for its supervisor to restart it")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")

@@ -3,7 +3,9 @@
 what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection; "close" them (the
 socket closes with no goodbye, as Cyrus does on shutdown); reset them (RST, what a
 restarting middlebox or a server crash does); and rewrite what the server says (to play
-a server that throttles, or lacks a capability)."""
+a server that throttles, or lacks a capability). It can also lose one reply: the next
+server-to-client chunk holding a marker is discarded and the connection dropped, as when
+a network fails after the server has acted on a command."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ class TcpProxy:
         self._live: set[int] = set()
         self._writers: dict[int, list[asyncio.StreamWriter]] = {}
         self.last_from_client = b""  # the last chunk a client sent (tests wait for a command)
+        self._drop_marker: bytes | None = None
+        self.replies_dropped = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -87,6 +91,18 @@ class TcpProxy:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 writer.transport.abort()
 
+    def drop_next_reply(self, marker: bytes) -> None:
+        """Lose the next reply (server-to-client chunk) that contains `marker`, then close
+        that connection: the server did the work, the client never hears of it."""
+        self._drop_marker = marker
+
+    def _drops(self, data: bytes) -> bool:
+        if self._drop_marker is None or self._drop_marker not in data:
+            return False
+        self._drop_marker = None
+        self.replies_dropped += 1
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = id(writer)
         self.connections += 1
@@ -108,6 +124,9 @@ class TcpProxy:
         sender = asyncio.ensure_future(self._send_later(queue, writer, conn_id))
         try:
             while data := await reader.read(65536):
+                if not upstream and self._drops(data):
+                    writer.transport.abort()
+                    break
                 if upstream:
                     self.bytes_to_server += len(data)
                     self.last_from_client = data[-200:]

@@ -1,6 +1,7 @@
 """`python worker.py --consumer NAME`: handle the stream's emails through a consumer group.
 
-Exit status: 0 stopped cleanly (or --burst done), 1 failed, 2 bad setting.
+Exit status: 0 stopped cleanly (or --burst done), 1 failed (or a handler call timed out), 2 bad
+setting, 3 Redis refused the credentials.
 """
 
 from __future__ import annotations
@@ -13,30 +14,35 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
-from email_ingestion.common.keys import StreamKeys, dlq_stream
+from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import Replication, describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import Liveness, start_health
 from email_ingestion.monitoring.metrics import WorkerMetrics
+from email_ingestion.worker import timings
 from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.dead_letter import DeadLetterQueue
 from email_ingestion.worker.handlers import load_handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
-from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
+from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
 
 log = logging.getLogger("email_ingestion.worker")
-
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,50 +74,48 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
-                   out_of_time: Any = lambda: False) -> WorkerLoop:
+                 out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms) -> WorkerLoop:
     """Wire a worker from settings; nothing connects until it runs."""
-    stream, group, retry = settings.redis.stream_name, settings.worker.group, settings.retry
+    retry = settings.retry
+    timings.check(settings.worker, retry)
     handler = load_handler(settings.worker.handler, retry)
     client = make_redis(settings.redis)
-    keys = StreamKeys(stream, group)
-    metrics = WorkerMetrics(stream, group)
-    retries = RetrySchedule(client, stream, group, keys)
-    recovery = Recovery(client, stream, group, consumer, keys, retry.claim_min_idle_ms, retry.claim_hard_limit_ms,
-                        retry.heartbeat_ttl_ms)
-    processor = BatchProcessor(
-        client, consumer, handler,
-        Idempotency(client, keys, retry.lease_ms, retry.idempotency_ttl_seconds), retries,
-        DeadLetterQueue(client, stream, group, dlq_stream(stream, retry.dlq_stream_name), keys),
-        Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
-        retry.max_deliveries, metrics, heartbeat=recovery.beat, replication=Replication.from_settings(settings.redis))
-    loop = LoopSettings(stream, group, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
+    keys = StreamKeys.of(settings.redis.stream_name, settings.worker.group, retry.dlq_stream_name)
+    metrics = WorkerMetrics(keys.stream, keys.group)
     health = settings.health
-    worker = WorkerLoop(client, loop, processor, retries, recovery, metrics, stop_event, out_of_time,
-                      Liveness(health.stall_seconds),
-                      CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
-    expose(worker, settings, client, dlq_stream(stream, retry.dlq_stream_name))
+    redis_wait = RedisWait(stop_event, Liveness(health.stall_seconds),
+                           CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
+    retries = RetrySchedule(client, keys=keys)
+    recovery = Recovery(client, keys=keys, consumer=consumer, claim_min_idle_ms=retry.claim_min_idle_ms,
+                        hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms)
+    processor = BatchProcessor(
+        client, consumer=consumer, handler=handler,
+        idempotency=Idempotency(client, keys=keys, lease_ms=retry.lease_ms, ttl_s=retry.idempotency_ttl_seconds),
+        retries=retries, dlq=DeadLetterQueue(client, keys=keys, clock_ms=clock_ms),
+        backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
+        max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat,
+        stop_heartbeat=recovery.stop_beating, redis_wait=redis_wait,
+        timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds),
+        clock_ms=clock_ms, replication=Replication.from_settings(settings.redis))
+    loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
+    worker = WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
+                        metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
+    expose(worker, settings, client)
     return worker
 
 
-def expose(worker: WorkerLoop, settings: Settings, client: Any, dlq: str) -> None:
+def expose(worker: WorkerLoop, settings: Settings, client: redis.Redis) -> None:
     """/health, /ready, /status and /metrics on WORKER_METRICS_PORT (0: none)."""
-    stream, group = worker.loop.stream, worker.loop.group
+    keys = worker.loop.keys
     registry = worker.metrics.registry
-    registry.register(StreamCollector(client, stream, group, dlq))
+    registry.register(StreamCollector(client, keys.stream, keys.group, keys.dlq))
     registry.register(ProcessCollector(worker.liveness, [worker.breaker], "worker"))
 
-    def ready() -> tuple[bool, str]:
-        groups = {g["name"].decode() for g in client.xinfo_groups(stream)}
-        return (group in groups, "ok" if group in groups else f"consumer group {group} does not exist")
-
     def status() -> dict[str, Any]:
-        return {"component": "worker", "consumer": worker.loop.consumer, "stream": stream, "group": group,
-                "handler": settings.worker.handler.split(":", 1)[0],
-                "counters": {k: v for k, v in worker.stats.__dict__.items() if not k.endswith("_at")},
-                "circuit_breakers": {worker.breaker.name: worker.breaker.snapshot()},
-                "retries_waiting": worker.retries.waiting(), "figures": stream_figures(client, stream, group, dlq)}
+        return {**worker.status(), "handler": settings.worker.handler.split(":", 1)[0],
+                "figures": stream_figures(client, keys.stream, keys.group, keys.dlq)}
 
-    start_health(registry, worker.liveness, ready, status, settings.worker.metrics_port, settings.health.host,
+    start_health(registry, worker.liveness, worker.ready, status, settings.worker.metrics_port, settings.health.host,
                  "WORKER_METRICS_PORT")
 
 

@@ -3,16 +3,18 @@ atomic step that acknowledges it, so it is never both pending and dead, nor neit
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import redis
 
+from email_ingestion.common import entry_fields as F
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.keys import StreamKeys
 
 # KEYS: stream, dlq, idempotency key (may be a dummy); ARGV: group, entry id, lease, fields...
+# Only an entry still pending moves: a replayed settlement adds no second dead letter.
 _DEAD_LETTER = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
@@ -36,26 +38,26 @@ class DeadLetter:
     last_failure_ms: int
     consumer: str
 
-    def fields(self) -> list[str]:
-        values = {**self.__dict__, "traceback": self.traceback[-TRACEBACK_CHARS:],
-                  "error_message": self.error_message[:2000], "dead_at_ms": int(time.time() * 1000)}
+    def fields(self, dead_at_ms: int) -> list[str]:
+        """Field/value pairs for XADD; `dead_at_ms` comes from the caller's clock."""
+        values = {**self.__dict__, F.PAYLOAD: self.payload, F.ORIGINAL_ID: self.original_id,
+                  "traceback": self.traceback[-TRACEBACK_CHARS:],
+                  "error_message": self.error_message[:2000], "dead_at_ms": dead_at_ms}
         return [str(part) for pair in values.items() for part in pair]
 
 
 class DeadLetterQueue:
-    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str, keys: StreamKeys) -> None:
+    def __init__(self, client: redis.Redis, *, keys: StreamKeys, clock_ms: Clock = wall_ms) -> None:
         self.redis = client
-        self.stream = stream
-        self.group = group
-        self.dlq = dlq
         self.keys = keys
+        self.clock_ms = clock_ms
         self._script = client.register_script(_DEAD_LETTER)
 
     def send(self, pipe: redis.client.Pipeline, entry_id: str, letter: DeadLetter,
              idempotency_key: str = "", lease: str = "") -> None:
         key = self.keys.idempotency(idempotency_key or "-")
-        self._script(keys=[self.stream, self.dlq, key], args=[self.group, entry_id, lease, *letter.fields()],
-                     client=pipe)
+        self._script(keys=[self.keys.stream, self.keys.dlq, key],
+                     args=[self.keys.group, entry_id, lease, *letter.fields(self.clock_ms())], client=pipe)
 
     def depth(self) -> int:
-        return int(self.redis.xlen(self.dlq))
+        return int(self.redis.xlen(self.keys.dlq))

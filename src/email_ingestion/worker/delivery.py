@@ -1,10 +1,13 @@
-"""One stream entry as handed to this worker."""
+"""One stream entry as handed to this worker, its fields (common/entry_fields.py) as properties."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from email_ingestion.common import entry_fields as F
 from email_ingestion.common.text import to_text
+
+_PAYLOAD = F.PAYLOAD.encode()
 
 
 @dataclass(frozen=True)
@@ -17,20 +20,42 @@ class Delivery:
     def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> Delivery:
         return cls(to_text(entry_id), fields or {}, deliveries)
 
+    def _text(self, name: str, default: str = "") -> str:
+        value = self.raw.get(name.encode())
+        return default if value is None else to_text(value)
+
+    def _int(self, name: str) -> int:
+        try:
+            return int(self._text(name, "0"))
+        except ValueError:
+            return 0
+
     @property
     def payload(self) -> bytes:
         """The payload JSON, undecoded: pydantic validates bytes directly."""
-        return self.raw.get(b"payload", b"")
-
-    @property
-    def fields(self) -> dict[str, str]:
-        """Decoded fields, for the rare paths (retries, dead letters)."""
-        return {to_text(k): to_text(v) for k, v in self.raw.items()}
+        return self.raw.get(_PAYLOAD, b"")
 
     @property
     def attempt(self) -> int:
         """Failed attempts before this delivery (0 for a fresh message)."""
-        try:
-            return int(self.raw.get(b"attempt", b"0"))
-        except ValueError:
-            return 0
+        return self._int(F.ATTEMPT)
+
+    @property
+    def first_failed_ms(self) -> int:
+        """When the first attempt failed (0: it has not failed yet)."""
+        return self._int(F.FIRST_FAILED_MS)
+
+    @property
+    def last_error(self) -> str:
+        return self._text(F.LAST_ERROR)
+
+    @property
+    def original_id(self) -> str:
+        """The id the message first had on the stream (retries and deferrals re-add it)."""
+        return self._text(F.ORIGINAL_ID, self.entry_id)
+
+    @property
+    def delivered(self) -> int:
+        """Deliveries of this message so far, this one included: Redis's counter of this
+        entry plus those that ended without an outcome on the entries it had before."""
+        return self._int(F.DELIVERIES) + self.deliveries

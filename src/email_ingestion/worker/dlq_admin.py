@@ -16,29 +16,30 @@ import argparse
 import json
 import re
 import sys
-import time
 from collections import Counter
 from typing import Any
 
 import redis
 
 from email_ingestion.admin.common import closed_pipe_is_quiet
+from email_ingestion.common import entry_fields as F
 from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import AuthError, RedisUnavailableError, SettingsError
 from email_ingestion.common.keys import dlq_stream
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
 from email_ingestion.common.text import iso_from_epoch_s, to_text
 
-# KEYS: dlq, stream; ARGV: dlq entry id
+# KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from
 _REPLAY = """
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then return false end
 local fields = entries[1][2]
 local payload = nil
-for i = 1, #fields, 2 do if fields[i] == 'payload' then payload = fields[i + 1] end end
+for i = 1, #fields, 2 do if fields[i] == ARGV[2] then payload = fields[i + 1] end end
 if not payload then return false end
-local id = redis.call('XADD', KEYS[2], '*', 'payload', payload, 'attempt', 0, 'replayed_from', ARGV[1])
+local id = redis.call('XADD', KEYS[2], '*', ARGV[2], payload, ARGV[3], 0, ARGV[4], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 return id
 """
@@ -54,10 +55,11 @@ def parse_duration_s(text: str) -> int:
 
 
 class DlqAdmin:
-    def __init__(self, client: redis.Redis, stream: str, dlq: str) -> None:
+    def __init__(self, client: redis.Redis, stream: str, dlq: str, clock_ms: Clock = wall_ms) -> None:
         self.redis = client
         self.stream = stream
         self.dlq = dlq
+        self.clock_ms = clock_ms
         self._replay = client.register_script(_REPLAY)
 
     def entries(self, limit: int | None = None, ids: list[str] | None = None) -> list[dict[str, Any]]:
@@ -72,7 +74,7 @@ class DlqAdmin:
     def replay(self, ids: list[str]) -> list[dict[str, str]]:
         done = []
         for entry_id in ids:
-            new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id])
+            new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id, F.PAYLOAD, F.ATTEMPT, F.REPLAYED_FROM])
             if new_id:
                 done.append({"dlq_id": entry_id, "stream_id": to_text(new_id)})
         return done
@@ -85,7 +87,7 @@ class DlqAdmin:
 
     def purge(self, ids: list[str] | None = None, all_: bool = False, older_than_s: int | None = None) -> int:
         if older_than_s is not None:
-            cutoff_ms = int(time.time() * 1000) - older_than_s * 1000
+            cutoff_ms = self.clock_ms() - older_than_s * 1000
             return int(self.redis.xtrim(self.dlq, minid=f"{cutoff_ms}-0", approximate=False))
         if all_:
             count = int(self.redis.xlen(self.dlq))
@@ -95,7 +97,7 @@ class DlqAdmin:
 
     def stats(self) -> dict[str, Any]:
         entries = self.entries()
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock_ms()
         ages = [now_ms - int(e["id"].split("-")[0]) for e in entries]
         return {
             "dlq": self.dlq, "depth": len(entries),
@@ -182,7 +184,7 @@ def _check_selection(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
     if args.command == "list":
-        return [_with_times({k: v for k, v in e.items() if k not in ("payload", "traceback")})
+        return [_with_times({k: v for k, v in e.items() if k not in (F.PAYLOAD, "traceback")})
                 for e in admin.entries(args.limit)]
     if args.command == "show":
         found = admin.entries(ids=[args.id])

@@ -18,16 +18,18 @@ from enum import Enum
 import redis
 
 from email_ingestion.common.keys import StreamKeys
+from email_ingestion.common.text import to_text
 
 DONE = "done"
 
-# Renew only leases that are still ours: a lease that expired and was taken by another
-# worker must not be extended by the one that lost it.
-# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key.
+# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key. A lease that is
+# already ours (our previous life, same consumer and entry) is taken back with a fresh TTL:
+# SET NX GET alone would leave it to expire under the handler.
 _ACQUIRE = """
 local previous = {}
 for i, key in ipairs(KEYS) do
   previous[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1], 'GET')
+  if previous[i] == ARGV[i + 1] then redis.call('PEXPIRE', key, ARGV[1]) end
 end
 return previous
 """
@@ -43,6 +45,9 @@ end
 return acked
 """
 
+# Renew only leases that are still ours: a lease that expired and was taken by another
+# worker must not be extended by the one that lost it.
+# KEYS: idempotency keys; ARGV: lease ms, then one lease value per key.
 _RENEW = """
 local renewed = 0
 for i, key in ipairs(KEYS) do
@@ -54,6 +59,20 @@ end
 return renewed
 """
 
+
+# Compare-and-set: take each lease only if it still holds the dead holder's value.
+# KEYS: idempotency keys; ARGV: lease ms, then (our value, their value) per key.
+_TAKE = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  taken[i] = 0
+  if redis.call('GET', key) == ARGV[2 * i + 1] then
+    redis.call('SET', key, ARGV[2 * i], 'PX', ARGV[1])
+    taken[i] = 1
+  end
+end
+return taken
+"""
 
 _RELEASE = """
 local released = 0
@@ -78,7 +97,7 @@ def lease_value(consumer: str, entry_id: str) -> str:
 
 
 class Idempotency:
-    def __init__(self, client: redis.Redis, keys: StreamKeys, lease_ms: int, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, keys: StreamKeys, lease_ms: int, ttl_s: int) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
@@ -87,6 +106,7 @@ class Idempotency:
         self._settle = client.register_script(_SETTLE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._take = client.register_script(_TAKE)
 
     def acquire(self, items: Sequence[tuple[str, str]]) -> list[LeaseState]:
         """Try to lease each (idempotency key, lease value), in one round trip. A lease
@@ -96,7 +116,27 @@ class Idempotency:
             return []
         keys = [self.keys.idempotency(key) for key, _ in items]
         previous = self._acquire(keys=keys, args=[self.lease_ms, *[value for _, value in items]])
-        return [_state(before or None, value) for before, (_, value) in zip(previous, items, strict=True)]
+        states = [_state(before or None, value) for before, (_, value) in zip(previous, items, strict=True)]
+        held = [i for i, state in enumerate(states) if state is LeaseState.HELD]
+        for i in self._take_over_from_dead([(keys[i], items[i][1], to_text(previous[i])) for i in held]):
+            states[held[i]] = LeaseState.ACQUIRED
+        return states
+
+    def _take_over_from_dead(self, held: list[tuple[str, str, str]]) -> list[int]:
+        """Of (key, our value, holder's value), take the leases whose holder has no heartbeat:
+        it died holding them. Deferring instead would re-add the message as a new entry and
+        read its innocent batch-mates together with it again. Returns the indexes taken."""
+        holders = [_holder(theirs) for _, _, theirs in held]
+        if not any(holders):
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for holder in holders:
+            pipe.exists(self.keys.heartbeat(holder or "-"))
+        dead = [i for i, (holder, alive) in enumerate(zip(holders, pipe.execute(), strict=True))
+                if holder and not alive]
+        taken = self._take(keys=[held[i][0] for i in dead],
+                           args=[self.lease_ms, *[part for i in dead for part in held[i][1:]]]) if dead else []
+        return [i for i, ok in zip(dead, taken, strict=True) if ok]
 
     def release(self, pipe: redis.client.Pipeline, items: Sequence[tuple[str, str]]) -> None:
         """Give back leases of messages we did not get to handle (shutdown)."""
@@ -110,12 +150,22 @@ class Idempotency:
         keys = [self.keys.idempotency(key) for key, _ in items]
         return int(self._renew(keys=keys, args=[self.lease_ms, *[value for _, value in items]]))
 
-    def settle(self, pipe: redis.client.Pipeline, stream: str, group: str, done: Sequence[str],
-               ack_ids: Sequence[str]) -> None:
+    def confirm(self, item: tuple[str, str]) -> bool:
+        """Is this lease still ours? If so it is extended by a full lease time."""
+        return self.renew([item]) == 1
+
+    def settle(self, pipe: redis.client.Pipeline, done: Sequence[str], ack_ids: Sequence[str]) -> None:
         """Mark `done` keys handled, then acknowledge `ack_ids`: one call for the batch."""
         if ack_ids:
-            keys = [stream, *[self.keys.idempotency(key) for key in done]]
-            self._settle(keys=keys, args=[group, self.ttl_s, *ack_ids], client=pipe)
+            keys = [self.keys.stream, *[self.keys.idempotency(key) for key in done]]
+            self._settle(keys=keys, args=[self.keys.group, self.ttl_s, *ack_ids], client=pipe)
+
+
+def _holder(lease: str) -> str | None:
+    """The consumer named in a lease value "lease:<consumer>:<entry id>"."""
+    if not lease.startswith("lease:") or lease.count(":") < 2:
+        return None
+    return lease[len("lease:"):lease.rindex(":")]
 
 
 def _state(previous: bytes | None, ours: str) -> LeaseState:

@@ -3,23 +3,24 @@ read a batch through the consumer group, hand it to the BatchProcessor."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from email_ingestion.common.breaker import CircuitBreaker
-from email_ingestion.common.errors import RedisUnavailableError
-from email_ingestion.common.redis_client import redis_errors
-from email_ingestion.monitoring.health import Liveness
+from email_ingestion.common.keys import StreamKeys
+from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.delivery import Delivery
-from email_ingestion.worker.processor import BatchProcessor
+from email_ingestion.worker.processor import BatchProcessor, BatchResult
 from email_ingestion.worker.recovery import Recovery
-from email_ingestion.worker.retries import RetrySchedule
+from email_ingestion.worker.redis_wait import Interrupted, RedisWait
+from email_ingestion.worker.retries import RetrySchedule, moved_reply
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,24 @@ RECLAIM_INTERVAL_S = 5.0
 RECLAIM_MAX_PER_ROUND = 1000
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
-    stream: str
-    group: str
+    keys: StreamKeys
     consumer: str
     batch_size: int
     block_ms: int
     reclaim_interval_s: float = RECLAIM_INTERVAL_S
+
+    @property
+    def stream(self) -> str:
+        return self.keys.stream
+
+    @property
+    def group(self) -> str:
+        return self.keys.group
+
+
+_COUNTED = ("processed", "failed", "dead_lettered", "duplicates")
 
 
 @dataclass
@@ -48,6 +59,15 @@ class WorkerStats:
     first_read_at: float | None = None  # monotonic: when the first batch arrived
     last_settled_at: float | None = None  # monotonic: when the last batch was settled
 
+    def add(self, result: BatchResult) -> None:
+        """Count one settled batch."""
+        self.batches += 1
+        for name in _COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(result, name))
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("batches", *_COUNTED, "reclaimed")}
+
     @property
     def busy_s(self) -> float:
         if self.first_read_at is None or self.last_settled_at is None:
@@ -56,10 +76,9 @@ class WorkerStats:
 
 
 class WorkerLoop:
-    def __init__(self, client: redis.Redis, loop: LoopSettings, processor: BatchProcessor, retries: RetrySchedule,
-                 recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
-                 out_of_time: Callable[[], bool] = lambda: False, liveness: Liveness | None = None,
-                 breaker: CircuitBreaker | None = None) -> None:
+    def __init__(self, client: redis.Redis, *, loop: LoopSettings, processor: BatchProcessor,
+                 retries: RetrySchedule, recovery: Recovery, metrics: WorkerMetrics, stop_event: threading.Event,
+                 redis_wait: RedisWait, out_of_time: Callable[[], bool] = lambda: False) -> None:
         self.redis = client
         self.loop = loop
         self.processor = processor
@@ -67,10 +86,27 @@ class WorkerLoop:
         self.recovery = recovery
         self.metrics = metrics
         self.stop_event = stop_event
+        self.redis_wait = redis_wait
         self.out_of_time = out_of_time
-        self.liveness = liveness or Liveness(180.0)
-        self.breaker = breaker or CircuitBreaker("redis")
+        self.liveness = redis_wait.liveness
+        self.breaker = redis_wait.breaker
         self.stats = WorkerStats()
+
+    def status(self) -> dict[str, Any]:
+        """The worker's part of the /status body: who it is and what it has done."""
+        return {"component": "worker", "consumer": self.loop.consumer, "stream": self.loop.stream,
+                "group": self.loop.group, "counters": self.stats.counters(),
+                "circuit_breakers": {self.breaker.name: self.breaker.snapshot()},
+                "redis_unavailable": self.redis_wait.reason, "retries_waiting": self.retries.waiting()}
+
+    def ready(self) -> tuple[bool, str]:
+        """Not ready while Redis refuses us (down, LOADING, READONLY, OOM) or the group is gone."""
+        if self.redis_wait.reason:
+            return False, self.redis_wait.reason
+        groups = {to_text(g["name"]) for g in self.redis.xinfo_groups(self.loop.stream)}
+        if self.loop.group not in groups:
+            return False, f"consumer group {self.loop.group} does not exist"
+        return True, "ok"
 
     def ensure_group(self) -> None:
         """Create the group idempotently, from id 0 so a backlog that predates it is read."""
@@ -82,53 +118,52 @@ class WorkerLoop:
                 raise
 
     def run(self, burst: bool = False) -> None:
-        failures = 0
-        while not self.stop_event.is_set():
-            try:
-                with redis_errors("the worker loop"):
-                    self._run(burst)
-                return
-            except RedisUnavailableError as exc:
-                failures += 1
-                self.breaker.failure()
-                delay_s = max(min(30.0, 0.5 * 2 ** min(failures, 6)), self.breaker.wait_s())
-                log.warning("Redis unavailable; retrying", extra={"error": str(exc),
-                                                                    "retry_in_s": round(delay_s, 2)})
-                self._wait(delay_s)
-
-    def _wait(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set() and time.monotonic() < deadline:
-            self.liveness.tick()
-            self.stop_event.wait(min(1.0, deadline - time.monotonic()))
+        """Until stopped (or, with `burst`, drained); Redis refusals are waited out."""
+        with contextlib.suppress(Interrupted):
+            self.redis_wait.call(lambda: self._run(burst), "the worker loop", give_up=self.stop_event.is_set)
 
     def _run(self, burst: bool) -> None:
         self.ensure_group()
         self.recovery.beat()
-        self._recover(own=True)
+        self._recover(own_idle_ms=0)  # our previous life's entries, whatever their idle time
+        self.redis_wait.succeeded()
         next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
+        waiting = False
         while not self.stop_event.is_set():
             self.liveness.tick()
-            self.recovery.beat()
-            self.breaker.success()
-            _, next_due_ms = self.retries.move_due(int(time.time() * 1000))
+            next_due_in_ms = self._beat_and_move_due()
             if time.monotonic() >= next_reclaim:
                 self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
-            deliveries = self._read(self._block_ms(next_due_ms))
+            # A burst reads without blocking until it finds nothing to do; then it blocks
+            # like a normal worker, so waiting for its own stranded entries is not a busy loop.
+            deliveries = self._read(self._block_ms(next_due_in_ms, burst and not waiting))
+            waiting = False
             if deliveries:
                 self._process(deliveries)
             # Before a burst calls it done, it takes over what dead consumers left behind.
-            elif burst and not self._recover() and self._drained():
-                log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
-                return
+            elif burst and not self._recover():
+                if self._drained():
+                    log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
+                    return
+                waiting = True
 
-    def _recover(self, own: bool = False) -> int:
-        """Claim and settle orphans one at a time (see recovery.py for why)."""
+    def _beat_and_move_due(self) -> int | None:
+        """Renew the heartbeat and move due retries back, in one round trip; returns the ms
+        until the next retry is due."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.recovery.beat(pipe)
+        self.retries.move_due_in(pipe)
+        _, next_due_in_ms = moved_reply(pipe.execute()[-1])
+        return next_due_in_ms
+
+    def _recover(self, own_idle_ms: int | None = None) -> int:
+        """Claim and settle orphans one at a time (see recovery.py for why), our own
+        entries idle past CLAIM_MIN_IDLE_MS included (a reply lost on the way to us)."""
         count = 0
         while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
             self.liveness.tick()
-            claimed = self.recovery.reclaim(own=own, limit=1).deliveries
+            claimed = self.recovery.reclaim(own_idle_ms=own_idle_ms, limit=1).deliveries
             if not claimed:
                 break
             self._count_reclaimed(claimed)
@@ -136,10 +171,10 @@ class WorkerLoop:
             count += len(claimed)
         return count
 
-    def _read(self, block_ms: int) -> list[Delivery]:
+    def _read(self, block_ms: int | None) -> list[Delivery]:
         try:
-            reply = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
-                                          count=self.loop.batch_size, block=block_ms)
+            reply: Any = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
+                                               count=self.loop.batch_size, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -147,10 +182,11 @@ class WorkerLoop:
             return []
         return [Delivery.from_redis(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
 
-    def _block_ms(self, next_due_ms: int | None) -> int:
-        block = self.loop.block_ms
-        if next_due_ms is not None:
-            block = min(block, max(1, next_due_ms - int(time.time() * 1000)))
+    def _block_ms(self, next_due_in_ms: int | None, burst: bool) -> int | None:
+        """How long XREADGROUP may block: None (not at all) for a burst with no retry to wait for."""
+        if burst and next_due_in_ms is None:
+            return None
+        block = self.loop.block_ms if next_due_in_ms is None else min(self.loop.block_ms, next_due_in_ms)
         return max(1, block)
 
     def _drained(self) -> bool:
@@ -169,8 +205,4 @@ class WorkerLoop:
             self.stats.first_read_at = time.monotonic()
         result = self.processor.process(deliveries, self.out_of_time)
         self.stats.last_settled_at = time.monotonic()
-        self.stats.batches += 1
-        self.stats.processed += result.processed
-        self.stats.failed += result.failed
-        self.stats.dead_lettered += result.dead_lettered
-        self.stats.duplicates += result.duplicates
+        self.stats.add(result)

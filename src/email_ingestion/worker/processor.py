@@ -1,23 +1,27 @@
 """Handling one batch of deliveries: validate, lease, call the handler, then settle every
 message in one MULTI (done markers + acks, retries, dead letters).
 
-Round trips per batch, whatever its size: one for the leases, one for settling.
+Round trips per batch, whatever its size: one for the leases, one for settling. The
+settlement is kept as data until it has landed: when Redis is down, restarting, loading or
+full at that moment, it is replayed once Redis serves again, before anything new is read,
+so a handled message is not handled again (every settling script tolerates a replay).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from pydantic import ValidationError
 
 from email_ingestion.common.clock import Clock, wall_ms
-from email_ingestion.common.errors import PermanentError
+from email_ingestion.common.errors import HandlerTimeoutError, PermanentError
+from email_ingestion.common.exits import EXIT_FAILED
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.common.redis_client import Replication
@@ -29,10 +33,15 @@ from email_ingestion.worker.dead_letter import DeadLetter, DeadLetterQueue
 from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency, LeaseState, lease_value
+from email_ingestion.worker.lease_keeper import LeaseKeeper
+from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetryRecord, RetrySchedule
+from email_ingestion.worker.timings import lease_margin_ms
 
 log = logging.getLogger(__name__)
 handler_log = logging.getLogger("email_ingestion.worker.handler")
+
+Action = Callable[[redis.client.Pipeline], None]
 
 
 @dataclass
@@ -47,14 +56,6 @@ class Leased:
 
 
 @dataclass
-class Settlement:
-    """What the batch's final MULTI acknowledges: done markers, then acks."""
-
-    done_keys: list[str]
-    ack_ids: list[str]
-
-
-@dataclass
 class BatchResult:
     processed: int = 0
     failed: int = 0
@@ -63,13 +64,32 @@ class BatchResult:
     retried: int = 0
     deferred: int = 0
     unfinished: int = 0
+    lost: int = 0  # leases found taken by another worker before the handler ran: skipped
+
+
+@dataclass
+class Settlement:
+    """What the batch's final MULTI does: the retry/DLQ/release scripts, done markers, acks."""
+
+    actions: list[Action] = field(default_factory=list)
+    done_keys: list[str] = field(default_factory=list)
+    ack_ids: list[str] = field(default_factory=list)
+    result: BatchResult = field(default_factory=BatchResult)
+
+
+@dataclass(frozen=True)
+class ProcessorTimings:
+    lease_ms: int
+    renew_interval_s: float
+    handler_timeout_s: float
 
 
 class BatchProcessor:
-    def __init__(self, client: redis.Redis, consumer: str, handler: Handler, idempotency: Idempotency,
+    def __init__(self, client: redis.Redis, *, consumer: str, handler: Handler, idempotency: Idempotency,
                  retries: RetrySchedule, dlq: DeadLetterQueue, backoff: Backoff, max_deliveries: int,
-                 metrics: WorkerMetrics, heartbeat: Callable[[], None],
-                 clock_ms: Clock = wall_ms, replication: Replication = Replication()) -> None:
+                 metrics: WorkerMetrics, heartbeat: Callable[[], None], stop_heartbeat: Callable[[], None],
+                 redis_wait: RedisWait, timings: ProcessorTimings, clock_ms: Clock = wall_ms,
+                 replication: Replication = Replication()) -> None:
         self.redis = client
         self.replication = replication
         self.consumer = consumer
@@ -81,128 +101,180 @@ class BatchProcessor:
         self.max_deliveries = max_deliveries
         self.metrics = metrics
         self.heartbeat = heartbeat
+        self.stop_heartbeat = stop_heartbeat
+        self.redis_wait = redis_wait
+        self.timings = timings
         self.clock_ms = clock_ms
 
     def process(self, deliveries: list[Delivery], out_of_time: Callable[[], bool] = lambda: False) -> BatchResult:
-        result = BatchResult()
-        settle = Settlement([], [])
-        pipe = self.redis.pipeline(transaction=True)
-        candidates = self._first_of_each_key([c for c in (self._admit(d, pipe, result) for d in deliveries)
-                                              if c is not None], settle, result)
-        states = self.idempotency.acquire([c.lease_item for c in candidates])
+        batch = Settlement()
+        admitted = [c for c in (self._admit(d, batch) for d in deliveries) if c is not None]
+        candidates = self._first_of_each_key(admitted, batch)
+        confirmed_at = time.monotonic()
+        to_handle = self._leased(candidates, self.idempotency.acquire([c.lease_item for c in candidates]), batch)
+        with self._keeper(to_handle, batch, confirmed_at) as keeper:
+            for index, leased in enumerate(to_handle):
+                if out_of_time():
+                    self._release(batch, to_handle[index:])
+                    batch.result.unfinished = len(to_handle) - index
+                    break
+                if self._still_ours(leased, keeper, batch.result):
+                    self._handle(leased, batch, keeper, index)
+        self.redis_wait.call(lambda: self._execute(batch), "settling a batch", give_up=out_of_time)
+        self._count(batch.result)
+        return batch.result
+
+    def _keeper(self, to_handle: list[Leased], batch: Settlement, confirmed_at: float) -> LeaseKeeper:
+        return LeaseKeeper(self.idempotency, [c.lease_item for c in to_handle], heartbeat=self.heartbeat,
+                           interval_s=self.timings.renew_interval_s,
+                           handler_timeout_s=self.timings.handler_timeout_s,
+                           on_timeout=lambda index: self._timed_out(batch, to_handle, index),
+                           confirmed_at=confirmed_at, margin_ms=lease_margin_ms(self.timings.lease_ms))
+
+    def _leased(self, candidates: list[Leased], states: list[LeaseState], batch: Settlement) -> list[Leased]:
         to_handle = []
         for leased, state in zip(candidates, states, strict=True):
             if state is LeaseState.ACQUIRED:
                 to_handle.append(leased)
             elif state is LeaseState.DONE:
-                settle.ack_ids.append(leased.delivery.entry_id)
-                result.duplicates += 1
+                batch.ack_ids.append(leased.delivery.entry_id)
+                batch.result.duplicates += 1
             else:
-                self._defer(pipe, leased, result)
-        with _Renewer(self.idempotency, [c.lease_item for c in to_handle], self.heartbeat):
-            for index, leased in enumerate(to_handle):
-                if out_of_time():
-                    self.idempotency.release(pipe, [c.lease_item for c in to_handle[index:]])
-                    result.unfinished = len(to_handle) - index
-                    break
-                self._handle(leased, pipe, settle, result)
-        self.idempotency.settle(pipe, self.retries.stream, self.retries.group, settle.done_keys, settle.ack_ids)
-        pipe.execute()
-        self.replication.wait(self.redis, self.retries.stream)  # REDIS_WAIT_REPLICAS
-        self._count(result)
-        return result
+                self._defer(batch, leased)
+        return to_handle
 
-    def _first_of_each_key(self, candidates: list[Leased], settle: Settlement,
-                           result: BatchResult) -> list[Leased]:
+    def _still_ours(self, leased: Leased, keeper: LeaseKeeper, result: BatchResult) -> bool:
+        """Before a handler call: a lease that may have expired (the process was frozen, or
+        renewals failed) is re-checked in Redis; a lease lost to another worker is skipped."""
+        if keeper.is_fresh() or self.idempotency.confirm(leased.lease_item):
+            return True
+        result.lost += 1
+        log.warning("lease lost before handling; skipped", extra={"stream_id": leased.delivery.entry_id})
+        return False
+
+    def _first_of_each_key(self, candidates: list[Leased], batch: Settlement) -> list[Leased]:
         """Copies of one message in one batch: the first carries it, the rest are duplicates."""
         seen: set[str] = set()
         first = []
         for leased in candidates:
             if leased.payload.idempotency_key in seen:
-                settle.ack_ids.append(leased.delivery.entry_id)
-                result.duplicates += 1
+                batch.ack_ids.append(leased.delivery.entry_id)
+                batch.result.duplicates += 1
             else:
                 seen.add(leased.payload.idempotency_key)
                 first.append(leased)
         return first
 
-    def _admit(self, delivery: Delivery, pipe: redis.client.Pipeline, result: BatchResult) -> Leased | None:
+    def _admit(self, delivery: Delivery, batch: Settlement) -> Leased | None:
         """Dead-letter what must not be handled again; parse the rest."""
-        if delivery.deliveries > self.max_deliveries:
-            self._dead(pipe, delivery, "max_deliveries", "MaxDeliveriesExceeded",
-                       f"delivered {delivery.deliveries - 1} times without acknowledgement "
-                       f"(the handler keeps killing its worker?)", "", result)
+        if delivery.delivered > self.max_deliveries:
+            self._dead(batch, delivery, "max_deliveries", "MaxDeliveriesExceeded",
+                       f"delivered {delivery.delivered - 1} times without an outcome "
+                       f"(the handler keeps killing its worker?)", "")
             return None
         try:
             payload = EmailPayload.from_json(delivery.payload)
         except ValidationError as exc:
-            self._dead(pipe, delivery, "invalid_payload", "ValidationError", _short(exc), "", result)
+            self._dead(batch, delivery, "invalid_payload", "ValidationError", _short(exc), "")
             return None
         return Leased(delivery, payload, lease_value(self.consumer, delivery.entry_id))
 
-    def _handle(self, leased: Leased, pipe: redis.client.Pipeline, settle: Settlement, result: BatchResult) -> None:
+    def _handle(self, leased: Leased, batch: Settlement, keeper: LeaseKeeper, index: int) -> None:
         delivery, payload = leased.delivery, leased.payload
         with correlation(payload.correlation_id):
             ctx = HandlerContext(payload.idempotency_key, delivery.attempt + 1, delivery.entry_id,
                                  self.consumer, handler_log)
             started = time.perf_counter()
-            try:
-                self.handler(payload, ctx)
-            except PermanentError as exc:
-                result.failed += 1
-                self._dead(pipe, delivery, "permanent", type(exc).__name__, str(exc), traceback.format_exc(),
-                           result, leased)
-            except Exception as exc:  # noqa: BLE001 - any other failure is retried
-                self._failed(pipe, leased, exc, result)
-            else:
-                settle.done_keys.append(payload.idempotency_key)
-                settle.ack_ids.append(delivery.entry_id)
-                result.processed += 1
-                self._observe_done(payload)
-            finally:
-                self.metrics.latency.observe(time.perf_counter() - started)
+            with keeper.calling(index):
+                error = _call(self.handler, payload, ctx)
+            self.metrics.latency.observe(time.perf_counter() - started)
+            self._outcome(leased, error, batch)
 
-    def _failed(self, pipe: redis.client.Pipeline, leased: Leased, exc: Exception, result: BatchResult) -> None:
+    def _outcome(self, leased: Leased, error: Exception | None, batch: Settlement) -> None:
+        if error is None:
+            batch.done_keys.append(leased.payload.idempotency_key)
+            batch.ack_ids.append(leased.delivery.entry_id)
+            batch.result.processed += 1
+            self._observe_done(leased.payload)
+        elif isinstance(error, PermanentError):
+            batch.result.failed += 1
+            self._dead(batch, leased.delivery, "permanent", type(error).__name__, str(error),
+                       _trace(error), leased)
+        else:
+            self._failed(batch, leased, error)
+
+    def _failed(self, batch: Settlement, leased: Leased, exc: Exception) -> None:
         delivery = leased.delivery
         attempts = delivery.attempt + 1
-        result.failed += 1
-        error = f"{type(exc).__name__}: {exc}"
+        batch.result.failed += 1
         if self.backoff.gives_up_after(attempts):
-            self._dead(pipe, delivery, "max_retries", type(exc).__name__, str(exc), traceback.format_exc(),
-                       result, leased)
+            reason = "timeout" if isinstance(exc, HandlerTimeoutError) else "max_retries"
+            self._dead(batch, delivery, reason, type(exc).__name__, str(exc), _trace(exc), leased)
             return
         delay_s = self.backoff.delay_s(attempts)
-        now = self.clock_ms()
-        record = RetryRecord(to_text(delivery.payload), attempts, _first_failed(delivery, now), error[:500],
-                             delivery.fields.get("original_id", delivery.entry_id))
-        self.retries.schedule(pipe, delivery.entry_id, record, now + int(delay_s * 1000), *leased.lease_item)
-        result.retried += 1
+        record = RetryRecord(to_text(delivery.payload), attempts, delivery.first_failed_ms or self.clock_ms(),
+                             f"{type(exc).__name__}: {exc}"[:500], delivery.original_id, delivery.delivered - 1)
+        self._schedule(batch, delivery.entry_id, record, int(delay_s * 1000), *leased.lease_item)
+        batch.result.retried += 1
         log.warning("handler failed; retry scheduled", extra={
             "stream_id": delivery.entry_id, "attempt": attempts, "retry_in_s": round(delay_s, 2),
             "error": type(exc).__name__})
 
-    def _defer(self, pipe: redis.client.Pipeline, leased: Leased, result: BatchResult) -> None:
-        """Another worker holds the lease: look again once it would have expired."""
+    def _defer(self, batch: Settlement, leased: Leased) -> None:
+        """Another worker holds the lease: look again once it would have expired. The new
+        entry carries the delivery count, so deferral cannot reset the poison limit."""
         delivery = leased.delivery
-        record = RetryRecord(to_text(delivery.payload), delivery.attempt, int(delivery.fields.get("first_failed_ms", 0)),
-                             delivery.fields.get("last_error", ""), delivery.fields.get("original_id", delivery.entry_id))
-        due = self.clock_ms() + self.idempotency.lease_ms
-        self.retries.schedule(pipe, delivery.entry_id, record, due, leased.payload.idempotency_key, "")
-        result.deferred += 1
+        record = RetryRecord(to_text(delivery.payload), delivery.attempt, delivery.first_failed_ms,
+                             delivery.last_error, delivery.original_id, delivery.delivered - 1)
+        self._schedule(batch, delivery.entry_id, record, self.idempotency.lease_ms, leased.payload.idempotency_key, "")
+        batch.result.deferred += 1
 
-    def _dead(self, pipe: redis.client.Pipeline, delivery: Delivery, reason: str, error_type: str, message: str,
-              trace: str, result: BatchResult, leased: Leased | None = None) -> None:
+    def _schedule(self, batch: Settlement, entry_id: str, record: RetryRecord, delay_ms: int, key: str,
+                  lease: str) -> None:
+        batch.actions.append(lambda pipe: self.retries.schedule(pipe, entry_id, record, delay_ms, key, lease))
+
+    def _release(self, batch: Settlement, leased: list[Leased]) -> None:
+        items = [c.lease_item for c in leased]
+        batch.actions.append(lambda pipe: self.idempotency.release(pipe, items))
+
+    def _dead(self, batch: Settlement, delivery: Delivery, reason: str, error_type: str, message: str,
+              trace: str, leased: Leased | None = None) -> None:
         now = self.clock_ms()
         letter = DeadLetter(
-            payload=to_text(delivery.payload), original_id=delivery.fields.get("original_id", delivery.entry_id),
+            payload=to_text(delivery.payload), original_id=delivery.original_id,
             reason=reason, error_type=error_type, error_message=message, traceback=trace,
             attempts=delivery.attempt + (0 if reason == "invalid_payload" else 1),
-            first_failure_ms=_first_failed(delivery, now), last_failure_ms=now, consumer=self.consumer)
+            first_failure_ms=delivery.first_failed_ms or now, last_failure_ms=now, consumer=self.consumer)
         key, lease = leased.lease_item if leased else ("", "")
-        self.dlq.send(pipe, delivery.entry_id, letter, key, lease)
-        result.dead_lettered += 1
+        batch.actions.append(lambda pipe: self.dlq.send(pipe, delivery.entry_id, letter, key, lease))
+        batch.result.dead_lettered += 1
         log.error("message moved to the dead-letter queue", extra={
             "stream_id": delivery.entry_id, "reason": reason, "error_type": error_type})
+
+    def _execute(self, batch: Settlement) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for action in batch.actions:
+            action(pipe)
+        self.idempotency.settle(pipe, batch.done_keys, batch.ack_ids)
+        pipe.execute()
+        self.replication.wait(self.redis, self.idempotency.keys.stream)  # REDIS_WAIT_REPLICAS
+
+    def _timed_out(self, batch: Settlement, to_handle: list[Leased], index: int) -> None:
+        """From the lease keeper: the handler call on to_handle[index] is hung. Record it as
+        failed (timeout), settle what the batch did, give back the rest, and exit."""
+        timeout_s = self.timings.handler_timeout_s
+        log.error("handler call timed out; exiting for the supervisor to restart the worker", extra={
+            "stream_id": to_handle[index].delivery.entry_id, "handler_timeout_s": timeout_s})
+        self._failed(batch, to_handle[index], HandlerTimeoutError(f"handler still running after {timeout_s} s"))
+        self._release(batch, to_handle[index + 1:])
+        try:
+            self._execute(batch)
+            self.stop_heartbeat()
+        except redis.RedisError as exc:
+            log.error("could not settle the timed-out batch; its messages stay pending",
+                      extra={"error": type(exc).__name__})
+        logging.shutdown()
+        os._exit(EXIT_FAILED)
 
     def _observe_done(self, payload: EmailPayload) -> None:
         if payload.internal_date:
@@ -220,41 +292,16 @@ class BatchProcessor:
         self.metrics.retries.inc(result.retried)
 
 
-class _Renewer:
-    """While handlers run, renew this batch's leases and the heartbeat in the background."""
-
-    def __init__(self, idempotency: Idempotency, items: list[tuple[str, str]], heartbeat: Callable[[], None]) -> None:
-        self.idempotency = idempotency
-        self.items = items
-        self.heartbeat = heartbeat
-        self.interval_s = max(idempotency.lease_ms / 3000, 0.05)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
-
-    def __enter__(self) -> _Renewer:
-        if self.items:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.idempotency.renew(self.items)
-                self.heartbeat()
-            except redis.RedisError as exc:
-                log.warning("lease renewal failed", extra={"error": type(exc).__name__})
-
-
-def _first_failed(delivery: Delivery, now_ms: int) -> int:
+def _call(handler: Handler, payload: EmailPayload, ctx: HandlerContext) -> Exception | None:
     try:
-        return int(delivery.fields.get("first_failed_ms", 0)) or now_ms
-    except ValueError:
-        return now_ms
+        handler(payload, ctx)
+    except Exception as exc:  # noqa: BLE001 - any failure is an outcome; PermanentError goes to the DLQ
+        return exc
+    return None
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
 
 
 def _short(exc: ValidationError) -> str:

@@ -1,10 +1,11 @@
 """Recovering messages left pending by workers that died, without stealing from live ones.
 
 Every worker keeps a heartbeat key with a TTL. Periodically (and at start-up) a worker:
-- takes back its own pending entries from a previous life (same consumer name, e.g. a
-  systemd instance that was restarted);
+- takes back its own pending entries: at start-up all of them (a previous life under the same
+  consumer name, e.g. a restarted systemd instance), later those idle past CLAIM_MIN_IDLE_MS
+  (delivered by an XREADGROUP or XCLAIM whose reply was lost and retried);
 - claims (XCLAIM) entries pending on consumers that have no heartbeat and have been idle
-  longer than CLAIM_MIN_IDLE_MS;
+  longer than CLAIM_MIN_IDLE_MS, asking each such consumer for its own entries;
 - sweeps with XAUTOCLAIM everything idle past CLAIM_HARD_LIMIT_MS, whoever holds it (a
   worker alive but wedged), which also reports entries deleted from the stream meanwhile.
 Claiming increments Redis's delivery counter; a message delivered MAX_DELIVERIES times
@@ -38,11 +39,11 @@ class Reclaimed:
 
 
 class Recovery:
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, keys: StreamKeys,
-                 claim_min_idle_ms: int, hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100) -> None:
+    def __init__(self, client: redis.Redis, *, keys: StreamKeys, consumer: str, claim_min_idle_ms: int,
+                 hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100) -> None:
         self.redis = client
-        self.stream = stream
-        self.group = group
+        self.stream = keys.stream
+        self.group = keys.group
         self.consumer = consumer
         self.keys = keys
         self.claim_min_idle_ms = claim_min_idle_ms
@@ -56,24 +57,32 @@ class Recovery:
     def stop_beating(self) -> None:
         self.redis.delete(self.keys.heartbeat(self.consumer))
 
-    def reclaim(self, own: bool = False, limit: int | None = None) -> Reclaimed:
-        """Claim up to `limit` messages that dead (or, past the hard limit, wedged)
-        consumers left pending; with `own`, first those of this consumer's previous life."""
+    def reclaim(self, own_idle_ms: int | None = None, limit: int | None = None) -> Reclaimed:
+        """Claim up to `limit` messages left pending: this consumer's own idle past
+        `own_idle_ms` (0 at start: a previous life's; CLAIM_MIN_IDLE_MS later: deliveries whose
+        reply was lost), then dead consumers', then anyone's past the hard limit."""
         limit = limit or self.batch
         result = Reclaimed()
-        if own:
-            self._claim(self._pending(0, limit, consumer=self.consumer), 0, result)
-        if len(result.deliveries) < limit:
-            pending = self._pending(self.claim_min_idle_ms, self.batch)
-            alive = self._alive({p["consumer"] for p in pending} - {self.consumer})
-            orphans = [p for p in pending if p["consumer"] != self.consumer and p["consumer"] not in alive
-                       and p["time_since_delivered"] < self.hard_limit_ms]
-            self._claim(orphans[:limit - len(result.deliveries)], self.claim_min_idle_ms, result)
+        own_idle_ms = self.claim_min_idle_ms if own_idle_ms is None else own_idle_ms
+        self._claim(self._pending(own_idle_ms, limit, consumer=self.consumer), own_idle_ms, result)
+        for consumer in self._dead_consumers():
+            if len(result.deliveries) >= limit:
+                break
+            pending = self._pending(self.claim_min_idle_ms, limit - len(result.deliveries), consumer=consumer)
+            orphans = [p for p in pending if p["time_since_delivered"] < self.hard_limit_ms]
+            self._claim(orphans, self.claim_min_idle_ms, result)
         if len(result.deliveries) < limit:
             self._sweep(result, limit - len(result.deliveries))
         if result.deliveries or result.deleted:
             log.info("reclaimed pending messages", extra={"claimed": len(result.deliveries), "deleted": result.deleted})
         return result
+
+    def _dead_consumers(self) -> list[str]:
+        """Consumers with pending entries and no heartbeat. Asking each for its own pending
+        entries walks the whole PEL: a live consumer's many idle entries cannot hide them."""
+        consumers: Any = self.redis.xinfo_consumers(self.stream, self.group)
+        holding = {to_text(c["name"]) for c in consumers if int(c["pending"])} - {self.consumer}
+        return sorted(holding - self._alive(holding))
 
     def _pending(self, min_idle_ms: int, count: int, consumer: str | None = None) -> list[dict[str, Any]]:
         entries = self.redis.xpending_range(self.stream, self.group, min="-", max="+", count=count,
@@ -93,18 +102,27 @@ class Recovery:
         if not pending:
             return
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        claimed = self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_ms, list(counts))
+        claimed: Any = self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_ms, list(counts))
         found = set()
         for entry_id, fields in claimed:
             delivery = Delivery.from_redis(entry_id, fields, counts.get(to_text(entry_id), 0) + 1)
             found.add(delivery.entry_id)
             result.deliveries.append(delivery)
-        gone = [entry_id for entry_id in counts if entry_id not in found]
-        if gone:
-            # Deleted from the stream (trimmed, XDEL) while pending: nothing left to deliver.
-            self.redis.xack(self.stream, self.group, *gone)
-            result.deleted += len(gone)
+        missing = [entry_id for entry_id in counts if entry_id not in found]
+        if missing:
+            result.deleted += self._ack_deleted(missing)
 
+    def _ack_deleted(self, entry_ids: list[str]) -> int:
+        """Of entries XCLAIM did not return, acknowledge those gone from the stream (trimmed,
+        XDEL) and only those: the others were claimed a moment earlier by another consumer,
+        or by this one in an XCLAIM whose reply was lost and retried. They are someone's."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xrange(self.stream, entry_id, entry_id)
+        gone = [entry_id for entry_id, found in zip(entry_ids, pipe.execute(), strict=True) if not found]
+        if gone:
+            self.redis.xack(self.stream, self.group, *gone)
+        return len(gone)
     def _sweep(self, result: Reclaimed, limit: int) -> None:
         reply = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.hard_limit_ms,
                                       start_id="0-0", count=limit)

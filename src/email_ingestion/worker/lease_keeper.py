@@ -1,0 +1,100 @@
+"""While a batch is in hand: renew its leases and the heartbeat, know how fresh the leases
+are, and stop a handler call that outlives HANDLER_TIMEOUT_SECONDS.
+
+Python cannot stop a thread, so a hung handler is not interrupted: past its timeout this
+thread stops renewing anything, hands the message to `on_timeout` (which records it as
+failed with reason `timeout`, settles what the batch has done, gives back the leases of the
+batch-mates not yet handled, and ends the process) for the supervisor (systemd
+Restart=always) to start a fresh worker. Nothing a hung call holds stays alive: not its
+leases, not the heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import redis
+
+from email_ingestion.worker.idempotency import Idempotency
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    def __init__(self, idempotency: Idempotency, items: list[tuple[str, str]], *, heartbeat: Callable[[], None],
+                 interval_s: float, handler_timeout_s: float, on_timeout: Callable[[int], None],
+                 confirmed_at: float, margin_ms: int) -> None:
+        self.idempotency = idempotency
+        self.items = items
+        self.heartbeat = heartbeat
+        self.interval_s = interval_s
+        self.handler_timeout_s = handler_timeout_s
+        self.on_timeout = on_timeout
+        self.confirmed_at = confirmed_at  # monotonic: when every lease was last known ours
+        self.fresh_s = (idempotency.lease_ms - margin_ms) / 1000
+        self._lock = threading.Lock()
+        self._call: tuple[int, float] | None = None  # (index in the batch, monotonic start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        if self.items:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def is_fresh(self) -> bool:
+        """True while no lease of the batch can have expired (monotonic clock: a frozen
+        process, a suspended VM or a clock jump all show as time passed)."""
+        return time.monotonic() - self.confirmed_at < self.fresh_s
+
+    @contextlib.contextmanager
+    def calling(self, index: int) -> Iterator[None]:
+        """Around one handler call. If the call timed out meanwhile, the process is ending:
+        block here rather than record an outcome the timeout already recorded."""
+        with self._lock:
+            self._call = (index, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._call = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._next_wait_s()):
+            if self._timed_out():
+                return
+            self._renew()
+
+    def _next_wait_s(self) -> float:
+        call = self._call
+        if call is None:
+            return self.interval_s
+        return max(0.01, min(self.interval_s, call[1] + self.handler_timeout_s - time.monotonic()))
+
+    def _timed_out(self) -> bool:
+        with self._lock:
+            call = self._call
+            if call is None or time.monotonic() - call[1] < self.handler_timeout_s:
+                return False
+            self.on_timeout(call[0])  # ends the process while holding the lock
+        return True
+
+    def _renew(self) -> None:
+        started = time.monotonic()
+        try:
+            renewed = self.idempotency.renew(self.items)
+            self.heartbeat()
+        except redis.RedisError as exc:
+            log.warning("lease renewal failed", extra={"error": type(exc).__name__})
+            return
+        if renewed == len(self.items):
+            self.confirmed_at = started

@@ -1,0 +1,84 @@
+"""Waiting out a Redis that cannot serve us for now: down or restarting, loading its
+dataset (LOADING), a read-only replica after a failover (READONLY), or full (OOM under
+maxmemory). The worker backs off, stays alive for /health, reports not ready on /ready,
+and tries again; a refused password is not waited out (AuthError, exit 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from email_ingestion.common.breaker import CircuitBreaker
+from email_ingestion.common.errors import AuthError
+from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+from email_ingestion.monitoring.health import Liveness
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that pass by themselves once Redis is back, has loaded, is promoted or has room.
+WAIT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.exceptions.OutOfMemoryError)
+MAX_DELAY_S = 30.0
+
+
+class Interrupted(Exception):  # noqa: N818 - control flow, not an error
+    """Raised out of RedisWait.call when the worker must stop before Redis came back."""
+
+
+class RedisWait:
+    def __init__(self, stop_event: threading.Event, liveness: Liveness, breaker: CircuitBreaker) -> None:
+        self.stop_event = stop_event
+        self.liveness = liveness
+        self.breaker = breaker
+        self.failures = 0
+        self.reason: str | None = None  # why Redis cannot serve us, while it cannot
+
+    def call(self, action: Callable[[], T], where: str, give_up: Callable[[], bool] = lambda: False) -> T:
+        """Run `action` until it gets past Redis's temporary refusals."""
+        while True:
+            try:
+                value = self.guard(action)
+            except WAIT_ERRORS as exc:
+                self.failed(exc, where)
+                if give_up():
+                    raise Interrupted(where) from exc
+                continue
+            self.succeeded()
+            return value
+
+    def guard(self, action: Callable[[], T]) -> T:
+        """Run `action`; a refused password becomes AuthError (it is also a ConnectionError)."""
+        try:
+            return action()
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            raise AuthError(f"Redis refused this worker's credentials ({type(exc).__name__}: {exc}); "
+                            f"check REDIS_URL/REDIS_PASSWORD and the ACL") from None
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        """Note the failure, then wait with exponential backoff (never past a stop request)."""
+        self.failures += 1
+        self.breaker.failure()
+        self.reason = f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
+        delay_s = max(min(MAX_DELAY_S, 0.25 * 2 ** min(self.failures, 7)), self.breaker.wait_s())
+        log.warning("Redis unavailable; retrying", extra={"error": self.reason, "retry_in_s": round(delay_s, 2)})
+        self._sleep(delay_s)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("Redis is serving again", extra={"after_failures": self.failures})
+        self.failures = 0
+        self.reason = None
+        self.breaker.success()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self.liveness.tick()
+            self.stop_event.wait(min(1.0, deadline - time.monotonic()))

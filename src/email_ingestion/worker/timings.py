@@ -1,0 +1,43 @@
+"""The worker's time budget: how often it renews what keeps it visible, and the ratios
+between heartbeat, lease, block timeout, handler timeout and hard limit that must hold.
+
+Everything a live worker keeps alive (its heartbeat, the leases of its batch) has a TTL; it
+renews each at most a third of the way through the shortest of them, so two renewals can
+be late before anything expires. Settings that break a ratio are refused at start.
+"""
+
+from __future__ import annotations
+
+from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.settings import RetrySettings, WorkerSettings
+
+MIN_RENEW_INTERVAL_S = 0.05
+
+
+def renew_interval_s(retry: RetrySettings) -> float:
+    """How often the lease renewer renews the batch's leases and the heartbeat."""
+    return max(min(retry.lease_ms, retry.heartbeat_ttl_ms) / 3000, MIN_RENEW_INTERVAL_S)
+
+
+def lease_margin_ms(lease_ms: int) -> int:
+    """A lease confirmed longer ago than lease_ms minus this may have expired: re-check it."""
+    return lease_ms // 3
+
+
+def check(worker: WorkerSettings, retry: RetrySettings) -> None:
+    """Raise SettingsError naming the first ratio the settings break."""
+    for broken, message in _rules(worker, retry):
+        if broken:
+            raise SettingsError(message)
+
+
+def _rules(worker: WorkerSettings, retry: RetrySettings) -> list[tuple[bool, str]]:
+    handler_ms = int(retry.handler_timeout_seconds * 1000)
+    return [
+        (worker.block_timeout_ms * 3 > retry.heartbeat_ttl_ms,
+         f"WORKER_BLOCK_TIMEOUT_MS={worker.block_timeout_ms} must be at most a third of "
+         f"HEARTBEAT_TTL_MS={retry.heartbeat_ttl_ms}: the loop renews its heartbeat once per read"),
+        (handler_ms + retry.lease_ms >= retry.claim_hard_limit_ms,
+         f"CLAIM_HARD_LIMIT_MS={retry.claim_hard_limit_ms} must exceed HANDLER_TIMEOUT_SECONDS plus "
+         f"LEASE_MS ({handler_ms + retry.lease_ms} ms): the sweep would take messages from handlers still running"),
+    ]
