@@ -105,3 +105,13 @@ def test_readme_and_env_example_document_every_setting():
     for variable, _, _ in env_reference():
         assert f"`{variable}`" in readme, f"{variable} missing from README.md"
         assert f"{variable}=" in example, f"{variable} missing from .env.example"
+
+
+@pytest.mark.parametrize(("name", "value"), [("IMAP_MAILBOX", "INBOX\r\nA1 CREATE x"), ("IMAP_MAILBOX", "INBOX\nX"),
+                                             ("IMAP_USER", "a@b\x1b"), ("REDIS_SOCKET_TIMEOUT_SECONDS", "inf"),
+                                             ("IMAP_TIMEOUT_SECONDS", "nan")])
+def test_values_that_break_commands_or_timers_are_settings_errors(monkeypatch, name, value):
+    """Control characters in names sent to IMAP and infinite/NaN durations are refused at start."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings(env_file=None)

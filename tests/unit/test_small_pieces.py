@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tenacity import RetryCallState
 
 from email_ingestion.common.errors import ImapConnectionError, ImapThrottledError
@@ -115,3 +116,47 @@ def test_every_row_of_the_error_table_names_tests_that_exist():
         assert cited, row
         for name, path in cited:
             assert (f"def {name}(" in sources) if name else (ROOT / path).exists(), name or path
+
+
+def test_tail_summary_never_shows_a_name_as_a_domain_nor_crashes_on_odd_payloads():
+    """`tail` without --show-content prints a domain only after an '@'; a payload that is JSON
+    but not an object is summarised, not a traceback."""
+    import json
+
+    from email_ingestion.admin.tail import summary
+    for address in ("alice.private", "Alice Private", "=?utf-8?q?Alice_Private?="):
+        line = summary(b"1-0", {b"payload": json.dumps({"from": {"address": address}}).encode()}, False)
+        assert "Alice" not in line and "alice" not in line and "from_domain=-" in line
+    assert "from_domain=example.org" in summary(b"1-0", {b"payload": b'{"from": {"address": "a@example.org"}}'}, False)
+    for odd in (b"[1]", b'"text"', b"null", b'{"from": "x@y"}'):
+        assert "1-0" in summary(b"1-0", {b"payload": odd}, False)
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cretpw/x@127.0.0.1:6379/0", "redis://:s3cr#etpw@h:6379",
+                                 "redis://user:s3cr?etpw@h:6379", "redis://u:p@s3cretpw@h:6379/0"])
+def test_a_password_with_reserved_characters_never_reaches_a_message(url):
+    """Unencoded '/', '#', '?' or '@' in a REDIS_URL password: redacted in describe(), the
+    settings error and the log redactor's secrets."""
+    from email_ingestion.common.errors import SettingsError
+    from email_ingestion.common.redis_client import make_redis, redact_url
+    from email_ingestion.common.settings import RedisSettings, Settings, load_settings
+    assert "s3cr" not in redact_url(url)
+    try:
+        make_redis(RedisSettings(url=url))
+    except SettingsError as exc:
+        assert "s3cr" not in str(exc)
+    secret = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    settings: Settings = load_settings({"redis": {"url": url}}, env_file=None)
+    assert secret in settings.secrets()
+
+
+def test_operator_commands_refuse_a_malformed_redis_url_with_one_line(monkeypatch, capsys):
+    """status/tail/consumers/dlq: a REDIS_URL that cannot be parsed exits 2 with one line, no traceback."""
+    from email_ingestion.admin.cli import main as ingest
+    from email_ingestion.worker.dlq_admin import main as dlq
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret/x@127.0.0.1:99999")
+    for run in (lambda: ingest(["status"]), lambda: ingest(["tail"]), lambda: ingest(["consumers", "list"]),
+                lambda: dlq(["list"])):
+        assert run() == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "REDIS_URL" in err and "s3cret" not in err

@@ -39,6 +39,7 @@ def load(args: argparse.Namespace, name: str) -> Settings | None:
     overrides = {"redis": {"url": args.redis_url, "stream_name": args.stream}, "worker": {"group": args.group}}
     try:
         settings = load_settings(overrides, env_file=args.env_file)
+        make_redis(settings.redis)  # builds, connects nothing: a malformed REDIS_URL is a settings error
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return None

@@ -15,20 +15,27 @@ from typing import Any
 import redis
 
 from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_SETTINGS, closed_pipe_is_quiet, load, parser, target
+from email_ingestion.common import entry_fields as F
 from email_ingestion.common.text import to_text
 
 FOLLOW_BLOCK_MS = 1000
 
 
 def summary(entry_id: Any, fields: dict[bytes, bytes], show_content: bool) -> str:
+    raw = fields.get(F.PAYLOAD.encode(), b"{}")
     try:
-        payload = json.loads(fields.get(b"payload", b"{}"))
+        payload = json.loads(raw)
     except ValueError:
-        return f"{to_text(entry_id)} (payload is not JSON: {len(fields.get(b'payload', b''))} bytes)"
-    sender = (payload.get("from") or {}).get("address") or ""
-    subject = payload.get("subject") or ""
+        payload = None
+    if not isinstance(payload, dict):
+        return f"{to_text(entry_id)} (payload is not a JSON object: {len(raw)} bytes)"
+    sender_field = payload.get("from")
+    sender = str((sender_field if isinstance(sender_field, dict) else {}).get("address") or "")
+    subject = str(payload.get("subject") or "")
+    # Only a real domain: without '@' the "address" may be a name or raw header text.
+    domain = sender.rpartition("@")[2] if "@" in sender else "-"
     line = (f"{to_text(entry_id)} mailbox={payload.get('mailbox')} uid={payload.get('uid')} "
-            f"from_domain={sender.rpartition('@')[2] or '-'} subject_chars={len(subject)} size={payload.get('size')} "
+            f"from_domain={domain or '-'} subject_chars={len(subject)} size={payload.get('size')} "
             f"attachments={len(payload.get('attachments') or [])}")
     if show_content:
         line += f" from={sender} subject={subject!r}"

@@ -26,7 +26,7 @@ _PATTERNS = [
     re.compile(r"ya29\.[A-Za-z0-9._-]+"),
     re.compile(r"1//[A-Za-z0-9._-]{10,}"),
     # Up to the LAST "@" before the path: passwords with an unencoded "@" are common (issue 9).
-    re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*:)[^\s/]+(?=@)"),
+    re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*:)\S+(?=@)"),
     re.compile(r"((?:refresh_token|access_token|client_secret|password)[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+", re.I),
 ]
 REDACTED = "[REDACTED]"

@@ -153,9 +153,16 @@ def _cluster(settings: RedisSettings) -> redis.cluster.RedisCluster:
                           **_common(settings), **_tls(settings))
 
 
+# urllib's texts can quote a piece of the URL (a password holding '/', '#' or '?' splits
+# into "port" text); only these fixed phrases are ever shown.
+_URL_PROBLEMS = (("port could not be cast", "the port is not a number"), ("port out of range", "the port is out of range"),
+                 ("scheme", "the scheme is not redis://, rediss:// or unix://"))
+
+
 def _url_problem(exc: ValueError) -> str:
-    text = str(exc)
-    return text.split(":", 1)[0] if "://" in text or "@" in text else text
+    text = str(exc).lower()
+    problem = next((phrase for marker, phrase in _URL_PROBLEMS if marker in text), "it cannot be parsed")
+    return f"{problem} (special characters in the password must be percent-encoded)"
 
 
 def describe(settings: RedisSettings) -> str:
@@ -171,14 +178,16 @@ def describe(settings: RedisSettings) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its userinfo. The authority ends at the first "/" after "://"; its
-    userinfo ends at the LAST "@" in it, since an unencoded "@" in a password is common."""
+    """The URL without its userinfo, which ends at the LAST "@" of the URL: passwords often
+    hold an unencoded "@", "/", "#" or "?"."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "redis", url
-    authority, slash, path = rest.partition("/")
-    host = authority.rsplit("@", 1)[-1]
-    return f"{scheme}://{host}{slash}{path}"
+    if "@" in rest:
+        # A password may hold '/', '#', '?' or '@' unencoded: everything up to the LAST '@'
+        # of the whole URL is userinfo as far as a log line is concerned.
+        rest = rest.rsplit("@", 1)[-1]
+    return f"{scheme}://{rest}"
 
 
 @contextlib.contextmanager

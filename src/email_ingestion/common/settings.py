@@ -24,7 +24,8 @@ from email_ingestion.common.keys import hash_tag
 
 
 def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+    # No infinite or NaN durations: they pass `gt=0` and then overflow timers at runtime.
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class ImapSettings(BaseSettings):
@@ -43,6 +44,14 @@ class ImapSettings(BaseSettings):
     timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
     idle: bool = Field(default=True, description="use IDLE when the server offers it")
     idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
+
+    @field_validator("mailbox", "user")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        # Both go into IMAP command lines: CR/LF would end the command early.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters (CR, LF, NUL, ...)")
+        return value
 
     @property
     def effective_port(self) -> int:
@@ -253,9 +262,9 @@ class Settings:
                   self.redis.sentinel_password, self.retry.webhook_secret]
         found = [v.get_secret_value() for v in values if v is not None]
         if self.redis.url and "@" in self.redis.url:
-            # The userinfo ends at the last "@" of the authority: passwords may contain "@".
-            authority = self.redis.url.partition("://")[2].partition("/")[0]
-            found.append(authority.rpartition("@")[0].partition(":")[2])
+            # The userinfo ends at the last "@" of the URL: passwords may hold "@", "/", "#", "?".
+            userinfo = self.redis.url.partition("://")[2].rpartition("@")[0]
+            found.append(userinfo.partition(":")[2])
         return [s for s in found if len(s) >= 4]
 
 

@@ -29,17 +29,20 @@ def raw_headers(raw: bytes) -> dict[str, str]:
             break
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
+    used = 0  # characters kept for `current`, each line counting at least one: linear in the block
     for line in block.decode("ascii", "surrogateescape").replace("\r", "").split("\n"):
         if line[:1] in (" ", "\t"):
-            if current is not None and sum(map(len, current)) < HEADER_VALUE_MAX_CHARS:
+            if current is not None and used < HEADER_VALUE_MAX_CHARS:
                 current.append(line.strip())
+                used += len(current[-1]) + 1
             continue
         name, colon, value = line.partition(":")
         name = name.strip().lower()
         current = None
         if colon and name and name not in fields:
             current = fields[name] = [value.strip()]
-    return {name: " ".join(parts)[:HEADER_VALUE_MAX_CHARS] for name, parts in fields.items()}
+            used = len(value)
+    return {name: " ".join(part for part in parts if part)[:HEADER_VALUE_MAX_CHARS] for name, parts in fields.items()}
 
 
 def salvage(raw: bytes) -> ParsedMessage:

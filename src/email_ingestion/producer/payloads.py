@@ -100,9 +100,10 @@ class PayloadBuilder:
         log.warning("message could not be parsed; delivering a degraded payload",
                     extra={"uid": uid, "stage": stage, "error_type": error.type})
         try:
-            parsed = salvage(data.get(b"BODY[]") or data.get(b"BODY[HEADER]") or b"")
-            return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
-        except Exception as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
+            with self._watchdog.guard():  # salvage gets a budget of its own: it too reads hostile bytes
+                parsed = salvage(data.get(b"BODY[]") or data.get(b"BODY[HEADER]") or b"")
+                return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
+        except (Exception, BudgetExceeded) as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
             parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
                                    headers={}, body_truncated=True,
                                    defects=[f"headers unreadable: {type(again).__name__}"])

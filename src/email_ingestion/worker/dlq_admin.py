@@ -154,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     _check_selection(parser, args)
     try:
         settings = load_settings({"redis": {"url": args.redis_url, "stream_name": args.stream}}, env_file=args.env_file)
+        client = make_redis(settings.redis)
     except SettingsError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 2
     stream = settings.redis.stream_name
-    admin = DlqAdmin(make_redis(settings.redis), stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+    admin = DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
     try:
         with redis_errors(f"dlq {args.command}"):
             result = _run(admin, args)
