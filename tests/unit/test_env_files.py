@@ -89,3 +89,12 @@ def test_warning_reaches_the_service_log(tmp_path):
     text = log.read_text()
     assert "unknown setting IMAP_SERVER" in text
     assert "unknown setting WORKER_HANDLR is ignored (did you mean WORKER_HANDLER?)" in text
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\n", b'REDIS_URL="unterminated\nIMAP_HOST=x\n'])
+def test_an_unreadable_env_file_is_a_settings_error_not_a_fallback(tmp_path, content):
+    """Non-UTF-8 bytes or an unparseable line: one SettingsError naming the file, never defaults."""
+    path = tmp_path / "bad.env"
+    path.write_bytes(content)
+    with pytest.raises(SettingsError, match="bad.env"):
+        load_settings(env_file=path)

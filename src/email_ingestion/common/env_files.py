@@ -57,6 +57,24 @@ def _must_exist(path: Path, where: str) -> Path:
     return path
 
 
+def check_env_file(path: Path | None) -> None:
+    """A file that is not UTF-8 or has a line dotenv cannot parse is a settings error: dotenv
+    would warn and drop it (and every line after an unterminated quote), falling back to
+    defaults the operator never chose."""
+    if path is None:
+        return
+    import io
+
+    from dotenv.parser import parse_stream
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"env file {path} cannot be read as UTF-8 text: {type(exc).__name__}") from None
+    bad = next((b.original.line for b in parse_stream(io.StringIO(text)) if b.error), None)
+    if bad is not None:
+        raise SettingsError(f"env file {path}: line {bad} cannot be parsed (an unterminated quote?)")
+
+
 def file_variables(path: Path | None) -> list[str]:
     if path is None:
         return []

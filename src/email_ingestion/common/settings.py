@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from email_ingestion.common.env_files import file_variables, resolve_env_file, unknown_variables
+from email_ingestion.common.env_files import check_env_file, file_variables, resolve_env_file, unknown_variables
 from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.keys import hash_tag
 
@@ -274,6 +274,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
     for, see common/env_files.py; None reads none); raise SettingsError naming the first bad
     variable."""
     path = resolve_env_file(env_file)
+    check_env_file(path)
     overrides = overrides or {}
     groups: dict[str, Any] = {}
     for name, (cls, prefix) in _GROUPS.items():
