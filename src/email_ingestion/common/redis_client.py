@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,6 +21,7 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from email_ingestion.common.clock import wall_ms
 from email_ingestion.common.errors import (
     RedisAuthError,
     RedisPermissionError,
@@ -273,6 +273,6 @@ class Replication:
         if isinstance(client, redis.cluster.RedisCluster):
             client = client.get_redis_connection(client.get_node_from_key(marker))  # type: ignore[no-untyped-call]
         pipe = client.pipeline(transaction=False)
-        pipe.hset(marker, "at_ms", int(time.time() * 1000))
+        pipe.hset(marker, "at_ms", wall_ms())
         pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
         return int(pipe.execute()[1])
