@@ -160,3 +160,27 @@ def test_operator_commands_refuse_a_malformed_redis_url_with_one_line(monkeypatc
         assert run() == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "REDIS_URL" in err and "s3cret" not in err
+
+
+def test_lease_freshness_window_is_bounded_by_the_heartbeat_ttl():
+    """Leases count as surely ours for the shorter of lease and heartbeat TTL (minus a third):
+    once the heartbeat is gone others may take leases over, long before the lease expires."""
+    from types import SimpleNamespace
+
+    from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
+    fresh_s = BatchProcessor._fresh_s(SimpleNamespace(timings=ProcessorTimings(12_000, 1.0, 300, 2_000)))  # type: ignore[arg-type]
+    assert fresh_s == pytest.approx((2_000 - 2_000 // 3) / 1000)
+    assert BatchProcessor._fresh_s(SimpleNamespace(timings=ProcessorTimings(3_000, 1.0, 300, 15_000))) == 2.0  # type: ignore[arg-type]
+
+
+def test_default_timings_are_consistent_and_a_stall_check_below_the_handler_timeout_is_refused(monkeypatch):
+    """The shipped defaults pass the worker's ratio checks; /health stalling before a handler may time out does not."""
+    from email_ingestion.common.errors import SettingsError
+    from email_ingestion.common.settings import load_settings
+    from email_ingestion.worker import timings
+    settings = load_settings(env_file=None)
+    timings.check(settings.worker, settings.retry, settings.health)
+    monkeypatch.setenv("HEALTH_STALL_SECONDS", "180")
+    settings = load_settings(env_file=None)
+    with pytest.raises(SettingsError, match="HEALTH_STALL_SECONDS"):
+        timings.check(settings.worker, settings.retry, settings.health)

@@ -193,7 +193,8 @@ class HealthSettings(BaseSettings):
     model_config = _config("HEALTH_")
 
     host: str = Field(default="127.0.0.1", description="address of /health, /ready, /status, /metrics")
-    stall_seconds: float = Field(default=180.0, gt=0, description="/health fails when the loop is quiet longer")
+    stall_seconds: float = Field(default=360.0, gt=0,
+                                 description="/health fails when the loop is quiet longer (above HANDLER_TIMEOUT_SECONDS)")
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
     breaker_reset_seconds: float = Field(default=30.0, gt=0, description="open breaker: wait before a trial")
 

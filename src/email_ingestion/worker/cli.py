@@ -77,7 +77,7 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
                  out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms) -> WorkerLoop:
     """Wire a worker from settings; nothing connects until it runs."""
     retry = settings.retry
-    timings.check(settings.worker, retry)
+    timings.check(settings.worker, retry, settings.health)
     handler = load_handler(settings.worker.handler, retry)
     client = make_redis(settings.redis)
     keys = StreamKeys.of(settings.redis.stream_name, settings.worker.group, retry.dlq_stream_name)
@@ -95,7 +95,8 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
         backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
         max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat,
         stop_heartbeat=recovery.stop_beating, redis_wait=redis_wait,
-        timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds),
+        timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds,
+                                 retry.heartbeat_ttl_ms),
         clock_ms=clock_ms, replication=Replication.from_settings(settings.redis))
     loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
     worker = WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,

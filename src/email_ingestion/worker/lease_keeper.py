@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     def __init__(self, idempotency: Idempotency, items: list[tuple[str, str]], *, heartbeat: Callable[[], None],
                  interval_s: float, handler_timeout_s: float, on_timeout: Callable[[int], None],
-                 confirmed_at: float, margin_ms: int) -> None:
+                 confirmed_at: float, fresh_s: float) -> None:
         self.idempotency = idempotency
         self.items = items
         self.heartbeat = heartbeat
@@ -35,7 +35,7 @@ class LeaseKeeper:
         self.handler_timeout_s = handler_timeout_s
         self.on_timeout = on_timeout
         self.confirmed_at = confirmed_at  # monotonic: when every lease was last known ours
-        self.fresh_s = (idempotency.lease_ms - margin_ms) / 1000
+        self.fresh_s = fresh_s  # how long after confirmed_at no lease can be another's
         self._lock = threading.Lock()
         self._call: tuple[int, float] | None = None  # (index in the batch, monotonic start)
         self._stop = threading.Event()

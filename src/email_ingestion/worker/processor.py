@@ -34,7 +34,7 @@ from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency, LeaseState, lease_value
 from email_ingestion.worker.lease_keeper import LeaseKeeper
-from email_ingestion.worker.redis_wait import RedisWait
+from email_ingestion.worker.redis_wait import WAIT_ERRORS, RedisWait
 from email_ingestion.worker.retries import RetryRecord, RetrySchedule
 from email_ingestion.worker.timings import lease_margin_ms
 
@@ -82,6 +82,7 @@ class ProcessorTimings:
     lease_ms: int
     renew_interval_s: float
     handler_timeout_s: float
+    heartbeat_ttl_ms: int
 
 
 class BatchProcessor:
@@ -118,7 +119,11 @@ class BatchProcessor:
                     self._release(batch, to_handle[index:])
                     batch.result.unfinished = len(to_handle) - index
                     break
-                if self._still_ours(leased, keeper, batch.result):
+                ours = self._still_ours(leased, keeper, batch.result)
+                if ours is None:  # Redis cannot say: keep what was handled, leave the rest pending
+                    batch.result.unfinished = len(to_handle) - index
+                    break
+                if ours:
                     self._handle(leased, batch, keeper, index)
         self.redis_wait.call(lambda: self._execute(batch), "settling a batch", give_up=out_of_time)
         self._count(batch.result)
@@ -129,7 +134,13 @@ class BatchProcessor:
                            interval_s=self.timings.renew_interval_s,
                            handler_timeout_s=self.timings.handler_timeout_s,
                            on_timeout=lambda index: self._timed_out(batch, to_handle, index),
-                           confirmed_at=confirmed_at, margin_ms=lease_margin_ms(self.timings.lease_ms))
+                           confirmed_at=confirmed_at, fresh_s=self._fresh_s())
+
+    def _fresh_s(self) -> float:
+        # Others may take a lease over once our heartbeat is gone, before the lease expires:
+        # ownership is sure for the shorter of the two, minus a margin.
+        ownership_ms = min(self.timings.lease_ms, self.timings.heartbeat_ttl_ms)
+        return (ownership_ms - lease_margin_ms(ownership_ms)) / 1000
 
     def _leased(self, candidates: list[Leased], states: list[LeaseState], batch: Settlement) -> list[Leased]:
         to_handle = []
@@ -143,11 +154,19 @@ class BatchProcessor:
                 self._defer(batch, leased)
         return to_handle
 
-    def _still_ours(self, leased: Leased, keeper: LeaseKeeper, result: BatchResult) -> bool:
+    def _still_ours(self, leased: Leased, keeper: LeaseKeeper, result: BatchResult) -> bool | None:
         """Before a handler call: a lease that may have expired (the process was frozen, or
-        renewals failed) is re-checked in Redis; a lease lost to another worker is skipped."""
-        if keeper.is_fresh() or self.idempotency.confirm(leased.lease_item):
+        renewals failed) is re-checked in Redis; a lease lost to another worker is skipped.
+        None when Redis cannot answer: the outcomes so far must still be settled."""
+        if keeper.is_fresh():
             return True
+        try:
+            if self.idempotency.confirm(leased.lease_item):
+                return True
+        except WAIT_ERRORS as exc:
+            log.warning("lease re-check failed; the rest of the batch stays pending",
+                        extra={"error": type(exc).__name__})
+            return None
         result.lost += 1
         log.warning("lease lost before handling; skipped", extra={"stream_id": leased.delivery.entry_id})
         return False

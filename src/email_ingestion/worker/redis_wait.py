@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors that pass by themselves once Redis is back, has loaded, is promoted or has room.
-WAIT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.exceptions.OutOfMemoryError)
+# NoScriptError: a Redis restarted inside redis-py's own retry of a pipeline forgot the
+# scripts it had loaded; a new attempt builds a new pipeline, which loads them again.
+WAIT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.exceptions.OutOfMemoryError,
+                                                redis.exceptions.NoScriptError)
 MAX_DELAY_S = 30.0
 
 

@@ -9,7 +9,7 @@ be late before anything expires. Settings that break a ratio are refused at star
 from __future__ import annotations
 
 from email_ingestion.common.errors import SettingsError
-from email_ingestion.common.settings import RetrySettings, WorkerSettings
+from email_ingestion.common.settings import HealthSettings, RetrySettings, WorkerSettings
 
 MIN_RENEW_INTERVAL_S = 0.05
 
@@ -24,19 +24,22 @@ def lease_margin_ms(lease_ms: int) -> int:
     return lease_ms // 3
 
 
-def check(worker: WorkerSettings, retry: RetrySettings) -> None:
+def check(worker: WorkerSettings, retry: RetrySettings, health: HealthSettings) -> None:
     """Raise SettingsError naming the first ratio the settings break."""
-    for broken, message in _rules(worker, retry):
+    for broken, message in _rules(worker, retry, health):
         if broken:
             raise SettingsError(message)
 
 
-def _rules(worker: WorkerSettings, retry: RetrySettings) -> list[tuple[bool, str]]:
+def _rules(worker: WorkerSettings, retry: RetrySettings, health: HealthSettings) -> list[tuple[bool, str]]:
     handler_ms = int(retry.handler_timeout_seconds * 1000)
     return [
         (worker.block_timeout_ms * 3 > retry.heartbeat_ttl_ms,
          f"WORKER_BLOCK_TIMEOUT_MS={worker.block_timeout_ms} must be at most a third of "
          f"HEARTBEAT_TTL_MS={retry.heartbeat_ttl_ms}: the loop renews its heartbeat once per read"),
+        (health.stall_seconds * 1000 <= handler_ms,
+         f"HEALTH_STALL_SECONDS={health.stall_seconds:g} must exceed HANDLER_TIMEOUT_SECONDS="
+         f"{retry.handler_timeout_seconds:g}: /health would fail a healthy handler before its timeout"),
         (handler_ms + retry.lease_ms >= retry.claim_hard_limit_ms,
          f"CLAIM_HARD_LIMIT_MS={retry.claim_hard_limit_ms} must exceed HANDLER_TIMEOUT_SECONDS plus "
          f"LEASE_MS ({handler_ms + retry.lease_ms} ms): the sweep would take messages from handlers still running"),
