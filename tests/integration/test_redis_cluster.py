@@ -154,6 +154,7 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     worker.run(burst=True)
     assert worker.stats.reclaimed == 3
     release_a_lease_unhandled(worker, cluster_client)
+    take_over_a_dead_holders_lease(worker, cluster_client)
     mailbox.append(sample_message(30))
     # A stored UIDVALIDITY the server no longer has: the next pass re-syncs by fingerprint.
     state_key = MailboxKeys(STREAM, settings.imap.user, settings.imap.mailbox).state
@@ -167,6 +168,13 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     assert not crossing, crossing
     assert {s for what, slots in recorder.calls for s in slots} == {key_slot(STREAM.encode())}
     assert recorder.registered <= recorder.called, [s[:60] for s in recorder.registered - recorder.called]
+
+
+def take_over_a_dead_holders_lease(worker: Any, client: Any) -> None:
+    """A lease held by a consumer without a heartbeat is taken over (the take script)."""
+    idempotency = worker.processor.idempotency
+    client.set(idempotency.keys.idempotency("k-dead"), "lease:gone:1-0", px=60_000)
+    assert idempotency.acquire([("k-dead", "lease:w1:2-0")])[0].name == "ACQUIRED"
 
 
 def release_a_lease_unhandled(worker: Any, client: Any) -> None:

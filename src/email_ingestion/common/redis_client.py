@@ -204,13 +204,13 @@ def redis_errors(where: str) -> Iterator[None]:
         raise RedisPermissionError(f"Redis ACL refused a command during {where}: {exc}; "
                                    "see config/users.acl.example") from None
     except TRANSIENT_ERRORS as exc:
-        if _is_trust_failure(exc):
-            raise RedisTlsError(_trust_message(exc)) from None
+        if is_trust_failure(exc):
+            raise RedisTlsError(trust_message(exc)) from None
         raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
                                     f"{_tls_hint(exc)}") from exc
 
 
-def _is_trust_failure(exc: BaseException) -> bool:
+def is_trust_failure(exc: BaseException) -> bool:
     """A certificate refused on either side: retrying cannot help."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -235,7 +235,7 @@ def _tls_hint(exc: BaseException) -> str:
     return ""
 
 
-def _trust_message(exc: BaseException) -> str:
+def trust_message(exc: BaseException) -> str:
     detail = str(exc).splitlines()[0][:300]
     return (f"Redis TLS handshake refused: {detail}; set REDIS_CA_FILE to the CA that signed the server's "
             "certificate (and REDIS_CERT_FILE/REDIS_KEY_FILE if the server asks for a client certificate)")

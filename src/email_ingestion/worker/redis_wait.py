@@ -15,8 +15,8 @@ from typing import TypeVar
 import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
-from email_ingestion.common.errors import AuthError
-from email_ingestion.common.redis_client import TRANSIENT_ERRORS
+from email_ingestion.common.errors import AuthError, RedisTlsError, RedisUnavailableError
+from email_ingestion.common.redis_client import TRANSIENT_ERRORS, is_trust_failure, trust_message
 from email_ingestion.monitoring.health import Liveness
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ T = TypeVar("T")
 # Errors that pass by themselves once Redis is back, has loaded, is promoted or has room.
 # NoScriptError: a Redis restarted inside redis-py's own retry of a pipeline forgot the
 # scripts it had loaded; a new attempt builds a new pipeline, which loads them again.
+# RedisUnavailableError: raised by our own boundary (e.g. fewer replicas than
+# REDIS_WAIT_REPLICAS acknowledged); the settlement it follows is safe to replay.
 WAIT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.exceptions.OutOfMemoryError,
-                                                redis.exceptions.NoScriptError)
+                                                redis.exceptions.NoScriptError, RedisUnavailableError)
 MAX_DELAY_S = 30.0
 
 
@@ -63,6 +65,10 @@ class RedisWait:
         except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
             raise AuthError(f"Redis refused this worker's credentials ({type(exc).__name__}: {exc}); "
                             f"check REDIS_URL/REDIS_PASSWORD and the ACL") from None
+        except TRANSIENT_ERRORS as exc:
+            if is_trust_failure(exc):  # an untrusted TLS certificate: waiting cannot help
+                raise RedisTlsError(trust_message(exc)) from None
+            raise
 
     def failed(self, exc: BaseException, where: str) -> None:
         """Note the failure, then wait with exponential backoff (never past a stop request)."""
