@@ -15,7 +15,7 @@ import pytest
 
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from tests.conftest import ROOT
-from tests.support.waits import wait_until
+from tests.support.waits import finish, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +45,6 @@ def recorded(env: dict[str, str]) -> Counter[str]:
         counts.update(path.read_text().split())
     return counts
 
-
-def finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"worker still running after {timeout_s}s: {err[-2000:]}") from None
-    return proc.returncode, err
 
 
 def test_four_workers_ten_thousand_messages_each_exactly_once(env, redis_client):

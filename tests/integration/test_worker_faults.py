@@ -28,7 +28,7 @@ from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.idempotency import Idempotency, lease_value
 from email_ingestion.worker.recovery import Recovery
 from tests.conftest import ROOT
-from tests.support.waits import wait_until
+from tests.support.waits import finish, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -63,15 +63,6 @@ def start_worker(env: dict[str, str], name: str, handler: str, *extra: str,
     return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", name, "--handler", handler, *extra],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
-
-def finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"worker still running after {timeout_s}s: {(err or '')[-2000:]}") from None
-    return proc.returncode, err or ""
 
 
 def recorded(env: dict[str, str]) -> Counter[str]:

@@ -228,9 +228,10 @@ def _tls_hint(exc: BaseException) -> str:
     the error stays retryable, with a hint."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLEOFError):
-            return (" (the TLS connection was closed by the server: if this persists, it may require a client "
-                    "certificate: REDIS_CERT_FILE and REDIS_KEY_FILE)")
+        # OpenSSL 3 / Python 3.13 may report the same refusal as a reset while writing.
+        if isinstance(seen, ssl.SSLEOFError | ConnectionResetError):
+            return (" (the connection was closed by the server: if this persists over TLS, it may require a "
+                    "client certificate: REDIS_CERT_FILE and REDIS_KEY_FILE)")
         seen = seen.__cause__ or seen.__context__
     return ""
 

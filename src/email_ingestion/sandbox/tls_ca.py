@@ -9,6 +9,12 @@ from typing import Any
 
 _KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 _ALT_NAMES = "subjectAltName=IP:127.0.0.1,DNS:localhost"
+# Python 3.13 verifies with VERIFY_X509_STRICT: a CA needs key usage and a subject key id,
+# an issued certificate an authority key id.
+_CA_EXTENSIONS = ("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                  "-addext", "subjectKeyIdentifier=hash")
+_LEAF_EXTENSIONS = "authorityKeyIdentifier=keyid,issuer\nkeyUsage=critical,digitalSignature\n" \
+                   "extendedKeyUsage=serverAuth,clientAuth\n"
 
 
 @dataclass(frozen=True)
@@ -25,14 +31,14 @@ class ThrowawayCA:
         self.root.mkdir(parents=True, exist_ok=True)
         self.cert_file = self.root / f"{name}.crt"
         self.key_file = self.root / f"{name}.key"
-        _openssl("req", "-x509", *_KEY, "-days", "2", "-subj", f"/CN={name}",
+        _openssl("req", "-x509", *_KEY, "-days", "2", "-subj", f"/CN={name}", *_CA_EXTENSIONS,
                  "-keyout", str(self.key_file), "-out", str(self.cert_file))
 
     def issue(self, name: str) -> Certificate:
         key, csr, cert = (self.root / f"{name}{suffix}" for suffix in (".key", ".csr", ".crt"))
         _openssl("req", *_KEY, "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
         extensions = self.root / f"{name}.ext"
-        extensions.write_text(_ALT_NAMES + "\n")
+        extensions.write_text(_ALT_NAMES + "\n" + _LEAF_EXTENSIONS)
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert_file), "-CAkey", str(self.key_file),
                  "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert))
         return Certificate(cert, key)
