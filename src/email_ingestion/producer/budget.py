@@ -6,6 +6,10 @@ a loop cannot be asked to stop from inside. A watchdog thread raises BudgetExcee
 building thread (PyThreadState_SetAsyncExc) when a message overruns; the builder catches it
 and emits a degraded payload. The exception arrives at the next bytecode boundary, so C code
 already running (one regex match) finishes first: that is why the patterns are linear too.
+
+An asynchronous exception can land where Python swallows it: in a garbage-collector
+callback or a `__del__` ("Exception ignored in ..."), and the build would then run on with
+no budget at all. So the watchdog raises again every tick until the build's guard exits.
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ class Watchdog:
             with self._lock:
                 now = time.monotonic()
                 for thread_id in [t for t, deadline in self._armed.items() if deadline <= now]:
-                    # Once per build: the guard's exit raises again if the build swallowed it.
-                    del self._armed[thread_id]
+                    # Again next tick, until the guard exits: the exception may be swallowed.
+                    self._armed[thread_id] = now + TICK_S
                     self._fired.add(thread_id)
                     _raise_in(thread_id, BudgetExceeded)
                 if not self._armed:
@@ -86,6 +90,12 @@ class _Guard:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        fired = self._watchdog._disarm(self._thread_id)  # noqa: SLF001
+        fired = False
+        while True:  # a repeated raise may land here, before the disarm has taken the lock
+            try:
+                fired = self._watchdog._disarm(self._thread_id) or fired  # noqa: SLF001
+                break
+            except BudgetExceeded:
+                fired = True
         if fired and exc_type is None:
             raise BudgetExceeded(f"message build took longer than {self._watchdog.budget_s} s")
