@@ -87,6 +87,9 @@ def _keys_of(args: tuple[Any, ...]) -> list[Any]:
         return list(args[3:3 + int(args[2])])
     if name == "WAIT":
         return []
+    if name in ("XREAD", "XREADGROUP"):  # ... STREAMS key [key ...] id [id ...]
+        streams = [_b(a).upper() for a in args].index(b"STREAMS") + 1
+        return list(args[streams:streams + (len(args) - streams) // 2])
     return [args[1]]  # every other command this project pipelines takes one key first
 
 

@@ -184,3 +184,17 @@ def test_default_timings_are_consistent_and_a_stall_check_below_the_handler_time
     settings = load_settings(env_file=None)
     with pytest.raises(SettingsError, match="HEALTH_STALL_SECONDS"):
         timings.check(settings.worker, settings.retry, settings.health)
+
+
+def test_a_block_timeout_the_socket_timeout_would_cut_is_refused(monkeypatch):
+    """Review (g): XREADGROUP BLOCK 5 s on a socket that times out after 5 s would end every
+    idle read in a TimeoutError; the defaults leave room, a socket timeout at the block time does not."""
+    from email_ingestion.common.errors import SettingsError
+    from email_ingestion.common.settings import load_settings
+    from email_ingestion.worker import timings
+    settings = load_settings(env_file=None)
+    timings.check(settings.worker, settings.retry, settings.health, settings.redis)
+    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_SECONDS", "5")
+    settings = load_settings(env_file=None)
+    with pytest.raises(SettingsError, match="REDIS_SOCKET_TIMEOUT_SECONDS=5"):
+        timings.check(settings.worker, settings.retry, settings.health, settings.redis)

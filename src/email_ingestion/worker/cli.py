@@ -24,6 +24,7 @@ from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
+from email_ingestion.common.gc_tuning import tune_after_start_up
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import Replication, describe, make_redis
@@ -77,7 +78,7 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
                  out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms) -> WorkerLoop:
     """Wire a worker from settings; nothing connects until it runs."""
     retry = settings.retry
-    timings.check(settings.worker, retry, settings.health)
+    timings.check(settings.worker, retry, settings.health, settings.redis)
     handler = load_handler(settings.worker.handler, retry)
     client = make_redis(settings.redis)
     keys = StreamKeys.of(settings.redis.stream_name, settings.worker.group, retry.dlq_stream_name)
@@ -94,7 +95,7 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
         retries=retries, dlq=DeadLetterQueue(client, keys=keys, clock_ms=clock_ms),
         backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
         max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat,
-        stop_heartbeat=recovery.stop_beating, redis_wait=redis_wait,
+        stop_heartbeat=recovery.stop_beating, touch=recovery.touch, redis_wait=redis_wait,
         timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds,
                                  retry.heartbeat_ttl_ms),
         clock_ms=clock_ms, replication=Replication.from_settings(settings.redis))
@@ -163,6 +164,7 @@ def run(consumer: WorkerLoop, settings: Settings, burst: bool) -> int:
     log.info("worker starting", extra={
         "consumer": consumer.loop.consumer, "stream": consumer.loop.stream, "group": consumer.loop.group,
         "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
+    tune_after_start_up()
     try:
         status = run_guarded(lambda: consumer.run(burst=burst), "worker", log)
     finally:

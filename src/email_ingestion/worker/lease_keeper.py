@@ -1,5 +1,11 @@
-"""While a batch is in hand: renew its leases and the heartbeat, know how fresh the leases
-are, and stop a handler call that outlives HANDLER_TIMEOUT_SECONDS.
+"""While a batch is in hand: renew its leases and the heartbeat, keep its stream entries from
+looking idle, know how fresh the leases are, and stop a handler call that outlives
+HANDLER_TIMEOUT_SECONDS.
+
+Touching the entries (recovery.Recovery.touch) matters for batches of slow handlers: the
+last message of 500 that take 10 s each waits over an hour in the PEL, past
+CLAIM_HARD_LIMIT_MS, and the hard-limit sweep would take it from a worker that is alive and
+about to handle it.
 
 Python cannot stop a thread, so a hung handler is not interrupted: past its timeout this
 thread stops renewing anything, hands the message to `on_timeout` (which records it as
@@ -15,22 +21,30 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import redis
 
 from email_ingestion.worker.idempotency import Idempotency
 
+if TYPE_CHECKING:
+    from email_ingestion.worker.processor import Leased
+
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, idempotency: Idempotency, items: list[tuple[str, str]], *, heartbeat: Callable[[], None],
-                 interval_s: float, handler_timeout_s: float, on_timeout: Callable[[int], None],
-                 confirmed_at: float, fresh_s: float) -> None:
+    def __init__(self, idempotency: Idempotency, items: list[tuple[str, str]], entry_ids: list[str], *,
+                 heartbeat: Callable[[], None], touch: Callable[[list[str]], object], interval_s: float,
+                 handler_timeout_s: float, on_timeout: Callable[[int], None], confirmed_at: float,
+                 fresh_s: float) -> None:
         self.idempotency = idempotency
+        # Replaced whole (never mutated) by keep(): the renewing thread reads them unlocked.
         self.items = items
+        self.entry_ids = entry_ids
         self.heartbeat = heartbeat
+        self.touch = touch
         self.interval_s = interval_s
         self.handler_timeout_s = handler_timeout_s
         self.on_timeout = on_timeout
@@ -55,6 +69,11 @@ class LeaseKeeper:
         """True while no lease of the batch can have expired (monotonic clock: a frozen
         process, a suspended VM or a clock jump all show as time passed)."""
         return time.monotonic() - self.confirmed_at < self.fresh_s
+
+    def keep(self, remaining: Sequence[Leased]) -> None:
+        """After a partial settlement: renew only what is still to be handled."""
+        self.items = [leased.lease_item for leased in remaining]
+        self.entry_ids = [leased.delivery.entry_id for leased in remaining]
 
     @contextlib.contextmanager
     def calling(self, index: int) -> Iterator[None]:
@@ -90,11 +109,13 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         started = time.monotonic()
+        items, entry_ids = self.items, self.entry_ids
         try:
-            renewed = self.idempotency.renew(self.items)
+            renewed = self.idempotency.renew(items)
             self.heartbeat()
+            self.touch(entry_ids)
         except redis.RedisError as exc:
             log.warning("lease renewal failed", extra={"error": type(exc).__name__})
             return
-        if renewed == len(self.items):
+        if renewed == len(items):
             self.confirmed_at = started

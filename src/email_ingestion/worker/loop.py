@@ -91,6 +91,8 @@ class WorkerLoop:
         self.liveness = redis_wait.liveness
         self.breaker = redis_wait.breaker
         self.stats = WorkerStats()
+        self._started = False  # our previous life's entries are taken back on the first start only
+        self._beaten_at = 0.0  # monotonic: when the loop last renewed the heartbeat
 
     def status(self) -> dict[str, Any]:
         """The worker's part of the /status body: who it is and what it has done."""
@@ -124,20 +126,26 @@ class WorkerLoop:
 
     def _run(self, burst: bool) -> None:
         self.ensure_group()
-        self.recovery.beat()
-        self._recover(own_idle_ms=0)  # our previous life's entries, whatever their idle time
+        self._beat()
+        # Our previous life's entries, whatever their idle time; after a Redis outage within
+        # this life, only those idle past CLAIM_MIN_IDLE_MS (each claim counts a delivery).
+        self._recover(own_idle_ms=None if self._started else 0)
+        self._started = True
         self.redis_wait.succeeded()
         next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
         waiting = False
         while not self.stop_event.is_set():
             self.liveness.tick()
-            next_due_in_ms = self._beat_and_move_due()
             if time.monotonic() >= next_reclaim:
                 self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
-            # A burst reads without blocking until it finds nothing to do; then it blocks
-            # like a normal worker, so waiting for its own stranded entries is not a busy loop.
-            deliveries = self._read(self._block_ms(next_due_in_ms, burst and not waiting))
+            deliveries, next_due_in_ms = self._beat_move_due_and_read()
+            # Nothing ready: block for new entries (or until the next retry is due). A burst
+            # does not block until it has found nothing to do, so that waiting for its own
+            # stranded entries is not a busy loop.
+            block_ms = None if deliveries else self._block_ms(next_due_in_ms, burst and not waiting)
+            if block_ms is not None:
+                deliveries = self._read(block_ms)
             waiting = False
             if deliveries:
                 self._process(deliveries)
@@ -148,14 +156,23 @@ class WorkerLoop:
                     return
                 waiting = True
 
-    def _beat_and_move_due(self) -> int | None:
-        """Renew the heartbeat and move due retries back, in one round trip; returns the ms
-        until the next retry is due."""
+    def _beat_move_due_and_read(self) -> tuple[list[Delivery], int | None]:
+        """Renew the heartbeat, move due retries back and read what is ready without
+        blocking, in one round trip; returns the deliveries and the ms until the next retry
+        is due."""
         pipe = self.redis.pipeline(transaction=False)
         self.recovery.beat(pipe)
+        self._beaten_at = time.monotonic()
         self.retries.move_due_in(pipe)
-        _, next_due_in_ms = moved_reply(pipe.execute()[-1])
-        return next_due_in_ms
+        pipe.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"}, count=self.loop.batch_size)
+        try:
+            _, moved, reply = pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # the group (or the stream) was deleted under us
+            return [], None
+        return _deliveries(reply), moved_reply(moved)[1]
 
     def _recover(self, own_idle_ms: int | None = None) -> int:
         """Claim and settle orphans one at a time (see recovery.py for why), our own
@@ -163,6 +180,8 @@ class WorkerLoop:
         count = 0
         while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
             self.liveness.tick()
+            if time.monotonic() - self._beaten_at >= self.processor.timings.renew_interval_s:
+                self._beat()  # a long round of quick orphans must not make us look dead
             claimed = self.recovery.reclaim(own_idle_ms=own_idle_ms, limit=1).deliveries
             if not claimed:
                 break
@@ -171,7 +190,11 @@ class WorkerLoop:
             count += len(claimed)
         return count
 
-    def _read(self, block_ms: int | None) -> list[Delivery]:
+    def _beat(self) -> None:
+        self.recovery.beat()
+        self._beaten_at = time.monotonic()
+
+    def _read(self, block_ms: int) -> list[Delivery]:
         try:
             reply: Any = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
                                                count=self.loop.batch_size, block=block_ms)
@@ -180,7 +203,7 @@ class WorkerLoop:
                 raise
             self.ensure_group()  # the group (or the stream) was deleted under us
             return []
-        return [Delivery.from_redis(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+        return _deliveries(reply)
 
     def _block_ms(self, next_due_in_ms: int | None, burst: bool) -> int | None:
         """How long XREADGROUP may block: None (not at all) for a burst with no retry to wait for."""
@@ -206,3 +229,7 @@ class WorkerLoop:
         result = self.processor.process(deliveries, self.out_of_time)
         self.stats.last_settled_at = time.monotonic()
         self.stats.add(result)
+
+
+def _deliveries(reply: Any) -> list[Delivery]:
+    return [Delivery.from_redis(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]

@@ -43,6 +43,14 @@ handler_log = logging.getLogger("email_ingestion.worker.handler")
 
 Action = Callable[[redis.client.Pipeline], None]
 
+# While a settlement waits for Redis, it is retried at least this often: once Redis serves
+# again, the worker that handled the batch should land its outcomes before anyone else
+# finds the messages idle and takes them over.
+SETTLE_RETRY_MAX_S = 1.0
+# A timed-out batch's settlement is tried for this long before the process exits anyway
+# (what it could not settle stays pending and is handled again).
+TIMEOUT_SETTLE_S = 10.0
+
 
 @dataclass
 class Leased:
@@ -88,7 +96,8 @@ class ProcessorTimings:
 class BatchProcessor:
     def __init__(self, client: redis.Redis, *, consumer: str, handler: Handler, idempotency: Idempotency,
                  retries: RetrySchedule, dlq: DeadLetterQueue, backoff: Backoff, max_deliveries: int,
-                 metrics: WorkerMetrics, heartbeat: Callable[[], None], stop_heartbeat: Callable[[], None],
+                 metrics: WorkerMetrics, heartbeat: Callable[..., None], stop_heartbeat: Callable[[], None],
+                 touch: Callable[[list[str]], object],
                  redis_wait: RedisWait, timings: ProcessorTimings, clock_ms: Clock = wall_ms,
                  replication: Replication = Replication()) -> None:
         self.redis = client
@@ -101,7 +110,8 @@ class BatchProcessor:
         self.backoff = backoff
         self.max_deliveries = max_deliveries
         self.metrics = metrics
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # heartbeat() now, or heartbeat(pipe) queued in a pipeline
+        self.touch = touch  # resets the PEL idle time of entries still in hand (recovery.py)
         self.stop_heartbeat = stop_heartbeat
         self.redis_wait = redis_wait
         self.timings = timings
@@ -114,23 +124,43 @@ class BatchProcessor:
         confirmed_at = time.monotonic()
         to_handle = self._leased(candidates, self.idempotency.acquire([c.lease_item for c in candidates]), batch)
         with self._keeper(to_handle, batch, confirmed_at) as keeper:
-            for index, leased in enumerate(to_handle):
-                if out_of_time():
-                    self._release(batch, to_handle[index:])
-                    batch.result.unfinished = len(to_handle) - index
-                    break
-                ours = self._still_ours(leased, keeper, batch.result)
-                if ours is None:  # Redis cannot say: keep what was handled, leave the rest pending
-                    batch.result.unfinished = len(to_handle) - index
-                    break
-                if ours:
-                    self._handle(leased, batch, keeper, index)
-        self.redis_wait.call(lambda: self._execute(batch), "settling a batch", give_up=out_of_time)
+            self._handle_all(to_handle, batch, keeper, out_of_time)
+        self._settle(batch, out_of_time)
         self._count(batch.result)
         return batch.result
 
+    def _handle_all(self, to_handle: list[Leased], batch: Settlement, keeper: LeaseKeeper,
+                    out_of_time: Callable[[], bool]) -> None:
+        settled_at = time.monotonic()
+        for index, leased in enumerate(to_handle):
+            if out_of_time():
+                self._release(batch, to_handle[index:])
+                batch.result.unfinished = len(to_handle) - index
+                return
+            ours = self._still_ours(leased, keeper, batch.result)
+            if ours is None:  # Redis cannot say: keep what was handled, leave the rest pending
+                batch.result.unfinished = len(to_handle) - index
+                return
+            if ours:
+                self._handle(leased, batch, keeper, index)
+            if time.monotonic() - settled_at >= self.timings.renew_interval_s and index + 1 < len(to_handle):
+                # Slow handlers: settle what is done so far, so that a kill repeats at most a
+                # renewal interval of work, not the whole batch.
+                self._settle(batch, out_of_time)
+                keeper.keep(to_handle[index + 1:])
+                settled_at = time.monotonic()
+
+    def _settle(self, batch: Settlement, out_of_time: Callable[[], bool]) -> None:
+        """Land the settlement, waiting out Redis; then start the batch's next one afresh."""
+        self.redis_wait.call(lambda: self._execute(batch), "settling a batch", give_up=out_of_time,
+                             max_delay_s=SETTLE_RETRY_MAX_S)
+        batch.actions.clear()
+        batch.done_keys.clear()
+        batch.ack_ids.clear()
+
     def _keeper(self, to_handle: list[Leased], batch: Settlement, confirmed_at: float) -> LeaseKeeper:
-        return LeaseKeeper(self.idempotency, [c.lease_item for c in to_handle], heartbeat=self.heartbeat,
+        return LeaseKeeper(self.idempotency, [c.lease_item for c in to_handle],
+                           [c.delivery.entry_id for c in to_handle], heartbeat=self.heartbeat, touch=self.touch,
                            interval_s=self.timings.renew_interval_s,
                            handler_timeout_s=self.timings.handler_timeout_s,
                            on_timeout=lambda index: self._timed_out(batch, to_handle, index),
@@ -272,6 +302,9 @@ class BatchProcessor:
 
     def _execute(self, batch: Settlement) -> None:
         pipe = self.redis.pipeline(transaction=True)
+        # First, the heartbeat: after a long outage this replay must show us alive before
+        # anyone takes the batch's messages over as a dead worker's.
+        self.heartbeat(pipe)
         for action in batch.actions:
             action(pipe)
         self.idempotency.settle(pipe, batch.done_keys, batch.ack_ids)
@@ -286,12 +319,18 @@ class BatchProcessor:
             "stream_id": to_handle[index].delivery.entry_id, "handler_timeout_s": timeout_s})
         self._failed(batch, to_handle[index], HandlerTimeoutError(f"handler still running after {timeout_s} s"))
         self._release(batch, to_handle[index + 1:])
-        try:
-            self._execute(batch)
-            self.stop_heartbeat()
-        except redis.RedisError as exc:
-            log.error("could not settle the timed-out batch; its messages stay pending",
-                      extra={"error": type(exc).__name__})
+        deadline = time.monotonic() + TIMEOUT_SETTLE_S
+        while True:
+            try:
+                self._execute(batch)
+                self.stop_heartbeat()
+                break
+            except redis.RedisError as exc:
+                if time.monotonic() >= deadline:
+                    log.error("could not settle the timed-out batch; its messages stay pending",
+                              extra={"error": type(exc).__name__})
+                    break
+                time.sleep(SETTLE_RETRY_MAX_S)
         logging.shutdown()
         os._exit(EXIT_FAILED)
 

@@ -6,8 +6,12 @@ Every worker keeps a heartbeat key with a TTL. Periodically (and at start-up) a 
   (delivered by an XREADGROUP or XCLAIM whose reply was lost and retried);
 - claims (XCLAIM) entries pending on consumers that have no heartbeat and have been idle
   longer than CLAIM_MIN_IDLE_MS, asking each such consumer for its own entries;
-- sweeps with XAUTOCLAIM everything idle past CLAIM_HARD_LIMIT_MS, whoever holds it (a
-  worker alive but wedged), which also reports entries deleted from the stream meanwhile.
+- sweeps everything idle past CLAIM_HARD_LIMIT_MS, whoever holds it (a worker alive but
+  wedged). XPENDING's IDLE filter walks the whole PEL in Redis, so entries past the limit are
+  found wherever they are; XAUTOCLAIM from 0-0 with a small COUNT looks at the first
+  COUNT*10 entries only.
+A live worker touches the entries of the batch in hand while it renews their leases
+(`touch`), so a batch of slow handlers does not age past the hard limit while it is worked on.
 Claiming increments Redis's delivery counter; a message delivered MAX_DELIVERIES times
 without an acknowledgement (it keeps killing its worker) is not handed out again: the
 caller sends it to the DLQ.
@@ -31,6 +35,20 @@ from email_ingestion.worker.delivery import Delivery
 
 log = logging.getLogger(__name__)
 
+# KEYS: stream; ARGV: group, consumer, then entry ids. Resets the idle time of the entries
+# still pending on `consumer` (XCLAIM JUSTID: the delivery counter is left alone); an entry
+# another worker has taken over is not touched, so it is never taken back.
+_TOUCH = """
+local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then args[#args + 1] = ARGV[i] end
+end
+if #args == 5 then return 0 end
+args[#args + 1] = 'JUSTID'
+return #redis.call(unpack(args))
+"""
+
 
 @dataclass
 class Reclaimed:
@@ -50,6 +68,13 @@ class Recovery:
         self.hard_limit_ms = hard_limit_ms
         self.heartbeat_ttl_ms = heartbeat_ttl_ms
         self.batch = batch
+        self._touch = client.register_script(_TOUCH)
+
+    def touch(self, entry_ids: list[str]) -> int:
+        """Reset the PEL idle time of those of `entry_ids` still pending on this consumer."""
+        if not entry_ids:
+            return 0
+        return int(self._touch(keys=[self.stream], args=[self.group, self.consumer, *entry_ids]))
 
     def beat(self, pipe: Any = None) -> None:
         (pipe or self.redis).set(self.keys.heartbeat(self.consumer), "1", px=self.heartbeat_ttl_ms)
@@ -123,18 +148,10 @@ class Recovery:
         if gone:
             self.redis.xack(self.stream, self.group, *gone)
         return len(gone)
+
     def _sweep(self, result: Reclaimed, limit: int) -> None:
-        reply = self.redis.xautoclaim(self.stream, self.group, self.consumer, self.hard_limit_ms,
-                                      start_id="0-0", count=limit)
-        claimed, deleted = reply[1], (reply[2] if len(reply) > 2 else [])
-        result.deleted += len(deleted)
-        if not claimed:
-            return
-        ids = [to_text(entry_id) for entry_id, _ in claimed]
-        counts = {to_text(p["message_id"]): int(p["times_delivered"]) for p in self.redis.xpending_range(
-            self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2, consumername=self.consumer)}
-        for entry_id, fields in claimed:
-            if fields:
-                result.deliveries.append(Delivery.from_redis(entry_id, fields, counts.get(to_text(entry_id), 1)))
-        log.warning("claimed messages idle past the hard limit from a live consumer",
-                    extra={"count": len(claimed), "hard_limit_ms": self.hard_limit_ms})
+        before = len(result.deliveries)
+        self._claim(self._pending(self.hard_limit_ms, limit), self.hard_limit_ms, result)
+        if len(result.deliveries) > before:
+            log.warning("claimed messages idle past the hard limit from a live consumer",
+                        extra={"count": len(result.deliveries) - before, "hard_limit_ms": self.hard_limit_ms})

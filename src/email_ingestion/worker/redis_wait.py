@@ -45,13 +45,15 @@ class RedisWait:
         self.failures = 0
         self.reason: str | None = None  # why Redis cannot serve us, while it cannot
 
-    def call(self, action: Callable[[], T], where: str, give_up: Callable[[], bool] = lambda: False) -> T:
-        """Run `action` until it gets past Redis's temporary refusals."""
+    def call(self, action: Callable[[], T], where: str, give_up: Callable[[], bool] = lambda: False,
+             max_delay_s: float = MAX_DELAY_S) -> T:
+        """Run `action` until it gets past Redis's temporary refusals, trying again at
+        least every `max_delay_s`."""
         while True:
             try:
                 value = self.guard(action)
             except WAIT_ERRORS as exc:
-                self.failed(exc, where)
+                self.failed(exc, where, max_delay_s)
                 if give_up():
                     raise Interrupted(where) from exc
                 continue
@@ -70,12 +72,12 @@ class RedisWait:
                 raise RedisTlsError(trust_message(exc)) from None
             raise
 
-    def failed(self, exc: BaseException, where: str) -> None:
+    def failed(self, exc: BaseException, where: str, max_delay_s: float = MAX_DELAY_S) -> None:
         """Note the failure, then wait with exponential backoff (never past a stop request)."""
         self.failures += 1
         self.breaker.failure()
         self.reason = f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
-        delay_s = max(min(MAX_DELAY_S, 0.25 * 2 ** min(self.failures, 7)), self.breaker.wait_s())
+        delay_s = min(max_delay_s, max(min(MAX_DELAY_S, 0.25 * 2 ** min(self.failures, 7)), self.breaker.wait_s()))
         log.warning("Redis unavailable; retrying", extra={"error": self.reason, "retry_in_s": round(delay_s, 2)})
         self._sleep(delay_s)
 

@@ -9,9 +9,12 @@ be late before anything expires. Settings that break a ratio are refused at star
 from __future__ import annotations
 
 from email_ingestion.common.errors import SettingsError
-from email_ingestion.common.settings import HealthSettings, RetrySettings, WorkerSettings
+from email_ingestion.common.settings import HealthSettings, RedisSettings, RetrySettings, WorkerSettings
 
 MIN_RENEW_INTERVAL_S = 0.05
+# A blocked XREADGROUP must come back before the socket gives up on it, with room for a
+# slow reply: otherwise every idle read ends in a TimeoutError and a reconnect.
+BLOCK_REPLY_MARGIN_MS = 1000
 
 
 def renew_interval_s(retry: RetrySettings) -> float:
@@ -24,9 +27,10 @@ def lease_margin_ms(lease_ms: int) -> int:
     return lease_ms // 3
 
 
-def check(worker: WorkerSettings, retry: RetrySettings, health: HealthSettings) -> None:
+def check(worker: WorkerSettings, retry: RetrySettings, health: HealthSettings,
+          redis_settings: RedisSettings | None = None) -> None:
     """Raise SettingsError naming the first ratio the settings break."""
-    for broken, message in _rules(worker, retry, health):
+    for broken, message in [*_rules(worker, retry, health), *_socket_rules(worker, redis_settings)]:
         if broken:
             raise SettingsError(message)
 
@@ -43,4 +47,16 @@ def _rules(worker: WorkerSettings, retry: RetrySettings, health: HealthSettings)
         (handler_ms + retry.lease_ms >= retry.claim_hard_limit_ms,
          f"CLAIM_HARD_LIMIT_MS={retry.claim_hard_limit_ms} must exceed HANDLER_TIMEOUT_SECONDS plus "
          f"LEASE_MS ({handler_ms + retry.lease_ms} ms): the sweep would take messages from handlers still running"),
+    ]
+
+
+def _socket_rules(worker: WorkerSettings, redis_settings: RedisSettings | None) -> list[tuple[bool, str]]:
+    if redis_settings is None:
+        return []
+    socket_ms = int(redis_settings.socket_timeout_seconds * 1000)
+    return [
+        (worker.block_timeout_ms + BLOCK_REPLY_MARGIN_MS > socket_ms,
+         f"WORKER_BLOCK_TIMEOUT_MS={worker.block_timeout_ms} must be at least {BLOCK_REPLY_MARGIN_MS} ms below "
+         f"REDIS_SOCKET_TIMEOUT_SECONDS={redis_settings.socket_timeout_seconds:g}: "
+         "a blocked read would time out at the socket"),
     ]
