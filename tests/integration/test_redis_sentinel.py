@@ -221,9 +221,7 @@ def test_sigkill_the_master_while_mail_arrives(request, producer_env, tmp_path, 
         killed_at = time.monotonic()
         topology.wait_failover()
         failover_s = time.monotonic() - killed_at
-        # The old master comes back empty; the Sentinels make it a replica of the new one,
-        # which gives WAIT its replica again.
-        topology.master.start()
+        topology.restart_old_master()
         feeder.join(60)
         everything = set(range(1, total + 1))
         wait_until(lambda: everything <= set(handled(env)), 120, 0.2)

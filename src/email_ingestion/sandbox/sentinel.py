@@ -132,17 +132,6 @@ class SentinelTopology:
             return False
         return info.get("master_link_status") == "up"
 
-    def master_port(self) -> int | None:
-        """Where the Sentinels say the master is now."""
-        for sentinel in self.sentinels:
-            try:
-                address = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
-            except redis.RedisError:
-                continue
-            if isinstance(address, tuple | list):
-                return int(address[1])
-        return None
-
     def freeze_replication(self) -> None:
         """Stop the replication stream silently (the link stays open): from now on the
         master acknowledges writes the replica never gets, as under a replication lag."""
@@ -155,10 +144,30 @@ class SentinelTopology:
         self.master.process.kill()
         self.master.process.wait(10)
 
+    def master_ports(self) -> list[int | None]:
+        """Where each Sentinel says the master is now (None: no answer)."""
+        ports: list[int | None] = []
+        for sentinel in self.sentinels:
+            try:
+                address = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
+            except redis.RedisError:
+                address = None
+            ports.append(int(address[1]) if isinstance(address, tuple | list) else None)
+        return ports
+
     def wait_failover(self, timeout_s: float = 60) -> None:
+        """Until every Sentinel names the promoted replica. One that still holds the old
+        configuration when the old master comes back (empty) can turn the new master into
+        its replica and wipe it, which no client setting can prevent."""
         replica_port = self.tls_ports.get("replica", self.replica.port)
-        _until(lambda: self.master_port() == replica_port and _is_master(self.replica), timeout_s,
-               "the Sentinels did not promote the replica")
+        _until(lambda: set(self.master_ports()) == {replica_port} and _is_master(self.replica), timeout_s,
+               "the Sentinels did not all promote the replica")
+
+    def restart_old_master(self, timeout_s: float = 60) -> None:
+        """Start the killed master again (empty) and wait until the Sentinels have made it
+        a replica of the new one, which gives WAIT its replica again."""
+        self.master.start()
+        _until(lambda: _replica_linked(self.master), timeout_s, "the old master did not rejoin as a replica")
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
@@ -169,6 +178,14 @@ class SentinelTopology:
         if self.proxy is not None:
             self.proxy.stop()
             self.proxy = None
+
+
+def _replica_linked(server: RedisServer) -> bool:
+    try:
+        info = server.client().info("replication")
+    except redis.RedisError:
+        return False
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
 def _is_master(server: RedisServer) -> bool:
