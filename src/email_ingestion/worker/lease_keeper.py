@@ -17,11 +17,10 @@ leases, not the heartbeat.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import redis
@@ -75,17 +74,17 @@ class LeaseKeeper:
         self.items = [leased.lease_item for leased in remaining]
         self.entry_ids = [leased.delivery.entry_id for leased in remaining]
 
-    @contextlib.contextmanager
-    def calling(self, index: int) -> Iterator[None]:
-        """Around one handler call. If the call timed out meanwhile, the process is ending:
-        block here rather than record an outcome the timeout already recorded."""
+    def calling(self, index: int) -> None:
+        """Before one handler call; `called()` after it, in a finally. (Two methods rather
+        than a context manager: this runs once per message on the hot path.)"""
         with self._lock:
             self._call = (index, time.monotonic())
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._call = None
+
+    def called(self) -> None:
+        """If the call timed out meanwhile, the process is ending: block here rather than
+        record an outcome the timeout already recorded."""
+        with self._lock:
+            self._call = None
 
     def _run(self) -> None:
         while not self._stop.wait(self._next_wait_s()):

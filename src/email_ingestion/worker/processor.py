@@ -234,8 +234,11 @@ class BatchProcessor:
             ctx = HandlerContext(payload.idempotency_key, delivery.attempt + 1, delivery.entry_id,
                                  self.consumer, handler_log)
             started = time.perf_counter()
-            with keeper.calling(index):
+            keeper.calling(index)
+            try:
                 error = _call(self.handler, payload, ctx)
+            finally:
+                keeper.called()
             self.metrics.latency.observe(time.perf_counter() - started)
             self._outcome(leased, error, batch)
 
