@@ -132,5 +132,11 @@ def stream_payloads(client: Any, stream: str = "email_ingestion_stream") -> list
     return [json.loads(fields[b"payload"]) for _, fields in client.xrange(stream)]
 
 
+def written_keys(client: Any) -> list[bytes]:
+    """Every key but the mailbox ownership's counter (producer/ownership.py), which a producer
+    bumps before it connects anywhere and which must outlive it."""
+    return [k for k in client.keys("*") if not k.endswith(b":lease_token")]
+
+
 def producer_cmd(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "producer.py"), *args]

@@ -14,7 +14,7 @@ import pytest
 from email_ingestion.sandbox.dovecot import mint_jwt
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
-from tests.conftest import USER, producer_cmd, stream_payloads
+from tests.conftest import USER, producer_cmd, stream_payloads, written_keys
 from tests.support.token_server import TokenServer
 
 REFRESH_TOKEN = "1//test-refresh-token-abcdefghij"
@@ -159,7 +159,7 @@ def test_untrusted_certificate_is_refused(mailbox, producer_env, dovecot, redis_
     done = run_producer(env)
     assert done.returncode == 2
     assert "certificate verification failed" in done.stderr
-    assert redis_client.dbsize() == 0
+    assert not written_keys(redis_client)
 
 
 def test_large_message_is_not_downloaded_whole(mailbox, producer_env, dovecot, redis_client):

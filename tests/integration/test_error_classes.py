@@ -18,7 +18,7 @@ from email_ingestion.imap.session import ImapSession
 from email_ingestion.sandbox.redis_server import RedisServer
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
-from tests.conftest import PASSWORD, USER, UTF8_PASSWORD, UTF8_USER, imap_admin, producer_cmd, stream_payloads
+from tests.conftest import PASSWORD, USER, UTF8_PASSWORD, UTF8_USER, imap_admin, producer_cmd, stream_payloads, written_keys
 
 # Without --once: a permanent error must end the process by itself, not be retried.
 SERVICE_TIMEOUT_S = 60
@@ -50,7 +50,7 @@ def test_untrusted_certificate_exits_2(mailbox, producer_env, dovecot, redis_cli
     """Certificate verification failure is configuration (IMAP_CA_FILE), not a passing fault."""
     done = run_service({**producer_env, "IMAP_SSL": "true", "IMAP_PORT": str(dovecot.ssl_port)})
     assert_one_clear_line(done, 2, "certificate verification failed", "IMAP_CA_FILE")
-    assert redis_client.dbsize() == 0
+    assert not written_keys(redis_client)
 
 
 def test_redis_password_refused_exits_3_and_hides_a_password_with_at_signs(mailbox, producer_env, redis_server):

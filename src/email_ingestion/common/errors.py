@@ -73,6 +73,11 @@ class StateError(IngestionError):
     """Root of Redis/state failures."""
 
 
+class LeaseLostError(StateError):
+    """This producer no longer holds the mailbox's lease (it expired while the process was
+    paused, or another producer took it over): the write was refused, the mailbox is given up."""
+
+
 class RedisUnavailableError(StateError):
     """Redis cannot be reached or is loading; waiting and retrying may help."""
 

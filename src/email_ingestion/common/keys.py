@@ -65,6 +65,16 @@ class MailboxKeys:
         """Hash: message fingerprint -> "uidvalidity:uid" of every message ever emitted."""
         return f"{self._base}:seen"
 
+    @property
+    def lease(self) -> str:
+        """String with TTL: "<producer id>:<fencing token>" of the producer that owns the mailbox."""
+        return f"{self._base}:lease"
+
+    @property
+    def lease_token(self) -> str:
+        """Counter: the last fencing token handed out; every new owner gets a higher one."""
+        return f"{self._base}:lease_token"
+
 
 @dataclass(frozen=True)
 class StreamKeys:
@@ -110,6 +120,12 @@ def dlq_stream(stream: str, dlq_name: str) -> str:
         return dlq_name
     # Braces of the configured name would open a tag of their own: escape them.
     return f"{dlq_name.replace('{', '%7B').replace('}', '%7D')}:{tag}"
+
+
+def producers_key(fleet: str) -> str:
+    """Sorted set: live producers of one fleet (producers reading the same mailbox list),
+    scored by when their registration expires (Redis server time, ms)."""
+    return f"{PREFIX}:producers:{fleet}"
 
 
 def wait_marker(stream: str) -> str:

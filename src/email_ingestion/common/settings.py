@@ -44,6 +44,8 @@ class ImapSettings(BaseSettings):
     timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
     idle: bool = Field(default=True, description="use IDLE when the server offers it")
     idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
+    max_connections: int = Field(default=10, ge=1, description="IMAP connections one producer opens per account "
+                                                                "(one per mailbox; Gmail allows 15 in all)")
 
     @field_validator("mailbox", "user")
     @classmethod
@@ -170,6 +172,10 @@ class ProducerSettings(BaseSettings):
     parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
     producer_metrics_port: int = Field(default=9090, ge=0, le=65535,
                                        description="port of /metrics, /health, /ready, /status; 0 disables")
+    mailboxes_file: Path | None = Field(default=None, description="TOML file with one [[mailbox]] table per "
+                                                                  "mailbox; unset: the IMAP_ settings, one mailbox")
+    producer_lease_ms: int = Field(default=30_000, ge=300, description="mailbox ownership lease, renewed at a third")
+    producer_id: str = Field(default="", description="this producer among several; empty: the host name")
 
     @field_validator("initial_sync")
     @classmethod

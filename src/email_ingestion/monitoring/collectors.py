@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.keys import StreamKeys
-from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.health import LivenessLike
 from email_ingestion.monitoring.heartbeats import live_workers
 
 NS = "email_ingestion"
@@ -40,28 +40,46 @@ def stream_figures(client: redis.Redis, stream: str, group: str, dlq: str) -> di
     return figures
 
 
+_STREAM_GAUGES = (("stream_depth", "stream_depth", "Entries in the stream"),
+                  ("dlq_depth", "dlq_depth", "Entries in the dead-letter queue"),
+                  ("pending_messages", "pending", "Delivered but unacknowledged entries"),
+                  ("consumer_lag", "lag", "Entries not yet delivered to the group"),
+                  ("active_workers", "active_workers", "Consumers with a live heartbeat"))
+
+
 class StreamCollector(Collector):
-    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str) -> None:
-        self.client, self.stream, self.group, self.dlq = client, stream, group, dlq
+    """Stream gauges of one stream, or of several (`others`: (stream, dlq) pairs) as one
+    family per gauge: an exposition may name a family once only."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str,
+                 others: Sequence[tuple[str, str]] = ()) -> None:
+        self.client, self.group = client, group
+        self.targets = [(stream, dlq), *others]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            figures = stream_figures(self.client, self.stream, self.group, self.dlq)
-        except redis.RedisError:
-            return  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
-        labels = {"stream": self.stream, "group": self.group}
-        for name, key, doc in (("stream_depth", "stream_depth", "Entries in the stream"),
-                               ("dlq_depth", "dlq_depth", "Entries in the dead-letter queue"),
-                               ("pending_messages", "pending", "Delivered but unacknowledged entries"),
-                               ("consumer_lag", "lag", "Entries not yet delivered to the group"),
-                               ("active_workers", "active_workers", "Consumers with a live heartbeat")):
-            if figures.get(key) is not None:
-                yield _gauge(name, doc, labels, float(figures[key]))
+        families: dict[str, GaugeMetricFamily] = {}
+        for stream, dlq in self.targets:
+            try:
+                figures = stream_figures(self.client, stream, self.group, dlq)
+            except redis.RedisError:
+                continue  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
+            for name, key, doc in _STREAM_GAUGES:
+                if figures.get(key) is not None:
+                    family = families.setdefault(name, GaugeMetricFamily(f"{NS}_{name}", doc,
+                                                                         labels=["stream", "group"]))
+                    family.add_metric([stream, self.group], float(figures[key]))
+        yield from families.values()
+
+
+# (account, mailbox, breaker) of every mailbox a producer follows now.
+MailboxBreakers = Callable[[], Iterable[tuple[str, str, CircuitBreaker]]]
 
 
 class ProcessCollector(Collector):
-    def __init__(self, liveness: Liveness, breakers: Iterable[CircuitBreaker], component: str) -> None:
+    def __init__(self, liveness: LivenessLike, breakers: Iterable[CircuitBreaker], component: str,
+                 mailbox_breakers: MailboxBreakers | None = None) -> None:
         self.liveness, self.breakers, self.component = liveness, list(breakers), component
+        self.mailbox_breakers = mailbox_breakers
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield _gauge("uptime_seconds", "Seconds since the process started", {"component": self.component},
@@ -70,7 +88,23 @@ class ProcessCollector(Collector):
                                    "Circuit breaker state: 0 closed, 1 half-open, 2 open", labels=["name", "component"])
         for breaker in self.breakers:
             family.add_metric([breaker.name, self.component], float(breaker.state))
+        if self.mailbox_breakers is None:
+            yield family
+            return
+        # Several mailboxes per producer: the process-wide gauge is the worst of each kind
+        # (what the alert and the dashboard read); the per-mailbox one tells them apart.
+        rows = list(self.mailbox_breakers())
+        per_mailbox = GaugeMetricFamily(f"{NS}_mailbox_circuit_breaker_state",
+                                        "Circuit breaker state per mailbox: 0 closed, 1 half-open, 2 open",
+                                        labels=["name", "component", "account", "mailbox"])
+        worst: dict[str, float] = {}
+        for account, mailbox, breaker in rows:
+            per_mailbox.add_metric([breaker.name, self.component, account, mailbox], float(breaker.state))
+            worst[breaker.name] = max(worst.get(breaker.name, 0.0), float(breaker.state))
+        for name, state in sorted(worst.items()):
+            family.add_metric([name, self.component], state)
         yield family
+        yield per_mailbox
 
 
 def _gauge(name: str, doc: str, labels: dict[str, str], value: float) -> GaugeMetricFamily:

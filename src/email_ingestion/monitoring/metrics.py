@@ -15,15 +15,16 @@ from email_ingestion import __version__
 NS = "email_ingestion"
 
 
-class ProducerMetrics:
-    """Producer metrics for one mailbox; labels stay low-cardinality (account, mailbox)."""
+class ProducerFamilies:
+    """The producer's metric families in one registry, created once per process however many
+    mailboxes it follows; ProducerMetrics is one mailbox's labelled children of them."""
 
-    def __init__(self, account: str, mailbox: str, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r, labels = self.registry, ("account", "mailbox")
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        labels = ("account", "mailbox")
 
         def counter(name: str, doc: str) -> Counter:
-            return Counter(f"{NS}_{name}", doc, labels, registry=r).labels(account, mailbox)
+            return Counter(f"{NS}_{name}", doc, labels, registry=r)
 
         self.produced = counter("emails_produced_total", "Emails appended to the stream")
         self.dedup_skipped = counter("producer_duplicates_skipped_total", "Emails not appended because already emitted")
@@ -33,17 +34,45 @@ class ProducerMetrics:
         self.reconnects = counter("imap_reconnects_total", "IMAP/Redis reconnect attempts after a failure")
         self.oauth_refreshes = counter("oauth_refresh_total", "OAuth2 access token refreshes")
         self.oauth_failures = counter("oauth_refresh_failures_total", "OAuth2 refreshes that failed")
-        self.poll_duration = Histogram(f"{NS}_imap_poll_duration_seconds", "Duration of one sync pass", labels,
-                                       registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-                                       ).labels(account, mailbox)
-        self.backpressure = Gauge(f"{NS}_producer_backpressure", "1 while fetching is paused for backpressure",
-                                  labels, registry=r).labels(account, mailbox)
-        self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels,
-                              registry=r).labels(account, mailbox)
         self.expunged_skipped = counter("producer_expunged_skipped_total",
                                         "Messages expunged between SEARCH and FETCH, skipped (never emitted)")
+        self.poll_duration = Histogram(f"{NS}_imap_poll_duration_seconds", "Duration of one sync pass", labels,
+                                       registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.backpressure = Gauge(f"{NS}_producer_backpressure", "1 while fetching is paused for backpressure",
+                                  labels, registry=r)
+        self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels, registry=r)
+        self.owned = Gauge(f"{NS}_producer_mailbox_owned",
+                           "1 while this producer holds the mailbox's lease and follows it", labels, registry=r)
+        self.failed = Gauge(f"{NS}_producer_mailbox_failed",
+                            "1 while the mailbox is stopped by a permanent error (credentials, missing folder)",
+                            labels, registry=r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "producer").set(1)
+
+
+class ProducerMetrics:
+    """Producer metrics for one mailbox; labels stay low-cardinality (account, mailbox)."""
+
+    def __init__(self, account: str, mailbox: str, families: ProducerFamilies | CollectorRegistry | None = None
+                 ) -> None:
+        if not isinstance(families, ProducerFamilies):
+            families = ProducerFamilies(families)
+        self.registry = families.registry
+        f, labels = families, (account, mailbox)
+        self.produced = f.produced.labels(*labels)
+        self.dedup_skipped = f.dedup_skipped.labels(*labels)
+        self.polls = f.polls.labels(*labels)
+        self.uidvalidity_changes = f.uidvalidity_changes.labels(*labels)
+        self.throttled = f.throttled.labels(*labels)
+        self.reconnects = f.reconnects.labels(*labels)
+        self.oauth_refreshes = f.oauth_refreshes.labels(*labels)
+        self.oauth_failures = f.oauth_failures.labels(*labels)
+        self.expunged_skipped = f.expunged_skipped.labels(*labels)
+        self.poll_duration = f.poll_duration.labels(*labels)
+        self.backpressure = f.backpressure.labels(*labels)
+        self.last_uid = f.last_uid.labels(*labels)
+        self.owned = f.owned.labels(*labels)
+        self.failed = f.failed.labels(*labels)
 
 
 class HotHistogram(Collector):

@@ -1,4 +1,7 @@
-"""`python producer.py`: follow one mailbox and append each new message to the Redis Stream.
+"""`python producer.py`: follow mailboxes and append each new message to the Redis Stream.
+
+One mailbox from the IMAP_ settings, or every mailbox of MAILBOXES_FILE; with several
+producers on the same list, each mailbox is followed by one of them at a time (fleet.py).
 
 Exit status: 0 stopped cleanly (or --once done), 1 gave up on a failure (--once), 2 bad
 setting, 3 credentials refused (a person must act: see the message).
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -21,14 +25,17 @@ from email_ingestion.common.exits import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, run_
 from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import Replication, describe, make_redis
-from email_ingestion.common.settings import Settings, load_settings, log_warnings, require_producer_settings
+from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
-from email_ingestion.monitoring.metrics import ProducerMetrics
+from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
 from email_ingestion.producer.build_site import builder_factory
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
+from email_ingestion.producer.fleet import ProducerFleet
+from email_ingestion.producer.mailboxes import Mailbox, fleet_name, load_mailboxes
+from email_ingestion.producer.ownership import Ownership
 from email_ingestion.producer.payloads import PayloadBuilder
 from email_ingestion.producer.runner import ProducerRunner
 from email_ingestion.producer.state import StateStore, StreamGuard
@@ -85,21 +92,22 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
 
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
-                 dry_run: bool = False) -> ProducerRunner:
-    """Wire the producer from settings; nothing connects until the runner runs."""
+                 dry_run: bool = False, *, fence: str = "", client: Any = None,
+                 families: ProducerFamilies | None = None) -> ProducerRunner:
+    """Wire one mailbox's runner from its settings; nothing connects until it runs. With
+    `fence` (the mailbox's lease value) its writes stop the moment the lease is lost."""
     imap = settings.imap
-    metrics = ProducerMetrics(imap.user, imap.mailbox)
+    metrics = ProducerMetrics(imap.user, imap.mailbox, families)
     session = ImapSession(settings=imap, authenticator=build_authenticator(settings, redactor, metrics),
                           on_throttled=metrics.throttled.inc, wait=stop_event.wait)
     fetcher = MessageFetcher(session=session, settings=settings.producer)
-    client = None
     if dry_run:
         store: Any = DryRunStore(on_closed=stop_event.set)
         guard: Any = NullGuard()
     else:
-        client = make_redis(settings.redis)
+        client = client or make_redis(settings.redis)
         store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis))
+                           replication=Replication.from_settings(settings.redis), fence=fence)
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
@@ -107,32 +115,53 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
                                    log_format=settings.log.format, secrets=settings.secrets())
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
                        metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
-    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
-    if client is not None:
-        expose(runner, settings, client)
-    return runner
+    return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
 
 
-def expose(runner: ProducerRunner, settings: Settings, client: Any) -> None:
-    """/health, /ready, /status and /metrics on PRODUCER_METRICS_PORT (0: none)."""
-    stream, group = settings.redis.stream_name, settings.worker.group
-    dlq = dlq_stream(stream, settings.retry.dlq_stream_name)
-    registry = runner.metrics.registry
-    registry.register(StreamCollector(client, stream, group, dlq))
-    registry.register(ProcessCollector(runner.liveness, [runner.imap_breaker, runner.redis_breaker], "producer"))
+def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event,
+                redactor: Redactor) -> ProducerFleet:
+    """The long-running producer: every mailbox of the list, one Redis client, one registry."""
+    client = make_redis(settings.redis)
+    families = ProducerFamilies()
+    ownership = Ownership(client, producer_id=producer_id(settings),
+                          fleet=fleet_name(mailboxes), lease_ms=settings.producer.producer_lease_ms)
+
+    def make_runner(mailbox: Mailbox, lease: str, stop: threading.Event) -> ProducerRunner:
+        return build_runner(mailbox.settings, stop, redactor, fence=lease, client=client, families=families)
+
+    fleet = ProducerFleet(mailboxes=mailboxes, ownership=ownership, make_runner=make_runner, stop_event=stop_event,
+                          exit_on_permanent=settings.producer.mailboxes_file is None,
+                          stall_s=settings.health.stall_seconds)
+    expose(fleet, settings, client, families, mailboxes)
+    return fleet
+
+
+def expose(fleet: ProducerFleet, settings: Settings, client: Any, families: ProducerFamilies,
+           mailboxes: list[Mailbox]) -> None:
+    """/health, /ready, /status and /metrics on PRODUCER_METRICS_PORT (0: none), one set
+    per process whatever the number of mailboxes."""
+    group, dlq_name = settings.worker.group, settings.retry.dlq_stream_name
+    streams = sorted({m.stream for m in mailboxes})
+    registry = families.registry
+    targets = [(stream, dlq_stream(stream, dlq_name)) for stream in streams]
+    registry.register(StreamCollector(client, targets[0][0], group, targets[0][1], others=targets[1:]))
+    registry.register(ProcessCollector(fleet, [], "producer", mailbox_breakers=fleet.breakers))
 
     def ready() -> tuple[bool, str]:
         client.ping()
-        if not runner.status.connected:
-            return False, "IMAP session not established"
-        if runner.sync.backpressured:
-            return False, "backpressure: stream full of unacknowledged entries"
-        return True, "ok"
+        reasons = fleet.not_ready()
+        return (False, "; ".join(reasons)) if reasons else (True, "ok")
 
     def status() -> dict[str, Any]:
-        return {**runner.status_body(), "stream": stream_figures(client, stream, group, dlq)}
+        body = fleet.status_body()
+        if len(mailboxes) == 1 and body["mailboxes"]:  # one mailbox: its figures at the top, as always
+            body = {**body["mailboxes"][0], **body}
+        body["stream"] = stream_figures(client, streams[0], group, dlq_stream(streams[0], dlq_name))
+        if len(streams) > 1:
+            body["streams"] = {s: stream_figures(client, s, group, dlq_stream(s, dlq_name)) for s in streams}
+        return body
 
-    start_health(registry, runner.liveness, ready, status, settings.producer.producer_metrics_port,
+    start_health(registry, fleet, ready, status, settings.producer.producer_metrics_port,
                  settings.health.host, "PRODUCER_METRICS_PORT")
 
 
@@ -153,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.auth_setup:
             print(f"token written to {run_setup(settings.google)} (mode 0600)")
             return EXIT_OK
-        require_producer_settings(settings)
+        load_mailboxes(settings)  # every mailbox's settings checked before anything starts
     except SettingsError as exc:
         print(f"producer: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
@@ -169,9 +198,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, once: bool, dry_run: bool) -> int:
-    log.info("producer starting", extra={
-        "account": settings.imap.user, "mailbox": settings.imap.mailbox, "imap_host": settings.imap.host,
-        "auth": settings.imap.auth_method, "redis": describe(settings.redis),
-        "stream": settings.redis.stream_name, "once": once, "dry_run": dry_run})
-    return run_guarded(lambda: build_runner(settings, stop_event, redactor, dry_run).run(once=once or dry_run),
-                       "producer", log)
+    return run_guarded(lambda: _run(settings, stop_event, redactor, once, dry_run), "producer", log)
+
+
+def _run(settings: Settings, stop_event: threading.Event, redactor: Redactor, once: bool, dry_run: bool) -> None:
+    mailboxes = load_mailboxes(settings)
+    for mailbox in mailboxes:
+        for secret in mailbox.settings.secrets():  # passwords named by password_env
+            redactor.add_secret(secret)
+        log.info("producer starting", extra={
+            "account": mailbox.account, "mailbox": mailbox.name, "imap_host": mailbox.settings.imap.host,
+            "auth": mailbox.settings.imap.auth_method, "redis": describe(settings.redis),
+            "stream": mailbox.stream, "once": once, "dry_run": dry_run})
+    if dry_run:
+        for mailbox in mailboxes:
+            build_runner(mailbox.settings, stop_event, redactor, dry_run=True).run(once=True)
+    elif once:
+        run_once(settings, mailboxes, stop_event, redactor)
+    else:
+        build_fleet(settings, mailboxes, stop_event, redactor).run()
+
+
+def run_once(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event, redactor: Redactor) -> None:
+    """One pass over each mailbox not followed by another producer, under its lease."""
+    client = make_redis(settings.redis)
+    ownership = Ownership(client, producer_id=producer_id(settings), fleet=fleet_name(mailboxes),
+                          lease_ms=settings.producer.producer_lease_ms)
+    for mailbox in mailboxes:
+        lease = ownership.acquire(mailbox.keys)
+        if lease is None:
+            log.info("mailbox followed by another producer; skipped", extra={"mailbox": mailbox.label})
+            continue
+        try:
+            build_runner(mailbox.settings, stop_event, redactor, fence=lease, client=client).run(once=True)
+        finally:
+            ownership.release(mailbox.keys, lease)
+
+
+def producer_id(settings: Settings) -> str:
+    return settings.producer.producer_id or socket.gethostname()

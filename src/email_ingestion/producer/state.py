@@ -24,19 +24,26 @@ import redis
 
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.entry_fields import PAYLOAD
+from email_ingestion.common.errors import LeaseLostError
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import Replication, redis_errors
 from email_ingestion.common.text import to_text
 from email_ingestion.producer.payloads import Emission
 
-# ARGV: uidvalidity, last_uid, now_ms, since_ms, payload field name, then per item
-# fingerprint, uid, payload. Items at or below the stored position are already in the
-# stream; items at or below `resync_until` (a UIDVALIDITY re-sync still in progress) are
-# also skipped when their fingerprint was ever emitted.
-_EMIT = """
-local stream, state, seen = KEYS[1], KEYS[2], KEYS[3]
-local uidvalidity, last_uid, now_ms, since_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local payload_field = ARGV[5]
+# A fenced write first checks that the mailbox's lease (ownership.py) still holds the
+# caller's value; '' means unfenced (dry runs, tools, tests of the script alone).
+_FENCE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+"""
+
+# KEYS: lease, stream, state, seen. ARGV: fence, uidvalidity, last_uid, now_ms, since_ms,
+# payload field name, then per item fingerprint, uid, payload. Items at or below the stored
+# position are already in the stream; items at or below `resync_until` (a UIDVALIDITY
+# re-sync still in progress) are also skipped when their fingerprint was ever emitted.
+_EMIT = _FENCE + """
+local stream, state, seen = KEYS[2], KEYS[3], KEYS[4]
+local uidvalidity, last_uid, now_ms, since_ms = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local payload_field = ARGV[6]
 local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid', 'resync_until')
 local position = tonumber(stored[2] or '0')
 local resync_until = tonumber(stored[3] or '0')
@@ -46,7 +53,7 @@ if stored[1] and stored[1] ~= uidvalidity then
   position, resync_until = 0, math.huge
 end
 local added = {}
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local uid = tonumber(ARGV[i + 1])
   local fresh = uid > position
   if fresh and uid <= resync_until then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
@@ -61,12 +68,13 @@ redis.call('HSETNX', state, 'since_ms', since_ms)
 return added
 """
 
-# ARGV: new uidvalidity, resync_until, now_ms. The new UIDVALIDITY is stored together with
-# the highest UID that must be checked by fingerprint, so an interrupted re-sync resumes
-# as a re-sync (issue 9 §3). `since_ms`, the first run's baseline, stays.
-_BEGIN_RESYNC = """
-redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', 0, 'resync_until', ARGV[2],
-           'updated_at_ms', ARGV[3])
+# KEYS: lease, state. ARGV: fence, new uidvalidity, resync_until, now_ms. The new
+# UIDVALIDITY is stored together with the highest UID that must be checked by fingerprint,
+# so an interrupted re-sync resumes as a re-sync (issue 9 §3). `since_ms`, the first run's
+# baseline, stays.
+_BEGIN_RESYNC = _FENCE + """
+redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[2], 'last_uid', 0, 'resync_until', ARGV[3],
+           'updated_at_ms', ARGV[4])
 return 1
 """
 
@@ -84,12 +92,14 @@ class MailboxState:
 
 
 class StateStore:
-    """UID state and stream writes of one mailbox."""
+    """UID state and stream writes of one mailbox. With `fence` (our lease value), every write
+    is refused with LeaseLostError once the mailbox's lease holds anything else."""
 
     def __init__(self, *, client: redis.Redis, keys: MailboxKeys, replication: Replication = Replication(),
-                 clock_ms: Clock = wall_ms) -> None:
+                 clock_ms: Clock = wall_ms, fence: str = "") -> None:
         self.redis = client
         self.keys = keys
+        self.fence = fence
         self.replication = replication
         self.clock_ms = clock_ms
         self._emit = client.register_script(_EMIT)
@@ -106,7 +116,9 @@ class StateStore:
         """Adopt a new UIDVALIDITY: position 0, and every UID up to `resync_until` (the
         mailbox's highest now) is checked by fingerprint, across restarts."""
         with redis_errors("re-sync start"):
-            self._begin_resync(keys=[self.keys.state], args=[uidvalidity, resync_until, self.clock_ms()])
+            done = self._begin_resync(keys=[self.keys.lease, self.keys.state],
+                                      args=[self.fence, uidvalidity, resync_until, self.clock_ms()])
+        self._check_fence(done)
         state = self.load()
         assert state is not None
         return state
@@ -116,14 +128,20 @@ class StateStore:
 
         Returns the stream ids of the entries added (fewer than items when some were
         already emitted)."""
-        args: list[str | int] = [uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD]
+        args: list[str | int] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD]
         for item in items:
             args.extend((item.fingerprint, item.uid, item.payload))
-        keys = [self.keys.stream, self.keys.state, self.keys.seen]
+        keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.seen]
         with redis_errors("stream append"):
             added = self._emit(keys=keys, args=args)
+        self._check_fence(added)
         self.replication.wait(self.redis, self.keys.stream)  # REDIS_WAIT_REPLICAS
         return [x.decode() if isinstance(x, bytes) else str(x) for x in added]
+
+    def _check_fence(self, reply: object) -> None:
+        if reply is None:  # the script's `false`: the lease is not ours
+            raise LeaseLostError(f"the lease of {self.keys.account}/{self.keys.mailbox} is no longer ours; "
+                                 "nothing was written")
 
     def seen(self, fingerprints: Sequence[str]) -> list[bool]:
         if not fingerprints:

@@ -1,0 +1,121 @@
+"""Which producer follows which mailbox: a lease per mailbox in Redis, and a fencing token.
+
+A producer owns a mailbox while the mailbox's lease key holds "<producer id>:<token>"
+(PRODUCER_LEASE_MS, renewed every third of it). The token comes from a per-mailbox counter
+that only grows, so every new owner holds a value no earlier owner ever held. The emit and
+re-sync scripts (state.py) write only when the lease still holds the caller's value: a
+producer paused past its lease (SIGSTOP, a long GC, a frozen VM) wakes up to refused
+writes, never to a doubled or reordered stream.
+
+Producers of one fleet (the same mailbox list) register in a sorted set scored by Redis
+server time; each takes unowned mailboxes up to its fair share, ceil(mailboxes / live
+producers), and gives back what is above it. A dead producer's leases expire within one
+lease time and its registration with them, so the survivors take its mailboxes within
+about 1⅓ lease times. No home-made consensus: one key per mailbox, SET semantics and Lua,
+as Redis's own lock guidance (single instance) describes; fencing covers what a lease alone
+cannot (the paused holder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import redis
+
+from email_ingestion.common.keys import MailboxKeys, producers_key
+from email_ingestion.common.redis_client import redis_errors
+from email_ingestion.common.text import to_text
+
+# KEYS: lease, token counter; ARGV: producer id, lease ms. Free, or ours from an earlier life
+# of this producer id (a restart after SIGKILL): take it with a fresh token, which also
+# fences that earlier life should it still be running. Held by another: false.
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current and string.match(current, '^(.*):%d+$') ~= ARGV[1] then return false end
+local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return value
+"""
+
+# KEYS: lease; ARGV: our value, lease ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: registry; ARGV: producer id, ttl ms. Returns the live producer ids.
+_REGISTER = """
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+def fair_share(mailboxes: int, live_producers: int) -> int:
+    return math.ceil(mailboxes / max(1, live_producers))
+
+
+class Ownership:
+    """Lease calls of one producer. Every method is one round trip; Redis errors surface as
+    RedisUnavailableError (redis_errors)."""
+
+    def __init__(self, client: redis.Redis, *, producer_id: str, fleet: str, lease_ms: int) -> None:
+        self.redis = client
+        self.producer_id = producer_id
+        self.registry = producers_key(fleet)
+        self.lease_ms = lease_ms
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._register = client.register_script(_REGISTER)
+
+    @property
+    def renew_interval_s(self) -> float:
+        return self.lease_ms / 3 / 1000
+
+    def register(self) -> list[str]:
+        """Announce this producer for one lease time; the live producers of the fleet."""
+        with redis_errors("producer registration"):
+            live = self._register(keys=[self.registry], args=[self.producer_id, self.lease_ms])
+        return [to_text(member) for member in live]
+
+    def unregister(self) -> None:
+        with redis_errors("producer deregistration"):
+            self.redis.zrem(self.registry, self.producer_id)
+
+    def acquire(self, keys: MailboxKeys) -> str | None:
+        """Our lease value (the fencing token) when the mailbox is now ours, else None."""
+        with redis_errors("mailbox lease"):
+            value = self._acquire(keys=[keys.lease, keys.lease_token], args=[self.producer_id, self.lease_ms])
+        return to_text(value) if value else None
+
+    def renew(self, leases: Sequence[tuple[MailboxKeys, str]]) -> list[bool]:
+        """For each (keys, our value): is it still ours (and now extended)?"""
+        if not leases:
+            return []
+        with redis_errors("mailbox lease renewal"):
+            # One script call per key: in a cluster the mailboxes' leases live on different slots.
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, value in leases:
+                self._renew(keys=[keys.lease], args=[value, self.lease_ms], client=pipe)
+            return [bool(int(ok)) for ok in pipe.execute()]
+
+    def release(self, keys: MailboxKeys, value: str) -> None:
+        with redis_errors("mailbox lease release"):
+            self._release(keys=[keys.lease], args=[value])
+
+    def holder(self, keys: MailboxKeys) -> str | None:
+        """The value the mailbox's lease holds now (None: free)."""
+        with redis_errors("mailbox lease lookup"):
+            value = self.redis.get(keys.lease)
+        return to_text(value) if value else None
