@@ -12,7 +12,7 @@ import redis
 
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_mail import sample_message
-from tests.conftest import ROOT, base_env, producer_cmd
+from tests.conftest import ROOT, USER, base_env, imap_admin, producer_cmd
 
 pytestmark = pytest.mark.slow
 PASSWORDS = {"producer": "p-" + "1" * 20, "worker": "w-" + "2" * 20, "metrics": "m-" + "3" * 20,
@@ -94,3 +94,45 @@ def test_metrics_user_can_read(acl_redis):
     admin.xadd("email_ingestion_stream", {"payload": "{}"})
     client = redis.Redis(port=port, username="metrics", password=PASSWORDS["metrics"])
     assert client.xlen("email_ingestion_stream") == 1 and "used_memory" in client.info("memory")
+
+
+@pytest.mark.timeout(120)
+def test_per_mailbox_streams_work_with_the_least_privilege_users(acl_redis, mailbox, tmp_path):
+    """MAILBOXES_FILE with a stream per mailbox (one cluster-style {tag}): the long-running
+    producer (leases, registry, fenced emit) and a worker on each stream need nothing beyond
+    their ACL users."""
+    import time
+
+    port, admin = acl_redis
+    other = f"{mailbox.name}-2"
+    client = imap_admin(mailbox.server)
+    client.create_folder(other)
+    client.append(other, sample_message(3))
+    client.logout()
+    mailbox.append(sample_message(1), sample_message(2))
+    streams = {"email_ingestion_stream_sales": (mailbox.name, 2), "{email_ingestion_stream_support}": (other, 1)}
+    path = tmp_path / "mailboxes.toml"
+    path.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = "{name}"\nstream = "{stream}"\n\n'
+                            for stream, (name, _) in streams.items()))
+    env = {**os.environ, **base_env(mailbox.server.port, url(port, "producer"), mailbox.name),
+           "MAILBOXES_FILE": str(path), "PRODUCER_LEASE_MS": "3000"}
+    producer = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while any(admin.xlen(s) < n for s, (_, n) in streams.items()) and time.monotonic() < deadline:
+            assert producer.poll() is None, producer.communicate()[1][-2000:]
+            time.sleep(0.2)
+        assert [admin.xlen(s) for s in streams] == [n for _, n in streams.values()]
+    finally:
+        producer.terminate()
+        _, errors = producer.communicate(timeout=30)
+    assert producer.returncode == 0 and "NOPERM" not in errors, errors[-2000:]
+    worker_env = {**os.environ, "REDIS_URL": url(port, "worker"), "WORKER_BLOCK_TIMEOUT_MS": "200",
+                  "WORKER_METRICS_PORT": "0"}
+    for stream in streams:
+        done = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--consumer", "acl", "--handler", "noop",
+                               "--stream", stream, "--burst"], env=worker_env, capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert admin.xpending(stream, "email_processor_group")["pending"] == 0
+        assert admin.xinfo_groups(stream)[0]["entries-read"] == streams[stream][1]

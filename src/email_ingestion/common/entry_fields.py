@@ -14,6 +14,9 @@ FIRST_FAILED_MS = "first_failed_ms"
 LAST_ERROR = "last_error"
 ORIGINAL_ID = "original_id"
 REPLAYED_FROM = "replayed_from"
+# "<producer id>:<fencing token>" of the producer that appended the entry (producer/ownership.py):
+# who wrote what, and for each mailbox the tokens only ever grow along the stream.
+PRODUCER = "producer"
 # Deliveries of this message that ended without an outcome (its worker died or froze) on the
 # entries it had before this one: deferrals and retries re-add a message as a new entry, whose
 # Redis delivery counter starts again at 1, so the count of crashes travels with it.

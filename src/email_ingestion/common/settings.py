@@ -315,7 +315,7 @@ def require_producer_settings(settings: Settings) -> None:
     imap = settings.imap
     if not imap.user:
         raise SettingsError("missing setting IMAP_USER: the account to read, e.g. you@gmail.com")
-    if imap.auth_method == "password" and imap.password is None:
+    if imap.auth_method == "password" and (imap.password is None or not imap.password.get_secret_value()):
         raise SettingsError("missing setting IMAP_PASSWORD: required when IMAP_AUTH_METHOD=password")
     if imap.ssl and imap.starttls:
         raise SettingsError("invalid setting IMAP_STARTTLS: choose IMAP_SSL=true or IMAP_STARTTLS=true, not both")

@@ -179,6 +179,10 @@ class ProducerFleet:
     def _follow(self, task: MailboxTask) -> None:
         try:
             task.runner.run()
+        except LeaseLostError as exc:  # the fence refused a write: this mailbox is someone else's now
+            log.warning("write refused: the mailbox's lease is no longer ours; stopping it",
+                        extra={"mailbox": task.mailbox.label, "lease": task.lease})
+            task.ended_with = exc
         except BaseException as exc:  # noqa: BLE001 - the fleet decides what an ending means
             task.ended_with = exc
 

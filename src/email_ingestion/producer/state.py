@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from email_ingestion.common.clock import Clock, wall_ms
-from email_ingestion.common.entry_fields import PAYLOAD
+from email_ingestion.common.entry_fields import PAYLOAD, PRODUCER
 from email_ingestion.common.errors import LeaseLostError
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import Replication, redis_errors
@@ -37,13 +37,14 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 """
 
 # KEYS: lease, stream, state, seen. ARGV: fence, uidvalidity, last_uid, now_ms, since_ms,
-# payload field name, then per item fingerprint, uid, payload. Items at or below the stored
+# payload field name, producer field name, then per item fingerprint, uid, payload. A fenced
+# entry also records the fence value (who wrote it). Items at or below the stored
 # position are already in the stream; items at or below `resync_until` (a UIDVALIDITY
 # re-sync still in progress) are also skipped when their fingerprint was ever emitted.
 _EMIT = _FENCE + """
 local stream, state, seen = KEYS[2], KEYS[3], KEYS[4]
 local uidvalidity, last_uid, now_ms, since_ms = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local payload_field = ARGV[6]
+local payload_field, producer_field = ARGV[6], ARGV[7]
 local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid', 'resync_until')
 local position = tonumber(stored[2] or '0')
 local resync_until = tonumber(stored[3] or '0')
@@ -53,13 +54,17 @@ if stored[1] and stored[1] ~= uidvalidity then
   position, resync_until = 0, math.huge
 end
 local added = {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local uid = tonumber(ARGV[i + 1])
   local fresh = uid > position
   if fresh and uid <= resync_until then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
   if fresh then
     redis.call('HSET', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1])
-    added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2])
+    if ARGV[1] == '' then
+      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2])
+    else
+      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2], producer_field, ARGV[1])
+    end
   end
 end
 if last_uid > position then position = last_uid end
@@ -128,7 +133,7 @@ class StateStore:
 
         Returns the stream ids of the entries added (fewer than items when some were
         already emitted)."""
-        args: list[str | int] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD]
+        args: list[str | int] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD, PRODUCER]
         for item in items:
             args.extend((item.fingerprint, item.uid, item.payload))
         keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.seen]

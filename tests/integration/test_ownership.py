@@ -1,0 +1,126 @@
+"""Mailbox ownership on a real redis-server: leases, fencing tokens, the producer registry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from email_ingestion.common.errors import LeaseLostError
+from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.producer.ownership import Ownership, fair_share
+from email_ingestion.producer.payloads import Emission
+from email_ingestion.producer.state import StateStore
+
+STREAM = "email_ingestion_stream"
+KEYS = MailboxKeys(STREAM, "a@x.org", "INBOX")
+LEASE_MS = 400
+
+
+def items(*uids: int) -> list[Emission]:
+    return [Emission(f"fp{uid}", uid, f'{{"uid": {uid}}}') for uid in uids]
+
+
+def owner(redis_client, producer_id: str) -> Ownership:
+    return Ownership(redis_client, producer_id=producer_id, fleet="f", lease_ms=LEASE_MS)
+
+
+@pytest.fixture(autouse=True)
+def _clean(redis_client):
+    redis_client.flushdb()
+
+
+def test_a_held_lease_is_refused_to_others_and_renewed_only_by_its_holder(redis_client):
+    """While p1 holds the mailbox, p2 cannot take or renew it; p1 renews it."""
+    p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
+    lease = p1.acquire(KEYS)
+    assert lease is not None and lease.startswith("p1:")
+    assert p2.acquire(KEYS) is None
+    assert p2.renew([(KEYS, "p2:999")]) == [False]
+    for _ in range(3):  # past the lease time in all, renewed in between
+        time.sleep(LEASE_MS / 2000)
+        assert p1.renew([(KEYS, lease)]) == [True]
+    assert p2.acquire(KEYS) is None
+
+
+def test_an_expired_lease_goes_to_the_next_producer_with_a_higher_token(redis_client):
+    """Once p1's lease expires p2 takes it, with a larger fencing token; p1's renewal fails."""
+    p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
+    first = p1.acquire(KEYS)
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    second = p2.acquire(KEYS)
+    assert first and second and int(second.rsplit(":", 1)[1]) > int(first.rsplit(":", 1)[1])
+    assert p1.renew([(KEYS, first)]) == [False]
+
+
+def test_a_write_with_a_stale_lease_is_refused_and_changes_nothing(redis_client):
+    """The fencing check runs inside the emit script: the paused owner's batch is refused whole,
+    the new owner's lands, and every entry names the lease it was written under."""
+    p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
+    old = p1.acquire(KEYS)
+    assert old is not None
+    stale = StateStore(client=redis_client, keys=KEYS, fence=old)
+    assert len(stale.emit(5, 2, items(1, 2))) == 2
+    time.sleep(LEASE_MS * 1.5 / 1000)  # p1 "paused" past its lease
+    new = p2.acquire(KEYS)
+    assert new is not None
+    with pytest.raises(LeaseLostError):
+        stale.emit(5, 4, items(3, 4))
+    with pytest.raises(LeaseLostError):
+        stale.begin_resync(9, 4)
+    assert redis_client.xlen(STREAM) == 2 and redis_client.hget(KEYS.state, "last_uid") == b"2"
+    assert len(StateStore(client=redis_client, keys=KEYS, fence=new).emit(5, 4, items(3, 4))) == 2
+    writers = [fields[b"producer"].decode() for _, fields in redis_client.xrange(STREAM)]
+    assert writers == [old, old, new, new]
+
+
+def test_an_expired_lease_nobody_took_still_fences(redis_client):
+    """Expired and not yet taken: the old owner's write is refused too (it cannot know it is safe)."""
+    lease = owner(redis_client, "p1").acquire(KEYS)
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    with pytest.raises(LeaseLostError):
+        StateStore(client=redis_client, keys=KEYS, fence=lease or "").emit(5, 1, items(1))
+    assert redis_client.xlen(STREAM) == 0
+
+
+def test_the_same_producer_id_takes_its_lease_back_at_once_and_fences_its_earlier_life(redis_client):
+    """A restart after SIGKILL (same PRODUCER_ID) does not wait out the lease; the earlier
+    process, should it still run (it was only frozen), is refused."""
+    earlier = owner(redis_client, "p1").acquire(KEYS)
+    restarted = owner(redis_client, "p1").acquire(KEYS)
+    assert earlier and restarted and restarted != earlier
+    with pytest.raises(LeaseLostError):
+        StateStore(client=redis_client, keys=KEYS, fence=earlier).emit(5, 1, items(1))
+
+
+def test_release_gives_the_lease_back_only_if_still_ours(redis_client):
+    """Release after a takeover must not delete the new owner's lease."""
+    p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
+    old = p1.acquire(KEYS)
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    new = p2.acquire(KEYS)
+    p1.release(KEYS, old or "")
+    assert p1.holder(KEYS) == new
+    p2.release(KEYS, new or "")
+    assert p1.holder(KEYS) is None
+
+
+def test_the_registry_lists_live_producers_and_drops_silent_ones(redis_client):
+    """Registrations last one lease time, on Redis's clock."""
+    p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
+    p1.register()
+    assert sorted(p2.register()) == ["p1", "p2"]
+    time.sleep(LEASE_MS * 0.6 / 1000)
+    p2.register()
+    time.sleep(LEASE_MS * 0.6 / 1000)
+    assert p2.register() == ["p2"]
+    p2.unregister()
+    assert p1.register() == ["p1"]
+
+
+def test_fair_share_covers_every_mailbox():
+    """However many producers are live, their shares add up to at least every mailbox."""
+    for mailboxes in range(0, 45):
+        for live in range(0, 9):
+            assert fair_share(mailboxes, live) * max(1, live) >= mailboxes
+            assert fair_share(mailboxes, live) <= max(1, mailboxes)

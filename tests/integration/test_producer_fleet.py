@@ -1,0 +1,217 @@
+"""Producer failover with real processes: two producers share twenty Dovecot mailboxes
+through leases in a real redis-server, with mail arriving; one is SIGKILLed, or SIGSTOPped
+past its lease and woken. Counted from outside: every message in the stream once, and for
+each mailbox the fencing tokens of its entries never go down along the stream (a woken
+producer's stale write would break that)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.sandbox.sample_mail import sample_message
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
+from tests.conftest import USER, imap_admin, producer_cmd
+
+STREAM = "email_ingestion_stream"
+MAILBOXES = 20
+LEASE_MS = 3000
+
+
+@pytest.fixture
+def folders(dovecot) -> list[str]:
+    prefix = f"f-{uuid.uuid4().hex[:8]}"
+    names = [f"{prefix}-{i:02d}" for i in range(MAILBOXES)]
+    client = imap_admin(dovecot)
+    for name in names:
+        client.create_folder(name)
+    client.logout()
+    return names
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path, folders: list[str]) -> Path:
+    path = tmp_path / "mailboxes.toml"
+    path.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = "{name}"\nmax_connections = {MAILBOXES}\n\n'
+                            for name in folders), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean(redis_client):
+    redis_client.flushdb()
+
+
+class Producer:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(producer_cmd(), env={**env, "PRODUCER_ID": name}, stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("wb"))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def fleet_env(producer_env: dict[str, str], fleet_file: Path, imap_port: int, lease_ms: int | None) -> dict[str, str]:
+    env = {**producer_env, "MAILBOXES_FILE": str(fleet_file), "IMAP_PORT": str(imap_port),
+           "POLL_INTERVAL_SECONDS": "5", "BATCH_SIZE": "10"}
+    if lease_ms is not None:
+        env["PRODUCER_LEASE_MS"] = str(lease_ms)
+    return env
+
+
+def holders(client: Any, folders: list[str]) -> dict[str, str]:
+    """folder -> lease value, for the folders that have an owner now."""
+    values = client.mget([MailboxKeys(STREAM, USER, name).lease for name in folders])
+    return {name: value.decode() for name, value in zip(folders, values, strict=True) if value}
+
+
+def owner_counts(client: Any, folders: list[str]) -> Counter[str]:
+    return Counter(value.rsplit(":", 1)[0] for value in holders(client, folders).values())
+
+
+def entries(client: Any) -> list[tuple[int, str, int, str]]:
+    """(entry ms, mailbox, uid, writer's lease value) of every stream entry, in stream order."""
+    found = []
+    for entry_id, fields in client.xrange(STREAM):
+        payload = json.loads(fields[b"payload"])
+        found.append((int(entry_id.split(b"-")[0]), payload["mailbox"], payload["uid"], fields[b"producer"].decode()))
+    return found
+
+
+def assert_exactly_once_and_fenced(client: Any, expected: dict[str, int]) -> list[tuple[int, str, int, str]]:
+    found = entries(client)
+    counts = Counter((mailbox, uid) for _, mailbox, uid, _ in found)
+    repeated = {k: n for k, n in counts.items() if n > 1}
+    per_mailbox = Counter(mailbox for mailbox, _ in counts)
+    assert not repeated, f"repeated: {repeated}"
+    assert dict(per_mailbox) == {k: v for k, v in expected.items() if v}, "lost messages"
+    tokens: dict[str, list[int]] = defaultdict(list)
+    for _, mailbox, _, writer in found:
+        tokens[mailbox].append(int(writer.rsplit(":", 1)[1]))
+    for mailbox, seq in tokens.items():
+        assert seq == sorted(seq), f"{mailbox}: an entry written under an older lease after a newer one: {seq}"
+    return found
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+def feed(server: Any, plan: list[str], interval_s: float, expected: Counter[str]) -> threading.Thread:
+    """Append one message per name in `plan`, `interval_s` apart, counting into `expected`."""
+    def run() -> None:
+        client = imap_admin(server)
+        try:
+            for index, name in enumerate(plan):
+                client.append(name, sample_message(10_000 + index))
+                expected[name] += 1
+                time.sleep(interval_s)
+        finally:
+            client.logout()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def start_balanced(env: dict[str, str], tmp_path: Path, client: Any, folders: list[str]) -> list[Producer]:
+    producers = [Producer(name, env, tmp_path) for name in ("p1", "p2")]
+    balanced = wait_until(lambda: sorted(owner_counts(client, folders).values()) == [MAILBOXES // 2] * 2, 60)
+    assert balanced, (owner_counts(client, folders), producers[0].log_text()[-2000:])
+    return producers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("lease_ms", [LEASE_MS, None], ids=["lease-3s", "default-lease"])
+def test_a_killed_producers_mailboxes_move_within_two_leases(producer_env, fleet_file, folders, dovecot,
+                                                             redis_client, tmp_path, lease_ms):
+    """SIGKILL one of two producers with mail arriving: the other owns all twenty mailboxes
+    within 2 x PRODUCER_LEASE_MS, and every message is in the stream exactly once."""
+    env = fleet_env(producer_env, fleet_file, dovecot.port, lease_ms)
+    p1, p2 = start_balanced(env, tmp_path, redis_client, folders)
+    expected: Counter[str] = Counter()
+    try:
+        feeder = feed(dovecot, folders * 5, 0.03, expected)
+        time.sleep(1.0)
+        p1.proc.kill()
+        killed_at = time.monotonic()
+        moved = wait_until(lambda: owner_counts(redis_client, folders) == Counter({"p2": MAILBOXES}), 120)
+        moved_s = time.monotonic() - killed_at
+        feeder.join(60)
+        assert moved, owner_counts(redis_client, folders)
+        total = sum(expected.values())
+        assert wait_until(lambda: redis_client.xlen(STREAM) >= total, 60), (redis_client.xlen(STREAM), total)
+        time.sleep(1.0)  # anything doubled would land now
+        assert_exactly_once_and_fenced(redis_client, dict(expected))
+    finally:
+        assert p2.stop() == 0, p2.log_text()[-2000:]
+        p1.stop()
+    lease_s = (lease_ms or 30_000) / 1000
+    print(f"\nSIGKILL with a {lease_s:g} s lease: {MAILBOXES // 2} mailboxes moved in {moved_s:.1f} s, "
+          f"{total} messages once each")
+    assert moved_s <= 2 * lease_s
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_producer_frozen_past_its_lease_appends_nothing_when_it_wakes(producer_env, fleet_file, folders,
+                                                                       dovecot, redis_client, tmp_path):
+    """SIGSTOP a producer in the middle of a long sync, past its lease; the other takes its
+    mailboxes over; SIGCONT: the woken one's next write is refused (fenced), it gives the
+    mailboxes up, and every message is in the stream once, in token order per mailbox."""
+    link = TcpProxy(dovecot.port, delay_s=0.02).start()  # a slower link, so the sync is still going
+    env = fleet_env(producer_env, fleet_file, link.port, LEASE_MS)
+    p1, p2 = start_balanced(env, tmp_path, redis_client, folders)
+    expected: Counter[str] = Counter()
+    try:
+        big = next(name for name, value in holders(redis_client, folders).items() if value.startswith("p1:"))
+        before_stop = set(v for v in holders(redis_client, folders).values() if v.startswith("p1:"))
+        client = imap_admin(dovecot)
+        client.multiappend(big, [sample_message(i) for i in range(400)])
+        client.logout()
+        expected[big] += 400
+        assert wait_until(lambda: sum(1 for e in entries(redis_client) if e[1] == big) >= 40, 60)
+        p1.proc.send_signal(signal.SIGSTOP)
+        feeder = feed(dovecot, folders * 2, 0.05, expected)
+        assert wait_until(lambda: owner_counts(redis_client, folders) == Counter({"p2": MAILBOXES}), 60)
+        time.sleep(LEASE_MS / 1000)
+        woken_at_ms = int(redis_client.time()[0] * 1000)
+        p1.proc.send_signal(signal.SIGCONT)
+        feeder.join(60)
+        total = sum(expected.values())
+        assert wait_until(lambda: redis_client.xlen(STREAM) >= total, 120), (redis_client.xlen(STREAM), total)
+        time.sleep(1.0)
+        found = assert_exactly_once_and_fenced(redis_client, dict(expected))
+        stale = [e for e in found if e[3] in before_stop and e[0] >= woken_at_ms]
+        assert not stale, f"{len(stale)} entries written under p1's old leases after it woke"
+        assert not before_stop & set(holders(redis_client, folders).values()), "p1 kept an old lease"
+        assert p1.proc.poll() is None, "the woken producer died instead of carrying on"
+    finally:
+        results = [p.stop() for p in (p1, p2)]
+        link.stop()
+    log = p1.log_text()
+    assert "lease lost" in log or "no longer ours" in log, log[-3000:]
+    assert results == [0, 0]
