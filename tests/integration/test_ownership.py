@@ -93,6 +93,14 @@ def test_the_same_producer_id_takes_its_lease_back_at_once_and_fences_its_earlie
         StateStore(client=redis_client, keys=KEYS, fence=earlier).emit(5, 1, items(1))
 
 
+def test_once_another_process_shares_our_id_our_leases_are_not_taken_back(redis_client):
+    """After a same-id process took a lease from us, leases under our id count as someone else's."""
+    running = owner(redis_client, "p1").acquire(KEYS)
+    mine = owner(redis_client, "p1")
+    mine.take_back_own = False
+    assert running and mine.acquire(KEYS) is None
+
+
 def test_release_gives_the_lease_back_only_if_still_ours(redis_client):
     """Release after a takeover must not delete the new owner's lease."""
     p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")

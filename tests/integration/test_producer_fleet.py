@@ -215,3 +215,34 @@ def test_a_producer_frozen_past_its_lease_appends_nothing_when_it_wakes(producer
     log = p1.log_text()
     assert "lease lost" in log or "no longer ours" in log, log[-3000:]
     assert results == [0, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_hand_run_once_next_to_the_service_with_the_same_id_does_not_flap(producer_env, mailbox, redis_client,
+                                                                          tmp_path):
+    """`producer.py --once` run by hand beside the running service (same PRODUCER_ID, the host
+    name): the pass completes, the service follows the mailbox again once --once has given it
+    back, and nothing is doubled."""
+    env = {**producer_env, "PRODUCER_LEASE_MS": str(LEASE_MS), "PRODUCER_ID": "same-host"}
+    keys = MailboxKeys(STREAM, USER, mailbox.name)
+    service = Producer("same-host", env, tmp_path)
+    try:
+        mailbox.append(sample_message(1), sample_message(2))
+        assert wait_until(lambda: redis_client.xlen(STREAM) == 2, 30)
+        first = redis_client.get(keys.lease)
+        mailbox.append(sample_message(3))
+        done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert wait_until(lambda: (redis_client.get(keys.lease) or first) != first, 30)
+        mailbox.append(sample_message(4))
+        assert wait_until(lambda: redis_client.xlen(STREAM) == 4, 30), redis_client.xlen(STREAM)
+        time.sleep(LEASE_MS / 1000)
+        assert service.proc.poll() is None
+        uids = sorted(uid for _, _, uid, _ in entries(redis_client))
+        assert uids == [1, 2, 3, 4]
+    finally:
+        assert service.stop() == 0
+    log = service.log_text()
+    # The service noticed (the error line itself needs --once to still hold the lease then).
+    assert "another process runs with this PRODUCER_ID" in log or "lease lost" in log, log[-3000:]

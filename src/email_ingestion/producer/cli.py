@@ -213,26 +213,8 @@ def _run(settings: Settings, stop_event: threading.Event, redactor: Redactor, on
     if dry_run:
         for mailbox in mailboxes:
             build_runner(mailbox.settings, stop_event, redactor, dry_run=True).run(once=True)
-    elif once:
-        run_once(settings, mailboxes, stop_event, redactor)
     else:
-        build_fleet(settings, mailboxes, stop_event, redactor).run()
-
-
-def run_once(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event, redactor: Redactor) -> None:
-    """One pass over each mailbox not followed by another producer, under its lease."""
-    client = make_redis(settings.redis)
-    ownership = Ownership(client, producer_id=producer_id(settings), fleet=fleet_name(mailboxes),
-                          lease_ms=settings.producer.producer_lease_ms)
-    for mailbox in mailboxes:
-        lease = ownership.acquire(mailbox.keys)
-        if lease is None:
-            log.info("mailbox followed by another producer; skipped", extra={"mailbox": mailbox.label})
-            continue
-        try:
-            build_runner(mailbox.settings, stop_event, redactor, fence=lease, client=client).run(once=True)
-        finally:
-            ownership.release(mailbox.keys, lease)
+        build_fleet(settings, mailboxes, stop_event, redactor).run(once=once)
 
 
 def producer_id(settings: Settings) -> str:

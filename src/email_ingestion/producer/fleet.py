@@ -72,10 +72,17 @@ class ProducerFleet:
         self._fatal: BaseException | None = None
         self._stopping: list[MailboxTask] = []
         self._standby_noted: set[str] = set()
+        self.once = False
 
-    def run(self) -> None:
-        """Until stopped. Raises the permanent error of the only mailbox (exit_on_permanent)."""
+    def run(self, once: bool = False) -> None:
+        """Until stopped. Raises the permanent error of the only mailbox (exit_on_permanent).
+        With `once`: one pass over every mailbox no other producer follows, then return
+        (raising the first error a mailbox ended with)."""
+        self.once = once
         try:
+            if once:
+                self._run_once()
+                return
             while not self.stop_event.is_set():
                 self.liveness.tick()
                 self._round_or_warn()
@@ -84,6 +91,35 @@ class ProducerFleet:
                 self.stop_event.wait(self.ownership.renew_interval_s)
         finally:
             self._shutdown()
+
+    def _run_once(self) -> None:
+        for mailbox in self.mailboxes:
+            lease = self.ownership.acquire(mailbox.keys)
+            if lease is None:
+                self._note_standby(mailbox)
+                continue
+            stop = threading.Event()
+            self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease, stop), stop))
+        tasks = list(self.tasks.values())
+        renew_at = time.monotonic() + self.ownership.renew_interval_s
+        while any(t.running for t in tasks):
+            self.liveness.tick()
+            next(t for t in tasks if t.running).thread.join(0.2)  # type: ignore[union-attr]
+            if self.stop_event.is_set():
+                for task in tasks:
+                    task.stop.set()
+            if time.monotonic() >= renew_at:  # a first sync can outlast the lease many times
+                renew_at += self.ownership.renew_interval_s
+                self._renew_or_warn()
+        errors = [t.ended_with for t in tasks if t.ended_with is not None]
+        if errors:
+            raise errors[0]
+
+    def _renew_or_warn(self) -> None:
+        try:
+            self._renew()
+        except RedisUnavailableError as exc:
+            log.warning("lease renewal failed; retrying", extra={"error": str(exc)})
 
     def _round_or_warn(self) -> None:
         try:
@@ -109,6 +145,7 @@ class ProducerFleet:
             if isinstance(error, LeaseLostError):
                 log.warning("mailbox lease lost; given up", extra={"mailbox": task.mailbox.label})
                 self._forget(task)
+                self._check_same_id(task)
             elif isinstance(error, AuthError | SettingsError):
                 self._mark_failed(task, error, FAILED_RETRY_S)
             else:  # a bug: the runner retries every transient error itself and returns only when stopped
@@ -134,6 +171,18 @@ class ProducerFleet:
                 log.warning("mailbox lease lost (expired or taken over); stopping it",
                             extra={"mailbox": task.mailbox.label})
                 self._forget(task)
+                self._check_same_id(task)
+
+    def _check_same_id(self, task: MailboxTask) -> None:
+        """Taken by a lease under our own id: another live process uses our PRODUCER_ID (a
+        hand-run `--once` next to the service, or two services sharing a host name). Stop
+        taking such leases back, or the two would fence each other in turn."""
+        holder = self.ownership.holder(task.mailbox.keys)
+        if self.ownership.is_our_id(holder) and self.ownership.take_back_own:
+            self.ownership.take_back_own = False
+            log.error("another process runs with this PRODUCER_ID and took a mailbox; give each producer "
+                      "its own PRODUCER_ID", extra={"producer_id": self.ownership.producer_id,
+                                                    "mailbox": task.mailbox.label})
 
     def _balance(self, share: int) -> None:
         while len(self.tasks) > share:
@@ -178,7 +227,7 @@ class ProducerFleet:
 
     def _follow(self, task: MailboxTask) -> None:
         try:
-            task.runner.run()
+            task.runner.run(once=self.once)
         except LeaseLostError as exc:  # the fence refused a write: this mailbox is someone else's now
             log.warning("write refused: the mailbox's lease is no longer ours; stopping it",
                         extra={"mailbox": task.mailbox.label, "lease": task.lease})

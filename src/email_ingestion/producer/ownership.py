@@ -27,12 +27,13 @@ from email_ingestion.common.keys import MailboxKeys, producers_key
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import to_text
 
-# KEYS: lease, token counter; ARGV: producer id, lease ms. Free, or ours from an earlier life
-# of this producer id (a restart after SIGKILL): take it with a fresh token, which also
-# fences that earlier life should it still be running. Held by another: false.
+# KEYS: lease, token counter; ARGV: producer id, lease ms, "1" to take back our own. Free, or
+# (with ARGV[3]) ours from an earlier life of this producer id (a restart after SIGKILL):
+# take it with a fresh token, which also fences that earlier life should it still run.
+# Held by another: false.
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
-if current and string.match(current, '^(.*):%d+$') ~= ARGV[1] then return false end
+if current and (ARGV[3] ~= '1' or string.match(current, '^(.*):%d+$') ~= ARGV[1]) then return false end
 local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value
@@ -74,6 +75,9 @@ class Ownership:
         self.producer_id = producer_id
         self.registry = producers_key(fleet)
         self.lease_ms = lease_ms
+        # Cleared once another live process with our id took a lease from us: from then on
+        # leases under our id are that process's, not an earlier life of ours to take back.
+        self.take_back_own = True
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -96,7 +100,8 @@ class Ownership:
     def acquire(self, keys: MailboxKeys) -> str | None:
         """Our lease value (the fencing token) when the mailbox is now ours, else None."""
         with redis_errors("mailbox lease"):
-            value = self._acquire(keys=[keys.lease, keys.lease_token], args=[self.producer_id, self.lease_ms])
+            value = self._acquire(keys=[keys.lease, keys.lease_token],
+                                  args=[self.producer_id, self.lease_ms, "1" if self.take_back_own else "0"])
         return to_text(value) if value else None
 
     def renew(self, leases: Sequence[tuple[MailboxKeys, str]]) -> list[bool]:
@@ -113,6 +118,9 @@ class Ownership:
     def release(self, keys: MailboxKeys, value: str) -> None:
         with redis_errors("mailbox lease release"):
             self._release(keys=[keys.lease], args=[value])
+
+    def is_our_id(self, lease: str | None) -> bool:
+        return bool(lease) and str(lease).rsplit(":", 1)[0] == self.producer_id
 
     def holder(self, keys: MailboxKeys) -> str | None:
         """The value the mailbox's lease holds now (None: free)."""
