@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.keys import StreamKeys
-from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.health import Live
 from email_ingestion.monitoring.heartbeats import live_workers
 
 NS = "email_ingestion"
@@ -40,27 +40,52 @@ def stream_figures(client: redis.Redis, stream: str, group: str, dlq: str) -> di
     return figures
 
 
+_STREAM_GAUGES = (("stream_depth", "stream_depth", "Entries in the stream"),
+                  ("dlq_depth", "dlq_depth", "Entries in the dead-letter queue"),
+                  ("pending_messages", "pending", "Delivered but unacknowledged entries"),
+                  ("consumer_lag", "lag", "Entries not yet delivered to the group"),
+                  ("active_workers", "active_workers", "Consumers with a live heartbeat"))
+
+
 class StreamCollector(Collector):
     def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str) -> None:
         self.client, self.stream, self.group, self.dlq = client, stream, group, dlq
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def labelled_figures(self) -> tuple[list[str], dict[str, Any]] | None:
+        """(stream, group) and the stream's figures; None while Redis cannot say."""
         try:
-            figures = stream_figures(self.client, self.stream, self.group, self.dlq)
+            return [self.stream, self.group], stream_figures(self.client, self.stream, self.group, self.dlq)
         except redis.RedisError:
-            return  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
-        labels = {"stream": self.stream, "group": self.group}
-        for name, key, doc in (("stream_depth", "stream_depth", "Entries in the stream"),
-                               ("dlq_depth", "dlq_depth", "Entries in the dead-letter queue"),
-                               ("pending_messages", "pending", "Delivered but unacknowledged entries"),
-                               ("consumer_lag", "lag", "Entries not yet delivered to the group"),
-                               ("active_workers", "active_workers", "Consumers with a live heartbeat")):
-            if figures.get(key) is not None:
-                yield _gauge(name, doc, labels, float(figures[key]))
+            return None  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from _stream_gauges([self])
+
+
+class StreamsCollector(Collector):
+    """The stream gauges of several streams one worker reads: each name once, one sample per stream."""
+
+    def __init__(self, parts: Sequence[StreamCollector]) -> None:
+        self.parts = list(parts)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from _stream_gauges(self.parts)
+
+
+def _stream_gauges(parts: Sequence[StreamCollector]) -> Iterator[GaugeMetricFamily]:
+    rows = [row for row in (part.labelled_figures() for part in parts) if row is not None]
+    for name, key, doc in _STREAM_GAUGES:
+        samples = [(labels, figures[key]) for labels, figures in rows if figures.get(key) is not None]
+        if not samples:
+            continue
+        family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=["stream", "group"])
+        for labels, value in samples:
+            family.add_metric(labels, float(value))
+        yield family
 
 
 class ProcessCollector(Collector):
-    def __init__(self, liveness: Liveness, breakers: Iterable[CircuitBreaker], component: str) -> None:
+    def __init__(self, liveness: Live, breakers: Iterable[CircuitBreaker], component: str) -> None:
         self.liveness, self.breakers, self.component = liveness, list(breakers), component
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

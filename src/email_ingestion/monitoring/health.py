@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -23,6 +23,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from email_ingestion import __version__
 
 log = logging.getLogger(__name__)
+
+
+class Live(Protocol):
+    """What /health and the uptime gauge ask: a Liveness, or several joined (worker/streams.py)."""
+
+    def alive(self) -> bool: ...
+
+    def uptime_s(self) -> float: ...
 
 
 class Liveness:
@@ -45,7 +53,7 @@ class Liveness:
 
 
 class HealthServer:
-    def __init__(self, registry: CollectorRegistry, liveness: Liveness, ready: Callable[[], tuple[bool, str]],
+    def __init__(self, registry: CollectorRegistry, liveness: Live, ready: Callable[[], tuple[bool, str]],
                  status: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 0) -> None:
         self.registry = registry
         self.liveness = liveness
@@ -111,7 +119,7 @@ def _json(code: int, body: dict[str, Any]) -> tuple[int, bytes, str]:
     return code, json.dumps(body, default=str).encode(), "application/json"
 
 
-def start_health(registry: CollectorRegistry, liveness: Liveness, ready: Callable[[], tuple[bool, str]],
+def start_health(registry: CollectorRegistry, liveness: Live, ready: Callable[[], tuple[bool, str]],
                  status: Callable[[], dict[str, Any]], port: int, host: str = "127.0.0.1",
                  setting: str = "the metrics port") -> HealthServer | None:
     """Port 0 disables the endpoints (N workers on one host must not collide)."""
