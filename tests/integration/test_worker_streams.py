@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -45,9 +45,9 @@ def env(redis_server, redis_client, tmp_path):
 
 def start_worker(env: dict[str, str], name: str, log: Path, *extra: str,
                  handler: str = "tests.support.handlers:record") -> subprocess.Popen[bytes]:
-    err: IO[bytes] = open(log, "ab")  # noqa: SIM115 - the child writes it; closed when the parent exits
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", name, "--handler", handler, *extra],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    with open(log, "ab") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", name, "--handler", handler,
+                                 *extra], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def finish(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> int:
