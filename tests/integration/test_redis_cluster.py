@@ -27,11 +27,12 @@ from redis.crc import key_slot
 
 from email_ingestion.common import redis_client
 from email_ingestion.common.keys import MailboxKeys, dlq_stream
+from email_ingestion.common.settings import load_settings
 from email_ingestion.sandbox.cluster import RedisClusterSandbox
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.sample_payloads import make_payload
 from email_ingestion.sandbox.tls_ca import ThrowawayCA, TopologyTls
-from email_ingestion.worker.cli import build_worker
+from email_ingestion.worker.cli import build_worker, build_workers
 from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.dlq_admin import DlqAdmin
 from tests.conftest import ROOT, producer_cmd, run_once
@@ -275,3 +276,69 @@ def test_cluster_over_tls(tmp_path, producer_env, mailbox):
 def _payload(entry: Any) -> dict[str, Any]:
     import json
     return dict(json.loads(entry[1][b"payload"]))
+
+
+# Two streams whose hash tags put them on different masters (slots 2566 and 10820 of 0-16383).
+STREAM_C, STREAM_D = "{mail-c}stream", "{mail-a}stream"
+
+
+def fill_two_streams(client: Any) -> dict[str, list[int]]:
+    """20 payloads on each stream, uids 1-20 and 101-120; returns the uids by stream."""
+    uids = {STREAM_C: list(range(1, 21)), STREAM_D: list(range(101, 121))}
+    for stream, wanted in uids.items():
+        for uid in wanted:
+            client.xadd(stream, {"payload": make_payload(uid).to_json()})
+    return uids
+
+
+def assert_two_streams_done(client: Any, records: Path, uids: dict[str, list[int]]) -> None:
+    """Every uid handled once but multiples of 7 (the DLQ of their own stream); nothing pending."""
+    counts = recorded(records)
+    assert set(counts) == {uid for wanted in uids.values() for uid in wanted if uid % 7} and set(counts.values()) == {1}
+    for stream, wanted in uids.items():
+        dead = sorted(_payload(entry)["uid"] for entry in client.xrange(dlq_stream(stream, "email_ingestion_dlq")))
+        assert dead == [uid for uid in wanted if uid % 7 == 0]
+        assert client.xpending(stream, GROUP)["pending"] == 0
+
+
+def test_one_worker_reads_two_streams_on_different_masters(cluster, cluster_client, recorder, tmp_path,
+                                                            monkeypatch):
+    """WORKER_STREAMS with two streams on different masters, in process: retries, DLQ and the
+    reclaim of a dead consumer's entries work on each stream, and no script or pipeline
+    touches more than one slot (one XREADGROUP over both would be CROSSSLOT)."""
+    assert cluster_client.get_node_from_key(STREAM_C) != cluster_client.get_node_from_key(STREAM_D)
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {**cluster_env(cluster, records), "WORKER_STREAMS": f"{STREAM_C},{STREAM_D}",
+           "WORKER_HANDLER": "tests.support.ha_handlers:flaky", "CLAIM_MIN_IDLE_MS": "0"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    uids = fill_two_streams(cluster_client)
+    for stream in uids:
+        cluster_client.xgroup_create(stream, GROUP, id="0")
+        assert cluster_client.xreadgroup(GROUP, "dead-consumer", {stream: ">"}, count=2)  # left pending: reclaimed
+    workers = build_workers(load_settings(env_file=None), "w1", threading.Event())
+    assert workers.run(burst=True) == 0
+    assert [loop.stats.reclaimed for loop in workers.loops] == [2, 2]
+    assert_two_streams_done(cluster_client, records, uids)
+    crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
+    assert not crossing, crossing
+    assert {s for _, slots in recorder.calls for s in slots} == {key_slot(STREAM_C.encode()), key_slot(STREAM_D.encode())}
+
+
+@pytest.mark.slow
+def test_two_stream_worker_process_on_the_cluster(cluster, cluster_client, tmp_path):
+    """`python worker.py --stream c --stream d --burst` on the cluster handles both streams."""
+    records = tmp_path / "records"
+    records.mkdir()
+    uids = fill_two_streams(cluster_client)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
+           **cluster_env(cluster, records)}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as err:
+        proc = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--consumer", "w1", "--burst",
+                               "--stream", STREAM_C, "--stream", STREAM_D,
+                               "--handler", "tests.support.ha_handlers:flaky"],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert_two_streams_done(cluster_client, records, uids)

@@ -115,3 +115,29 @@ def test_values_that_break_commands_or_timers_are_settings_errors(monkeypatch, n
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
         load_settings(env_file=None)
+
+
+@pytest.mark.parametrize(("env", "flags", "streams"), [
+    ({}, None, ("email_ingestion_stream",)),  # unset: REDIS_STREAM_NAME alone, as before issue 12
+    ({"REDIS_STREAM_NAME": "s2"}, None, ("s2",)),
+    ({"WORKER_STREAMS": " a, {b}x "}, None, ("a", "{b}x")),
+    ({"WORKER_STREAMS": ""}, None, ("email_ingestion_stream",)),
+    ({"WORKER_STREAMS": "a,b"}, ["c"], ("c",)),  # the flags win over the variable
+    ({}, ["a", "b"], ("a", "b")),
+])
+def test_worker_streams_come_from_flags_then_variable_then_stream_name(clean_env, env, flags, streams):
+    """`--stream`, repeated, beats WORKER_STREAMS, which beats the single REDIS_STREAM_NAME."""
+    from email_ingestion.worker.cli import overrides, parse_args
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    argv = [arg for name in flags or [] for arg in ("--stream", name)]
+    assert load_settings(overrides(parse_args(argv)), env_file=None).worker_streams() == streams
+
+
+@pytest.mark.parametrize(("value", "says"), [("a,,b", "name 2 is empty"), ("a,b,a", "named twice"),
+                                             ("a}b", "hash tag")])
+def test_bad_worker_streams_are_settings_errors(clean_env, value, says):
+    """An empty, repeated or untaggable stream name in WORKER_STREAMS stops the worker at start."""
+    clean_env.setenv("WORKER_STREAMS", value)
+    with pytest.raises(SettingsError, match=f"WORKER_STREAMS.*{says}"):
+        load_settings(env_file=None)

@@ -209,12 +209,33 @@ class WorkerSettings(BaseSettings):
     model_config = _config("WORKER_")
 
     group: str = Field(default="email_processor_group", description="consumer group")
+    streams: str | None = Field(default=None, description="comma-separated streams to read, each fairly "
+                                                          "(one loop each); unset: REDIS_STREAM_NAME")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
+
+    @field_validator("streams")
+    @classmethod
+    def _check_streams(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return ",".join(split_streams(value))
+
+
+def split_streams(text: str) -> list[str]:
+    """`a,b` as stream names; a ValueError names an empty, repeated or untaggable one."""
+    names = [part.strip() for part in text.split(",")]
+    for index, name in enumerate(names):
+        if not name:
+            raise ValueError(f"expected stream,stream,... (name {index + 1} is empty)")
+        if name in names[:index]:
+            raise ValueError(f"stream {name!r} is named twice")
+        hash_tag(name)
+    return names
 
 
 class RetrySettings(BaseSettings):
@@ -262,6 +283,12 @@ class Settings:
     retry: RetrySettings
     # Variables with a project prefix that no setting reads (typos), with the nearest name.
     warnings: tuple[str, ...] = ()
+
+    def worker_streams(self) -> tuple[str, ...]:
+        """The streams a worker reads: WORKER_STREAMS (or --stream, repeated), else REDIS_STREAM_NAME."""
+        if self.worker.streams is None:
+            return (self.redis.stream_name,)
+        return tuple(self.worker.streams.split(","))
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""

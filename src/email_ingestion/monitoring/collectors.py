@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.keys import StreamKeys
-from email_ingestion.monitoring.health import LivenessLike
+from email_ingestion.monitoring.health import Live
 from email_ingestion.monitoring.heartbeats import live_workers
 
 NS = "email_ingestion"
@@ -48,27 +48,40 @@ _STREAM_GAUGES = (("stream_depth", "stream_depth", "Entries in the stream"),
 
 
 class StreamCollector(Collector):
-    """Stream gauges of one stream, or of several (`others`: (stream, dlq) pairs) as one
-    family per gauge: an exposition may name a family once only."""
+    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str) -> None:
+        self.client, self.stream, self.group, self.dlq = client, stream, group, dlq
 
-    def __init__(self, client: redis.Redis, stream: str, group: str, dlq: str,
-                 others: Sequence[tuple[str, str]] = ()) -> None:
-        self.client, self.group = client, group
-        self.targets = [(stream, dlq), *others]
+    def labelled_figures(self) -> tuple[list[str], dict[str, Any]] | None:
+        """(stream, group) and the stream's figures; None while Redis cannot say."""
+        try:
+            return [self.stream, self.group], stream_figures(self.client, self.stream, self.group, self.dlq)
+        except redis.RedisError:
+            return None  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
-        for stream, dlq in self.targets:
-            try:
-                figures = stream_figures(self.client, stream, self.group, dlq)
-            except redis.RedisError:
-                continue  # Redis down: the gauges go stale (absent), the alerts on `up`/breakers fire
-            for name, key, doc in _STREAM_GAUGES:
-                if figures.get(key) is not None:
-                    family = families.setdefault(name, GaugeMetricFamily(f"{NS}_{name}", doc,
-                                                                         labels=["stream", "group"]))
-                    family.add_metric([stream, self.group], float(figures[key]))
-        yield from families.values()
+        yield from _stream_gauges([self])
+
+
+class StreamsCollector(Collector):
+    """The stream gauges of several streams one worker reads: each name once, one sample per stream."""
+
+    def __init__(self, parts: Sequence[StreamCollector]) -> None:
+        self.parts = list(parts)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from _stream_gauges(self.parts)
+
+
+def _stream_gauges(parts: Sequence[StreamCollector]) -> Iterator[GaugeMetricFamily]:
+    rows = [row for row in (part.labelled_figures() for part in parts) if row is not None]
+    for name, key, doc in _STREAM_GAUGES:
+        samples = [(labels, figures[key]) for labels, figures in rows if figures.get(key) is not None]
+        if not samples:
+            continue
+        family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=["stream", "group"])
+        for labels, value in samples:
+            family.add_metric(labels, float(value))
+        yield family
 
 
 # (account, mailbox, breaker) of every mailbox a producer follows now.
@@ -76,7 +89,7 @@ MailboxBreakers = Callable[[], Iterable[tuple[str, str, CircuitBreaker]]]
 
 
 class ProcessCollector(Collector):
-    def __init__(self, liveness: LivenessLike, breakers: Iterable[CircuitBreaker], component: str,
+    def __init__(self, liveness: Live, breakers: Iterable[CircuitBreaker], component: str,
                  mailbox_breakers: MailboxBreakers | None = None) -> None:
         self.liveness, self.breakers, self.component = liveness, list(breakers), component
         self.mailbox_breakers = mailbox_breakers

@@ -25,7 +25,9 @@ from email_ingestion import __version__
 log = logging.getLogger(__name__)
 
 
-class LivenessLike(Protocol):
+class Live(Protocol):
+    """What /health and the uptime gauge ask: a Liveness, or several joined (worker/streams.py)."""
+
     def alive(self) -> bool: ...
 
     def uptime_s(self) -> float: ...
@@ -51,7 +53,7 @@ class Liveness:
 
 
 class HealthServer:
-    def __init__(self, registry: CollectorRegistry, liveness: LivenessLike, ready: Callable[[], tuple[bool, str]],
+    def __init__(self, registry: CollectorRegistry, liveness: Live, ready: Callable[[], tuple[bool, str]],
                  status: Callable[[], dict[str, Any]], host: str = "127.0.0.1", port: int = 0) -> None:
         self.registry = registry
         self.liveness = liveness
@@ -117,7 +119,7 @@ def _json(code: int, body: dict[str, Any]) -> tuple[int, bytes, str]:
     return code, json.dumps(body, default=str).encode(), "application/json"
 
 
-def start_health(registry: CollectorRegistry, liveness: LivenessLike, ready: Callable[[], tuple[bool, str]],
+def start_health(registry: CollectorRegistry, liveness: Live, ready: Callable[[], tuple[bool, str]],
                  status: Callable[[], dict[str, Any]], port: int, host: str = "127.0.0.1",
                  setting: str = "the metrics port") -> HealthServer | None:
     """Port 0 disables the endpoints (N workers on one host must not collide)."""

@@ -80,57 +80,111 @@ class HotHistogram(Collector):
 
     prometheus_client's Histogram takes a lock and updates every bucket per observation
     (~4 µs); a worker observes two per message, which was a seventh of its time per message.
-    Observations must come from one thread (the worker's loop); scrapes may come from any.
+    Observations must come from one thread (the worker's loop of one stream); scrapes may come
+    from any. Without a registry it is a child of a HotHistogramFamily.
     """
 
     def __init__(self, name: str, documentation: str, labels: dict[str, str], buckets: Sequence[float],
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry | None) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = labels
         self.bounds = sorted(buckets)
         self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self._sum = 0.0
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
 
     def observe(self, value: float) -> None:
         self._counts[bisect.bisect_left(self.bounds, value)] += 1
         self._sum += value
 
-    def collect(self) -> Iterator[HistogramMetricFamily]:
+    def add_to(self, family: HistogramMetricFamily) -> None:
+        """Add this label set's buckets and sum to `family`."""
         counts, total = list(self._counts), self._sum
         cumulative, buckets = 0, []
         for bound, count in zip([*self.bounds, math.inf], counts, strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
-        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
         family.add_metric(list(self.labels.values()), buckets, total)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        self.add_to(family)
         yield family
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
 
 
-class WorkerMetrics:
-    """Worker metrics; labels stay low-cardinality (stream, group)."""
+class HotHistogramFamily(Collector):
+    """Several label sets of one HotHistogram name in one registry (a worker reading several
+    streams has one child per stream, each observed by its own stream's thread only)."""
 
-    def __init__(self, stream: str, group: str, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r, labels = self.registry, ("stream", "group")
+    def __init__(self, name: str, documentation: str, label_names: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = list(label_names)
+        self.buckets = buckets
+        self._children: list[HotHistogram] = []
+        registry.register(self)
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"{NS}_{name}", doc, labels, registry=r).labels(stream, group)
+    def labels(self, *values: str) -> HotHistogram:
+        child = HotHistogram(self.name, self.documentation, dict(zip(self.label_names, values, strict=True)),
+                             self.buckets, None)
+        self._children.append(child)
+        return child
 
-        self.processed = counter("emails_processed_total", "Emails handled successfully")
-        self.failed = counter("emails_failed_total", "Handler attempts that failed")
-        self.dead_lettered = counter("dlq_messages_total", "Messages moved to the DLQ")
-        self.retries = counter("backoff_retries_total", "Retries scheduled with backoff")
-        self.duplicates = counter("duplicates_total", "Deliveries skipped because already handled")
-        self.orphans = counter("orphans_claimed_total", "Pending messages reclaimed from dead consumers")
-        values = {"stream": stream, "group": group}
-        self.latency = HotHistogram(f"{NS}_processing_latency_seconds", "Handler duration", values,
-                                    (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), r)
-        self.end_to_end = HotHistogram(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done", values,
-                                       (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600), r)
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for child in list(self._children):
+            child.add_to(family)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+
+
+_WORKER_COUNTERS = (
+    ("processed", "emails_processed_total", "Emails handled successfully"),
+    ("failed", "emails_failed_total", "Handler attempts that failed"),
+    ("dead_lettered", "dlq_messages_total", "Messages moved to the DLQ"),
+    ("retries", "backoff_retries_total", "Retries scheduled with backoff"),
+    ("duplicates", "duplicates_total", "Deliveries skipped because already handled"),
+    ("orphans", "orphans_claimed_total", "Pending messages reclaimed from dead consumers"),
+)
+
+
+class WorkerMetricFamilies:
+    """The worker's metric families in one registry; a WorkerMetrics per (stream, group) takes
+    its children, so a worker reading several streams exports each name once, labelled by stream."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        labels = ("stream", "group")
+        self.counters = {attr: Counter(f"{NS}_{name}", doc, labels, registry=r) for attr, name, doc in _WORKER_COUNTERS}
+        self.latency = HotHistogramFamily(f"{NS}_processing_latency_seconds", "Handler duration", labels,
+                                          (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), r)
+        self.end_to_end = HotHistogramFamily(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done",
+                                             labels, (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600), r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "worker").set(1)
+
+
+class WorkerMetrics:
+    """Worker metrics of one stream; labels stay low-cardinality (stream, group)."""
+
+    def __init__(self, stream: str, group: str, registry: CollectorRegistry | None = None,
+                 families: WorkerMetricFamilies | None = None) -> None:
+        families = families or WorkerMetricFamilies(registry)
+        self.registry = families.registry
+        counter = {attr: family.labels(stream, group) for attr, family in families.counters.items()}
+        self.processed = counter["processed"]
+        self.failed = counter["failed"]
+        self.dead_lettered = counter["dead_lettered"]
+        self.retries = counter["retries"]
+        self.duplicates = counter["duplicates"]
+        self.orphans = counter["orphans"]
+        self.latency = families.latency.labels(stream, group)
+        self.end_to_end = families.end_to_end.labels(stream, group)

@@ -27,7 +27,7 @@ from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import Replication, describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.imap.session import Authenticator, ImapSession
-from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
 from email_ingestion.producer.build_site import builder_factory
@@ -143,8 +143,7 @@ def expose(fleet: ProducerFleet, settings: Settings, client: Any, families: Prod
     group, dlq_name = settings.worker.group, settings.retry.dlq_stream_name
     streams = sorted({m.stream for m in mailboxes})
     registry = families.registry
-    targets = [(stream, dlq_stream(stream, dlq_name)) for stream in streams]
-    registry.register(StreamCollector(client, targets[0][0], group, targets[0][1], others=targets[1:]))
+    registry.register(StreamsCollector([StreamCollector(client, s, group, dlq_stream(s, dlq_name)) for s in streams]))
     registry.register(ProcessCollector(fleet, [], "producer", mailbox_breakers=fleet.breakers))
 
     def ready() -> tuple[bool, str]:

@@ -1,4 +1,6 @@
-"""`python worker.py --consumer NAME`: handle the stream's emails through a consumer group.
+"""`python worker.py --consumer NAME`: handle the streams' emails through a consumer group.
+
+Several streams (`--stream a --stream b`, WORKER_STREAMS=a,b): one loop each, see streams.py.
 
 Exit status: 0 stopped cleanly (or --burst done), 1 failed (or a handler call timed out), 2 bad
 setting, 3 Redis refused the credentials.
@@ -14,24 +16,22 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import SettingsError
-from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS, run_guarded
+from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS
 from email_ingestion.common.gc_tuning import tune_after_start_up
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import Replication, describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings
-from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector
 from email_ingestion.monitoring.health import Liveness, start_health
-from email_ingestion.monitoring.metrics import WorkerMetrics
+from email_ingestion.monitoring.metrics import WorkerMetricFamilies, WorkerMetrics
 from email_ingestion.worker import timings
 from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.dead_letter import DeadLetterQueue
@@ -42,6 +42,7 @@ from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
+from email_ingestion.worker.streams import StreamWorkers
 
 log = logging.getLogger("email_ingestion.worker")
 
@@ -51,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_version(p)
     p.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}",
                    help="consumer name, unique per worker (default: hostname-pid)")
-    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--stream", action="append",
+                   help="a stream to read; repeat for several (WORKER_STREAMS; default REDIS_STREAM_NAME)")
     p.add_argument("--group", help="WORKER_GROUP (default email_processor_group)")
     p.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE: entries per XREADGROUP")
     p.add_argument("--block-timeout", type=int, help="WORKER_BLOCK_TIMEOUT_MS")
@@ -67,25 +69,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
-        "redis": {"url": args.redis_url, "stream_name": args.stream},
-        "worker": {"group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
+        "redis": {"url": args.redis_url},
+        "worker": {"streams": ",".join(args.stream) if args.stream else None,
+                   "group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
                    "handler": args.handler, "metrics_port": args.metrics_port},
         "log": {"level": args.log_level, "format": args.log_format},
     }
 
 
+def build_workers(settings: Settings, consumer: str, stop_event: threading.Event,
+                  out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms,
+                  streams: Sequence[str] | None = None) -> StreamWorkers:
+    """Wire a loop per stream (default: every configured one) and serve their endpoints;
+    nothing connects until they run."""
+    timings.check(settings.worker, settings.retry, settings.health, settings.redis)
+    names = list(streams or settings.worker_streams())
+    families = WorkerMetricFamilies()
+    loops = [build_loop(settings, stream, consumer, stop_event, out_of_time, clock_ms, families,
+                        breaker_name="redis" if len(names) == 1 else f"redis:{stream}") for stream in names]
+    workers = StreamWorkers(loops)
+    expose(workers, settings)
+    return workers
+
+
 def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
                  out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms) -> WorkerLoop:
-    """Wire a worker from settings; nothing connects until it runs."""
-    retry = settings.retry
-    timings.check(settings.worker, retry, settings.health, settings.redis)
+    """The worker of the first configured stream alone, endpoints served (in-process tests)."""
+    return build_workers(settings, consumer, stop_event, out_of_time, clock_ms, settings.worker_streams()[:1]).loops[0]
+
+
+def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threading.Event,
+               out_of_time: Callable[[], bool], clock_ms: Clock, families: WorkerMetricFamilies,
+               breaker_name: str = "redis") -> WorkerLoop:
+    """One stream's loop, with a Redis client, handler and recovery of its own."""
+    retry, health = settings.retry, settings.health
     handler = load_handler(settings.worker.handler, retry)
     client = make_redis(settings.redis)
-    keys = StreamKeys.of(settings.redis.stream_name, settings.worker.group, retry.dlq_stream_name)
-    metrics = WorkerMetrics(keys.stream, keys.group)
-    health = settings.health
+    keys = StreamKeys.of(stream, settings.worker.group, retry.dlq_stream_name)
+    metrics = WorkerMetrics(keys.stream, keys.group, families=families)
     redis_wait = RedisWait(stop_event, Liveness(health.stall_seconds),
-                           CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds))
+                           CircuitBreaker(breaker_name, health.breaker_failures, health.breaker_reset_seconds))
     retries = RetrySchedule(client, keys=keys)
     recovery = Recovery(client, keys=keys, consumer=consumer, claim_min_idle_ms=retry.claim_min_idle_ms,
                         hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms)
@@ -100,25 +123,19 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
                                  retry.heartbeat_ttl_ms),
         clock_ms=clock_ms, replication=Replication.from_settings(settings.redis))
     loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
-    worker = WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
-                        metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
-    expose(worker, settings, client)
-    return worker
+    return WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
+                      metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
 
 
-def expose(worker: WorkerLoop, settings: Settings, client: redis.Redis) -> None:
+def expose(workers: StreamWorkers, settings: Settings) -> None:
     """/health, /ready, /status and /metrics on WORKER_METRICS_PORT (0: none)."""
-    keys = worker.loop.keys
-    registry = worker.metrics.registry
-    registry.register(StreamCollector(client, keys.stream, keys.group, keys.dlq))
-    registry.register(ProcessCollector(worker.liveness, [worker.breaker], "worker"))
-
-    def status() -> dict[str, Any]:
-        return {**worker.status(), "handler": settings.worker.handler.split(":", 1)[0],
-                "figures": stream_figures(client, keys.stream, keys.group, keys.dlq)}
-
-    start_health(registry, worker.liveness, worker.ready, status, settings.worker.metrics_port, settings.health.host,
-                 "WORKER_METRICS_PORT")
+    registry = workers.registry
+    registry.register(StreamsCollector([StreamCollector(loop.redis, loop.loop.keys.stream, loop.loop.keys.group,
+                                                        loop.loop.keys.dlq) for loop in workers.loops]))
+    registry.register(ProcessCollector(workers.liveness, workers.breakers, "worker"))
+    handler = settings.worker.handler.split(":", 1)[0]
+    start_health(registry, workers.liveness, workers.ready, lambda: workers.status(handler),
+                 settings.worker.metrics_port, settings.health.host, "WORKER_METRICS_PORT")
 
 
 class Shutdown:
@@ -153,28 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, shutdown.request)
     signal.signal(signal.SIGINT, shutdown.request)
     try:
-        consumer = build_worker(settings, args.consumer, shutdown.event, shutdown.out_of_time)
+        workers = build_workers(settings, args.consumer, shutdown.event, shutdown.out_of_time)
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    return run(consumer, settings, args.burst)
+    return run(workers, settings, args.burst)
 
 
-def run(consumer: WorkerLoop, settings: Settings, burst: bool) -> int:
+def run(workers: StreamWorkers, settings: Settings, burst: bool) -> int:
+    first = workers.loops[0].loop
     log.info("worker starting", extra={
-        "consumer": consumer.loop.consumer, "stream": consumer.loop.stream, "group": consumer.loop.group,
+        "consumer": first.consumer, "stream": ",".join(workers.streams), "group": first.group,
         "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
     tune_after_start_up()
     try:
-        status = run_guarded(lambda: consumer.run(burst=burst), "worker", log)
+        status = workers.run(burst)
     finally:
-        try:
-            consumer.recovery.stop_beating()
-        except Exception:  # noqa: BLE001 - Redis may be gone; the heartbeat then expires by itself
-            pass
+        workers.stop_beating()
     if status != EXIT_OK:
         return status
-    stats = consumer.stats
+    stats = workers.stats()
     log.info("worker stopped", extra={"processed": stats.processed, "failed": stats.failed,
                                       "dead_lettered": stats.dead_lettered, "busy_s": round(stats.busy_s, 3)})
     return EXIT_OK

@@ -99,7 +99,8 @@ class Recovery:
         if len(result.deliveries) < limit:
             self._sweep(result, limit - len(result.deliveries))
         if result.deliveries or result.deleted:
-            log.info("reclaimed pending messages", extra={"claimed": len(result.deliveries), "deleted": result.deleted})
+            log.info("reclaimed pending messages", extra={"stream": self.stream, "claimed": len(result.deliveries),
+                                                         "deleted": result.deleted})
         return result
 
     def _dead_consumers(self) -> list[str]:
