@@ -22,6 +22,7 @@ from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import USER, imap_admin, producer_cmd
+from tests.support.waits import wait_until
 
 STREAM = "email_ingestion_stream"
 MAILBOXES = 20
@@ -109,15 +110,6 @@ def assert_exactly_once_and_fenced(client: Any, expected: dict[str, int]) -> lis
     for mailbox, seq in tokens.items():
         assert seq == sorted(seq), f"{mailbox}: an entry written under an older lease after a newer one: {seq}"
     return found
-
-
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 def feed(server: Any, plan: list[str], interval_s: float, expected: Counter[str]) -> threading.Thread:

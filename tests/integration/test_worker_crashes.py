@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from tests.conftest import ROOT
 from tests.support.waits import finish, wait_until
+from tests.support.worker_env import fast_worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,7 @@ DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
 def env(redis_server, redis_client, tmp_path):
     records = tmp_path / "records"
     records.mkdir()
-    return {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
-            "REDIS_URL": redis_server.url, "WORKER_BLOCK_TIMEOUT_MS": "300", "WORKER_METRICS_PORT": "0",
-            "LOG_FORMAT": "json", "TEST_RECORD_DIR": str(records), "CLAIM_MIN_IDLE_MS": "500",
-            "HEARTBEAT_TTL_MS": "1000", "LEASE_MS": "2000", "RETRY_BASE_SECONDS": "0.1"}
+    return fast_worker_env(redis_server.url, records)
 
 
 def start_worker(env: dict[str, str], name: str, handler: str = "tests.support.handlers:record",

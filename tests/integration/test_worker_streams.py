@@ -7,7 +7,6 @@ idempotency key reads `imap:alice@example.com:A:1:<uid>`.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from email_ingestion.worker.cli import build_workers
 from tests.conftest import ROOT
 from tests.integration.test_health import get, wait_for
 from tests.support.waits import wait_until
+from tests.support.worker_env import fast_worker_env
 
 GROUP = "email_processor_group"
 # Different hash tags, as on a cluster: no key of one stream shares a slot with the other's.
@@ -37,10 +37,7 @@ A, B = "{mail-a}stream", "{mail-b}stream"
 def env(redis_server, redis_client, tmp_path):
     records = tmp_path / "records"
     records.mkdir()
-    return {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
-            "REDIS_URL": redis_server.url, "WORKER_BLOCK_TIMEOUT_MS": "300", "WORKER_METRICS_PORT": "0",
-            "LOG_FORMAT": "json", "TEST_RECORD_DIR": str(records), "CLAIM_MIN_IDLE_MS": "500",
-            "HEARTBEAT_TTL_MS": "1000", "LEASE_MS": "2000", "RETRY_BASE_SECONDS": "0.1"}
+    return fast_worker_env(redis_server.url, records)
 
 
 def start_worker(env: dict[str, str], name: str, log: Path, *extra: str,

@@ -94,12 +94,7 @@ class ProducerFleet:
 
     def _run_once(self) -> None:
         for mailbox in self.mailboxes:
-            lease = self.ownership.acquire(mailbox.keys)
-            if lease is None:
-                self._note_standby(mailbox)
-                continue
-            stop = threading.Event()
-            self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease, stop), stop))
+            self._try_take(mailbox)
         tasks = list(self.tasks.values())
         renew_at = time.monotonic() + self.ownership.renew_interval_s
         while any(t.running for t in tasks):
@@ -190,12 +185,16 @@ class ProducerFleet:
         for mailbox in self._unowned_in_my_order():
             if len(self.tasks) >= share or self.stop_event.is_set():
                 return
-            lease = self.ownership.acquire(mailbox.keys)
-            if lease is None:
-                self._note_standby(mailbox)
-                continue
-            stop = threading.Event()
-            self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease, stop), stop))
+            self._try_take(mailbox)
+
+    def _try_take(self, mailbox: Mailbox) -> None:
+        """Follow `mailbox` if its lease is free (or already ours); otherwise note the standby."""
+        lease = self.ownership.acquire(mailbox.keys)
+        if lease is None:
+            self._note_standby(mailbox)
+            return
+        stop = threading.Event()
+        self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease, stop), stop))
 
     def _note_standby(self, mailbox: Mailbox) -> None:
         if mailbox.key not in self._standby_noted:
