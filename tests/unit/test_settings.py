@@ -100,10 +100,10 @@ def test_readme_and_env_example_document_every_setting():
 
     from email_ingestion.common.settings import env_reference
     root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "configuration.md").read_text()
     example = (root / ".env.example").read_text()
     for variable, _, _ in env_reference():
-        assert f"`{variable}`" in readme, f"{variable} missing from README.md"
+        assert f"`{variable}`" in readme, f"{variable} missing from docs/configuration.md"
         assert f"{variable}=" in example, f"{variable} missing from .env.example"
 
 

@@ -104,10 +104,10 @@ def test_idle_connection_closed_reconnects_at_once_then_backs_off():
 
 
 def test_every_row_of_the_error_table_names_tests_that_exist():
-    """README "Errors and exit codes": each row cites a test, and each cited test exists."""
+    """docs/producer.md "Errors and exit codes": each row cites a test, and each cited test exists."""
     import re
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Errors and exit codes", 1)[1].split("\n### ", 1)[0]
+    readme = (ROOT / "docs" / "producer.md").read_text()
+    table = readme.split("## Errors and exit codes", 1)[1].split("\n### ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Condition")]
     sources = "".join(path.read_text() for path in (ROOT / "tests").rglob("*.py"))
     assert len(rows) >= 15

@@ -9,6 +9,8 @@ a Redis Cluster (`REDIS_CLUSTER=true`, `REDIS_URL` naming any node); TLS for eac
 from __future__ import annotations
 
 import contextlib
+import enum
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,13 +39,73 @@ from email_ingestion.common.settings import RedisSettings, sentinel_addresses
 # Sentinel has no master yet (MasterNotFoundError is a ConnectionError), or while a cluster
 # reshards or fails over: all of them pass by themselves. MOVED and ASK never get here:
 # RedisCluster follows them. AuthenticationError is a ConnectionError too, but it does not
-# pass: redis_errors() tells it apart first.
+# pass: classify() tells it apart first.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
     redis.sentinel.MasterNotFoundError, redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
     redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError,
 )
+
+# Error replies that say "not now" rather than "never": redis-py raises most of them as a
+# plain ResponseError, and inside a pipeline, a MULTI (EXECABORT) or a script the code is
+# quoted further into the text, so it is looked for as a word anywhere in the reply.
+#   LOADING      a restarted server is reading its dataset
+#   READONLY     a replica after a failover, until the client finds the new master
+#   OOM          maxmemory reached, until workers acknowledge and trimming frees room
+#   MISCONF      a background save failed and stop-writes-on-bgsave-error is on
+#   NOREPLICAS   min-replicas-to-write not met for now
+#   BUSY         a script or function runs past busy-reply-threshold
+#   TRYAGAIN, CLUSTERDOWN, MASTERDOWN   a cluster resharding or failing over; a replica
+#                whose link to its master is down (replica-serve-stale-data no)
+#   NOSCRIPT     a restarted server forgot the scripts: a new attempt loads them again
+TRANSIENT_REPLY_CODES = frozenset({"LOADING", "READONLY", "OOM", "MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN",
+                                   "CLUSTERDOWN", "MASTERDOWN", "NOSCRIPT"})
+_REPLY_CODE = re.compile(r"(?<![A-Za-z_])(" + "|".join(sorted(TRANSIENT_REPLY_CODES)) + r")(?![A-Za-z_])")
+
+
+class RedisFault(enum.Enum):
+    """What a Redis failure means for the caller, the one classification producer, worker
+    and tools share."""
+
+    TRANSIENT = "transient"          # wait (with backoff) and try again: it passes by itself
+    CONFIGURATION = "configuration"  # a person must act: credentials, ACL, TLS trust
+    FATAL = "fatal"                  # not a Redis condition we know: a bug, surfaced, not retried
+
+
+def transient_reply_code(exc: BaseException) -> str | None:
+    """The "not now" code (MISCONF, BUSY, ...) an error reply carries, or None."""
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    match = _REPLY_CODE.search(str(exc))
+    return match.group(1) if match else None
+
+
+def classify(exc: BaseException) -> RedisFault:
+    """The one answer to "does this Redis failure pass by itself?"."""
+    if isinstance(exc, RedisUnavailableError):  # our own boundary already decided
+        return RedisFault.TRANSIENT
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError | RedisAuthError
+                  | RedisPermissionError | RedisTlsError):
+        return RedisFault.CONFIGURATION
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return RedisFault.CONFIGURATION if is_trust_failure(exc) else RedisFault.TRANSIENT
+    if isinstance(exc, redis.ResponseError) and _is_refused_credentials(exc):
+        return RedisFault.CONFIGURATION
+    if transient_reply_code(exc) is not None:
+        return RedisFault.TRANSIENT
+    return RedisFault.FATAL
+
+
+def is_transient(exc: BaseException) -> bool:
+    return classify(exc) is RedisFault.TRANSIENT
+
+
+def _is_refused_credentials(exc: redis.ResponseError) -> bool:
+    text = str(exc)
+    return text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "WRONGPASS" in text or "NOPERM" in text
+
+
 URL_SHAPE = "redis://[[user]:password@]host[:port][/db] (or rediss://, unix://)"
 
 HEALTH_CHECK_INTERVAL_S = 30
@@ -192,22 +254,38 @@ def redact_url(url: str) -> str:
 
 @contextlib.contextmanager
 def redis_errors(where: str) -> Iterator[None]:
-    """The one boundary between redis-py's errors and ours: an untrusted certificate
-    becomes RedisTlsError (a person must act); what passes by itself becomes
-    RedisUnavailableError, naming what was being done; the rest propagates."""
+    """The one boundary between redis-py's errors and ours, by classify(): refused
+    credentials, a refused ACL and an untrusted certificate become errors a person must act
+    on; what passes by itself (down, LOADING, READONLY, OOM, MISCONF, NOREPLICAS, BUSY,
+    TRYAGAIN, CLUSTERDOWN, MASTERDOWN, ...) becomes RedisUnavailableError, naming what was
+    being done; the rest propagates."""
     try:
         yield
-    except redis.AuthenticationError as exc:
-        raise RedisAuthError(f"Redis refused the credentials during {where}: check REDIS_URL / REDIS_PASSWORD "
-                             f"({type(exc).__name__})") from None
-    except redis.exceptions.NoPermissionError as exc:
-        raise RedisPermissionError(f"Redis ACL refused a command during {where}: {exc}; "
-                                   "see config/users.acl.example") from None
-    except TRANSIENT_ERRORS as exc:
+    except (redis.RedisError, OSError) as exc:
+        raise translate(exc, where) from (exc if classify(exc) is RedisFault.TRANSIENT else None)
+
+
+def translate(exc: BaseException, where: str) -> BaseException:
+    """Our exception for a redis-py failure met during `where` (the failure itself if it is
+    FATAL: not ours to rename)."""
+    fault = classify(exc)
+    if fault is RedisFault.CONFIGURATION:
+        if isinstance(exc, redis.AuthenticationError) or str(exc).startswith(("WRONGPASS", "NOAUTH")):
+            return RedisAuthError(f"Redis refused the credentials during {where}: check REDIS_URL / REDIS_PASSWORD "
+                                  f"({type(exc).__name__})")
+        if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in str(exc):
+            return RedisPermissionError(f"Redis ACL refused a command during {where}: {exc}; "
+                                        "see config/users.acl.example")
         if is_trust_failure(exc):
-            raise RedisTlsError(trust_message(exc)) from None
-        raise RedisUnavailableError(f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
-                                    f"{_tls_hint(exc)}") from exc
+            return RedisTlsError(trust_message(exc))
+        return RedisAuthError(f"Redis refused this client during {where}: {type(exc).__name__}")
+    if fault is RedisFault.TRANSIENT:
+        if isinstance(exc, RedisUnavailableError):
+            return exc
+        code = transient_reply_code(exc)
+        label = code or type(exc).__name__
+        return RedisUnavailableError(f"Redis unavailable during {where}: {label}: {exc}{_tls_hint(exc)}")
+    return exc
 
 
 def is_trust_failure(exc: BaseException) -> bool:

@@ -16,21 +16,26 @@ import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import AuthError, RedisTlsError, RedisUnavailableError
-from email_ingestion.common.redis_client import TRANSIENT_ERRORS, is_trust_failure, trust_message
+from email_ingestion.common.redis_client import RedisFault, classify, is_trust_failure, trust_message
 from email_ingestion.monitoring.health import Liveness
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Errors that pass by themselves once Redis is back, has loaded, is promoted or has room.
-# NoScriptError: a Redis restarted inside redis-py's own retry of a pipeline forgot the
-# scripts it had loaded; a new attempt builds a new pipeline, which loads them again.
-# RedisUnavailableError: raised by our own boundary (e.g. fewer replicas than
-# REDIS_WAIT_REPLICAS acknowledged); the settlement it follows is safe to replay.
-WAIT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.exceptions.OutOfMemoryError,
-                                                redis.exceptions.NoScriptError, RedisUnavailableError)
+# Errors that may pass by themselves: classify() (common/redis_client.py) decides, for the
+# producer, the worker and the tools alike. NoScriptError (a Redis restarted inside
+# redis-py's own retry of a pipeline forgot its scripts) is one of them: a new attempt
+# builds a new pipeline, which loads them again. RedisUnavailableError is raised by our
+# own boundary (e.g. fewer replicas than REDIS_WAIT_REPLICAS acknowledged); the settlement
+# it follows is safe to replay.
+WAIT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisUnavailableError, OSError)
 MAX_DELAY_S = 30.0
+
+
+def is_waitable(exc: BaseException) -> bool:
+    """A failure the worker waits out rather than exits on."""
+    return isinstance(exc, redis.exceptions.NoScriptError) or classify(exc) is RedisFault.TRANSIENT
 
 
 class Interrupted(Exception):  # noqa: N818 - control flow, not an error
@@ -53,6 +58,8 @@ class RedisWait:
             try:
                 value = self.guard(action)
             except WAIT_ERRORS as exc:
+                if not is_waitable(exc):
+                    raise
                 self.failed(exc, where, max_delay_s)
                 if give_up():
                     raise Interrupted(where) from exc
@@ -61,16 +68,17 @@ class RedisWait:
             return value
 
     def guard(self, action: Callable[[], T]) -> T:
-        """Run `action`; a refused password becomes AuthError (it is also a ConnectionError)."""
+        """Run `action`; refused credentials, ACL or TLS trust become AuthError-family
+        errors (a person must act), whatever redis-py called them."""
         try:
             return action()
-        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-            raise AuthError(f"Redis refused this worker's credentials ({type(exc).__name__}: {exc}); "
-                            f"check REDIS_URL/REDIS_PASSWORD and the ACL") from None
-        except TRANSIENT_ERRORS as exc:
+        except WAIT_ERRORS as exc:
+            if classify(exc) is not RedisFault.CONFIGURATION:
+                raise
             if is_trust_failure(exc):  # an untrusted TLS certificate: waiting cannot help
                 raise RedisTlsError(trust_message(exc)) from None
-            raise
+            raise AuthError(f"Redis refused this worker's credentials ({type(exc).__name__}: {exc}); "
+                            f"check REDIS_URL/REDIS_PASSWORD and the ACL") from None
 
     def failed(self, exc: BaseException, where: str, max_delay_s: float = MAX_DELAY_S) -> None:
         """Note the failure, then wait with exponential backoff (never past a stop request)."""
