@@ -1,0 +1,47 @@
+"""Describing what a handler raised, in a way that cannot fail (issue 19 item 6).
+
+A user's exception class may have a `__str__` that raises (a formatting bug), returns a
+non-string, or is enormous; its traceback may be as broken. Every part of the description
+is computed under its own guard, so describing an error never throws away the outcomes of
+the message's batch-mates.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Enough to read the cause; a handler that puts a whole payload in its message does not
+# get to fill the retry record and the dead letter with it.
+MAX_MESSAGE_CHARS = 2000
+MAX_TRACE_CHARS = 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDescription:
+    """What a failed call raised, as text: its type, its message and its traceback."""
+
+    type_name: str
+    message: str
+    trace: str
+
+    @property
+    def summary(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+def describe(exc: BaseException) -> ErrorDescription:
+    """The type name, message and traceback of `exc`, each replaced by a note if it cannot be had."""
+    type_name = _guarded(lambda: type(exc).__name__, "<unnamed exception>")
+    message = _guarded(lambda: str(exc), f"<str() of {type_name} failed>")
+    trace = _guarded(lambda: "".join(traceback.format_exception(exc)), f"<traceback of {type_name} unavailable>")
+    return ErrorDescription(type_name[:200], message[:MAX_MESSAGE_CHARS], trace[-MAX_TRACE_CHARS:])
+
+
+def _guarded(make: Callable[[], object], fallback: str) -> str:
+    try:
+        text = make()
+    except BaseException:  # noqa: BLE001 - whatever a user's __str__ raises, even SystemExit
+        return fallback
+    return text if isinstance(text, str) else fallback
