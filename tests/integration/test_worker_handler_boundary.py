@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import pytest
 
 from email_ingestion.common.keys import StreamKeys, dlq_stream
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from email_ingestion.worker.retries import RetrySchedule
 from tests.conftest import ROOT
-from tests.support.waits import finish
+from tests.support.waits import finish, wait_until
 from tests.support.worker_env import fast_worker_env
 
 pytestmark = pytest.mark.slow
@@ -172,3 +174,40 @@ def test_a_kill_repeats_at_most_the_settle_cadence(env, redis_client):
     [letter] = letters(redis_client)
     assert letter[b"reason"] == b"max_deliveries"
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_an_outage_shorter_than_the_heartbeat_repeats_nothing(env, redis_server, redis_client):
+    """Limits: worker A, cut off from Redis for 0.5 s (HEARTBEAT_TTL_MS 3 s) in the middle of a
+    slow batch while worker B runs and reclaims, keeps its batch: every message handled once."""
+    add_payloads(redis_client, 8)
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    timing = {**env, "HEARTBEAT_TTL_MS": "3000", "LEASE_MS": "3000", "TEST_HANDLER_DELAY_S": "0.2",
+              "WORKER_BLOCK_TIMEOUT_MS": "300"}
+    proxy = TcpProxy(redis_server.port).start()
+    a = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", "a", "--handler",
+                          "tests.support.handlers:record", "--batch-size", "8"],
+                         env={**timing, "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b = None
+    try:
+        assert wait_until(lambda: _pending_on(redis_client, "a") == 8, 30)
+        b = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", "b", "--handler",
+                              "tests.support.handlers:record"], env=timing, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: sum(recorded(env).values()) >= 2, 30)
+        port = proxy.port
+        proxy.stop()  # every connection of A closed, new ones refused
+        threading.Event().wait(0.5)
+        proxy = TcpProxy(redis_server.port, listen_port=port).start()
+        assert wait_until(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 0, 60)
+    finally:
+        for worker in (a, b):
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(30)
+        proxy.stop()
+    assert recorded(env) == keys(*range(8))
+
+
+def _pending_on(client: Any, consumer: str) -> int:
+    return sum(int(c["pending"]) for c in client.xinfo_consumers(STREAM, GROUP) if c["name"] == consumer.encode())
