@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 handler_log = logging.getLogger("email_ingestion.worker.handler")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallOutcome:
-    """What one handler call came to."""
+    """What one handler call came to (not frozen: built once per message on the hot path;
+    observers return a changed copy, `replace`, rather than change it)."""
 
     leased: Leased
     error: ErrorDescription | None  # None: the handler returned

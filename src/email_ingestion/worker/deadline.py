@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from email_ingestion.worker.kernel_timer import GRACE_S, KernelTimer
+from email_ingestion.worker.kernel_timer import GRACE_S, REFRESH_S, KernelTimer
 
 # A timed-out batch's settlement is tried for this long before the process exits anyway
 # (what it could not settle stays pending and is handled again).
@@ -41,6 +41,7 @@ class CallWatch:
         self._caller = threading.get_ident()
         self._lock = threading.Lock()
         self._call: tuple[int, float] | None = None  # (index in the batch, monotonic start)
+        self._armed_at = -REFRESH_S  # monotonic: when this batch last set the kernel deadline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="call-deadline", daemon=True)
 
@@ -55,10 +56,13 @@ class CallWatch:
             self._thread.join(5)
 
     def calling(self, index: int) -> None:
-        """Before one handler call; `called()` after it, in a finally."""
-        self.deadline.timer.calling()
-        with self._lock:
-            self._call = (index, time.monotonic())
+        """Before one handler call; `called()` after it, in a finally. (An assignment the
+        watcher reads whole: no lock needed on this side.)"""
+        now = time.monotonic()
+        if now - self._armed_at > REFRESH_S:
+            self.deadline.timer.extend(self._caller, self.deadline.timeout_s + GRACE_S, now)
+            self._armed_at = now
+        self._call = (index, now)
 
     def called(self) -> None:
         """If the call timed out meanwhile, the process is ending: block here rather than
@@ -69,6 +73,7 @@ class CallWatch:
     def pause(self) -> None:
         """Between calls, before a settlement: no kernel deadline while Redis is waited for."""
         self.deadline.timer.clear()
+        self._armed_at = -REFRESH_S
 
     def _run(self) -> None:
         while not self._stop.wait(self._next_wait_s()):

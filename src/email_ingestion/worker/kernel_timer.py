@@ -7,7 +7,7 @@ message and hang the same way. The kernel does not need the GIL: SIGALRM with it
 action (SIG_DFL) terminates the process, however busy its interpreter is.
 
 How: `install()` (in the worker's main thread, once) sets SIGALRM to SIG_DFL. Each stream
-thread arms its own deadline before a handler call; one process-wide ITIMER_REAL is set to
+thread arms its own deadline before a handler call (deadline.CallWatch.calling); one process-wide ITIMER_REAL is set to
 the earliest deadline of any thread in flight and cleared when none is. The deadline is
 HANDLER_TIMEOUT_SECONDS plus GRACE_S, so the soft path (which records `timeout`, settles the
 batch-mates and exits 1) runs first whenever the GIL is free; the kernel kill is for when it
@@ -43,21 +43,11 @@ class KernelTimer:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._deadlines: dict[int, float] = {}  # thread id -> monotonic deadline
-        self._armed_at: dict[int, float] = {}  # thread id -> when its deadline was set
 
     def install(self) -> None:
         """From the main thread: let SIGALRM end the process, and enable the timer."""
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         self.enabled = True
-
-    def calling(self) -> None:
-        """Before a handler call: make sure this thread's deadline covers it (hot path)."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        ident = threading.get_ident()
-        if now - self._armed_at.get(ident, -REFRESH_S * 2) > REFRESH_S:
-            self.extend(ident, self.timeout_s + GRACE_S, now)
 
     def extend(self, ident: int, seconds: float, now: float | None = None) -> None:
         """Thread `ident`'s deadline is `seconds` from now (the timeout path: time to settle)."""
@@ -65,7 +55,6 @@ class KernelTimer:
             return
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._armed_at[ident] = now
             self._deadlines[ident] = now + seconds
             self._set(now)
 
@@ -74,9 +63,7 @@ class KernelTimer:
         if not self.enabled or threading.get_ident() not in self._deadlines:
             return
         with self._lock:
-            ident = threading.get_ident()
-            self._deadlines.pop(ident, None)
-            self._armed_at.pop(ident, None)
+            self._deadlines.pop(threading.get_ident(), None)
             self._set(time.monotonic())
 
     def _set(self, now: float) -> None:

@@ -26,22 +26,24 @@ class Leasing:
     def acquire(self, candidates: list[Leased], batch: Settlement) -> list[Leased]:
         """The candidates whose lease is now ours; the others are settled as duplicates or
         deferred. Leases the read asked for already (read_lease.py) cost no round trip."""
-        asked = [c for c in candidates if _asked_right(c)]
-        rest = [c for c in candidates if not _asked_right(c)]
-        self._give_back_misread(rest, batch)
-        states = {id(c): state for c, state in zip(asked, self.idempotency.resolve(
-            [c.lease_item for c in asked], [_previous(c) for c in asked]), strict=True)} if asked else {}
-        if rest:
-            states.update(zip(map(id, rest), self.idempotency.acquire([c.lease_item for c in rest]), strict=True))
-        to_handle = []
+        asked: list[Leased] = []
+        rest: list[Leased] = []
         for leased in candidates:
-            state = states[id(leased)]
+            (asked if _asked_right(leased) else rest).append(leased)
+        self._give_back_misread(rest, batch)
+        states = [*self.idempotency.resolve([c.lease_item for c in asked], [_previous(c) for c in asked]),
+                  *self.idempotency.acquire([c.lease_item for c in rest])]
+        to_handle = []
+        for leased, state in zip([*asked, *rest], states, strict=True):
             if state is LeaseState.ACQUIRED:
                 to_handle.append(leased)
             elif state is LeaseState.DONE:
                 self.outcomes.duplicate(leased, batch)
             else:
                 self.outcomes.defer(batch, leased)
+        if rest and asked:  # keep the stream's order: the read's leases first would reorder
+            order = {id(c): i for i, c in enumerate(candidates)}
+            to_handle.sort(key=lambda c: order[id(c)])
         return to_handle
 
     def _give_back_misread(self, rest: list[Leased], batch: Settlement) -> None:
