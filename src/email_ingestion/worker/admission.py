@@ -26,19 +26,17 @@ class Admission:
         return self._first_of_each_key(admitted, batch)
 
     def _admit(self, delivery: Delivery, batch: Settlement) -> Leased | None:
-        lease = lease_value(self.consumer, delivery.entry_id)
         if delivery.delivered > self.max_deliveries:
             self.outcomes.dead(batch, delivery, "max_deliveries", ErrorDescription(
                 "MaxDeliveriesExceeded", f"delivered {delivery.delivered - 1} times without an outcome "
-                "(the handler keeps killing its worker?)", ""), lease_item=_asked_item(delivery, lease))
+                "(the handler keeps killing its worker?)", ""))
             return None
         try:
             payload = EmailPayload.from_json(delivery.payload)
         except ValidationError as exc:
-            self.outcomes.dead(batch, delivery, "invalid_payload", ErrorDescription("ValidationError", _short(exc), ""),
-                               lease_item=_asked_item(delivery, lease))
+            self.outcomes.dead(batch, delivery, "invalid_payload", ErrorDescription("ValidationError", _short(exc), ""))
             return None
-        return Leased(delivery, payload, lease)
+        return Leased(delivery, payload, lease_value(self.consumer, delivery.entry_id))
 
     def _first_of_each_key(self, candidates: list[Leased], batch: Settlement) -> list[Leased]:
         seen: set[str] = set()
@@ -50,12 +48,6 @@ class Admission:
                 seen.add(leased.payload.idempotency_key)
                 first.append(leased)
         return first
-
-
-def _asked_item(delivery: Delivery, lease: str) -> tuple[str, str] | None:
-    """The lease the read took for this entry (read_lease.py), to be given back with it."""
-    asked = delivery.lease_asked
-    return (asked.key, lease) if asked is not None and asked.previous is None else None
 
 
 def _short(exc: ValidationError) -> str:

@@ -20,7 +20,6 @@ from email_ingestion.worker.kernel_timer import KernelTimer
 from email_ingestion.worker.leasing import Leasing
 from email_ingestion.worker.outcomes import Outcomes
 from email_ingestion.worker.processor import BatchProcessor
-from email_ingestion.worker.read_lease import ReadAndLease
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
@@ -38,7 +37,6 @@ def build_processor(client: redis.Redis, *, settings: Settings, keys: StreamKeys
                         backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds,
                                         retry.max_retries), clock_ms=clock_ms)
     return BatchProcessor(
-        reader=ReadAndLease(client, keys=keys, consumer=consumer, lease_ms=retry.lease_ms),
         admission=Admission(consumer=consumer, max_deliveries=retry.max_deliveries, outcomes=outcomes),
         leasing=Leasing(idempotency=idempotency, outcomes=outcomes),
         call=HandlerCall(handler=handler, consumer=consumer), outcomes=outcomes,

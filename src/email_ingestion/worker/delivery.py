@@ -12,21 +12,11 @@ _PAYLOAD, _ATTEMPT, _FIRST_FAILED_MS, _LAST_ERROR, _ORIGINAL_ID, _DELIVERIES = (
     name.encode() for name in (F.PAYLOAD, F.ATTEMPT, F.FIRST_FAILED_MS, F.LAST_ERROR, F.ORIGINAL_ID, F.DELIVERIES))
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseAsked:
-    """The read asked for the entry's lease already (read_lease.py): the idempotency key it
-    found in the payload, and what that key held before (None: nothing, the lease is ours)."""
-
-    key: str
-    previous: bytes | None
-
-
 @dataclass(frozen=True)
 class Delivery:
     entry_id: str
     raw: dict[bytes, bytes]  # the entry's fields as Redis returned them
     deliveries: int  # Redis's delivery counter: 1 on the first read
-    lease_asked: LeaseAsked | None = None
 
     @classmethod
     def from_redis(cls, entry_id: bytes | str, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> Delivery:

@@ -116,17 +116,9 @@ class Idempotency:
             return []
         keys = [self.keys.idempotency(key) for key, _ in items]
         previous = self._acquire(keys=keys, args=[self.lease_ms, *[value for _, value in items]])
-        return self.resolve(items, previous)
-
-    def resolve(self, items: Sequence[tuple[str, str]], previous: Sequence[bytes | None]) -> list[LeaseState]:
-        """The states of leases asked for with SET NX GET (here or by read_lease.py), given
-        what each key held before; a lease held by a dead consumer is taken over."""
         states = [_state(before or None, value) for before, (_, value) in zip(previous, items, strict=True)]
         held = [i for i, state in enumerate(states) if state is LeaseState.HELD]
-        if not held:
-            return states
-        for i in self._take_over_from_dead([(self.keys.idempotency(items[i][0]), items[i][1],
-                                             to_text(previous[i] or b"")) for i in held]):
+        for i in self._take_over_from_dead([(keys[i], items[i][1], to_text(previous[i])) for i in held]):
             states[held[i]] = LeaseState.ACQUIRED
         return states
 

@@ -129,13 +129,13 @@ class WorkerLoop:
 
     def _beat_move_due_and_read(self) -> tuple[list[Delivery], int | None]:
         """Renew the heartbeat, move due retries back and read what is ready without
-        blocking (leasing it as it reads), in one round trip; returns the deliveries and the ms until the next retry
+        blocking, in one round trip; returns the deliveries and the ms until the next retry
         is due."""
         pipe = self.redis.pipeline(transaction=False)
         self.recovery.beat(pipe)
         self._beaten_at = time.monotonic()
         self.retries.move_due_in(pipe)
-        self.processor.reader.queue(pipe, self.loop.batch_size)  # the read and its leases, one script
+        pipe.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"}, count=self.loop.batch_size)
         try:
             _, moved, reply = pipe.execute()
         except redis.ResponseError as exc:
@@ -143,7 +143,7 @@ class WorkerLoop:
                 raise
             self.ensure_group()  # the group (or the stream) was deleted under us
             return [], None
-        return self.processor.reader.parse(reply), moved_reply(moved)[1]
+        return _deliveries(reply), moved_reply(moved)[1]
 
     def _recover(self, own_idle_ms: int | None = None) -> int:
         """Claim and settle orphans one at a time (see recovery.py for why), our own

@@ -86,14 +86,14 @@ class Outcomes:
             batch.actions.append(lambda pipe: self.idempotency.release(pipe, items))
 
     def dead(self, batch: Settlement, delivery: Delivery, reason: str, error: ErrorDescription,
-             leased: Leased | None = None, lease_item: tuple[str, str] | None = None) -> None:
+             leased: Leased | None = None) -> None:
         now = self.clock_ms()
         letter = DeadLetter(
             payload=to_text(delivery.payload), original_id=delivery.original_id,
             reason=reason, error_type=error.type_name, error_message=error.message, traceback=error.trace,
             attempts=delivery.attempt + (0 if reason == "invalid_payload" else 1),
             first_failure_ms=delivery.first_failed_ms or now, last_failure_ms=now, consumer=self.consumer)
-        key, lease = leased.lease_item if leased else lease_item or ("", "")
+        key, lease = leased.lease_item if leased else ("", "")
         batch.actions.append(lambda pipe: self.dlq.send(pipe, delivery.entry_id, letter, key, lease))
         batch.result.dead_lettered += 1
         log.error("message moved to the dead-letter queue", extra={

@@ -1,7 +1,6 @@
 """Handling one batch of deliveries, as a pipeline of steps with one job each:
 
-    read_lease.py read:   the busy loop's read, leasing each entry in the same script
-    admission.py  check:  dead-letter what must not be called again, parse, drop in-batch copies
+    admission.py  read:   dead-letter what must not be called again, parse, drop in-batch copies
     leasing.py    lease:  take the leases in one round trip; re-check a lease gone stale
     call.py       call:   one handler call, whatever it raises, as a CallOutcome (+ observers)
     outcomes.py   record: each outcome as its part of the settlement (ack, retry, DLQ, ...)
@@ -38,7 +37,6 @@ from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.lease_keeper import LeaseKeeper
 from email_ingestion.worker.leasing import Leasing
 from email_ingestion.worker.outcomes import Outcomes
-from email_ingestion.worker.read_lease import ReadAndLease
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.settle import SettleCadence, Settler
 from email_ingestion.worker.timings import ProcessorTimings
@@ -51,10 +49,9 @@ __all__ = ["BatchProcessor", "BatchResult", "ProcessorTimings"]
 
 
 class BatchProcessor:
-    def __init__(self, *, reader: ReadAndLease, admission: Admission, leasing: Leasing, call: HandlerCall, outcomes: Outcomes,
+    def __init__(self, *, admission: Admission, leasing: Leasing, call: HandlerCall, outcomes: Outcomes,
                  settler: Settler, deadline: Deadline, recovery: Recovery, metrics: WorkerMetrics,
                  timings: ProcessorTimings, clock_ms: Clock = wall_ms) -> None:
-        self.reader = reader  # used by the loop (loop.py): the read happens there
         self.admission = admission
         self.leasing = leasing
         self.call = call
