@@ -24,6 +24,7 @@ from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
 from email_ingestion.worker.settle import Settler
+from email_ingestion.worker.timeout_exit import TimeoutExit
 from email_ingestion.worker.timings import ProcessorTimings
 
 
@@ -36,11 +37,13 @@ def build_processor(client: redis.Redis, *, settings: Settings, keys: StreamKeys
                         dlq=DeadLetterQueue(client, keys=keys, clock_ms=clock_ms),
                         backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds,
                                         retry.max_retries), clock_ms=clock_ms)
+    settler = Settler(client, idempotency=idempotency, heartbeat=recovery.beat, redis_wait=redis_wait,
+                      replication=Replication.from_settings(settings.redis))
     return BatchProcessor(
         admission=Admission(consumer=consumer, max_deliveries=retry.max_deliveries, outcomes=outcomes),
         leasing=Leasing(idempotency=idempotency, outcomes=outcomes),
         call=HandlerCall(handler=handler, consumer=consumer), outcomes=outcomes,
-        settler=Settler(client, idempotency=idempotency, heartbeat=recovery.beat, redis_wait=redis_wait,
-                        replication=Replication.from_settings(settings.redis)),
-        deadline=Deadline(timeout_s=retry.handler_timeout_seconds, timer=timer), recovery=recovery,
+        settler=settler, deadline=Deadline(timeout_s=retry.handler_timeout_seconds, timer=timer),
+        timeout_exit=TimeoutExit(outcomes=outcomes, settler=settler, recovery=recovery,
+                                 handler_timeout_s=retry.handler_timeout_seconds), recovery=recovery,
         metrics=metrics, timings=ProcessorTimings.from_settings(settings.worker, retry), clock_ms=clock_ms)

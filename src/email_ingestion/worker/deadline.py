@@ -3,7 +3,7 @@
 Python cannot stop a thread, so a hung call is not interrupted: past its timeout the
 watcher hands the call's index to `on_timeout`, which records it as failed (reason
 `timeout`), settles what the batch has done, gives back the rest and ends the process for
-its supervisor to restart (processor.py). Nothing the hung call holds stays alive: not its
+its supervisor to restart (timeout_exit.py). Nothing the hung call holds stays alive: not its
 leases, not the heartbeat. When the call holds the GIL this thread cannot run at all; the
 kernel timer (kernel_timer.py) ends the process GRACE_S later instead.
 """

@@ -5,33 +5,28 @@
     call.py       call:   one handler call, whatever it raises, as a CallOutcome (+ observers)
     outcomes.py   record: each outcome as its part of the settlement (ack, retry, DLQ, ...)
     settle.py     settle: land the settlement in one MULTI, as often as the cadence asks
-    deadline.py   the soft deadline of a call; kernel_timer.py the hard one
+    deadline.py   the soft deadline of a call; kernel_timer.py the hard one;
+    timeout_exit.py       what a call past its soft deadline ends in (settle, exit 1)
     lease_keeper.py       renew leases and the heartbeat while the batch is in hand
 
-This module only runs them in order, and owns the timeout path: a call past
-HANDLER_TIMEOUT_SECONDS is recorded as failed (timeout), the batch's handled messages are
-settled, the rest given back, and the process exits for its supervisor to restart it.
+This module only runs them in order, and counts.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
 from email_ingestion.common.clock import Clock, wall_ms
-from email_ingestion.common.errors import HandlerTimeoutError
-from email_ingestion.common.exits import EXIT_FAILED
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.common.text import ms_from_iso
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.admission import Admission
 from email_ingestion.worker.batch import BatchResult, Leased, Settlement
 from email_ingestion.worker.call import CallOutcome, HandlerCall
-from email_ingestion.worker.deadline import TIMEOUT_SETTLE_S, CallWatch, Deadline
+from email_ingestion.worker.deadline import CallWatch, Deadline
 from email_ingestion.worker.delivery import Delivery
-from email_ingestion.worker.describe import describe
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.lease_keeper import LeaseKeeper
@@ -39,6 +34,7 @@ from email_ingestion.worker.leasing import Leasing
 from email_ingestion.worker.outcomes import Outcomes
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.settle import SettleCadence, Settler
+from email_ingestion.worker.timeout_exit import TimeoutExit
 from email_ingestion.worker.timings import ProcessorTimings
 
 log = logging.getLogger(__name__)
@@ -50,7 +46,8 @@ __all__ = ["BatchProcessor", "BatchResult", "ProcessorTimings"]
 
 class BatchProcessor:
     def __init__(self, *, admission: Admission, leasing: Leasing, call: HandlerCall, outcomes: Outcomes,
-                 settler: Settler, deadline: Deadline, recovery: Recovery, metrics: WorkerMetrics,
+                 settler: Settler, deadline: Deadline, timeout_exit: TimeoutExit, recovery: Recovery,
+                 metrics: WorkerMetrics,
                  timings: ProcessorTimings, clock_ms: Clock = wall_ms) -> None:
         self.admission = admission
         self.leasing = leasing
@@ -58,6 +55,7 @@ class BatchProcessor:
         self.outcomes = outcomes
         self.settler = settler
         self.deadline = deadline
+        self.timeout_exit = timeout_exit
         self.recovery = recovery  # the heartbeat, and touching entries in hand
         self.metrics = metrics
         self.timings = timings
@@ -82,7 +80,7 @@ class BatchProcessor:
         to_handle = self.leasing.acquire(candidates, batch) if candidates else []
         if to_handle:
             with self._keeper(to_handle, confirmed_at) as keeper, \
-                    self.deadline.watch(lambda index: self._timed_out(batch, to_handle, index)) as watch:
+                    self.deadline.watch(lambda index: self.timeout_exit(batch, to_handle, index)) as watch:
                 self._handle_all(to_handle, batch, keeper, watch, out_of_time)
         self.settler.settle(batch, out_of_time)
         self._count(batch.result)
@@ -122,25 +120,6 @@ class BatchProcessor:
                            entry_ids=[c.delivery.entry_id for c in to_handle], heartbeat=self.recovery.beat,
                            touch=self.recovery.touch, interval_s=self.timings.renew_interval_s,
                            confirmed_at=confirmed_at, fresh_s=self.timings.fresh_s)
-
-    def _timed_out(self, batch: Settlement, to_handle: list[Leased], index: int) -> None:
-        """From the deadline's thread: the call on to_handle[index] is hung. Record it as
-        failed (timeout), settle what the batch did, give back the rest, and exit."""
-        try:
-            timeout_s = self.timings.handler_timeout_s
-            log.error("handler call timed out; the process exits for its supervisor to restart it "
-                      "(every stream it reads: their batches in hand are reclaimed)", extra={
-                          "stream_id": to_handle[index].delivery.entry_id, "handler_timeout_s": timeout_s})
-            error = describe(HandlerTimeoutError(f"handler still running after {timeout_s} s"))
-            self.outcomes.failed(batch, to_handle[index], error, timed_out=True)
-            self.outcomes.release(batch, to_handle[index + 1:])
-            if self.settler.settle_before_exit(batch, TIMEOUT_SETTLE_S):
-                self.recovery.stop_beating()
-        except Exception:
-            log.exception("the timeout path failed; exiting anyway")
-        finally:
-            logging.shutdown()
-            os._exit(EXIT_FAILED)
 
     def _observe_done(self, payload: EmailPayload) -> None:
         if payload.internal_date:

@@ -131,7 +131,10 @@ class StreamWorkers:
         per_stream = {loop.loop.stream: {**loop.status(), "figures": _figures(loop)} for loop in self.loops}
         first = self.loops[0]
         return {"component": "worker", "consumer": first.loop.consumer, "streams": list(per_stream),
-                "group": first.loop.group, "handler": handler, "counters": self.stats().counters(),
+                "group": first.loop.group, "handler": handler,
+                # From the same snapshot as per_stream: a batch settling meanwhile must not
+                # show in the total and not in its stream.
+                "counters": _total_counters([part["counters"] for part in per_stream.values()]),
                 "circuit_breakers": {b.name: b.snapshot() for b in self.breakers},
                 "redis_unavailable": next((loop.redis_wait.reason for loop in self.loops if loop.redis_wait.reason),
                                           None),
@@ -150,6 +153,10 @@ class StreamWorkers:
 def _figures(loop: WorkerLoop) -> dict[str, Any]:
     keys = loop.loop.keys
     return stream_figures(loop.redis, keys.stream, keys.group, keys.dlq)
+
+
+def _total_counters(parts: list[dict[str, int]]) -> dict[str, int]:
+    return {name: sum(part[name] for part in parts) for name in parts[0]}
 
 
 def _total_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
