@@ -31,6 +31,21 @@ class _NotText(Exception):
         return 42  # type: ignore[return-value]
 
 
+class _Evil(str):
+    def __getitem__(self, index: object) -> str:
+        raise RuntimeError("no")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no")
+
+
+class _EvilText(Exception):
+    """str() gives a str whose own methods raise."""
+
+    def __str__(self) -> str:
+        return _Evil("evil text")
+
+
 class _UnprintablePermanent(PermanentError):
     def __str__(self) -> str:
         raise RuntimeError("no")
@@ -45,7 +60,7 @@ class _Custom(BaseException):
 
 _RAISED: dict[str, type[BaseException]] = {
     "SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit,
-    "BaseException": _Custom, "Unprintable": _Unprintable, "NotText": _NotText,
+    "BaseException": _Custom, "Unprintable": _Unprintable, "NotText": _NotText, "EvilText": _EvilText,
     "UnprintablePermanent": _UnprintablePermanent,
 }
 

@@ -33,15 +33,18 @@ class ErrorDescription:
 
 def describe(exc: BaseException) -> ErrorDescription:
     """The type name, message and traceback of `exc`, each replaced by a note if it cannot be had."""
-    type_name = _guarded(lambda: type(exc).__name__, "<unnamed exception>")
-    message = _guarded(lambda: str(exc), f"<str() of {type_name} failed>")
-    trace = _guarded(lambda: "".join(traceback.format_exception(exc)), f"<traceback of {type_name} unavailable>")
-    return ErrorDescription(type_name[:200], message[:MAX_MESSAGE_CHARS], trace[-MAX_TRACE_CHARS:])
+    type_name = _guarded(lambda: type(exc).__name__, "<unnamed exception>", slice(0, 200))
+    message = _guarded(lambda: str(exc), f"<str() of {type_name} failed>", slice(0, MAX_MESSAGE_CHARS))
+    trace = _guarded(lambda: "".join(traceback.format_exception(exc)), f"<traceback of {type_name} unavailable>",
+                     slice(-MAX_TRACE_CHARS, None))
+    return ErrorDescription(type_name, message, trace)
 
 
-def _guarded(make: Callable[[], object], fallback: str) -> str:
+def _guarded(make: Callable[[], object], fallback: str, part: slice) -> str:
+    """make(), cut to `part`, as a plain str: a str subclass's own methods are never called
+    (its __getitem__ or __len__ may be as broken as the __str__ that made it)."""
     try:
         text = make()
+        return str.__getitem__(text, part) if isinstance(text, str) else fallback
     except BaseException:  # noqa: BLE001 - whatever a user's __str__ raises, even SystemExit
         return fallback
-    return text if isinstance(text, str) else fallback

@@ -95,6 +95,8 @@ class BatchProcessor:
                 self.outcomes.release(batch, to_handle[index:])
                 batch.result.unfinished = len(to_handle) - index
                 return
+            if not keeper.is_fresh():
+                watch.pause()  # the re-check may wait on Redis: not a hung handler
             ours = self.leasing.still_ours(leased, keeper, batch.result)
             if ours is None:  # Redis cannot say: keep what was handled, leave the rest pending
                 batch.result.unfinished = len(to_handle) - index
