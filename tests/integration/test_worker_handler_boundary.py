@@ -107,6 +107,7 @@ def test_argparse_exiting_in_a_multi_stream_worker_stops_no_stream(env, redis_cl
     ("Unprintable", b"max_retries", b"<str() of _Unprintable failed>"),
     ("NotText", b"max_retries", b"<str() of _NotText failed>"),
     ("EvilText", b"max_retries", b"evil text"),
+    ("Undecodable", b"max_retries", b"caf\\udce9"),
     ("UnprintablePermanent", b"permanent", b"<str() of _UnprintablePermanent failed>"),
 ])
 def test_an_error_that_cannot_be_printed_is_still_an_outcome(env, redis_client, raised, reason, message):

@@ -46,6 +46,13 @@ class _EvilText(Exception):
         return _Evil("evil text")
 
 
+class _Undecodable(Exception):
+    """A message made from bytes that were not UTF-8 (surrogateescape)."""
+
+    def __str__(self) -> str:
+        return b"caf\xe9".decode("utf-8", "surrogateescape")
+
+
 class _UnprintablePermanent(PermanentError):
     def __str__(self) -> str:
         raise RuntimeError("no")
@@ -61,6 +68,7 @@ class _Custom(BaseException):
 _RAISED: dict[str, type[BaseException]] = {
     "SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit,
     "BaseException": _Custom, "Unprintable": _Unprintable, "NotText": _NotText, "EvilText": _EvilText,
+    "Undecodable": _Undecodable,
     "UnprintablePermanent": _UnprintablePermanent,
 }
 

@@ -41,10 +41,14 @@ def describe(exc: BaseException) -> ErrorDescription:
 
 
 def _guarded(make: Callable[[], object], fallback: str, part: slice) -> str:
-    """make(), cut to `part`, as a plain str: a str subclass's own methods are never called
-    (its __getitem__ or __len__ may be as broken as the __str__ that made it)."""
+    """make(), cut to `part`, as a plain str that encodes as UTF-8: a str subclass's own
+    methods are never called (its __getitem__ or __len__ may be as broken as its __str__)."""
     try:
         text = make()
-        return str.__getitem__(text, part) if isinstance(text, str) else fallback
+        if not isinstance(text, str):
+            return fallback
+        # Lone surrogates (a message built from undecodable bytes) would fail the UTF-8
+        # encoding of the settlement itself, long after this call.
+        return str.__getitem__(text, part).encode("utf-8", "backslashreplace").decode("utf-8")
     except BaseException:  # noqa: BLE001 - whatever a user's __str__ raises, even SystemExit
         return fallback
