@@ -33,7 +33,13 @@ BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
 DOC_DLQ_ID = "1795376998576-0"  # the id dlq-management.md shows
 STUBS = {
-    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; *) echo "(systemctl $*)" ;; esac',
+    # `stop email-producer` stops the test's producer for real (SIGTERM, then up to 30 s for
+    # it to exit, i.e. become a zombie of the test): `mailbox reset` refuses while one runs.
+    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; '
+                 'stop) if [ "$2" = email-producer ] && [ -n "$RUNBOOK_PRODUCER_PID" ]; then '
+                 'kill "$RUNBOOK_PRODUCER_PID"; for _ in $(seq 300); do '
+                 'grep -q ") Z" "/proc/$RUNBOOK_PRODUCER_PID/stat" 2>/dev/null && break; sleep 0.1; done; fi; '
+                 'echo "(systemctl $*)" ;; *) echo "(systemctl $*)" ;; esac',
     "journalctl": 'echo "(journalctl $*)"',
     "useradd": 'echo "(useradd $*)"',
 }
@@ -165,6 +171,8 @@ def test_every_runbook_command_runs(installation, tmp_path, runbook):
     if "## Install" in page:
         page = page[:page.index("## Install")]  # run by the test above, on an empty host
     procs = start_services(inst) if commands(page) else []
+    if procs:
+        inst["env"]["RUNBOOK_PRODUCER_PID"] = str(procs[0].pid)
     if runbook == "dlq-management.md":
         inst["redis"].xadd(DLQ, {"payload": "{}", "reason": "permanent", "error_type": "PermanentError"}, id=DOC_DLQ_ID)
     try:
