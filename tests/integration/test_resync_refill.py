@@ -158,3 +158,49 @@ def test_identical_messages_follow_the_position_within_an_incarnation(mailbox, p
     once(producer_env)
     counts = Counter(p["message_id"] for p in stream_payloads(redis_client))
     assert counts == {mid(1): 2, mid(2): 2}
+
+
+def test_baseline_recording_killed_midway_resumes(mailbox, producer_env, redis_client, dovecot):
+    """INITIAL_SYNC=new over 300 messages, SIGKILL while their fingerprints are recorded;
+    the next run finishes the baseline, and a re-created copy brings none of them back."""
+    mailbox.append(*[sample_message(i) for i in range(300)])
+    proxy = TcpProxy(dovecot.port, delay_s=0.01).start()
+    env = {**producer_env, "IMAP_PORT": str(proxy.port), "BATCH_SIZE": "10", "INITIAL_SYNC": "new"}
+    try:
+        proc = subprocess.Popen(producer_cmd("--once"), env=env, stderr=subprocess.DEVNULL)
+
+        def baseline_at() -> int:
+            keys = list(redis_client.scan_iter("*:state"))
+            return int(redis_client.hget(keys[0], "baseline_at") or 0) if keys else 0
+
+        midway = wait_until(lambda: baseline_at() >= 30, 60, 0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert midway and baseline_at() < 300, "the kill must land mid-baseline"
+    finally:
+        proxy.stop()
+    once(producer_env, INITIAL_SYNC="new")
+    assert baseline_at() == 300
+    mailbox.recreate()
+    mailbox.append(*[sample_message(i) for i in (*range(300), 800)])
+    once(producer_env, INITIAL_SYNC="new")
+    assert lost_and_repeated(redis_client, {800}) == ([], [])
+
+
+def test_state_of_an_older_version_gets_its_baseline(mailbox, producer_env, redis_client):
+    """A mailbox started with INITIAL_SYNC=new by a version that kept no baseline
+    fingerprints: the first pass after the upgrade records everything up to its position, so
+    a re-created copy without INTERNALDATE brings none of that mail back."""
+    mailbox.append(*[sample_message(i) for i in range(5)])
+    once(producer_env, INITIAL_SYNC="new")
+    mailbox.append(sample_message(900))
+    once(producer_env, INITIAL_SYNC="new")
+    state_key = next(iter(redis_client.scan_iter("*:state")))
+    redis_client.delete(next(iter(redis_client.scan_iter("*:fingerprints"))))  # as an older version left it
+    redis_client.hdel(state_key, "epoch", "baseline_until", "baseline_at")
+    once(producer_env, INITIAL_SYNC="new")
+    assert int(redis_client.hget(state_key, "baseline_at")) == 6
+    mailbox.recreate()
+    mailbox.append(*[sample_message(i) for i in (*range(5), 900, 901)])
+    once(producer_env, INITIAL_SYNC="new")
+    assert lost_and_repeated(redis_client, {900, 901}) == ([], [])
