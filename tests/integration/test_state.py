@@ -115,6 +115,18 @@ def test_rewind_replays_what_a_resync_skipped_and_refuses_while_leased(store, re
     assert store.emit(9, 4, items(1, 2)) == []
 
 
+def test_a_reset_to_zero_survives_a_uidvalidity_change(store, redis_client):
+    """`reset --uid 0` means the whole folder: a change before the producer began it re-emits
+    everything up to the new target; a reset to another UID ends with the old UIDs."""
+    store.emit(5, 2, items(1, 2))
+    store.rewind(0)
+    assert store.begin_resync(9, 3).replay_until == 3
+    assert len(store.emit(9, 4, items(1, 2, 3, 4))) == 4
+    store.rewind(2)
+    assert store.begin_resync(12, 4).replay_until == 0
+    assert store.emit(12, 4, items(1, 2, 3, 4)) == []
+
+
 def test_fingerprints_are_kept_compactly_up_to_the_cap(redis_client):
     """The scripts record the digest Python computes; a full bucket drops its oldest record,
     so with a cap of one per bucket the first of two same-bucket fingerprints is forgotten."""

@@ -89,12 +89,17 @@ return found
 """
 
 # KEYS: lease, state. ARGV: fence, new uidvalidity, resync_until, now_ms. A new epoch
-# begins: position 0, nothing replayed, no baseline pending (the old UIDs mean nothing).
-# Idempotent: a second call for the same UIDVALIDITY (lost reply) changes nothing.
+# begins: position 0, no baseline pending (the old UIDs mean nothing), nothing replayed -
+# except after a `reset --uid 0` not yet begun, which means the whole folder, whatever its
+# UIDs: it replays everything up to the new target. Idempotent: a second call for the same
+# UIDVALIDITY (lost reply) changes nothing.
 BEGIN_RESYNC = _FENCE + """
-if redis.call('HGET', KEYS[2], 'uidvalidity') == ARGV[2] then return 1 end
+local s = redis.call('HMGET', KEYS[2], 'uidvalidity', 'last_uid', 'replay_until')
+if s[1] == ARGV[2] then return 1 end
+local replay = 0
+if tonumber(s[2] or '0') == 0 and tonumber(s[3] or '0') > 0 then replay = ARGV[3] end
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
-redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[2], 'last_uid', 0, 'resync_until', ARGV[3], 'replay_until', 0,
+redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[2], 'last_uid', 0, 'resync_until', ARGV[3], 'replay_until', replay,
            'baseline_until', 0, 'baseline_at', 0, 'updated_at_ms', ARGV[4])
 return 1
 """

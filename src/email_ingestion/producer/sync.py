@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 ShouldStop = Callable[[], bool]
 
+# Baseline batches recorded before new mail is looked at again (10,000 messages at 500).
+BASELINE_STEP_BATCHES = 20
+
 
 @dataclass
 class PassResult:
@@ -85,6 +88,7 @@ class MailboxSync:
         self._make_builder = make_builder
         self.clock_ms = clock_ms
         self.backpressured = False
+        self.baseline_left = False  # the first run's baseline has more to record
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
         with correlation() as pass_id:
@@ -95,7 +99,7 @@ class MailboxSync:
                 # Mail that arrived during the pass was announced in the replies to the pass's
                 # own commands and absorbed there; IDLE will not announce it again (§7).
                 again = self.session.examine()
-                if not _has_new_mail(status, again):
+                if not (_has_new_mail(status, again) or self.baseline_left):
                     break
                 status = again
             self.metrics.polls.inc()
@@ -108,6 +112,7 @@ class MailboxSync:
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
+        self.baseline_left = False
         stored = self.store.load()
         last = status.uidnext - 1 if status.uidnext else self.session.highest_uid()
         if stored is not None and stored.uidvalidity != status.uidvalidity:
@@ -138,12 +143,16 @@ class MailboxSync:
     def _record_baseline(self, uidvalidity: int, stored: MailboxState, should_stop: ShouldStop,
                          result: PassResult) -> None:
         """Record the fingerprints of the mail the first run skipped (header-only FETCHes),
-        resumable: the state says how far it got."""
+        a step of BASELINE_STEP_BATCHES batches at a time so that new mail is looked at in
+        between; resumable: the state says how far it got."""
         log.info("recording fingerprints of the mail present at the first run",
                  extra={"from_uid": stored.baseline_at + 1, "to_uid": stored.baseline_until})
-        for batch in self._windows(stored.baseline_at + 1, stored.baseline_until):
+        for count, batch in enumerate(self._windows(stored.baseline_at + 1, stored.baseline_until)):
             if should_stop():
                 result.interrupted = True
+                return
+            if count == BASELINE_STEP_BATCHES:
+                self.baseline_left = True
                 return
             metas = self.fetcher.metadata(batch.uids)
             if not self.store.record_baseline(uidvalidity, [m.fingerprint for m in metas], batch.uids[-1]):
@@ -156,6 +165,10 @@ class MailboxSync:
                     extra={"old_uidvalidity": stored.uidvalidity, "new_uidvalidity": status.uidvalidity,
                            "resync_until_uid": last})
         self.metrics.uidvalidity_changes.inc()
+        if stored.baseline_pending:
+            log.warning("UIDVALIDITY changed before the first run's baseline was recorded: mail present then "
+                        "and not recorded may be delivered by this re-sync",
+                        extra={"baseline_at_uid": stored.baseline_at, "baseline_until_uid": stored.baseline_until})
         result.uidvalidity_changed = True
         return self.store.begin_resync(status.uidvalidity, last)
 
