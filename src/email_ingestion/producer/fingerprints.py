@@ -12,8 +12,8 @@ when they arrive in the same incarnation; the false-merge risk is confined to ma
 matches mail of an earlier incarnation.
 
 Layout, chosen for bytes per message (scripts/bench_fingerprints.py measures it): one hash
-per mailbox; the fingerprint's 8-byte digest (first 8 bytes of its SHA-1, computed inside
-the scripts with redis.sha1hex) picks one of 4,096 buckets (its first 12 bits), and each
+per mailbox; the fingerprint's 8-byte digest (the first 8 bytes of its SHA-1, computed here
+and passed to the scripts) picks one of 4,096 buckets (its first 12 bits), and each
 bucket's value is a string of 12-byte records (the digest, then the epoch as a big-endian
 32-bit number), oldest first. A plain hash field per fingerprint costs ~56-64 bytes in
 Redis (dict entry, two strings, the bucket slot); packed records cost ~12. A lookup scans
@@ -40,10 +40,6 @@ RECORD_BYTES = 12
 LUA = """
 local FP_RECORD = 12
 local fp_cache, fp_dirty = {}, {}
-local function fp_digest(fp)
-  return (string.gsub(string.sub(redis.sha1hex(fp), 1, 16), '..',
-                      function(h) return string.char(tonumber(h, 16)) end))
-end
 local function fp_bucket(d)
   return tostring(string.byte(d, 1) * 16 + math.floor(string.byte(d, 2) / 16))
 end
@@ -61,18 +57,16 @@ local function fp_find(v, d)
     init = p + 1
   end
 end
--- The epoch `fp` was recorded in, or nil.
-local function fp_epoch(key, fp)
-  local d = fp_digest(fp)
+-- The epoch digest `d` was recorded in, or nil.
+local function fp_epoch(key, d)
   local v = fp_load(key, fp_bucket(d))
   local p = fp_find(v, d)
   if p == nil then return nil end
   return (struct.unpack('>I4', v, p + 8))
 end
--- Record `fp` in `epoch` (moving an older record to it only when `refresh`), keeping at
--- most `keep` records in its bucket, the newest.
-local function fp_record(key, fp, epoch, keep, refresh)
-  local d = fp_digest(fp)
+-- Record digest `d` in `epoch` (moving an older record to it only when `refresh`), keeping
+-- at most `keep` records in its bucket, the newest.
+local function fp_record(key, d, epoch, keep, refresh)
   local b = fp_bucket(d)
   local v = fp_load(key, b)
   local p = fp_find(v, d)
@@ -100,7 +94,7 @@ end
 
 
 def digest(fingerprint: str) -> bytes:
-    """The 8 bytes a fingerprint is kept as (the scripts compute the same with redis.sha1hex)."""
+    """The 8 bytes a fingerprint is kept as."""
     return hashlib.sha1(fingerprint.encode(), usedforsecurity=False).digest()[:8]
 
 

@@ -31,7 +31,7 @@ from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import Replication, redis_errors
 from email_ingestion.common.text import to_text
 from email_ingestion.producer import state_lua
-from email_ingestion.producer.fingerprints import per_bucket
+from email_ingestion.producer.fingerprints import digest, per_bucket
 from email_ingestion.producer.payloads import Emission
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class StateStore:
     def record_baseline(self, uidvalidity: int, fingerprints: Sequence[str], done_until: int) -> bool:
         """Record fingerprints of first-run mail, and that the baseline is done up to
         `done_until`; False when the UIDVALIDITY has moved on (nothing written)."""
-        args: list[str | int] = [self.fence, uidvalidity, done_until, self.per_bucket, *fingerprints]
+        args: list[str | int | bytes] = [self.fence, uidvalidity, done_until, self.per_bucket,
+                                         *(digest(fp) for fp in fingerprints)]
         with redis_errors("baseline record"):
             done = self._baseline(keys=[self.keys.lease, self.keys.state, self.keys.fingerprints], args=args)
         self._check_fence(done)
@@ -135,10 +136,10 @@ class StateStore:
 
         Returns the stream ids of the entries added (fewer than items when some were
         already emitted, or recorded in an earlier incarnation of the folder)."""
-        args: list[str | int] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD, PRODUCER,
-                                 self.per_bucket]
+        args: list[str | int | bytes] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD,
+                                         PRODUCER, self.per_bucket]
         for item in items:
-            args.extend((item.fingerprint, item.uid, item.payload))
+            args.extend((item.fingerprint, digest(item.fingerprint), item.uid, item.payload))
         keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.fingerprints, self.keys.seen]
         with redis_errors("stream append"):
             added = self._emit(keys=keys, args=args)
@@ -151,8 +152,10 @@ class StateStore:
         if not fingerprints:
             return []
         with redis_errors("fingerprint lookup"):
-            found = self._gated(keys=[self.keys.state, self.keys.fingerprints, self.keys.seen],
-                                args=[uidvalidity, *fingerprints])
+            args: list[str | int | bytes] = [uidvalidity]
+            for fp in fingerprints:
+                args.extend((fp, digest(fp)))
+            found = self._gated(keys=[self.keys.state, self.keys.fingerprints, self.keys.seen], args=args)
         return [bool(x) for x in found]
 
     def _loaded(self, reply: object) -> MailboxState:

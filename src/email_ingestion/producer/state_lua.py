@@ -19,13 +19,14 @@ _FENCE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 """
 
-# Needs locals fps, legacy, epoch, uidvalidity. True when `fp` was recorded in an earlier
-# epoch: in the compact record, or (state written by versions before epochs) in the legacy
-# `seen` hash of fingerprint -> "uidvalidity:uid", under another UIDVALIDITY.
+# Needs locals fps, legacy, epoch, uidvalidity. True when fingerprint `fp` (digest `d`)
+# was recorded in an earlier epoch: in the compact record, or (state written by versions
+# before epochs) in the legacy `seen` hash of fingerprint -> "uidvalidity:uid", under
+# another UIDVALIDITY.
 _EARLIER = """
 local has_legacy = redis.call('EXISTS', legacy) == 1
-local function earlier(fp)
-  local e = fp_epoch(fps, fp)
+local function earlier(fp, d)
+  local e = fp_epoch(fps, d)
   if e ~= nil then return e < epoch end
   if not has_legacy then return false end
   local v = redis.call('HGET', legacy, fp)
@@ -35,7 +36,7 @@ end
 
 # KEYS: lease, stream, state, fingerprints, legacy seen. ARGV: fence, uidvalidity, last_uid,
 # now_ms, since_ms, payload field name, producer field name, records kept per bucket, then
-# per item fingerprint, uid, payload. An item goes out when its UID is above the position
+# per item fingerprint, its digest, uid, payload. An item goes out when its UID is above the position
 # and its fingerprint was not recorded in an earlier epoch (unless a reset replays its UID).
 # A fenced entry also records the fence value (who wrote it).
 EMIT = _FENCE + _FP + """
@@ -54,14 +55,14 @@ if stored[1] and stored[1] ~= uidvalidity then
 end
 """ + _EARLIER + """
 local added = {}
-for i = 9, #ARGV, 3 do
-  local fp, uid = ARGV[i], tonumber(ARGV[i + 1])
-  if uid > position and (uid <= replay_until or not earlier(fp)) then
-    fp_record(fps, fp, epoch, keep, true)
+for i = 9, #ARGV, 4 do
+  local fp, d, uid = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if uid > position and (uid <= replay_until or not earlier(fp, d)) then
+    fp_record(fps, d, epoch, keep, true)
     if ARGV[1] == '' then
-      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2])
+      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 3])
     else
-      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2], producer_field, ARGV[1])
+      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 3], producer_field, ARGV[1])
     end
   end
 end
@@ -72,7 +73,8 @@ redis.call('HSETNX', state, 'since_ms', since_ms)
 return added
 """
 
-# KEYS: state, fingerprints, legacy seen. ARGV: uidvalidity, then fingerprints. Read only:
+# KEYS: state, fingerprints, legacy seen. ARGV: uidvalidity, then per fingerprint the
+# fingerprint and its digest. Read only:
 # 1 per fingerprint recorded in an earlier epoch, else 0 (all 0 when the stored UIDVALIDITY
 # is another: the emit script then decides alone).
 GATED = _FP + """
@@ -82,8 +84,8 @@ local stored = redis.call('HMGET', state, 'uidvalidity', 'epoch')
 local epoch = tonumber(stored[2] or '0')
 """ + _EARLIER + """
 local found = {}
-for i = 2, #ARGV do
-  found[#found + 1] = (stored[1] == uidvalidity and earlier(ARGV[i])) and 1 or 0
+for i = 2, #ARGV, 2 do
+  found[#found + 1] = (stored[1] == uidvalidity and earlier(ARGV[i], ARGV[i + 1])) and 1 or 0
 end
 return found
 """
@@ -114,7 +116,7 @@ return 1
 """
 
 # KEYS: lease, state, fingerprints. ARGV: fence, uidvalidity, baseline done up to this UID,
-# records kept per bucket, then fingerprints of mail present at the first run. Recorded in
+# records kept per bucket, then the digests of mail present at the first run. Recorded in
 # the current epoch unless recorded already; nothing when the UIDVALIDITY moved on.
 BASELINE = _FENCE + _FP + """
 local state, fps = KEYS[2], KEYS[3]
