@@ -175,6 +175,8 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     other = StateStore(client=cluster_client, keys=MailboxKeys(STREAM, settings.imap.user, "other"))
     other.start(5, position=2, since_ms=1, baseline_until=2)
     assert other.record_baseline(5, ["c:one", "c:two"], 2)
+    cluster_client.hdel(other.keys.state, "baseline_until")  # as a version before baselines left it
+    assert other.load().baseline_pending
     assert other.rewind(0) == 2
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]

@@ -41,6 +41,7 @@ DEFAULT_FINGERPRINTS_KEPT = 5_000_000
 _FIELDS = ("uidvalidity", "last_uid", "since_ms", "resync_until", "epoch", "replay_until", "baseline_until",
            "baseline_at")
 
+
 @dataclass(frozen=True)
 class MailboxState:
     uidvalidity: int
@@ -83,9 +84,12 @@ class StateStore:
 
     def load(self) -> MailboxState | None:
         with redis_errors("state load"):
-            if self._plan_baseline(keys=[self.keys.state]):
-                log.info("recording the fingerprints of the first run's baseline (state of an older version)")
             values = self.redis.hmget(self.keys.state, *_FIELDS)
+            if values[0] is not None and values[6] is None and int(values[2] or 0) > 0:
+                # INITIAL_SYNC=new/since under a version that kept no baseline fingerprints.
+                if self._plan_baseline(keys=[self.keys.state]):
+                    log.info("recording the fingerprints of the first run's baseline (state of an older version)")
+                values = self.redis.hmget(self.keys.state, *_FIELDS)
         if values[0] is None:
             return None
         return MailboxState(*(int(value or 0) for value in values))
