@@ -8,6 +8,8 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
@@ -95,14 +97,15 @@ def test_reset_to_zero_after_a_resync_re_emits_every_message(mailbox, producer_e
     assert set(again.values()) == {1}
 
 
+@pytest.mark.slow
 def test_reset_during_an_interrupted_resync_re_emits_the_whole_folder_once(mailbox, producer_env, redis_client,
                                                                           dovecot):
     """A re-sync killed midway, then `reset --uid 0`: the next run emits every message of
     the folder exactly once (the part the re-sync had not reached included)."""
-    mailbox.append(*(sample_message(i) for i in range(120)))
+    mailbox.append(*(sample_message(i) for i in range(200)))
     assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
     mailbox.recreate()
-    mailbox.append(*(sample_message(i) for i in (*range(120), 900)))
+    mailbox.append(*(sample_message(i) for i in (*range(200), 900)))
     proxy = TcpProxy(dovecot.port, delay_s=0.01).start()
     try:
         proc = subprocess.Popen(producer_cmd("--once"), env={**producer_env, "IMAP_PORT": str(proxy.port),
@@ -114,7 +117,7 @@ def test_reset_during_an_interrupted_resync_re_emits_the_whole_folder_once(mailb
                             and int(redis_client.hget(state_key, "last_uid")) >= 20, 60, 0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert midway and int(redis_client.hget(state_key, "last_uid")) < 121, "the kill must land mid-re-sync"
+        assert midway and int(redis_client.hget(state_key, "last_uid")) < 201, "the kill must land mid-re-sync"
     finally:
         proxy.stop()
     assert wait_until(lambda: not list(redis_client.scan_iter("*:lease")), 30)  # the killed producer's lease
@@ -122,7 +125,7 @@ def test_reset_during_an_interrupted_resync_re_emits_the_whole_folder_once(mailb
     assert reset_to_zero(producer_env, mailbox.name).returncode == 0
     assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
     again = message_ids_after(redis_client, mark)
-    assert len(again) == 121 and set(again.values()) == {1}
+    assert len(again) == 201 and set(again.values()) == {1}
 
 
 def test_reset_is_refused_while_a_producer_holds_the_mailbox(mailbox, producer_env, redis_client):

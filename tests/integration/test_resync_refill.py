@@ -10,6 +10,8 @@ import signal
 import subprocess
 from collections import Counter
 
+import pytest
+
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import producer_cmd, stream_payloads
@@ -80,13 +82,14 @@ def test_two_uidvalidity_changes_in_a_row_repeat_nothing(mailbox, producer_env, 
     assert lost_and_repeated(redis_client, {*range(10), 300, 301}) == ([], [])
 
 
+@pytest.mark.slow
 def test_resync_killed_then_refilled_resumes_without_repeats(mailbox, producer_env, redis_client, dovecot):
-    """SIGKILL in the middle of a re-sync, then more old mail and a new message are copied
-    back before the next run: 0 lost, 0 repeated."""
+    """SIGKILL in the middle of a re-sync, then more old mail (and a second copy of some) and
+    a new message are copied back before the next run: 0 lost, 0 repeated."""
     mailbox.append(*[sample_message(i) for i in range(300)])
     once(producer_env)
     mailbox.recreate()
-    mailbox.append(*[sample_message(i) for i in range(150)])
+    mailbox.append(*[sample_message(i) for i in range(250)])
     proxy = TcpProxy(dovecot.port, delay_s=0.01).start()
     env = {**producer_env, "IMAP_PORT": str(proxy.port), "BATCH_SIZE": "10"}
     try:
@@ -97,10 +100,10 @@ def test_resync_killed_then_refilled_resumes_without_repeats(mailbox, producer_e
                             and int(redis_client.hget(state_key, "last_uid")) >= 30, 60, 0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert midway and int(redis_client.hget(state_key, "last_uid")) < 150, "the kill must land mid-re-sync"
+        assert midway and int(redis_client.hget(state_key, "last_uid")) < 250, "the kill must land mid-re-sync"
     finally:
         proxy.stop()
-    mailbox.append(*[sample_message(i) for i in (*range(150, 300), 400)])
+    mailbox.append(*[sample_message(i) for i in (*range(250, 300), *range(40), 400)])
     once(producer_env)
     assert lost_and_repeated(redis_client, {*range(300), 400}) == ([], [])
 
@@ -160,10 +163,11 @@ def test_identical_messages_follow_the_position_within_an_incarnation(mailbox, p
     assert counts == {mid(1): 2, mid(2): 2}
 
 
+@pytest.mark.slow
 def test_baseline_recording_killed_midway_resumes(mailbox, producer_env, redis_client, dovecot):
-    """INITIAL_SYNC=new over 300 messages, SIGKILL while their fingerprints are recorded;
+    """INITIAL_SYNC=new over 600 messages, SIGKILL while their fingerprints are recorded;
     the next run finishes the baseline, and a re-created copy brings none of them back."""
-    mailbox.append(*[sample_message(i) for i in range(300)])
+    mailbox.append(*[sample_message(i) for i in range(600)])
     proxy = TcpProxy(dovecot.port, delay_s=0.01).start()
     env = {**producer_env, "IMAP_PORT": str(proxy.port), "BATCH_SIZE": "10", "INITIAL_SYNC": "new"}
     try:
@@ -176,13 +180,13 @@ def test_baseline_recording_killed_midway_resumes(mailbox, producer_env, redis_c
         midway = wait_until(lambda: baseline_at() >= 30, 60, 0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert midway and baseline_at() < 300, "the kill must land mid-baseline"
+        assert midway and baseline_at() < 600, "the kill must land mid-baseline"
     finally:
         proxy.stop()
     once(producer_env, INITIAL_SYNC="new")
-    assert baseline_at() == 300
+    assert baseline_at() == 600
     mailbox.recreate()
-    mailbox.append(*[sample_message(i) for i in (*range(300), 800)])
+    mailbox.append(*[sample_message(i) for i in (*range(600), 800)])
     once(producer_env, INITIAL_SYNC="new")
     assert lost_and_repeated(redis_client, {800}) == ([], [])
 
