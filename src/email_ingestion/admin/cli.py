@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
+from email_ingestion.common.env_files import ENV_FILE_VARIABLE
 
 # name -> (module with main(argv), one-line help); imported only when chosen.
 _PROGRAMS: dict[str, tuple[str, str]] = {
@@ -24,6 +26,7 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "tail": ("email_ingestion.admin.tail", "summaries of the newest payloads (no addresses or subjects by default)"),
     "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
     "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
+    "config": ("email_ingestion.admin.config_show", "the settings in effect (secrets redacted) and where each came from"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 
@@ -43,9 +46,29 @@ def _program(name: str) -> Callable[[list[str] | None], int]:
     return main
 
 
+def _take_env_file(args: list[str]) -> list[str]:
+    """`--env-file F` is accepted anywhere (before or after the subcommand, for every
+    subcommand): it is taken out and handed on as EMAIL_INGEST_ENV_FILE, which every
+    settings load reads when no file is named."""
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--env-file" and index + 1 < len(args):
+            os.environ[ENV_FILE_VARIABLE] = args[index + 1]
+            index += 2
+            continue
+        if arg.startswith("--env-file="):
+            os.environ[ENV_FILE_VARIABLE] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    return rest
+
+
 @closed_pipe_is_quiet
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _take_env_file(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     if args and args[0] in _PROGRAMS:
         return _program(args[0])(args[1:])

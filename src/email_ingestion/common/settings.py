@@ -25,7 +25,10 @@ from email_ingestion.common.keys import hash_tag
 
 def _config(prefix: str) -> SettingsConfigDict:
     # No infinite or NaN durations: they pass `gt=0` and then overflow timers at runtime.
-    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False)
+    # An empty value means unset: `IMAP_PORT=` (an uncommented line of .env.example) is the
+    # default, not an invalid number.
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False,
+                              env_ignore_empty=True)
 
 
 class ImapSettings(BaseSettings):
@@ -283,6 +286,7 @@ class Settings:
     retry: RetrySettings
     # Variables with a project prefix that no setting reads (typos), with the nearest name.
     warnings: tuple[str, ...] = ()
+    env_file: Path | None = None  # the file the values were read from, if any
 
     def worker_streams(self) -> tuple[str, ...]:
         """The streams a worker reads: WORKER_STREAMS (or --stream, repeated), else REDIS_STREAM_NAME."""
@@ -317,8 +321,10 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
             groups[name] = cls(_env_file=path, **values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
-    warnings = unknown_variables([*os.environ, *file_variables(path)], (row[0] for row in env_reference()))
-    return Settings(**groups, warnings=tuple(warnings))
+    known = [row[0] for row in env_reference()]
+    warnings = [*unknown_variables(os.environ, known, where="the environment"),
+                *unknown_variables(file_variables(path), known, where=str(path), every_name=True)]
+    return Settings(**groups, warnings=tuple(warnings), env_file=path)
 
 
 def log_warnings(settings: Settings, log: Any) -> None:
@@ -361,6 +367,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def settings_fields() -> list[tuple[str, str, str]]:
+    """(group, field, VARIABLE) for every setting, in the reference's order."""
+    return [(group, name, f"{prefix}{name}".upper())
+            for group, (cls, prefix) in _GROUPS.items() for name in cls.model_fields]
 
 
 def env_reference() -> list[tuple[str, str, str]]:
