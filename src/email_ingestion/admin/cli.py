@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from email_ingestion.admin.common import closed_pipe_is_quiet
 from email_ingestion.common.cli_args import add_version
-from email_ingestion.common.env_files import ENV_FILE_VARIABLE
 
 # name -> (module with main(argv), one-line help); imported only when chosen.
 _PROGRAMS: dict[str, tuple[str, str]] = {
@@ -46,29 +44,32 @@ def _program(name: str) -> Callable[[list[str] | None], int]:
     return main
 
 
-def _take_env_file(args: list[str]) -> list[str]:
-    """`--env-file F` is accepted anywhere (before or after the subcommand, for every
-    subcommand): it is taken out and handed on as EMAIL_INGEST_ENV_FILE, which every
-    settings load reads when no file is named."""
+def _env_file_first(args: list[str]) -> list[str]:
+    """`--env-file F` is accepted anywhere (before or after the subcommand, after its own
+    subcommand): it is moved to just after the subcommand's name, where every program's
+    top-level parser reads it."""
     rest: list[str] = []
+    found: list[str] = []
     index = 0
     while index < len(args):
         arg = args[index]
         if arg == "--env-file" and index + 1 < len(args):
-            os.environ[ENV_FILE_VARIABLE] = args[index + 1]
+            found = [arg, args[index + 1]]
             index += 2
             continue
         if arg.startswith("--env-file="):
-            os.environ[ENV_FILE_VARIABLE] = arg.split("=", 1)[1]
+            found = ["--env-file", arg.split("=", 1)[1]]
         else:
             rest.append(arg)
         index += 1
-    return rest
+    if not found or not rest:
+        return rest + found
+    return [rest[0], *found, *rest[1:]]
 
 
 @closed_pipe_is_quiet
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _take_env_file(list(sys.argv[1:] if argv is None else argv))
+    args = _env_file_first(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     if args and args[0] in _PROGRAMS:
         return _program(args[0])(args[1:])

@@ -60,7 +60,12 @@ class Target:
 
 
 def target(settings: Settings) -> Target:
-    stream, group = settings.redis.stream_name, settings.worker.group
+    return target_for(settings, settings.redis.stream_name)
+
+
+def target_for(settings: Settings, stream: str) -> Target:
+    """The target for one of the streams the workers read (WORKER_STREAMS)."""
+    group = settings.worker.group
     return Target(make_redis(settings.redis), stream, group, dlq_stream(stream, settings.retry.dlq_stream_name),
                   StreamKeys(stream=stream, group=group))
 
