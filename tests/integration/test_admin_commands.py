@@ -309,3 +309,30 @@ def test_status_names_each_degradation(redis_server, redis_client):
     assert "backpressure: 3 unacknowledged entries >= REDIS_MAX_STREAM_LENGTH 3" in done.stdout
     assert "retries overdue by" in done.stdout and "no live worker" not in done.stdout
     assert "retries: 1 scheduled, next due" in done.stdout
+
+
+def test_tools_print_for_people_unless_asked_for_json(mailbox, producer_env, redis_server, redis_client):
+    """`mailbox show` prints ISO instants (JSON only with --json), `consumers` human idle times,
+    `producer --help` names itself as typed, and the exporter says where it listens."""
+    mailbox.append(sample_message(1))
+    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    show = ingest(producer_env, "mailbox", "show", "--account", "alice@example.com", "--mailbox", mailbox.name)
+    assert show.returncode == 0 and "last_uid: 1" in show.stdout and "updated_at: 20" in show.stdout
+    assert not show.stdout.lstrip().startswith("{") and "_ms" not in show.stdout
+    as_json = ingest(producer_env, "mailbox", "show", "--json", "--account", "alice@example.com", "--mailbox", mailbox.name)
+    assert json.loads(as_json.stdout)["position"]["last_uid"] == 1
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "c-1", {STREAM: ">"}, count=1)
+    listing = ingest(clean_env(redis_server.url), "consumers")
+    assert "name=c-1" in listing.stdout and "idle=" in listing.stdout and "idle_ms" not in listing.stdout
+    helped = ingest(clean_env(redis_server.url), "producer", "--help")
+    assert helped.stdout.startswith("usage: email-ingest producer")
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "email_ingestion", "exporter", "--port", str(port)],
+                                env=clean_env(redis_server.url), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert exporter.stdout is not None
+        assert f"listening on http://127.0.0.1:{port}/metrics" in exporter.stdout.readline()
+    finally:
+        exporter.terminate()
+        exporter.wait(30)

@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _env_file_first(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     if args and args[0] in _PROGRAMS:
+        # Programs whose parser takes its name from argv[0] call themselves "email-ingest
+        # producer", as the operator typed it, in --help and errors.
+        sys.argv[0] = f"email-ingest {args[0]}"
         return _program(args[0])(args[1:])
     parser.parse_args(args)
     parser.print_help()

@@ -48,6 +48,9 @@ def serve(where: Target, host: str, port: int, stop: threading.Event) -> None:
                 "figures": stream_figures(where.client, where.stream, where.group, where.dlq)}
 
     server = start_health(registry_for(where, liveness), liveness, ready, status, port, host, "--port")
+    # Operators starting it by hand need to know where to point Prometheus.
+    print(f"exporter: listening on http://{host}:{port}/metrics (stream {where.stream}, group {where.group})",
+          flush=True)
     try:
         while not stop.wait(TICK_S):
             liveness.tick()
