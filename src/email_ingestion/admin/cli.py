@@ -25,6 +25,10 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
     "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
     "config": ("email_ingestion.admin.config_show", "the settings in effect (secrets redacted) and where each came from"),
+    "kit": ("email_ingestion.admin.kit", "copy the operator kit (config, alerts, dashboard, runbooks, units) to a directory"),
+    "units": ("email_ingestion.admin.kit:units_main", "write systemd units that run this installation's commands"),
+    "backup": ("email_ingestion.admin.backup", "snapshot Redis (BGSAVE) into a verified, checksummed backup file"),
+    "restore": ("email_ingestion.admin.restore", "restore a backup file (verified first)"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 
@@ -39,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _program(name: str) -> Callable[[list[str] | None], int]:
-    module = importlib.import_module(_PROGRAMS[name][0])
-    main: Callable[[list[str] | None], int] = module.main
+    module_name, _, function = _PROGRAMS[name][0].partition(":")
+    main: Callable[[list[str] | None], int] = getattr(importlib.import_module(module_name), function or "main")
     return main
 
 
