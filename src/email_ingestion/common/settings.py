@@ -418,6 +418,23 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+TABLE_START, TABLE_END = "<!-- settings table: generated, python -m email_ingestion.common.settings --write -->", \
+    "<!-- end of settings table -->"
+
+
+def write_reference(root: Path) -> None:
+    """Regenerate docs/configuration.md's table and .env.example from the settings classes."""
+    doc = root / "docs" / "configuration.md"
+    text = doc.read_text()
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    doc.write_text(f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}")
+    (root / ".env.example").write_text(env_example())
+
+
 if __name__ == "__main__":
     import sys
-    print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")
+    if "--write" in sys.argv:
+        write_reference(Path(__file__).resolve().parents[3])
+    else:
+        print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")
