@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
@@ -37,6 +39,7 @@ from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.dead_letter import DeadLetterQueue
 from email_ingestion.worker.handlers import load_handler
 from email_ingestion.worker.idempotency import Idempotency
+from email_ingestion.worker.key_migration import migrate
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
 from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
@@ -157,6 +160,17 @@ class Shutdown:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
 
+def upgrade_keys(workers: StreamWorkers, dlq_name: str) -> None:
+    """Move retries and dead letters from the key names that tagged streams used to share
+    (key_migration.py); a Redis that cannot be reached now is retried at the next start."""
+    for loop in workers.loops:
+        try:
+            migrate(loop.redis, loop.loop.keys, dlq_name)
+        except redis.RedisError as exc:
+            log.warning("could not check for retries under old key names; checked again at the next start",
+                        extra={"stream": loop.loop.stream, "error": type(exc).__name__})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -183,6 +197,7 @@ def run(workers: StreamWorkers, settings: Settings, burst: bool) -> int:
         "consumer": first.consumer, "stream": ",".join(workers.streams), "group": first.group,
         "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
     tune_after_start_up()
+    upgrade_keys(workers, settings.retry.dlq_stream_name)
     try:
         status = workers.run(burst)
     finally:
