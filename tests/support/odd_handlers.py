@@ -91,3 +91,9 @@ def factory_needs_argument(name: str) -> Any:
 
 
 NOT_CALLABLE = 42
+
+
+def make_generator(payload: EmailPayload, ctx: HandlerContext) -> Any:
+    """A `yield` by mistake: calling it runs nothing."""
+    record(payload, ctx)
+    yield None

@@ -214,6 +214,8 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
+    handler_path: str | None = Field(default=None, description="directories searched for module:callable handlers "
+                                                               "before the installed packages, ':'-separated")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
@@ -289,6 +291,10 @@ class Settings:
         if self.worker.streams is None:
             return (self.redis.stream_name,)
         return tuple(self.worker.streams.split(","))
+
+    def handler_path(self) -> tuple[str, ...]:
+        """The directories of WORKER_HANDLER_PATH (or --handler-path, repeated), in search order."""
+        return tuple(part for part in (self.worker.handler_path or "").split(os.pathsep) if part.strip())
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE: entries per XREADGROUP")
     p.add_argument("--block-timeout", type=int, help="WORKER_BLOCK_TIMEOUT_MS")
     p.add_argument("--handler", help="WORKER_HANDLER: log | noop | jsonl:PATH | webhook:URL | module:callable")
+    p.add_argument("--handler-path", action="append", metavar="DIR",
+                   help="WORKER_HANDLER_PATH: a directory holding your handler's module; repeat for several")
     p.add_argument("--burst", action="store_true", help="exit 0 once nothing is pending and nothing new arrives")
     p.add_argument("--redis-url", help="REDIS_URL")
     p.add_argument("--metrics-port", type=int, help="WORKER_METRICS_PORT (0 disables)")
@@ -75,7 +77,8 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "redis": {"url": args.redis_url},
         "worker": {"streams": ",".join(args.stream) if args.stream else None,
                    "group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
-                   "handler": args.handler, "metrics_port": args.metrics_port},
+                   "handler": args.handler, "metrics_port": args.metrics_port,
+                   "handler_path": os.pathsep.join(args.handler_path) if args.handler_path else None},
         "log": {"level": args.log_level, "format": args.log_format},
     }
 
@@ -106,7 +109,7 @@ def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threa
                breaker_name: str = "redis") -> WorkerLoop:
     """One stream's loop, with a Redis client, handler and recovery of its own."""
     retry, health = settings.retry, settings.health
-    handler = load_handler(settings.worker.handler, retry)
+    handler = load_handler(settings.worker.handler, retry, settings.handler_path())
     client = make_redis(settings.redis)
     keys = StreamKeys.of(stream, settings.worker.group, retry.dlq_stream_name)
     metrics = WorkerMetrics(keys.stream, keys.group, families=families)
