@@ -258,7 +258,10 @@ class RetrySettings(BaseSettings):
                                                        "the worker exits for its supervisor to restart it")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="bound on a whole webhook call, connect "
+                                                                          "to the end of the answer")
+    webhook_ca_file: Path | None = Field(default=None, description="CA bundle to verify the webhook's certificate "
+                                                                   "with (default: certifi's)")
 
 
 _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.common.settings import RetrySettings
 from email_ingestion.worker.awaiting import Awaiting
@@ -53,5 +54,10 @@ def load_handler(spec: str, retry: RetrySettings, handler_path: Sequence[str] = 
         return JsonlHandler(spec[len("jsonl:"):])
     if spec.startswith("webhook:"):
         from email_ingestion.worker.webhook_handler import WebhookHandler
-        return WebhookHandler(spec[len("webhook:"):], retry.webhook_secret, retry.webhook_timeout_seconds)
+        if retry.webhook_timeout_seconds >= retry.handler_timeout_seconds:
+            raise SettingsError(f"invalid setting WEBHOOK_TIMEOUT_SECONDS={retry.webhook_timeout_seconds:g}: must be "
+                                f"below HANDLER_TIMEOUT_SECONDS={retry.handler_timeout_seconds:g}, or a slow "
+                                "endpoint ends the worker instead of failing its message")
+        return WebhookHandler(spec[len("webhook:"):], retry.webhook_secret, retry.webhook_timeout_seconds,
+                              retry.webhook_ca_file)
     return Awaiting(import_handler(spec, handler_path))
