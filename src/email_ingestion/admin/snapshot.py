@@ -142,3 +142,8 @@ def snapshot(target: Target, max_unacked: int) -> dict[str, Any]:
                         "stale": [c for c in group["consumers"] if not c["alive"] and not c["pending"]],
                         "live_not_in_group_yet": sorted(set(alive) - known)},
             "retries": retries(target, now_ms), "dlq": dlq}
+
+
+def snapshots(targets: list[Target], max_unacked: int) -> dict[str, dict[str, Any]]:
+    """snapshot() of each stream the workers read (admin/common.py targets()), by stream name."""
+    return {target.stream: snapshot(target, max_unacked) for target in targets}

@@ -22,10 +22,9 @@ from email_ingestion.admin.common import (
     closed_pipe_is_quiet,
     load,
     parser,
-    target,
-    target_for,
+    targets,
 )
-from email_ingestion.admin.snapshot import snapshot
+from email_ingestion.admin.snapshot import snapshots
 from email_ingestion.common.redis_client import describe
 from email_ingestion.common.settings import Settings
 from email_ingestion.common.text import human_duration
@@ -187,10 +186,7 @@ def _render_retries_and_dlq(snap: dict[str, Any]) -> list[str]:
 def collect(settings: Settings) -> tuple[dict[str, Any], list[str]]:
     """One snapshot per stream the workers read; the first at the top level (as before),
     every one under "streams"; problems of all of them."""
-    snaps = []
-    for stream in settings.worker_streams():
-        per_stream = target(settings) if stream == settings.redis.stream_name else target_for(settings, stream)
-        snaps.append(snapshot(per_stream, settings.redis.max_stream_length))
+    snaps = list(snapshots(targets(settings), settings.redis.max_stream_length).values())
     first = dict(snaps[0])
     if len(snaps) > 1:
         first["streams"] = snaps

@@ -217,6 +217,8 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
+    handler_path: str | None = Field(default=None, description="directories searched for module:callable handlers "
+                                                               "before the installed packages, ':'-separated")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
@@ -259,7 +261,10 @@ class RetrySettings(BaseSettings):
                                                        "the worker exits for its supervisor to restart it")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="bound on a whole webhook call, connect "
+                                                                          "to the end of the answer")
+    webhook_ca_file: Path | None = Field(default=None, description="CA bundle to verify the webhook's certificate "
+                                                                   "with (default: certifi's)")
 
 
 _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
@@ -293,6 +298,10 @@ class Settings:
         if self.worker.streams is None:
             return (self.redis.stream_name,)
         return tuple(self.worker.streams.split(","))
+
+    def handler_path(self) -> tuple[str, ...]:
+        """The directories of WORKER_HANDLER_PATH (or --handler-path, repeated), in search order."""
+        return tuple(part for part in (self.worker.handler_path or "").split(os.pathsep) if part.strip())
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""

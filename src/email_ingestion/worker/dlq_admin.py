@@ -6,8 +6,12 @@
     python -m email_ingestion.worker.dlq_admin purge (ID... | --all | --older-than DURATION) [--json]
     python -m email_ingestion.worker.dlq_admin stats [--json]
 
-Replay puts the original payload back on the main stream with its attempts reset and
-removes it from the DLQ in one atomic step. DURATION: 90s, 30m, 12h, 7d.
+Replay puts the original payload back on the stream it came from (the letter's `stream`
+field; older letters: the stream whose DLQ holds them) with its attempts reset and removes it
+from the DLQ in one atomic step. DURATION: 90s, 30m, 12h, 7d.
+
+Every command covers the DLQ of each stream the workers read: `--stream` (repeat for
+several), else WORKER_STREAMS, else REDIS_STREAM_NAME.
 """
 
 from __future__ import annotations
@@ -26,18 +30,23 @@ from email_ingestion.common import entry_fields as F
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import AuthError, RedisUnavailableError, SettingsError
-from email_ingestion.common.keys import dlq_stream
+from email_ingestion.common.keys import dlq_stream, hash_tag
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
 from email_ingestion.common.text import iso_from_epoch_s, to_text
 
-# KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from
+# KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from,
+# stream. A letter that names another stream than KEYS[2] is not moved (it was read, and the
+# stream chosen, before this call).
 _REPLAY = """
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then return false end
 local fields = entries[1][2]
 local payload = nil
-for i = 1, #fields, 2 do if fields[i] == ARGV[2] then payload = fields[i + 1] end end
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[2] then payload = fields[i + 1] end
+  if fields[i] == ARGV[5] and fields[i + 1] ~= KEYS[2] then return false end
+end
 if not payload then return false end
 local id = redis.call('XADD', KEYS[2], '*', ARGV[2], payload, ARGV[3], 0, ARGV[4], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -72,11 +81,16 @@ class DlqAdmin:
         return [_entry(entry_id, fields) for entry_id, fields in raw]
 
     def replay(self, ids: list[str]) -> list[dict[str, str]]:
+        """Each letter back to the stream it records (this DLQ's stream when it records none)."""
         done = []
-        for entry_id in ids:
-            new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id, F.PAYLOAD, F.ATTEMPT, F.REPLAYED_FROM])
+        for letter in self.entries(ids=ids):
+            stream = letter.get(F.SOURCE_STREAM) or self.stream
+            if hash_tag(stream) != hash_tag(self.stream):
+                continue  # not written by this project's workers: its stream is not on this slot
+            new_id = self._replay(keys=[self.dlq, stream],
+                                  args=[letter["id"], F.PAYLOAD, F.ATTEMPT, F.REPLAYED_FROM, F.SOURCE_STREAM])
             if new_id:
-                done.append({"dlq_id": entry_id, "stream_id": to_text(new_id)})
+                done.append({"dlq_id": letter["id"], "stream": stream, "stream_id": to_text(new_id)})
         return done
 
     def select(self, all_: bool, error_type: str | None, ids: list[str]) -> list[str]:
@@ -118,7 +132,8 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse
     unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     parser.add_argument("--json", action="store_true", help="machine-readable output",
                         **({"default": False} if defaults else unset))
-    parser.add_argument("--stream", help="REDIS_STREAM_NAME", **unset)
+    parser.add_argument("--stream", action="append", help="a stream whose DLQ to use; repeat for several "
+                        "(default WORKER_STREAMS, else REDIS_STREAM_NAME)", **unset)
     parser.add_argument("--redis-url", help="REDIS_URL", **unset)
     parser.add_argument("--env-file", help="settings file (default: .env, searched)",
                         **({"default": ".env"} if defaults else unset))
@@ -135,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     show = sub.add_parser("show", help="one dead letter in full", parents=common)
     show.add_argument("id")
-    replay = sub.add_parser("replay", help="put payloads back on the stream (attempts reset)", parents=common)
+    replay = sub.add_parser("replay", help="put payloads back on their stream (attempts reset)", parents=common)
     replay.add_argument("ids", nargs="*")
     replay.add_argument("--all", action="store_true")
     replay.add_argument("--error-type")
@@ -152,17 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_selection(parser, args)
+    streams = args.stream
     try:
-        settings = load_settings({"redis": {"url": args.redis_url, "stream_name": args.stream}}, env_file=args.env_file)
+        settings = load_settings({"redis": {"url": args.redis_url, "stream_name": streams[0] if streams else None},
+                                  "worker": {"streams": ",".join(streams) if streams else None}},
+                                 env_file=args.env_file)
         client = make_redis(settings.redis)
     except SettingsError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 2
-    stream = settings.redis.stream_name
-    admin = DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+    admins = [DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+              for stream in settings.worker_streams()]
     try:
         with redis_errors(f"dlq {args.command}"):
-            result = _run(admin, args)
+            result = _run(admins, args)
     except RedisUnavailableError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 1
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlq: {exc}", file=sys.stderr)
         return 3
     if result is None:
-        print(f"dlq: no dead letter {args.id} in {admin.dlq}", file=sys.stderr)
+        print(f"dlq: no dead letter {args.id} in {', '.join(a.dlq for a in admins)}", file=sys.stderr)
         return 1
     _print(result, args.json)
     return 0
@@ -183,18 +201,22 @@ def _check_selection(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("purge needs IDs, --all or --older-than")
 
 
-def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
+def _run(admins: list[DlqAdmin], args: argparse.Namespace) -> Any:
+    """The command over the DLQ of every stream; one stream answers as it always has."""
     if args.command == "list":
+        rows = [{F.SOURCE_STREAM: admin.stream, **e} for admin in admins for e in admin.entries(args.limit)]
         return [_with_times({k: v for k, v in e.items() if k not in (F.PAYLOAD, "traceback")})
-                for e in admin.entries(args.limit)]
+                for e in rows[:args.limit]]
     if args.command == "show":
-        found = admin.entries(ids=[args.id])
+        found = [e for admin in admins for e in admin.entries(ids=[args.id])]
         return _with_times(found[0]) if found else None
     if args.command == "replay":
-        return {"replayed": admin.replay(admin.select(args.all, args.error_type, args.ids))}
+        return {"replayed": [done for admin in admins
+                             for done in admin.replay(admin.select(args.all, args.error_type, args.ids))]}
     if args.command == "purge":
-        return {"purged": admin.purge(args.ids, args.all, args.older_than)}
-    return admin.stats()
+        return {"purged": sum(admin.purge(args.ids, args.all, args.older_than) for admin in admins)}
+    stats = [{"stream": admin.stream, **admin.stats()} for admin in admins]
+    return stats[0] if len(stats) == 1 else stats
 
 
 def _with_times(entry: dict[str, Any]) -> dict[str, Any]:
