@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from email_ingestion.common.payload import EmailPayload
+from email_ingestion.imap.fetched import fetched_message
 from email_ingestion.mail.decode import decode_addresses
-from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, Downloaded, PayloadBuilder
+from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, PayloadBuilder
 from email_ingestion.sandbox.hostile_mail import NON_TEXT_CODECS, hostile_messages, nested_multipart
 
 # Messages the linear parser must handle without falling back: a degraded payload for one
@@ -28,7 +29,7 @@ BUDGET_SLACK_S = 2.0  # the watchdog's tick plus building the degraded payload, 
 def build(raw: bytes, builder: PayloadBuilder | None = None, extra: dict[bytes, object] | None = None) -> EmailPayload:
     items = {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw), **(extra or {})}
     (emission,) = (builder or PayloadBuilder(account="a@x", mailbox="INBOX")).build(
-        Downloaded([(1, items)]), 7, "c")
+        [fetched_message(1, items)], 7, "c")
     emission.payload.encode("utf-8")  # strict: no lone surrogates
     return EmailPayload.from_json(emission.payload)
 
@@ -82,7 +83,7 @@ def test_unreadable_server_items_cost_only_themselves():
     import datetime as dt
     late = dt.datetime(9999, 12, 31, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-1)))
     payload = build(b"From: a@b.c\r\n\r\nok", extra={b"INTERNALDATE": late, b"RFC822.SIZE": b"junk"})
-    assert payload.internal_date is None and payload.size == 0
+    assert payload.internal_date is None and payload.size == len(b"From: a@b.c\r\n\r\nok")
     assert any(d.startswith("unreadable INTERNALDATE") for d in payload.parse_defects)
 
 

@@ -6,7 +6,7 @@ attachments without downloading them, then fetch only the start of the text part
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -53,6 +53,16 @@ def walk(structure: Any, prefix: str = "") -> Iterator[PartInfo]:
             yield from walk(child, f"{prefix}{index}.")
         return
     yield _leaf(structure, prefix.rstrip(".") or "1")
+
+
+def body_text_parts(parts: Sequence[PartInfo]) -> list[PartInfo]:
+    """The first text/plain and the first text/html body part: what a large message's
+    payload shows of its body (fetched partially; attachments stay on the server)."""
+    chosen: dict[str, PartInfo] = {}
+    for part in parts:
+        if part.is_body_text:
+            chosen.setdefault(part.content_type, part)
+    return list(chosen.values())
 
 
 def _is_multipart(structure: Any) -> bool:

@@ -34,6 +34,7 @@ from email_ingestion.common.errors import (
 from email_ingestion.common.settings import ImapSettings
 from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
+from email_ingestion.imap.fetched import FetchedMessage, fetched_messages
 from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
 
 log = logging.getLogger(__name__)
@@ -241,16 +242,18 @@ class ImapSession:
         self._after_command()
         return max(found, default=0)
 
-    def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
+    def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, FetchedMessage]:
+        """UID FETCH: one typed record per message the server still has."""
         if not uids:
             return {}
         with imap_errors(f"UID FETCH of {len(uids)} messages"):
             if items and items[-1] == "BODY.PEEK[]":
                 fetched = self._bulk_fetch(uids, items)
             else:
-                fetched = dict(self.client.fetch(list(uids), list(items)))
+                wanted = set(uids)
+                fetched = {uid: v for uid, v in self.client.fetch(list(uids), list(items)).items() if uid in wanted}
         self._after_command()
-        return fetched
+        return fetched_messages(fetched)
 
     def _after_command(self) -> None:
         """Slow down after answers that succeeded but said [THROTTLED] (Gmail), pausing

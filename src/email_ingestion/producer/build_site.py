@@ -21,7 +21,9 @@ from typing import Protocol
 
 from email_ingestion.common.errors import ParseWorkerError
 from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.producer.payloads import Downloaded, Emission, PayloadBuilder
+from email_ingestion.imap.fetched import FetchedMessage
+from email_ingestion.producer.fetch import Downloaded
+from email_ingestion.producer.payloads import Emission, PayloadBuilder
 
 Built = Callable[[], list[Emission]]
 PARALLEL_FROM_BATCHES = 3
@@ -38,7 +40,7 @@ class InlineBuilder:
         self.payloads = payloads
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        return lambda: self.payloads.build(downloaded, uidvalidity, pass_id)
+        return lambda: self.payloads.build(downloaded.messages, uidvalidity, pass_id)
 
     def close(self) -> None:
         pass
@@ -54,7 +56,7 @@ class ProcessBuilder:
             initializer=_init_child, initargs=(log_level, log_format, secrets, context))
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        future = self._pool.submit(_build_in_child, downloaded, uidvalidity, pass_id)
+        future = self._pool.submit(_build_in_child, downloaded.messages, uidvalidity, pass_id)
 
         def result() -> list[Emission]:
             try:
@@ -101,6 +103,6 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     os._exit(0)
 
 
-def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str) -> list[Emission]:
-    return _child_builder[0].build(downloaded, uidvalidity, pass_id)
+def _build_in_child(messages: tuple[FetchedMessage, ...], uidvalidity: int, pass_id: str) -> list[Emission]:
+    return _child_builder[0].build(messages, uidvalidity, pass_id)
 
