@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 
 from email_ingestion.common.text import to_text
 from email_ingestion.mail.decode import decode_header_value
+from email_ingestion.mail.mime import LinearMessage
 from email_ingestion.mail.parse import AttachmentInfo
 
 
@@ -101,7 +101,7 @@ def _params(raw: Any) -> dict[str, str]:
 def _filename(params: dict[str, str], disp_params: dict[str, str]) -> str | None:
     # Let the email package apply RFC 2231 (filename*, continuations) exactly as it does for
     # whole messages, by handing it the parameters as headers.
-    msg = Message()
+    msg = LinearMessage()
     if disp_params:
         msg["Content-Disposition"] = "attachment" + "".join(_param(k, v) for k, v in disp_params.items())
     if params:

@@ -1,7 +1,7 @@
 """Fetched messages (imap/fetched.py) -> stream payloads: parsing, mapping and the dedup fingerprint (identity.py).
 
-Pure: no sockets and no Redis, so it runs inline or in the helper process that
-build_site.py starts, and the tests drive it with bytes.
+Pure: no sockets and no Redis, so it runs in the helper process that build_site.py starts
+(where the per-message CPU budget is enforced), and the tests drive it with bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from email_ingestion.common.clock import Clock, wall_ms
-from email_ingestion.common.errors import BudgetExceeded
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import Address, Attachment, EmailPayload, ParseError
 from email_ingestion.common.text import iso_utc
@@ -22,19 +21,23 @@ from email_ingestion.imap.bodystructure import body_text_parts
 from email_ingestion.imap.fetched import FetchedMessage
 from email_ingestion.mail.parse import ParsedMessage, TextPart, parse_message, parse_partial
 from email_ingestion.mail.salvage import salvage
-from email_ingestion.producer.budget import Watchdog
 from email_ingestion.producer.identity import fingerprint
 
 log = logging.getLogger(__name__)
 
-# Time one message may take to build before it goes out degraded. Ordinary mail takes well
-# under a millisecond, a 20 MB one a fraction of a second; hostile mail is cut off here.
+# CPU time one message may take to build before it goes out degraded. Ordinary mail takes
+# well under a millisecond, a 20 MB one a fraction of a second; hostile mail is cut off here.
 MESSAGE_BUDGET_S = 5.0
 # A payload lists this many attachments at most: 50,000 one-byte parts fit in a 3 MB message
 # and would make a 4 MB stream entry.
 MAX_LISTED_ATTACHMENTS = 1000
 
 Stage = Literal["parse", "payload", "json"]
+OnStage = Callable[[str], None]  # told "parse", "payload", "json" or "salvage" as a message moves on
+
+
+def _ignore(stage: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,10 @@ class Emission:
 class PayloadBuilder:
     """Builds the payloads of one mailbox; CPU only.
 
-    Each message is built on its own, under a time budget: whatever goes wrong with one
-    (an exception anywhere, an overrun) gives a degraded payload for it (see
-    common/payload.py), never a failed batch or a skipped message.
+    Whatever goes wrong with one message (an exception anywhere) gives a degraded payload
+    for it (see common/payload.py), never a failed batch or a skipped message. The time
+    budget is not enforced here but around this code, by the helper process that runs it
+    (build_site.py); `on_stage` tells that process which step a message is in.
     """
 
     def __init__(self, *, account: str, mailbox: str, clock_ms: Clock = wall_ms,
@@ -60,44 +64,57 @@ class PayloadBuilder:
         self.mailbox = mailbox
         self.clock_ms = clock_ms
         self.budget_s = budget_s
-        self._watchdog = Watchdog(budget_s=budget_s)
 
-    def build(self, messages: Sequence[FetchedMessage], uidvalidity: int, pass_id: str) -> list[Emission]:
-        return [self._emission(message, uidvalidity, pass_id) for message in messages]
+    def build(self, messages: Sequence[FetchedMessage], uidvalidity: int, pass_id: str,
+              on_stage: OnStage = _ignore) -> list[Emission]:
+        return [self.emission(message, uidvalidity, pass_id, on_stage) for message in messages]
 
-    def _emission(self, message: FetchedMessage, uidvalidity: int, pass_id: str) -> Emission:
+    def emission(self, message: FetchedMessage, uidvalidity: int, pass_id: str,
+                 on_stage: OnStage = _ignore) -> Emission:
+        """One message's payload; degraded (headers salvaged) when any step raises."""
+        stage: Stage = "parse"
         with correlation(f"{pass_id}.{message.uid}") as correlation_id:
             facts = _Facts.of(message)
-            stage: list[Stage] = ["parse"]
             try:
-                with self._watchdog.guard():
-                    parsed = _parse(message, facts.size)
-                    stage[0] = "payload"
-                    payload = self.payload(message, uidvalidity, parsed, facts, correlation_id)
-                    stage[0] = "json"
-                    text = _to_json(payload)
-            except (Exception, BudgetExceeded) as exc:  # noqa: BLE001 - issue 9: one message never stops a mailbox
-                parsed, text = self._degraded(message, uidvalidity, facts, correlation_id, stage[0], exc)
+                on_stage(stage)
+                parsed = _parse(message, facts.size)
+                on_stage(stage := "payload")
+                payload = self.payload(message, uidvalidity, parsed, facts, correlation_id)
+                on_stage(stage := "json")
+                text = _to_json(payload)
+            except Exception as exc:  # noqa: BLE001 - issue 9: one message never stops a mailbox
+                error = ParseError(stage=stage, type=type(exc).__name__, reason=_reason(exc))
+                return self.degraded(message, uidvalidity, pass_id, error, on_stage)
             if parsed.defects:
                 log.info("message parsed with defects", extra={"uid": message.uid, "defects": parsed.defects[:10]})
             return Emission(_fingerprint_of(message, facts), message.uid, text)
 
-    def _degraded(self, message: FetchedMessage, uidvalidity: int, facts: _Facts, correlation_id: str,
-                  stage: Stage, exc: BaseException) -> tuple[ParsedMessage, str]:
-        reason = f"took longer than {self.budget_s} s" if isinstance(exc, BudgetExceeded) else _reason(exc)
-        error = ParseError(stage=stage, type=type(exc).__name__, reason=reason)
+    def degraded(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
+                 on_stage: OnStage = _ignore) -> Emission:
+        """The payload of a message the parser gave up on: every header that can be read."""
         # No reason in the log: exception texts can quote message content.
         log.warning("message could not be parsed; delivering a degraded payload",
-                    extra={"uid": message.uid, "stage": stage, "error_type": error.type})
-        try:
-            with self._watchdog.guard():  # salvage gets a budget of its own: it too reads hostile bytes
+                    extra={"uid": message.uid, "stage": error.stage, "error_type": error.type})
+        on_stage("salvage")
+        with correlation(f"{pass_id}.{message.uid}") as correlation_id:
+            facts = _Facts.of(message)
+            try:
                 parsed = salvage(message.body or message.header or b"")
-                return parsed, _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
-        except (Exception, BudgetExceeded) as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
+                text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
+            except Exception as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
+                return self.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {type(again).__name__}")
+            return Emission(_fingerprint_of(message, facts), message.uid, text)
+
+    def bare(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
+             why: str) -> Emission:
+        """The last resort: what the server said about the message, no content read at all
+        (cheap and linear, so it is built where no budget is needed)."""
+        with correlation(f"{pass_id}.{message.uid}") as correlation_id:
+            facts = _Facts.of(message)
             parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
-                                   headers={}, body_truncated=True,
-                                   defects=[f"headers unreadable: {type(again).__name__}"])
-            return parsed, _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
+                                   headers={}, body_truncated=True, defects=[why])
+            text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
+            return Emission(_fingerprint_of(message, facts), message.uid, text)
 
     def payload(self, message: FetchedMessage, uidvalidity: int, parsed: ParsedMessage,
                 facts: _Facts, correlation_id: str, parse_error: ParseError | None = None) -> EmailPayload:
