@@ -38,8 +38,7 @@ def make_helper() -> Iterator:
     made: list[BuildHelper] = []
 
     def make(budget_s: float) -> BuildHelper:
-        made.append(BuildHelper(payloads=PayloadBuilder(account="a@x", mailbox="INBOX", budget_s=budget_s),
-                                log_level="WARNING", log_format="text", secrets=[]))
+        made.append(BuildHelper(log_level="WARNING", log_format="text", secrets=[], budget_s=budget_s))
         return made[-1]
     yield make
     for helper in made:
@@ -49,7 +48,8 @@ def make_helper() -> Iterator:
 def build(helper: BuildHelper, raws: list[bytes], beats: list[int] | None = None) -> list[EmailPayload]:
     messages = [fetched_message(uid, {b"BODY[]": raw, b"RFC822.SIZE": len(raw)}) for uid, raw in enumerate(raws, 1)]
     counted = beats if beats is not None else []
-    emissions = helper.build(messages, 7, "p", beat=lambda: counted.append(1))
+    payloads = PayloadBuilder(account="a@x", mailbox="INBOX")
+    emissions = helper.build(payloads, messages, 7, "p", beat=lambda: counted.append(1))
     return [EmailPayload.from_json(e.payload) for e in emissions]
 
 
@@ -134,3 +134,29 @@ def test_thread_cpu_clock_ignores_other_threads():
     spinner.start()
     spinner.join()
     assert thread_cpu_s(own) - before < 0.05
+
+
+def test_a_pool_builds_for_several_mailboxes_in_its_few_helpers():
+    """Two mailboxes through a pool of one helper: the second waits for the first's batch,
+    each payload carries its own mailbox, and one helper process serves both."""
+    from email_ingestion.producer.build_site import BuildPool
+    pool = BuildPool(size=1, log_level="WARNING", log_format="text", secrets=[])
+    try:
+        beats: list[int] = []
+        results: dict[str, list[EmailPayload]] = {}
+
+        def run(mailbox: str, raws: list[bytes]) -> None:
+            payloads = PayloadBuilder(account="a@x", mailbox=mailbox)
+            messages = [fetched_message(uid, {b"BODY[]": raw}) for uid, raw in enumerate(raws, 1)]
+            emissions = pool.build(payloads, messages, 7, "p", beat=lambda: beats.append(1))
+            results[mailbox] = [EmailPayload.from_json(e.payload) for e in emissions]
+        first = threading.Thread(target=run, args=("A", [heavy(40_000)]))
+        first.start()
+        assert wait_until(lambda: pool.helpers[0]._current.value == 1, 60, 0.001)  # noqa: SLF001
+        run("B", [ok(1), ok(2)])
+        first.join(60)
+        assert [p.mailbox for p in results["A"]] == ["A"] and [p.mailbox for p in results["B"]] == ["B", "B"]
+        assert all(p.parse_error is None for p in results["A"] + results["B"])
+        assert len({h.pid for h in pool.helpers}) == 1 and len(beats) >= 3
+    finally:
+        pool.close()

@@ -28,8 +28,7 @@ NEEDS_FALLBACK = {"nested-1000"}
 @pytest.fixture(scope="module")
 def helper() -> Iterator[BuildHelper]:
     """One real helper process with the default budget, as the producer builds in."""
-    made = BuildHelper(payloads=PayloadBuilder(account="a@x", mailbox="INBOX"), log_level="WARNING",
-                       log_format="text", secrets=[])
+    made = BuildHelper(log_level="WARNING", log_format="text", secrets=[])
     yield made
     made.close()
 
@@ -37,11 +36,11 @@ def helper() -> Iterator[BuildHelper]:
 def build(raw: bytes, helper: BuildHelper | None = None, extra: dict[bytes, object] | None = None) -> EmailPayload:
     """One message through the helper process (budget enforced), or inline without `helper`."""
     items = {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw), **(extra or {})}
-    message = fetched_message(1, items)
+    message, payloads = fetched_message(1, items), PayloadBuilder(account="a@x", mailbox="INBOX")
     if helper is None:
-        (emission,) = PayloadBuilder(account="a@x", mailbox="INBOX").build([message], 7, "c")
+        (emission,) = payloads.build([message], 7, "c")
     else:
-        (emission,) = helper.build([message], 7, "c")
+        (emission,) = helper.build(payloads, [message], 7, "c")
     emission.payload.encode("utf-8")  # strict: no lone surrogates
     return EmailPayload.from_json(emission.payload)
 

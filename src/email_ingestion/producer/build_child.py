@@ -29,6 +29,8 @@ class Job:
     """Build these messages; or, for "salvage", deliver them degraded with `error`."""
 
     kind: Literal["build", "salvage"]
+    account: str
+    mailbox: str
     messages: tuple[FetchedMessage, ...]
     uidvalidity: int
     pass_id: str
@@ -36,7 +38,7 @@ class Job:
 
 
 def serve(conn: multiprocessing.connection.Connection, current: Any, log_level: str, log_format: str,
-          secrets: list[str], account: str, mailbox: str, budget_s: float) -> None:
+          secrets: list[str], budget_s: float) -> None:
     """The helper's main loop: until its pipe closes or it has been idle too long. `current`
     (shared memory) holds the UID being built, NO_MESSAGE between messages: if the helper
     dies, the parent knows whether a message was in hand."""
@@ -45,7 +47,7 @@ def serve(conn: multiprocessing.connection.Connection, current: Any, log_level: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(log_level, log_format, "producer", Redactor(secrets))
-    builder = PayloadBuilder(account=account, mailbox=mailbox, budget_s=budget_s)
+    builders: dict[tuple[str, str], PayloadBuilder] = {}  # one per mailbox this helper has built for
     send_lock = threading.Lock()
 
     def report(uid: int, stage: str, used_s: float) -> None:
@@ -56,6 +58,9 @@ def serve(conn: multiprocessing.connection.Connection, current: Any, log_level: 
     try:
         while conn.poll(HELPER_IDLE_EXIT_S):
             job: Job = conn.recv()
+            key = (job.account, job.mailbox)
+            builder = builders.get(key) or builders.setdefault(key, PayloadBuilder(
+                account=job.account, mailbox=job.mailbox, budget_s=budget_s))
             for message in job.messages:
                 current.value = message.uid
                 watchdog.start(message.uid)

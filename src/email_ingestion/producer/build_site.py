@@ -1,13 +1,16 @@
 """Where payloads are built: in a helper process, under a per-message CPU budget.
 
-Every message is built in one spawned helper process per mailbox (build_child.py), for two
-reasons. The budget can only be enforced reliably from outside the building code (budget.py
-says why): a message that overruns ends the helper, and this side builds its degraded
-payload and starts a fresh one. And parsing is CPU work: in a helper it no longer queues on
-this process's GIL behind the read-ahead thread's socket reads and the Redis writes.
+Every message is built in a spawned helper process (build_child.py), for two reasons. The
+budget can only be enforced reliably from outside the building code (budget.py says why): a
+message that overruns ends the helper, and this side builds its degraded payload and starts
+a fresh one. And parsing is CPU work: in a helper it no longer queues on this process's GIL
+behind the read-ahead thread's socket reads and the Redis writes.
 
-The helper stays up between passes (an IDLE wake-up pays no process start) and exits by
-itself after HELPER_IDLE_EXIT_S without work, or when this process goes away.
+A producer process has a small pool of helpers shared by all its mailboxes (one for a
+single mailbox, cli.FLEET_BUILD_HELPERS for a MAILBOXES_FILE), so memory does not grow with
+the number of mailboxes. A helper stays up between passes (an IDLE wake-up pays no process
+start) and exits by itself after HELPER_IDLE_EXIT_S without work, or when this process goes
+away.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from email_ingestion.common.errors import ParseWorkerError
@@ -28,7 +32,7 @@ from email_ingestion.imap.fetched import FetchedMessage
 from email_ingestion.producer.budget import OVERRUN_EXIT
 from email_ingestion.producer.build_child import HELPER_IDLE_EXIT_S, NO_MESSAGE, Job, serve
 from email_ingestion.producer.fetch import Downloaded
-from email_ingestion.producer.payloads import Emission, PayloadBuilder
+from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, Emission, PayloadBuilder
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ POLL_S = 1.0  # how often a wait for the helper looks at whether it is still the
 _BUILD_STAGES = ("parse", "payload", "json")
 START_ATTEMPTS = 3  # helpers that may end between messages in a row before the batch fails
 
-__all__ = ["HELPER_IDLE_EXIT_S", "BuildHelper", "Builder", "HelperBuilder", "builder_factory"]
+__all__ = ["HELPER_IDLE_EXIT_S", "BuildHelper", "BuildPool", "Builder", "HelperBuilder", "builder_factory"]
 
 
 class Builder(Protocol):
@@ -58,12 +62,13 @@ class _Failure:
 
 
 class BuildHelper:
-    """This side of one mailbox's helper process: hands it batches, and when it ends in the
-    middle of a message, delivers that message degraded and goes on with a fresh helper."""
+    """This side of one helper process: hands it batches, and when it ends in the middle of
+    a message, delivers that message degraded and goes on with a fresh helper."""
 
-    def __init__(self, *, payloads: PayloadBuilder, log_level: str, log_format: str, secrets: list[str]) -> None:
-        self.payloads = payloads
-        self._child_args = (log_level, log_format, secrets, payloads.account, payloads.mailbox, payloads.budget_s)
+    def __init__(self, *, log_level: str, log_format: str, secrets: list[str],
+                 budget_s: float = MESSAGE_BUDGET_S) -> None:
+        self.budget_s = budget_s
+        self._child_args = (log_level, log_format, secrets, budget_s)
         self._lock = threading.Lock()
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
@@ -72,34 +77,37 @@ class BuildHelper:
         self._started_before = False
         self.restarts = 0  # helpers started after the first: overruns, deaths, idle exits
 
-    def build(self, messages: Sequence[FetchedMessage], uidvalidity: int, pass_id: str,
-              beat: Beat = lambda: None) -> list[Emission]:
-        """One Emission per message, in order; `beat` is called as each is done."""
+    def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
+              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+        """One Emission per message, in order, for the mailbox of `payloads`; `beat` is
+        called as each is done."""
         with self._lock:
             out: list[Emission] = []
             pending = list(messages)
             while pending:
-                got, failure = self._run(Job("build", tuple(pending), uidvalidity, pass_id), beat)
+                job = Job("build", payloads.account, payloads.mailbox, tuple(pending), uidvalidity, pass_id)
+                got, failure = self._run(job, beat)
                 out += got
                 del pending[:len(got)]
                 if failure is None:
                     break
-                out.append(self._degraded(pending.pop(0), failure, uidvalidity, pass_id, beat))
+                out.append(self._degraded(payloads, pending.pop(0), failure, uidvalidity, pass_id, beat))
             return out
 
-    def _degraded(self, message: FetchedMessage, failure: _Failure, uidvalidity: int, pass_id: str,
-                  beat: Beat) -> Emission:
+    def _degraded(self, payloads: PayloadBuilder, message: FetchedMessage, failure: _Failure, uidvalidity: int,
+                  pass_id: str, beat: Beat) -> Emission:
         stage = failure.stage if failure.stage in _BUILD_STAGES else "parse"
         error = ParseError.model_validate({"stage": stage, "type": failure.type, "reason": failure.reason})
         log.warning("message build ended its helper process; delivering a degraded payload",
                     extra={"uid": message.uid, "stage": failure.stage, "error_type": failure.type})
         if failure.stage != "salvage":
-            got, again = self._run(Job("salvage", (message,), uidvalidity, pass_id, error), beat)
+            job = Job("salvage", payloads.account, payloads.mailbox, (message,), uidvalidity, pass_id, error)
+            got, again = self._run(job, beat)
             if got:
                 return got[0]
             failure = again or failure
         beat()
-        return self.payloads.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {failure.type}")
+        return payloads.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {failure.type}")
 
     def _run(self, job: Job, beat: Beat) -> tuple[list[Emission], _Failure | None]:
         """Runs one job; what it built, and why the helper ended early if it did. A helper
@@ -110,7 +118,7 @@ class BuildHelper:
         for _ in range(START_ATTEMPTS):
             conn = self._ensure()
             try:
-                conn.send(Job(job.kind, job.messages[len(got):], job.uidvalidity, job.pass_id, job.error))
+                conn.send(replace(job, messages=job.messages[len(got):]))
             except OSError:
                 pass  # gone already: its exit status says why, below
             failure = self._receive(conn, got, beat)
@@ -136,7 +144,7 @@ class BuildHelper:
             elif reply[0] == "overrun":
                 _, uid, stage, used_s = reply
                 return self._ended(uid, _Failure(uid, stage, "BudgetExceeded",
-                                                       f"used more than {self.payloads.budget_s} s of CPU "
+                                                       f"used more than {self.budget_s} s of CPU "
                                                        f"({used_s:.1f} s)"))
             else:
                 return None
@@ -154,7 +162,7 @@ class BuildHelper:
         in_hand = None if uid is None or uid == NO_MESSAGE else uid
         code = process.exitcode
         if code == OVERRUN_EXIT:
-            return _Failure(in_hand, "parse", "BudgetExceeded", f"used more than {self.payloads.budget_s} s of CPU")
+            return _Failure(in_hand, "parse", "BudgetExceeded", f"used more than {self.budget_s} s of CPU")
         how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         return _Failure(in_hand, "parse", "BuilderDied", f"the build process ended ({how})")
 
@@ -199,33 +207,62 @@ def _stop(process: Any, conn: multiprocessing.connection.Connection | None) -> N
         process.join()
 
 
-class HelperBuilder:
-    """One pass's view of the mailbox's helper (sync.py asks for one per pass). A batch
-    starts building as soon as it is downloaded, in a thread of its own that waits on the
-    helper, so the helper builds batch N while this process writes N-1 to Redis and the
-    read-ahead thread downloads N+1."""
+class BuildPool:
+    """The helpers of one producer process, shared by its mailboxes: at most `size` helper
+    processes (each about 60 MB), however many mailboxes the process follows. A batch takes
+    whichever helper is free; liveness keeps moving while it waits for one."""
 
-    def __init__(self, *, helper: BuildHelper, beat: Beat) -> None:
-        self.helper = helper
+    def __init__(self, *, size: int, log_level: str, log_format: str, secrets: list[str],
+                 budget_s: float = MESSAGE_BUDGET_S) -> None:
+        self.helpers = [BuildHelper(log_level=log_level, log_format=log_format, secrets=secrets, budget_s=budget_s)
+                        for _ in range(size)]
+        self._free: queue.Queue[BuildHelper] = queue.Queue()
+        for helper in self.helpers:
+            self._free.put(helper)
+
+    def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
+              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+        while True:
+            try:
+                helper = self._free.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                beat()  # the other mailboxes' batches are being built: this process is working
+        try:
+            return helper.build(payloads, messages, uidvalidity, pass_id, beat)
+        finally:
+            self._free.put(helper)
+
+    def close(self) -> None:
+        for helper in self.helpers:
+            helper.close()
+
+
+class HelperBuilder:
+    """One pass's view of the pool (sync.py asks for one per pass). A batch starts building
+    as soon as it is downloaded, in a thread of its own that waits on a helper, so a helper
+    builds batch N while this process writes N-1 to Redis and the read-ahead thread
+    downloads N+1."""
+
+    def __init__(self, *, pool: BuildPool, payloads: PayloadBuilder, beat: Beat) -> None:
+        self.pool = pool
+        self.payloads = payloads
         self.beat = beat
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payload-build")
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        future = self._pool.submit(self.helper.build, downloaded.messages, uidvalidity, pass_id, self.beat)
+        future = self._pool.submit(self.pool.build, self.payloads, downloaded.messages, uidvalidity, pass_id,
+                                   self.beat)
         return future.result
 
     def close(self) -> None:
-        # The helper outlives the pass (it exits by itself when idle); batches submitted
+        # The helpers outlive the pass (each exits by itself when idle); batches submitted
         # but not asked for (a pass stopped early) are dropped before they start.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def builder_factory(payloads: PayloadBuilder, *, log_level: str, log_format: str,
-                    secrets: list[str], parallel_parse: bool = True) -> Callable[..., Builder]:
-    """One helper for the mailbox; each pass gets a view of it. `parallel_parse` is kept for
-    old configurations: the helper is no longer optional (it enforces the budget)."""
-    helper = BuildHelper(payloads=payloads, log_level=log_level, log_format=log_format, secrets=secrets)
-
+def builder_factory(payloads: PayloadBuilder, *, pool: BuildPool) -> Callable[..., Builder]:
+    """Each pass of the mailbox of `payloads` gets a view of the process's helper pool."""
     def make(batches: int, beat: Beat = lambda: None) -> Builder:
-        return HelperBuilder(helper=helper, beat=beat)
+        return HelperBuilder(pool=pool, payloads=payloads, beat=beat)
     return make
