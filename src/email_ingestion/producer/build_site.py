@@ -122,6 +122,8 @@ class BuildHelper:
             except OSError:
                 pass  # gone already: its exit status says why, below
             failure = self._receive(conn, got, beat)
+            if len(got) == len(job.messages):
+                return got, None  # it ended after the last message: nothing lost
             # Only the next message can have been in hand; a UID read just after the one
             # before it was sent is no blame.
             if failure is None or failure.uid == job.messages[len(got)].uid:
