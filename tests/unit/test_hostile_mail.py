@@ -94,7 +94,7 @@ def test_attachment_list_is_capped():
 
 def test_simple_address_pattern_is_linear():
     """10 KB of spaces in To: (hours with the old cubic pattern) parse as the long way does."""
-    assert decode_addresses(" " * 10_000 + "x") == [("", "x")]
+    assert decode_addresses(" " * 10_000 + "x@y.z") == [("", "x@y.z")]
     assert decode_addresses('"Name" <a@b.c>') == [("Name", "a@b.c")]
     assert decode_addresses("  Bare Name   <a@b.c> ") == [("Bare Name", "a@b.c")]
 
@@ -228,3 +228,16 @@ def test_salvage_finds_the_address_of_a_long_from():
     from email_ingestion.mail.salvage import salvage
     parsed = salvage(b"From: " + folded(LONG_NAME + b" <real@example.org>") + b"\r\n\r\nx")
     assert parsed.from_ is not None and parsed.from_[1] == "real@example.org"
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("John Smith", []), ("=?utf-8?b?w6k=?=", []), ("John <john>", []), ("@x.org", []),
+    ('"john doe"@x.org', [("", '"john doe"@x.org')]), ("A <a@[1.2.3.4]>", [("A", "a@[1.2.3.4]")]),
+    ("a@b.c, bad, c@d.e", [("", "a@b.c"), ("", "c@d.e")]),
+])
+def test_what_is_no_address_is_not_given_as_one(header, expected):
+    """The stdlib hands back unparseable text as the address ("John" of "John Smith", an
+    encoded word): such pairs are left out with a defect, real addresses kept."""
+    defects: list[str] = []
+    assert decode_addresses(header, defects) == expected
+    assert ("unparseable address header" in defects) == (len(expected) < header.count(",") + 1)

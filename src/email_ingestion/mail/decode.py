@@ -167,10 +167,20 @@ def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]
     for name, address in pairs:
         if not name and not address:
             continue
+        if not _PLAUSIBLE_ADDRESS.fullmatch(address):
+            # The stdlib hands back whatever it could not parse as the address ("John" of
+            # "John Smith", an encoded word, "@x.org"): never junk as an address (issue 18).
+            _note(defects, "unparseable address header")
+            continue
         out.append((decode_header_value(name, defects) or "", _clean(address, defects)))
     if not out and text.strip():
         _note(defects, "unparseable address header")
     return out
+
+
+# local@domain: a local part quoted or without spaces, quotes or "@", and a domain without
+# spaces or "@" (RFC 5322 §3.4.1; a domain literal [1.2.3.4] fits too).
+_PLAUSIBLE_ADDRESS = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s"@]+)@[^\s@]+')
 
 
 # One token of an address list: a quoted string, a comment, an angle address, a comma, or a
