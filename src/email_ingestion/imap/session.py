@@ -45,9 +45,10 @@ _THROTTLE = re.compile(r"\[(THROTTLED|OVERQUOTA|UNAVAILABLE|LIMIT|INUSE)\]|too m
                        r"too many connections|rate limit|try again later", re.I)
 GMAIL_CAPABILITY = b"X-GM-EXT-1"
 # Gmail also slows clients down on answers that succeed: "A1 OK Success [THROTTLED]", and
-# may say so untagged ("* OK [THROTTLED]"), during IDLE too. Status lines only: a FETCH
-# line can quote anything (a label, a file name).
-_THROTTLED_STATUS = re.compile(rb"(?:\*|[A-Za-z0-9.]+) (?:OK|NO|BAD)\b[^\r\n]*\[THROTTLED\]", re.I)
+# may say so untagged ("* OK [THROTTLED]", a "* NO" warning), during IDLE too. Status lines
+# only (a FETCH line can quote anything: a label, a file name); a tagged NO fails its
+# command and is handled as an error (imap_errors), not here.
+_THROTTLED_STATUS = re.compile(rb"(?:\* (?:OK|NO|BAD)|[A-Za-z0-9.]+ OK)\b[^\r\n]*\[THROTTLED\]", re.I)
 # Untagged data a server may send at any time (RFC 3501 §5.3, §7): what says the mailbox changed.
 _CHANGE_LINE = re.compile(rb"\* (\d+) (EXISTS|EXPUNGE)\b", re.I)
 _UNSOLICITED = ("EXISTS", "EXPUNGE", "RECENT", "FETCH")
@@ -146,6 +147,7 @@ class ImapSession:
             client = IMAPClient(s.host, port=s.effective_port, ssl=s.ssl, ssl_context=context, timeout=timeout)
             self._client = client
             client.normalise_times = False
+            self._throttled_answers.clear()  # a new connection: the runner's backoff covered the old one
             _watch_status_lines(client, self._throttled_answers)
             if s.starttls:
                 client.starttls(context)
@@ -263,19 +265,22 @@ class ImapSession:
 
     def _after_command(self) -> None:
         """Slow down after answers that succeeded but said [THROTTLED] (Gmail), tagged or
-        untagged: each is counted and pauses, each pause twice the one before up to
-        THROTTLED_OK_MAX_PAUSE_S; a command answered without one resets the pause."""
+        untagged: each is counted, and each doubles the pause (5 s, 10 s, ... up to
+        THROTTLED_OK_MAX_PAUSE_S). One pause per command (or IDLE), as long as its last
+        throttled answer asks: many answers in one IDLE never add up to more than the cap.
+        A command answered without one resets the pause."""
         if not self._throttled_answers:
             self._throttle_pause_s = THROTTLED_OK_PAUSE_S
             return
         answers = len(self._throttled_answers)
         self._throttled_answers.clear()
+        pause_s = self._throttle_pause_s
         for _ in range(answers):
             self._on_throttled()
-            log.warning("server answered [THROTTLED]; slowing down", extra={"pause_s": self._throttle_pause_s})
-            if self._wait(self._throttle_pause_s):
-                return  # asked to stop: the pause ends here
+            pause_s = self._throttle_pause_s
             self._throttle_pause_s = min(THROTTLED_OK_MAX_PAUSE_S, self._throttle_pause_s * 2)
+        log.warning("server answered [THROTTLED]; slowing down", extra={"answers": answers, "pause_s": pause_s})
+        self._wait(pause_s)
 
     def _bulk_fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of whole messages through imaplib (imapclient's `_imap`), parsed by the
