@@ -30,3 +30,11 @@ def test_missing_and_unselectable_folders_are_told_apart(mailbox, server_text, e
         assert part in text, text
     for part in absent:
         assert part not in text, text
+
+
+def test_servers_own_words_for_an_unselectable_folder_are_recognised():
+    """Texts servers use for a \\Noselect folder lead to the LIST that explains it."""
+    from email_ingestion.imap.folders import names_missing_mailbox
+    for answer in ("NO Mailbox is not selectable", "NO [CANNOT] Mailbox is unselectable",
+                   "NO Cannot select this mailbox", "NO [NONEXISTENT] Unknown Mailbox: [Gmail] (Failure)"):
+        assert names_missing_mailbox(answer), answer

@@ -20,7 +20,8 @@ from email_ingestion.common.errors import MailboxNotFoundError
 # separator); the texts of servers that predate them (Cyrus, Exchange, Gmail).
 _MISSING = re.compile(r"\[NONEXISTENT\]|\[CANNOT\]|mailbox (?:does ?n[o']t exist|not found)|unknown mailbox|"
                       r"no such (?:mailbox|folder)|folder (?:does ?n[o']t exist|not found)|"
-                      r"(?:invalid|not allowed in) mailbox name", re.I)
+                      r"(?:invalid|not allowed in) mailbox name|"
+                      r"(?:not |non-?|un)selectable|can ?not (?:be )?select", re.I)  # a \\Noselect folder
 _SERVER_TEXT_CHARS = 120
 SUGGESTIONS = 5
 LISTED = 10  # folders named when none is close
