@@ -77,21 +77,23 @@ def test_overrun_yields_the_degraded_payload_and_spares_the_rest(make_helper, mo
 
 
 def test_waiting_for_a_cpu_does_not_count(make_helper):
-    """A helper that cannot run (SIGSTOP: the state of a process waiting on a loaded host) for
-    five times the budget still builds the message normally: the budget counts CPU, not wall time."""
-    helper = make_helper(0.2)
+    """A helper stopped in the middle of a message (SIGSTOP: a process waiting for a CPU on a
+    loaded host) for longer than the whole budget still delivers it normally: the budget
+    counts CPU time (about 2.6 s of 5 here), not wall time (over 6 s)."""
+    helper = make_helper(5.0)
     build(helper, [ok(1)])  # the helper is up
     pid = helper.pid
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
     result: list[EmailPayload] = []
-    worker = threading.Thread(target=lambda: result.extend(build(helper, [ok(2)])))
+    worker = threading.Thread(target=lambda: result.extend(build(helper, [heavy(80_000)])))
+    worker.start()
+    assert wait_until(lambda: helper._current.value == 1, timeout_s=60, interval_s=0.001)  # noqa: SLF001
+    os.kill(pid, signal.SIGSTOP)
     try:
-        worker.start()
-        time.sleep(1.0)  # wall time passes; the stopped helper's CPU clock does not move
+        time.sleep(6.0)  # wall time passes beyond the budget; the stopped helper's CPU clock does not move
     finally:
         os.kill(pid, signal.SIGCONT)
-    worker.join(timeout=60)
+    worker.join(timeout=120)
     assert result[0].parse_error is None and helper.restarts == 0
 
 
