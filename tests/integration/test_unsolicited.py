@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -50,9 +51,16 @@ def test_untagged_exists_between_commands_does_not_break_idle(mailbox, dovecot):
         session.connect()
         assert session.fetch([1], ["RFC822.SIZE", "BODY.PEEK[]"])[1].body
         assert session.wait_for_change(0.3, lambda: False) is False
-        mailbox.append(sample_message(2))
-        messages.append(2)
-        assert session.wait_for_change(30, lambda: False) is True
+        proxy.last_from_client = b""
+
+        def append_while_idling() -> None:
+            assert wait_until(lambda: b"IDLE" in proxy.last_from_client, 30)
+            mailbox.append(sample_message(2))
+            messages.append(2)
+        appender = threading.Thread(target=append_while_idling)
+        appender.start()
+        assert session.wait_for_change(60, lambda: False) is True
+        appender.join(30)
         assert sorted(session.fetch([1, 2], ["RFC822.SIZE"])) == [1, 2]
         session.close()
     finally:

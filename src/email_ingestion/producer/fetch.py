@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.common.text import iso_utc
@@ -46,16 +46,18 @@ class MessageMeta:
     internal_date_ms: int
 
 
-@dataclass(frozen=True)
-class _Request:
-    """One batch's download in progress: the UIDs asked for and what has come back."""
+@dataclass
+class DownloadRequest:
+    """One batch's download in progress, handed from step to step: the UIDs still wanted (a
+    step may narrow them, e.g. to skip messages known by a Gmail id), which are large, and
+    what has come back."""
 
-    uids: tuple[int, ...]
+    uids: list[int]
     large: frozenset[int]
-    fetched: dict[int, FetchedMessage]
+    fetched: dict[int, FetchedMessage] = field(default_factory=dict)
 
 
-Step = Callable[[_Request], None]
+Step = Callable[[DownloadRequest], None]
 
 
 class MessageFetcher:
@@ -70,28 +72,28 @@ class MessageFetcher:
     def download(self, uids: Sequence[int], large: Set[int]) -> Downloaded:
         """All the IMAP I/O for a batch (so it can run ahead of parsing, in another thread).
         UIDs the server no longer has are skipped, never emitted."""
-        request = _Request(tuple(uids), frozenset(large), {})
+        request = DownloadRequest(list(uids), frozenset(large))
         for step in self.steps:
             step(request)
-        kept = tuple(request.fetched[uid] for uid in uids if uid in request.fetched
+        kept = tuple(request.fetched[uid] for uid in request.uids if uid in request.fetched
                      and not request.fetched[uid].expunged)
-        if len(kept) < len(uids):
-            gone = sorted(set(uids) - {message.uid for message in kept})
+        if len(kept) < len(request.uids):
+            gone = sorted(set(request.uids) - {message.uid for message in kept})
             log.warning("messages expunged between SEARCH and FETCH: skipped",
                         extra={"count": len(gone), "uids": gone[:20]})
         return Downloaded(kept)
 
-    def _fetch_whole(self, request: _Request) -> None:
+    def _fetch_whole(self, request: DownloadRequest) -> None:
         small = [uid for uid in request.uids if uid not in request.large]
         if small:
             request.fetched.update(self.session.fetch(small, self._items("BODY.PEEK[]")))
 
-    def _fetch_large(self, request: _Request) -> None:
+    def _fetch_large(self, request: DownloadRequest) -> None:
         big = [uid for uid in request.uids if uid in request.large]
         if big:
             request.fetched.update(self.session.fetch(big, self._items("BODYSTRUCTURE", "BODY.PEEK[HEADER]")))
 
-    def _fetch_text_parts(self, request: _Request) -> None:
+    def _fetch_text_parts(self, request: DownloadRequest) -> None:
         """The first bytes of the text parts of large messages; attachments stay on the server."""
         limit = self.settings.preview_fetch_bytes
         for uid in request.uids:
