@@ -128,13 +128,16 @@ class StreamWorkers:
         """The /status body: one stream's as before; several streams' totals and each stream's own."""
         if len(self.loops) == 1:
             return {**self.loops[0].status(), "handler": handler, "figures": _figures(self.loops[0])}
-        per_stream = {loop.loop.stream: {**loop.status(), "figures": _figures(loop)} for loop in self.loops}
+        # Every counter before any figure: a message is acknowledged before it is counted, so
+        # figures read later are at least as new as the counters (read the other way round, a
+        # body could say "processed 50" with the last batch still pending, issue 18).
+        counters = self.stats().counters()
+        per_stream = {loop.loop.stream: loop.status() for loop in self.loops}
+        for loop in self.loops:
+            per_stream[loop.loop.stream]["figures"] = _figures(loop)
         first = self.loops[0]
         return {"component": "worker", "consumer": first.loop.consumer, "streams": list(per_stream),
-                "group": first.loop.group, "handler": handler,
-                # From the same snapshot as per_stream: a batch settling meanwhile must not
-                # show in the total and not in its stream.
-                "counters": _total_counters([part["counters"] for part in per_stream.values()]),
+                "group": first.loop.group, "handler": handler, "counters": counters,
                 "circuit_breakers": {b.name: b.snapshot() for b in self.breakers},
                 "redis_unavailable": next((loop.redis_wait.reason for loop in self.loops if loop.redis_wait.reason),
                                           None),
@@ -153,10 +156,6 @@ class StreamWorkers:
 def _figures(loop: WorkerLoop) -> dict[str, Any]:
     keys = loop.loop.keys
     return stream_figures(loop.redis, keys.stream, keys.group, keys.dlq)
-
-
-def _total_counters(parts: list[dict[str, int]]) -> dict[str, int]:
-    return {name: sum(part[name] for part in parts) for name in parts[0]}
 
 
 def _total_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
