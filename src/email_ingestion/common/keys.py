@@ -66,6 +66,13 @@ class MailboxKeys:
         return f"{self._base}:seen"
 
     @property
+    def gmail_deferred(self) -> str:
+        """Hash: X-GM-MSGID -> "uidvalidity:uid" of messages this Gmail folder left to another
+        folder of the account (claimed there, or INBOX mail seen from All Mail); re-checked
+        every pass, emitted from here if the other folder never does."""
+        return f"{self._base}:gm_deferred"
+
+    @property
     def lease(self) -> str:
         """String with TTL: "<producer id>:<fencing token>" of the producer that owns the mailbox."""
         return f"{self._base}:lease"
@@ -120,6 +127,26 @@ def dlq_stream(stream: str, dlq_name: str) -> str:
         return dlq_name
     # Braces of the configured name would open a tag of their own: escape them.
     return f"{dlq_name.replace('{', '%7B').replace('}', '%7D')}:{tag}"
+
+
+# Buckets of one account's Gmail identity store: 1,000,000 messages make about 61 per
+# bucket, under Redis's hash-max-listpack-entries (128), so every bucket stays a compact
+# listpack instead of a hash table (about a third of the memory; scripts/gmail_identity_memory.py).
+GMAIL_IDENTITY_BUCKETS = 16384
+
+
+def gmail_identity(stream: str, account: str, msgid: str) -> str:
+    """Hash: X-GM-MSGID -> the message's labels at its last event, one bucket of the account's
+    messages ever emitted to `stream` (issue 20: one event per Gmail message, across folders)."""
+    bucket = int(msgid) % GMAIL_IDENTITY_BUCKETS
+    return f"{PREFIX}:{hash_tag(stream)}:gm:{_part(account)}:{bucket}"
+
+
+def gmail_claims(stream: str, account: str, msgid: str) -> str:
+    """Hash: X-GM-MSGID -> "<mailbox>|<expiry ms>": the folder downloading a message not yet
+    emitted, so that the account's other folders do not download it too (a bucket, as above)."""
+    bucket = int(msgid) % GMAIL_IDENTITY_BUCKETS
+    return f"{PREFIX}:{hash_tag(stream)}:gmclaim:{_part(account)}:{bucket}"
 
 
 def producers_key(fleet: str) -> str:

@@ -176,6 +176,8 @@ class ProducerSettings(BaseSettings):
                                                                   "mailbox; unset: the IMAP_ settings, one mailbox")
     producer_lease_ms: int = Field(default=30_000, ge=300, description="mailbox ownership lease, renewed at a third")
     producer_id: str = Field(default="", description="this producer among several; empty: the host name")
+    gmail_label_events: bool = Field(default=False, description="Gmail: a label added to or removed from an "
+                                                                "emitted message becomes a labels_changed event")
 
     @field_validator("initial_sync")
     @classmethod

@@ -34,11 +34,14 @@ from email_ingestion.producer.build_site import builder_factory
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.fleet import ProducerFleet
+from email_ingestion.producer.gmail_identity import GmailStateStore
+from email_ingestion.producer.gmail_prefetch import GmailPrefetch
+from email_ingestion.producer.labels import LabelWatcher
 from email_ingestion.producer.mailboxes import Mailbox, fleet_name, load_mailboxes
 from email_ingestion.producer.ownership import Ownership
 from email_ingestion.producer.payloads import PayloadBuilder
 from email_ingestion.producer.runner import ProducerRunner
-from email_ingestion.producer.state import StateStore, StreamGuard
+from email_ingestion.producer.state import StreamGuard
 from email_ingestion.producer.sync import MailboxSync
 
 log = logging.getLogger("email_ingestion.producer")
@@ -93,7 +96,7 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
                  dry_run: bool = False, *, fence: str = "", client: Any = None,
-                 families: ProducerFamilies | None = None) -> ProducerRunner:
+                 families: ProducerFamilies | None = None, inbox_followed: bool = False) -> ProducerRunner:
     """Wire one mailbox's runner from its settings; nothing connects until it runs. With
     `fence` (the mailbox's lease value) its writes stop the moment the lease is lost."""
     imap = settings.imap
@@ -106,15 +109,19 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         guard: Any = NullGuard()
     else:
         client = client or make_redis(settings.redis)
-        store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis), fence=fence)
+        store = GmailStateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
+                                replication=Replication.from_settings(settings.redis), fence=fence)
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
                                    log_format=settings.log.format, secrets=settings.secrets())
+    gmail = None if dry_run else GmailPrefetch(session=session, store=store, defer_inbox=inbox_followed)
+    labels = (LabelWatcher(session=session, store=store, account=imap.user, mailbox=imap.mailbox)
+              if settings.producer.gmail_label_events and not dry_run else None)
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
-                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
+                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder, gmail=gmail,
+                       label_watcher=labels)
     return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
 
 
@@ -123,11 +130,14 @@ def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: thread
     """The long-running producer: every mailbox of the list, one Redis client, one registry."""
     client = make_redis(settings.redis)
     families = ProducerFamilies()
+    # Gmail: All Mail leaves INBOX mail to INBOX when both are followed (gmail_claims.py).
+    with_inbox = {(m.stream, m.account) for m in mailboxes if m.name.upper() == "INBOX"}
     ownership = Ownership(client, producer_id=producer_id(settings),
                           fleet=fleet_name(mailboxes), lease_ms=settings.producer.producer_lease_ms)
 
     def make_runner(mailbox: Mailbox, lease: str, stop: threading.Event) -> ProducerRunner:
-        return build_runner(mailbox.settings, stop, redactor, fence=lease, client=client, families=families)
+        return build_runner(mailbox.settings, stop, redactor, fence=lease, client=client, families=families,
+                            inbox_followed=(mailbox.stream, mailbox.account) in with_inbox)
 
     fleet = ProducerFleet(mailboxes=mailboxes, ownership=ownership, make_runner=make_runner, stop_event=stop_event,
                           exit_on_permanent=settings.producer.mailboxes_file is None,

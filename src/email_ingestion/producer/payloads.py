@@ -54,6 +54,7 @@ class Emission:
     fingerprint: str
     uid: int
     payload: str
+    gmail_labels: tuple[str, ...] = ()  # as in the payload: the Gmail identity store keeps them (issue 20)
 
 
 class PayloadBuilder:
@@ -90,7 +91,7 @@ class PayloadBuilder:
                 parsed, text = self._degraded(uid, uidvalidity, data, facts, correlation_id, stage[0], exc)
             if parsed.defects:
                 log.info("message parsed with defects", extra={"uid": uid, "defects": parsed.defects[:10]})
-            return Emission(_fingerprint_of(data, facts), uid, text)
+            return Emission(_fingerprint_of(data, facts), uid, text, tuple(facts.labels))
 
     def _degraded(self, uid: int, uidvalidity: int, data: dict[Any, Any], facts: _Facts, correlation_id: str,
                   stage: Stage, exc: BaseException) -> tuple[ParsedMessage, str]:
@@ -150,7 +151,7 @@ class _Facts:
         facts.internal = facts._read("INTERNALDATE", lambda: iso_utc(internal_date(data.get(b"INTERNALDATE"))), None)
         facts.gm_msgid = facts._read("X-GM-MSGID", lambda: gmail_id(data.get(b"X-GM-MSGID")), None)
         facts.gm_thrid = facts._read("X-GM-THRID", lambda: gmail_id(data.get(b"X-GM-THRID")), None)
-        facts.labels = facts._read("X-GM-LABELS", lambda: [_label(v) for v in data.get(b"X-GM-LABELS") or ()], [])
+        facts.labels = facts._read("X-GM-LABELS", lambda: sorted({_label(v) for v in data.get(b"X-GM-LABELS") or ()}), [])
         facts.flags = facts._read("FLAGS", lambda: [to_text(flag) for flag in data.get(b"FLAGS") or ()], [])
         return facts
 

@@ -30,6 +30,8 @@ from email_ingestion.imap.session import ImapSession, MailboxStatus
 from email_ingestion.monitoring.metrics import ProducerMetrics
 from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
+from email_ingestion.producer.gmail_prefetch import GmailPrefetch
+from email_ingestion.producer.labels import LabelWatcher
 from email_ingestion.producer.progress import Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
 from email_ingestion.producer.windows import Batch, UidWindows
@@ -45,6 +47,7 @@ class PassResult:
     emitted: int = 0
     uidvalidity_changed: bool = False
     interrupted: bool = False
+    label_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,11 @@ class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
                  wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
-                 clock_ms: Clock = wall_ms) -> None:
+                 clock_ms: Clock = wall_ms, gmail: GmailPrefetch | None = None,
+                 label_watcher: LabelWatcher | None = None) -> None:
         self.session = session
+        self.gmail = gmail  # Gmail: one event per X-GM-MSGID across the account's folders (issue 20)
+        self.label_watcher = label_watcher
         self.store = store
         self.guard = guard
         self.fetcher = fetcher
@@ -87,6 +93,7 @@ class MailboxSync:
             started = time.monotonic()
             result = PassResult()
             status = self.session.examine()
+            result.emitted += self._emit_deferred(status, pass_id)
             while self._sync(status, pass_id, should_stop, result):
                 # Mail that arrived during the pass was announced in the replies to the pass's
                 # own commands and absorbed there; IDLE will not announce it again (§7).
@@ -94,6 +101,8 @@ class MailboxSync:
                 if not _has_new_mail(status, again):
                     break
                 status = again
+            if self.label_watcher is not None and not (result.interrupted or should_stop()):
+                result.label_events = self.label_watcher.check()
             self.metrics.polls.inc()
             self.metrics.poll_duration.observe(time.monotonic() - started)
             self.guard.trim_acknowledged()
@@ -112,6 +121,26 @@ class MailboxSync:
         if start <= last:
             self._emit_range(_Range(start, last, status, stored), pass_id, should_stop, result)
         return not (result.interrupted or should_stop())
+
+    def _emit_deferred(self, status: MailboxStatus, pass_id: str) -> int:
+        """Gmail: emit the messages this folder left to another one that never emitted them."""
+        stored = self.store.load()
+        if self.gmail is None or not self.gmail.active or stored is None or stored.uidvalidity != status.uidvalidity:
+            return 0
+        retry = self.gmail.retry_deferred(status.uidvalidity, self.settings.large_message_bytes)
+        if not retry.uids:
+            return 0
+        downloaded = self.fetcher.download(retry.uids, retry.large)
+        self.gmail.complete(downloaded)
+        builder = self._make_builder(1)
+        try:
+            items = builder.submit(downloaded, status.uidvalidity, pass_id)()
+        finally:
+            builder.close()
+        added = self.store.emit(status.uidvalidity, stored.last_uid, items, since_ms=stored.since_ms)
+        self.gmail.claims.forget(retry.msgids)
+        self.metrics.produced.inc(len(added))
+        return len(added)
 
     def _first_start(self, status: MailboxStatus, last: int) -> int:
         """Where the very first pass starts; records the baseline for later resyncs."""
@@ -156,8 +185,12 @@ class MailboxSync:
             batch = next(batches, None)  # may search the next window: this thread only
             if batch is None:
                 return None
-            todo = self._to_fetch(batch, span.stored)
+            gmail = self.gmail if self.gmail is not None and self.gmail.active else None
+            # On Gmail the account's identity store decides, re-sync or not (gmail_identity.py).
+            todo = gmail.to_download(batch.uids, uidvalidity) if gmail else self._to_fetch(batch, span.stored)
             downloaded = self.fetcher.download(todo, batch.large)
+            if gmail:
+                gmail.complete(downloaded)
             built = builder.submit(downloaded, uidvalidity, pass_id)
             return _Fetched(batch, built, len(todo) - len(downloaded.messages))
 

@@ -1,0 +1,187 @@
+"""Gmail as Gmail (issue 20), against the Gmail-like server of tests/support/gmail_server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from email_ingestion.common.settings import Settings, load_settings
+from email_ingestion.worker.cli import build_worker
+from tests.conftest import PASSWORD, USER, base_env, run_once, stream_payloads
+from tests.support.gmail_server.server import GmailServer
+
+
+def message(index: int, subject: str = "hello") -> bytes:
+    return (f"From: Sender {index} <s{index}@example.com>\r\nTo: {USER}\r\nSubject: {subject} {index}\r\n"
+            f"Message-ID: <m{index}@example.com>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n"
+            f"body of message {index}\r\n").encode()
+
+
+@pytest.fixture
+def gmail() -> Iterator[GmailServer]:
+    server = GmailServer(users={USER: PASSWORD}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def localised_gmail() -> Iterator[GmailServer]:
+    server = GmailServer(users={USER: PASSWORD}, localised=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def follow(redis_server: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Settings following the given folders of the test account, one [[mailbox]] each."""
+    def make(server: GmailServer, *folders: str, **env: Any) -> Settings:
+        for key in [k for k in os.environ if k.startswith(("IMAP_", "REDIS_", "GOOGLE_"))]:
+            monkeypatch.delenv(key)
+        mailboxes = tmp_path / "mailboxes.toml"
+        mailboxes.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = {_toml(f)}\n\n' for f in folders))
+        values = {**base_env(server.port, redis_server.url, "INBOX"), "MAILBOXES_FILE": str(mailboxes),
+                  "PARALLEL_PARSE": "false", **{k: str(v) for k, v in env.items()}}
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        return load_settings(env_file=None)
+    return make
+
+
+def _toml(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\") + '"'
+
+
+def messages_by_msgid(redis_client: Any, event: str = "message") -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for payload in stream_payloads(redis_client):
+        if payload.get("event", "message") == event:
+            found.setdefault(payload["gmail_msgid"], []).append(payload)
+    return found
+
+
+MIXED = [("\\Inbox",), ("\\Inbox", "Work"), ("Work", "Later"), ("Later",), (), ("\\Inbox", "\\Important", "Work"),
+         ("\\Sent",), ("\\Spam",), ("Work",), ("\\Inbox", "Later")]
+
+
+def test_inbox_two_labels_and_all_mail_give_one_entry_and_one_download_per_message(gmail, follow, redis_client):
+    """INBOX + two labels + All Mail of one account: exactly one entry and one body download per message."""
+    ids = gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+    expected = {str(msgid) for msgid, labels in zip(ids, MIXED, strict=True) if "\\Spam" not in labels}
+
+    assert run_once(follow(gmail, "INBOX", "Work", "Later", "[Gmail]/All Mail")) == 0
+
+    entries = messages_by_msgid(redis_client)
+    assert set(entries) == expected and all(len(copies) == 1 for copies in entries.values())
+    assert {str(m) for m in gmail.store.body_downloads} == expected
+    assert set(gmail.store.body_downloads.values()) == {1}
+
+
+def test_payload_carries_every_label_and_the_thread(gmail, follow, redis_client):
+    """Each payload has all the message's labels (the folder's own included, as Gmail names them) and X-GM-THRID."""
+    msgid = gmail.store.add(message(1), ["\\Inbox", "\\Important", "Wörk/Sub"], thrid=42)
+
+    assert run_once(follow(gmail, "Wörk/Sub")) == 0
+
+    [payload] = messages_by_msgid(redis_client)[str(msgid)]
+    assert payload["gmail_labels"] == sorted(["\\Important", "\\Inbox", "Wörk/Sub"])
+    assert payload["gmail_thrid"] == "42" and payload["event"] == "message" and payload["schema_version"] == 2
+
+
+def test_restart_re_emits_and_re_downloads_nothing(gmail, follow, redis_client):
+    """A second producer run over the same folders adds no entry and downloads no body again."""
+    gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+    settings = follow(gmail, "INBOX", "Work", "\\All")
+    assert run_once(settings) == 0
+    entries, downloads = redis_client.xlen("email_ingestion_stream"), dict(gmail.store.body_downloads)
+
+    assert run_once(settings) == 0
+
+    assert redis_client.xlen("email_ingestion_stream") == entries
+    assert gmail.store.body_downloads == downloads
+
+
+def test_special_use_all_resolves_to_a_localised_all_mail(localised_gmail, follow, redis_client):
+    """`\\All` follows `[Google Mail]/All Mail`: every message but Spam and Trash, once."""
+    ids = localised_gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+
+    assert run_once(follow(localised_gmail, "\\All")) == 0
+
+    entries = messages_by_msgid(redis_client)
+    assert set(entries) == {str(m) for m, labels in zip(ids, MIXED, strict=True) if "\\Spam" not in labels}
+
+
+def test_old_mail_is_not_delivered_again_when_labelled_or_moved_back(gmail, follow, redis_client):
+    """A label added to old mail, a message back in INBOX, a label folder followed later: no new entry."""
+    ids = gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+    assert run_once(follow(gmail, "INBOX", "\\All")) == 0
+    before = redis_client.xlen("email_ingestion_stream")
+    gmail.store.relabel(ids[3], add=["\\Inbox"])  # archived mail moved back to INBOX: a new INBOX UID
+    gmail.store.relabel(ids[4], add=["Fresh"])
+
+    assert run_once(follow(gmail, "INBOX", "\\All", "Fresh", "Work")) == 0
+
+    assert redis_client.xlen("email_ingestion_stream") == before
+
+
+def test_id_is_sent_when_advertised(gmail, follow):
+    """The producer identifies itself with ID (RFC 2971) on a server that offers it."""
+    gmail.store.add(message(1))
+    assert run_once(follow(gmail, "INBOX")) == 0
+    assert gmail.store.id_commands and gmail.store.id_commands[0][:2] == ["name", "email-ingestion"]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, payload: Any, ctx: Any) -> None:
+        self.calls.append((payload.event, payload.idempotency_key))
+
+
+def run_worker_burst(settings: Settings, handler: Any) -> None:
+    stop = threading.Event()
+    worker = build_worker(settings, "w1", stop)
+    worker.processor.handler = handler
+    timer = threading.Timer(60, stop.set)
+    timer.start()
+    try:
+        worker.run(burst=True)
+    finally:
+        timer.cancel()
+    assert not stop.is_set(), "burst did not finish in time"
+
+
+def test_label_added_and_removed_is_one_event_that_reaches_the_handler(gmail, follow, redis_client, monkeypatch):
+    """With GMAIL_LABEL_EVENTS, archiving and labelling a message seen in three folders is one labels_changed event,
+    which a worker hands to the handler under its own idempotency key."""
+    msgid = gmail.store.add(message(1), ["\\Inbox", "Work"])
+    settings = follow(gmail, "INBOX", "Work", "\\All", GMAIL_LABEL_EVENTS="true")
+    assert run_once(settings) == 0
+    gmail.store.relabel(msgid, add=["Urgent"], remove=["\\Inbox"])
+
+    assert run_once(settings) == 0
+
+    [change] = messages_by_msgid(redis_client, "labels_changed")[str(msgid)]
+    assert change["labels_added"] == ["Urgent"] and change["labels_removed"] == ["\\Inbox"]
+    assert change["gmail_labels"] == ["Urgent", "Work"]
+    monkeypatch.setenv("WORKER_BLOCK_TIMEOUT_MS", "200")
+    monkeypatch.setenv("WORKER_METRICS_PORT", "0")
+    recorder = Recorder()
+    run_worker_burst(load_settings(env_file=None), recorder)
+    assert sorted(recorder.calls) == [("labels_changed", change["idempotency_key"]),
+                                      ("message", f"gm:{USER}:{msgid}")]
+
+
+def test_label_events_are_off_by_default(gmail, follow, redis_client):
+    """Without GMAIL_LABEL_EVENTS a label change emits nothing."""
+    msgid = gmail.store.add(message(1), ["\\Inbox"])
+    settings = follow(gmail, "INBOX", "\\All")
+    assert run_once(settings) == 0
+    gmail.store.relabel(msgid, add=["Urgent"])
+    assert run_once(settings) == 0
+    assert not messages_by_msgid(redis_client, "labels_changed")
