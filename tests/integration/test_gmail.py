@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from email_ingestion.common.keys import gmail_downloads
 from email_ingestion.common.settings import Settings, load_settings
+from email_ingestion.producer import download_budget
 from email_ingestion.worker.cli import build_worker
 from tests.conftest import PASSWORD, USER, base_env, run_once, stream_payloads
 from tests.support.gmail_server.server import GmailServer
+from tests.support.waits import wait_until
 
 
 def message(index: int, subject: str = "hello") -> bytes:
@@ -185,3 +188,25 @@ def test_label_events_are_off_by_default(gmail, follow, redis_client):
     gmail.store.relabel(msgid, add=["Urgent"])
     assert run_once(settings) == 0
     assert not messages_by_msgid(redis_client, "labels_changed")
+
+
+def test_download_budget_pauses_bodies_and_resumes_as_the_window_moves(gmail, follow, redis_client, monkeypatch):
+    """When GMAIL_DAILY_DOWNLOAD_MB is spent, bodies wait (the wait is recorded) and resume as the window moves."""
+    monkeypatch.setattr(download_budget, "WINDOW_MS", 2000)
+    monkeypatch.setattr(download_budget, "SLOTS", 20)
+    ids = gmail.store.add_many((message(i), ("\\Inbox",)) for i in range(9))
+    total = sum(len(message(i)) for i in range(9))
+    settings = follow(gmail, "INBOX", GMAIL_DAILY_DOWNLOAD_MB=str(3.5 * len(message(0)) / 1e6), BATCH_SIZE="3")
+    key = gmail_downloads("email_ingestion_stream", USER)
+    outcome: list[int] = []
+    producer = threading.Thread(target=lambda: outcome.append(run_once(settings)))
+    producer.start()
+
+    assert wait_until(lambda: redis_client.hexists(key, "waiting_until_ms"), timeout_s=30)
+    assert gmail.store.body_bytes < total  # paused with bodies left
+
+    producer.join(timeout=120)
+    assert outcome == [0]
+    assert set(messages_by_msgid(redis_client)) == {str(m) for m in ids}
+    assert set(gmail.store.body_downloads.values()) == {1}
+    assert not redis_client.hexists(key, "waiting_until_ms")

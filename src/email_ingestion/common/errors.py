@@ -56,6 +56,11 @@ class RedisPermissionError(SettingsError):
     """The Redis ACL user lacks a command or key the process needs."""
 
 
+class WaitInterrupted(ImapConnectionError):
+    """A wait inside a sync step (the Gmail download budget) ended because the producer is
+    stopping: nothing of the step was written, it runs again after the restart."""
+
+
 class ImapProtocolError(ImapError):
     """The server answered a command with NO/BAD in a way reconnecting will not fix."""
 

@@ -149,6 +149,12 @@ def gmail_claims(stream: str, account: str, msgid: str) -> str:
     return f"{PREFIX}:{hash_tag(stream)}:gmclaim:{_part(account)}:{bucket}"
 
 
+def gmail_downloads(stream: str, account: str) -> str:
+    """Hash: minute slot (ms since the epoch / slot length) -> body bytes downloaded then, plus
+    `waiting_until_ms` while bodies wait: the account's rolling GMAIL_DAILY_DOWNLOAD_MB budget."""
+    return f"{PREFIX}:{hash_tag(stream)}:gmdl:{_part(account)}"
+
+
 def producers_key(fleet: str) -> str:
     """Sorted set: live producers of one fleet (producers reading the same mailbox list),
     scored by when their registration expires (Redis server time, ms)."""

@@ -44,7 +44,7 @@ class ImapSettings(BaseSettings):
     timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
     idle: bool = Field(default=True, description="use IDLE when the server offers it")
     idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
-    max_connections: int = Field(default=10, ge=1, description="IMAP connections one producer opens per account "
+    max_connections: int = Field(default=4, ge=1, description="IMAP connections one producer opens per account "
                                                                 "(one per mailbox; Gmail allows 15 in all)")
 
     @field_validator("mailbox", "user")
@@ -178,6 +178,9 @@ class ProducerSettings(BaseSettings):
     producer_id: str = Field(default="", description="this producer among several; empty: the host name")
     gmail_label_events: bool = Field(default=False, description="Gmail: a label added to or removed from an "
                                                                 "emitted message becomes a labels_changed event")
+    gmail_daily_download_mb: float = Field(default=2000.0, gt=0, description="Gmail: body downloads per account in "
+                                                                             "a rolling 24 h (MB of 10^6 bytes); "
+                                                                             "Gmail allows about 2500")
 
     @field_validator("initial_sync")
     @classmethod

@@ -40,6 +40,12 @@ class ProducerFamilies:
                                        registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
         self.backpressure = Gauge(f"{NS}_producer_backpressure", "1 while fetching is paused for backpressure",
                                   labels, registry=r)
+        self.gmail_waiting = Gauge(f"{NS}_gmail_download_waiting",
+                                   "1 while bodies wait for the account's GMAIL_DAILY_DOWNLOAD_MB budget",
+                                   labels, registry=r)
+        self.gmail_used = Gauge(f"{NS}_gmail_downloaded_bytes_24h", "Body bytes downloaded in the last 24 hours",
+                                labels, registry=r)
+        self.label_events = counter("gmail_label_events_total", "labels_changed events appended (GMAIL_LABEL_EVENTS)")
         self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels, registry=r)
         self.owned = Gauge(f"{NS}_producer_mailbox_owned",
                            "1 while this producer holds the mailbox's lease and follows it", labels, registry=r)
@@ -71,6 +77,9 @@ class ProducerMetrics:
         self.poll_duration = f.poll_duration.labels(*labels)
         self.backpressure = f.backpressure.labels(*labels)
         self.last_uid = f.last_uid.labels(*labels)
+        self.gmail_waiting = f.gmail_waiting.labels(*labels)
+        self.gmail_used = f.gmail_used.labels(*labels)
+        self.label_events = f.label_events.labels(*labels)
         self.owned = f.owned.labels(*labels)
         self.failed = f.failed.labels(*labels)
 

@@ -14,6 +14,7 @@ from imapclient.imap_utf7 import encode as encode_utf7
 
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.imap.special_use import own_label
+from email_ingestion.producer.download_budget import DownloadBudget
 from email_ingestion.producer.gmail_claims import Claim, Claims
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, facts_of
 from email_ingestion.producer.payloads import Downloaded
@@ -31,9 +32,11 @@ class Retry:
 
 
 class GmailPrefetch:
-    def __init__(self, *, session: ImapSession, store: GmailStateStore, defer_inbox: bool = False) -> None:
+    def __init__(self, *, session: ImapSession, store: GmailStateStore, defer_inbox: bool = False,
+                 budget: DownloadBudget | None = None) -> None:
         self.session = session
         self.store = store
+        self.budget = budget  # GMAIL_DAILY_DOWNLOAD_MB (download_budget.py)
         self.claims = Claims(store=store)
         self.defer_inbox = defer_inbox  # the account's INBOX is followed too (gmail_claims.py)
 
@@ -54,7 +57,12 @@ class GmailPrefetch:
         facts = self.facts(uids)
         take, keep, _ = self._sort(facts)
         self.claims.defer(uidvalidity, keep)
+        self._spend(take)
         return [f.uid for f in take]
+
+    def _spend(self, facts: list[GmailFacts]) -> None:
+        if self.budget is not None:
+            self.budget.spend(sum(f.size for f in facts))
 
     def retry_deferred(self, uidvalidity: int, large_bytes: int) -> Retry:
         """The deferred messages this folder must emit itself now; forgets those emitted."""
@@ -65,6 +73,7 @@ class GmailPrefetch:
         present = {f.msgid for f in facts}
         take, _, emitted = self._sort(facts)
         self.claims.forget([m for m in deferred if m not in present] + [f.msgid for f in emitted])
+        self._spend(take)
         return Retry([f.uid for f in take], {f.uid for f in take if f.size > large_bytes}, [f.msgid for f in take])
 
     def _sort(self, facts: list[GmailFacts]) -> tuple[list[GmailFacts], list[GmailFacts], list[GmailFacts]]:

@@ -103,6 +103,7 @@ class MailboxSync:
                 status = again
             if self.label_watcher is not None and not (result.interrupted or should_stop()):
                 result.label_events = self.label_watcher.check()
+                self.metrics.label_events.inc(result.label_events)
             self.metrics.polls.inc()
             self.metrics.poll_duration.observe(time.monotonic() - started)
             self.guard.trim_acknowledged()
@@ -110,6 +111,11 @@ class MailboxSync:
                 log.info("sync pass done", extra={"new": result.seen, "emitted": result.emitted,
                                                   "duration_s": round(time.monotonic() - started, 3)})
             return result
+
+    def gmail_status(self) -> dict[str, object]:
+        """The Gmail part of /status: the account's download budget (issue 20)."""
+        budget = self.gmail.budget if self.gmail is not None and self.gmail.active else None
+        return {"gmail_download_budget": budget.state.snapshot()} if budget is not None else {}
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
