@@ -8,7 +8,7 @@ per X-GM-MSGID, the message's labels at its last event (labels.py compares again
 It is one set of hashes per account and stream (keys.gmail_identity), on the stream's slot,
 so the check, the record and the XADD happen in one script: two folders racing on one
 message give one entry. Nothing expires: an identity lives as long as the account is
-followed (about 40 bytes a message, see docs/gmail.md), so a label added years later, a
+followed (26 bytes a message measured at 1,000,000, scripts/gmail_identity_memory.py), so a label added years later, a
 message moved back to INBOX or a label folder followed for the first time never delivers
 old mail again. A mailbox's own `seen` hash (gm:<msgid>, written by versions before
 issue 20) is consulted too, so upgrading re-delivers nothing.
