@@ -166,6 +166,8 @@ class ProducerSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=60.0, gt=0, description="full poll even while idling")
     batch_size: int = Field(default=500, ge=1, le=5000, description="UIDs per UID FETCH")
     initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
+    initial_sync_order: Literal["oldest", "newest"] = Field(default="oldest", description="first sync: oldest "
+                                                                                          "mail first, or newest")
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
     progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")

@@ -46,6 +46,14 @@ class ProducerFamilies:
         self.gmail_used = Gauge(f"{NS}_gmail_downloaded_bytes_24h", "Body bytes downloaded in the last 24 hours",
                                 labels, registry=r)
         self.label_events = counter("gmail_label_events_total", "labels_changed events appended (GMAIL_LABEL_EVENTS)")
+        self.sync_done = Gauge(f"{NS}_sync_progress_done", "Messages done in the sync step in progress",
+                               labels, registry=r)
+        self.sync_total = Gauge(f"{NS}_sync_progress_total", "Messages the sync step in progress covers (from "
+                                "the folder's message count)", labels, registry=r)
+        self.sync_rate = Gauge(f"{NS}_sync_progress_rate", "Messages per second of the sync step in progress",
+                               labels, registry=r)
+        self.sync_eta = Gauge(f"{NS}_sync_progress_eta_seconds", "Estimated seconds left in the sync step",
+                              labels, registry=r)
         self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels, registry=r)
         self.owned = Gauge(f"{NS}_producer_mailbox_owned",
                            "1 while this producer holds the mailbox's lease and follows it", labels, registry=r)
@@ -78,6 +86,10 @@ class ProducerMetrics:
         self.backpressure = f.backpressure.labels(*labels)
         self.last_uid = f.last_uid.labels(*labels)
         self.gmail_waiting = f.gmail_waiting.labels(*labels)
+        self.sync_done = f.sync_done.labels(*labels)
+        self.sync_total = f.sync_total.labels(*labels)
+        self.sync_rate = f.sync_rate.labels(*labels)
+        self.sync_eta = f.sync_eta.labels(*labels)
         self.gmail_used = f.gmail_used.labels(*labels)
         self.label_events = f.label_events.labels(*labels)
         self.owned = f.owned.labels(*labels)

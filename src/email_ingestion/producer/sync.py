@@ -32,6 +32,7 @@ from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.gmail_prefetch import GmailPrefetch
 from email_ingestion.producer.labels import LabelWatcher
+from email_ingestion.producer.newest_first import CHUNK_BATCHES, SweepState, newest_first
 from email_ingestion.producer.progress import Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
 from email_ingestion.producer.windows import Batch, UidWindows
@@ -78,6 +79,8 @@ class MailboxSync:
         self.session = session
         self.gmail = gmail  # Gmail: one event per X-GM-MSGID across the account's folders (issue 20)
         self.label_watcher = label_watcher
+        self.sweeps = SweepState(store=store)
+        self.progress: Progress | None = None  # of the step in progress, for /status
         self.store = store
         self.guard = guard
         self.fetcher = fetcher
@@ -112,17 +115,31 @@ class MailboxSync:
                                                   "duration_s": round(time.monotonic() - started, 3)})
             return result
 
-    def gmail_status(self) -> dict[str, object]:
-        """The Gmail part of /status: the account's download budget (issue 20)."""
+    def extra_status(self) -> dict[str, object]:
+        """/status: the sync step's progress, and on Gmail the account's download budget (issue 20)."""
+        extra: dict[str, object] = {"sync_progress": self.progress.snapshot() if self.progress else None}
         budget = self.gmail.budget if self.gmail is not None and self.gmail.active else None
-        return {"gmail_download_budget": budget.state.snapshot()} if budget is not None else {}
+        if budget is not None:
+            extra["gmail_download_budget"] = budget.state.snapshot()
+        return extra
+
+    def _show_progress(self, progress: Progress) -> None:
+        snapshot = progress.snapshot()
+        self.metrics.sync_done.set(progress.done)
+        self.metrics.sync_total.set(progress.total)
+        self.metrics.sync_rate.set(float(snapshot["rate_per_s"] or 0))
+        self.metrics.sync_eta.set(float(snapshot["eta_s"] or 0))
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
         stored = self.store.load()
         last = status.uidnext - 1 if status.uidnext else self.session.highest_uid()
         if stored is not None and stored.uidvalidity != status.uidvalidity:
+            self.sweeps.clear()
             stored = self._begin_resync(status, stored, last, result)
+        elif self._sweeping(stored):
+            self._sweep(status, last, stored, pass_id, should_stop, result)
+            return not (result.interrupted or should_stop())
         start = stored.last_uid + 1 if stored else self._first_start(status, last)
         if start <= last:
             self._emit_range(_Range(start, last, status, stored), pass_id, should_stop, result)
@@ -147,6 +164,36 @@ class MailboxSync:
         self.gmail.claims.forget(retry.msgids)
         self.metrics.produced.inc(len(added))
         return len(added)
+
+    def _sweeping(self, stored: MailboxState | None) -> bool:
+        """INITIAL_SYNC_ORDER=newest: a first sync starts (or resumes) a newest-first sweep."""
+        if self.settings.initial_sync_order != "newest" or not isinstance(self.store, StateStore):
+            return False  # (a dry run keeps no state to resume from)
+        if stored is None:
+            return self.settings.initial_sync != "new"
+        return self.sweeps.load() is not None
+
+    def _sweep(self, status: MailboxStatus, last: int, stored: MailboxState | None, pass_id: str,
+               should_stop: ShouldStop, result: PassResult) -> None:
+        sweep = self.sweeps.load() if stored is not None else None
+        if sweep is None:
+            bottom, since_ms = self._sweep_bottom(last)
+            sweep = self.sweeps.start(uidvalidity=status.uidvalidity, top=last, bottom=bottom, since_ms=since_ms)
+            stored = self.store.load()
+        batches = newest_first(self._windows, bottom=sweep.bottom, top=sweep.floor - 1,
+                               chunk_uids=self.settings.batch_size * CHUNK_BATCHES)
+        span = _Range(sweep.bottom, sweep.floor - 1, status, stored)
+        self._emit_range(span, pass_id, should_stop, result, batches=batches)
+        if not (result.interrupted or should_stop()):
+            self.sweeps.finish(uidvalidity=status.uidvalidity, sweep=sweep)
+
+    def _sweep_bottom(self, last: int) -> tuple[int, int]:
+        """The lowest UID a newest-first sweep goes down to, and the since baseline (ms)."""
+        since = self.settings.since_date
+        if since is None:
+            return 1, 0
+        first = self._windows(1, last).first_matching("SINCE", since) or last + 1
+        return first, int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp() * 1000)
 
     def _first_start(self, status: MailboxStatus, last: int) -> int:
         """Where the very first pass starts; records the baseline for later resyncs."""
@@ -177,17 +224,23 @@ class MailboxSync:
         return UidWindows(session=self.session, first_uid=first_uid, last_uid=last_uid,
                           batch_size=self.settings.batch_size, large_bytes=self.settings.large_message_bytes)
 
-    def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult) -> None:
-        """Emit the UIDs of `span` in batches. While a re-sync is in progress, only messages
-        never emitted and not older than the first run's baseline go out."""
+    def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult,
+                    batches: Iterator[Batch] | None = None) -> None:
+        """Emit the UIDs of `span` in batches (ascending, or the newest-first sweep's
+        `batches`). While a re-sync is in progress, only messages never emitted and not
+        older than the first run's baseline go out."""
+        descending = batches is not None
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
-        progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds)
+        progress = self.progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds,
+                                            label=self.session.settings.mailbox, on_advance=self._show_progress)
         builder = self._make_builder(-(-expected // self.settings.batch_size))
-        batches = iter(self._windows(span.first_uid, span.last_uid))
+        batches = batches if batches is not None else iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
 
         def download() -> _Fetched | None:
+            if should_stop():
+                return None  # nothing more read ahead once asked to stop
             batch = next(batches, None)  # may search the next window: this thread only
             if batch is None:
                 return None
@@ -209,7 +262,11 @@ class MailboxSync:
                         result.interrupted = True
                         return
                     items = fetched.built()
-                    added = self.store.emit(uidvalidity, fetched.batch.uids[-1], items, since_ms=since_ms)
+                    # A sweep leaves the position alone (UIDs below are not done) and stores its floor.
+                    position = 0 if descending else fetched.batch.uids[-1]
+                    added = self.store.emit(uidvalidity, position, items, since_ms=since_ms)
+                    if descending:
+                        self.sweeps.done_down_to(fetched.batch.uids[0])
                     self._count(result, fetched, len(added))
                     self.metrics.last_uid.set(fetched.batch.uids[-1])
                     progress.advance(len(fetched.batch.uids))

@@ -73,6 +73,10 @@ class GmailStore:
         self.id_commands: list[list[str]] = []
         self.logins = 0
         self.throttle_next = 0  # this many tagged OKs say [THROTTLED]
+        # A test can hold body downloads once this many were served (to stop a producer mid-sync).
+        self.hold_after_bodies: int | None = None
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self._add_folder("INBOX", (), "\\Inbox")
         self._add_folder(f"{self.prefix}/All Mail", ("\\All",), None)
         for label, (name, attr) in SYSTEM_FOLDERS.items():
@@ -168,6 +172,10 @@ class GmailStore:
         with self.lock:
             self.body_downloads[msgid] = self.body_downloads.get(msgid, 0) + 1
             self.body_bytes += size
+            served = sum(self.body_downloads.values())
+        if self.hold_after_bodies is not None and served > self.hold_after_bodies:
+            self.holding.set()
+            self.release.wait(timeout=60)
 
     def wait_for_change(self, seen_modseq: int, timeout_s: float, stop: Callable[[], bool]) -> int:
         with self.changed:
