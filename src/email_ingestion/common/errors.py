@@ -19,6 +19,11 @@ class TokenRefreshError(AuthError):
     """The OAuth2 token endpoint refused to refresh the access token."""
 
 
+class CredentialsRejectedError(TokenRefreshError):
+    """Google refused the refresh token (invalid_grant: revoked, or expired after 7 days for an
+    app in Testing): the mailbox waits in the `credentials` state until a person re-authorises."""
+
+
 class TokenEndpointError(IngestionError):
     """The OAuth2 token endpoint could not be reached; retrying may help."""
 

@@ -46,6 +46,9 @@ class ProducerFamilies:
         self.gmail_used = Gauge(f"{NS}_gmail_downloaded_bytes_24h", "Body bytes downloaded in the last 24 hours",
                                 labels, registry=r)
         self.label_events = counter("gmail_label_events_total", "labels_changed events appended (GMAIL_LABEL_EVENTS)")
+        self.credentials = Gauge(f"{NS}_producer_mailbox_credentials",
+                                 "1 while the mailbox waits for a person to re-authorise (invalid_grant)",
+                                 labels, registry=r)
         self.sync_done = Gauge(f"{NS}_sync_progress_done", "Messages done in the sync step in progress",
                                labels, registry=r)
         self.sync_total = Gauge(f"{NS}_sync_progress_total", "Messages the sync step in progress covers (from "
@@ -86,6 +89,7 @@ class ProducerMetrics:
         self.backpressure = f.backpressure.labels(*labels)
         self.last_uid = f.last_uid.labels(*labels)
         self.gmail_waiting = f.gmail_waiting.labels(*labels)
+        self.credentials = f.credentials.labels(*labels)
         self.sync_done = f.sync_done.labels(*labels)
         self.sync_total = f.sync_total.labels(*labels)
         self.sync_rate = f.sync_rate.labels(*labels)
