@@ -273,3 +273,56 @@ def test_first_sync_progress_in_status_and_metrics(gmail, follow, redis_client):
     assert progress["done"] == progress["total"] == 12 and progress["rate_per_s"] > 0
     assert runner.metrics.registry.get_sample_value(
         "email_ingestion_sync_progress_total", {"account": USER, "mailbox": "INBOX"}) == 12
+
+
+def test_inbox_mail_goes_out_from_inbox_and_archived_mail_from_all_mail(gmail, follow, redis_client):
+    """With INBOX followed, mail labelled \\Inbox is emitted from INBOX (not All Mail or a label folder); the rest
+    from the other folders; new INBOX mail on a later pass too."""
+    ids = gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+    settings = follow(gmail, "INBOX", "Work", "\\All")
+    assert run_once(settings) == 0
+    later = gmail.store.add(message(50), ["\\Inbox", "Work"])
+    assert run_once(settings) == 0
+
+    entries = messages_by_msgid(redis_client)
+    for msgid, labels in [*zip(ids, MIXED, strict=True), (later, ("\\Inbox", "Work"))]:
+        if "\\Spam" not in labels:
+            [payload] = entries[str(msgid)]
+            assert (payload["mailbox"] == "INBOX") == ("\\Inbox" in labels), (labels, payload["mailbox"])
+
+
+def test_archived_before_inbox_emitted_it_is_emitted_from_all_mail(gmail, follow, redis_client):
+    """All Mail leaves INBOX mail to INBOX; if it is archived before INBOX emitted it, All Mail emits it next pass."""
+    from email_ingestion.common.logging import Redactor
+    from email_ingestion.producer.cli import build_runner
+    from email_ingestion.producer.mailboxes import load_mailboxes
+    msgid = gmail.store.add(message(1), ["\\Inbox"])
+    [all_mail] = load_mailboxes(follow(gmail, "\\All"))
+
+    def all_mail_pass() -> None:  # All Mail alone, told that INBOX is followed (by a producer that is down)
+        runner = build_runner(all_mail.settings, threading.Event(), Redactor(all_mail.settings.secrets()),
+                              inbox_followed=True)
+        runner.run(once=True)
+
+    all_mail_pass()
+    assert not messages_by_msgid(redis_client)  # left to INBOX
+    gmail.store.relabel(msgid, remove=["\\Inbox"])
+    all_mail_pass()
+
+    [payload] = messages_by_msgid(redis_client)[str(msgid)]
+    assert payload["mailbox"] == "\\All" and payload["gmail_labels"] == []
+
+
+def test_uidvalidity_change_re_sends_nothing(gmail, follow, redis_client):
+    """A folder renumbered under a new UIDVALIDITY is re-checked by X-GM-MSGID: no entry, no download again."""
+    gmail.store.add_many((message(i), labels) for i, labels in enumerate(MIXED))
+    settings = follow(gmail, "INBOX", "\\All")
+    assert run_once(settings) == 0
+    entries, downloads = redis_client.xlen("email_ingestion_stream"), dict(gmail.store.body_downloads)
+    gmail.store.reset_uidvalidity("[Gmail]/All Mail")
+    gmail.store.reset_uidvalidity("INBOX")
+
+    assert run_once(settings) == 0
+
+    assert redis_client.xlen("email_ingestion_stream") == entries
+    assert gmail.store.body_downloads == downloads

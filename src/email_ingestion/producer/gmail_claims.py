@@ -8,9 +8,10 @@ case) -> forgotten; the claim expired without an emission (the claimant crashed,
 message left its folder first) -> claimed and emitted from here. So a message is
 downloaded once, and never lost to a folder that gave it up.
 
-All Mail also defers the messages labelled `\\Inbox` when the account's INBOX is followed
-too: new mail goes out from INBOX, the folder with the lower latency and the expected
-`mailbox`; All Mail takes it only once it has left INBOX without being emitted.
+When the account's INBOX is followed, the other folders (All Mail, labels) also defer the
+messages labelled `\\Inbox`: new mail goes out from INBOX, the folder with the lower latency
+and the expected `mailbox`; another folder takes it only once it has left INBOX without
+being emitted.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class GmailPrefetch:
         return take, keep, emitted
 
     def _for_inbox(self, facts: GmailFacts) -> bool:
-        return self.defer_inbox and "\\Inbox" in facts.labels and own_label(self.session.folder) is None
+        return self.defer_inbox and "\\Inbox" in facts.labels and own_label(self.session.folder) != "\\Inbox"
 
     def complete(self, downloaded: Downloaded) -> None:
         """Add the folder's own label, which Gmail may leave out of X-GM-LABELS, so a
