@@ -326,3 +326,20 @@ def test_uidvalidity_change_re_sends_nothing(gmail, follow, redis_client):
 
     assert redis_client.xlen("email_ingestion_stream") == entries
     assert gmail.store.body_downloads == downloads
+
+
+def test_mailbox_reset_re_emits_on_gmail_what_it_asks_for_and_nothing_else(gmail, follow, redis_client):
+    """`email-ingest mailbox reset --uid N` on a Gmail folder emits its messages above N again (the identity store
+    does not hold them back), once, and nothing from the other folders."""
+    from email_ingestion.admin.mailbox import reset
+    from email_ingestion.common.keys import MailboxKeys
+    ids = gmail.store.add_many((message(i), ("\\Inbox", "Work")) for i in range(6))
+    settings = follow(gmail, "INBOX", "Work")
+    assert run_once(settings) == 0
+    reset(redis_client, MailboxKeys("email_ingestion_stream", USER, "INBOX"), 3)
+
+    assert run_once(settings) == 0
+    assert run_once(settings) == 0
+
+    entries = messages_by_msgid(redis_client)
+    assert {m: len(entries[str(m)]) for m in ids} == {m: 1 if i < 3 else 2 for i, m in enumerate(ids)}

@@ -59,7 +59,10 @@ def reset(client: redis.Redis, keys: MailboxKeys, uid: int) -> dict[str, Any]:
         raise LookupError(f"no stored position for {keys.account} {keys.mailbox} on {keys.stream}")
     if uid > before.get("last_uid", 0):
         raise ValueError(f"--uid {uid} is above the stored last_uid {before.get('last_uid')}: a reset only goes back")
-    client.hset(keys.state, "last_uid", uid)
+    # On Gmail the account's identity store (producer/gmail_identity.py) would skip what was
+    # emitted before: `replay_until` tells the producer these UIDs go out again all the same.
+    replay = max(before.get("last_uid", 0), before.get("replay_until", 0))
+    client.hset(keys.state, mapping={"last_uid": uid, "replay_until": replay})
     return {"before": before, "after": position(client, keys)}
 
 

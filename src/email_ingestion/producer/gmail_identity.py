@@ -33,21 +33,23 @@ _SEPARATOR = "\n"  # label names are mailbox names: they never hold a line break
 # KEYS: lease, stream, state, the mailbox's legacy seen hash, then per item its identity
 # bucket and its claims bucket (gmail_claims.py; the claim ends with the emission).
 # ARGV: fence, uidvalidity, last_uid, now_ms, since_ms, payload field, producer field,
-# then per item X-GM-MSGID, payload, labels. Position as in state.py's script; an item goes
-# out only when no folder of the account emitted its X-GM-MSGID before.
+# then per item X-GM-MSGID, payload, labels, UID. Position as in state.py's script; an item
+# goes out only when no folder of the account emitted its X-GM-MSGID before, or when its UID
+# is at or below `replay_until` (`email-ingest mailbox reset` asked for it again).
 _EMIT = _FENCE + """
 local stream, state, seen = KEYS[2], KEYS[3], KEYS[4]
 local uidvalidity, last_uid = ARGV[2], tonumber(ARGV[3])
-local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid')
-local position = 0
-if stored[1] == uidvalidity then position = tonumber(stored[2] or '0') end
+local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid', 'replay_until')
+local position, replay = 0, 0
+if stored[1] == uidvalidity then position, replay = tonumber(stored[2] or '0'), tonumber(stored[3] or '0') end
 local added = {}
 local bucket = 3
-for i = 8, #ARGV, 3 do
+for i = 8, #ARGV, 4 do
   bucket = bucket + 2
   local msgid = ARGV[i]
   redis.call('HDEL', KEYS[bucket + 1], msgid)
-  if redis.call('HEXISTS', KEYS[bucket], msgid) == 0 and redis.call('HEXISTS', seen, 'gm:' .. msgid) == 0 then
+  local replayed = tonumber(ARGV[i + 3]) <= replay and tonumber(ARGV[i + 3]) > position
+  if replayed or (redis.call('HEXISTS', KEYS[bucket], msgid) == 0 and redis.call('HEXISTS', seen, 'gm:' .. msgid) == 0) then
     redis.call('HSET', KEYS[bucket], msgid, ARGV[i + 2])
     if ARGV[1] == '' then
       added[#added + 1] = redis.call('XADD', stream, '*', ARGV[6], ARGV[i + 1])
@@ -57,6 +59,7 @@ for i = 8, #ARGV, 3 do
   end
 end
 if last_uid > position then position = last_uid end
+if position >= replay then redis.call('HDEL', state, 'replay_until') end
 redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', ARGV[4])
 redis.call('HSETNX', state, 'since_ms', ARGV[5])
 return added
@@ -126,6 +129,11 @@ class GmailStateStore(StateStore):
         return [decode_labels(stored) if stored is not None else frozenset() if old is not None else None
                 for stored, old in zip(labels, legacy, strict=True)]
 
+    def replay_until(self) -> int:
+        """UIDs at or below this go out again whatever the identity store says (a mailbox reset)."""
+        with redis_errors("state load"):
+            return int(self.redis.hget(self.keys.state, "replay_until") or 0)
+
     def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0) -> list[str]:
         msgids = [msgid_of(item) for item in items]
         if not items or None in msgids:
@@ -134,7 +142,7 @@ class GmailStateStore(StateStore):
         keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.seen]
         for item, msgid in zip(items, msgids, strict=True):
             assert msgid is not None
-            args.extend((msgid, item.payload, encode_labels(item.gmail_labels)))
+            args.extend((msgid, item.payload, encode_labels(item.gmail_labels), item.uid))
             keys.extend((self.bucket(msgid), gmail_claims(self.keys.stream, self.keys.account, msgid)))
         with redis_errors("stream append"):
             added = self._gmail_emit(keys=keys, args=args)

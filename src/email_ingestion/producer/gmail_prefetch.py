@@ -55,10 +55,12 @@ class GmailPrefetch:
         if not uids:
             return []
         facts = self.facts(uids)
-        take, keep, _ = self._sort(facts)
+        replay = self.store.replay_until()
+        take, keep, _ = self._sort([f for f in facts if f.uid > replay])
+        take = [f for f in facts if f.uid <= replay] + take  # a reset asked for these again
         self.claims.defer(uidvalidity, keep)
         self._spend(take)
-        return [f.uid for f in take]
+        return sorted(f.uid for f in take)
 
     def _spend(self, facts: list[GmailFacts]) -> None:
         if self.budget is not None:
