@@ -343,3 +343,24 @@ def test_mailbox_reset_re_emits_on_gmail_what_it_asks_for_and_nothing_else(gmail
 
     entries = messages_by_msgid(redis_client)
     assert {m: len(entries[str(m)]) for m in ids} == {m: 1 if i < 3 else 2 for i, m in enumerate(ids)}
+
+
+def test_email_ingest_status_shows_a_first_sync_in_progress(gmail, follow, redis_client, capsys):
+    """While a first sync runs, `email-ingest status` shows the mailbox's done/total, rate and ETA."""
+    from email_ingestion.admin.status import main as status_main
+    gmail.store.add_many((message(i), ("\\Inbox",)) for i in range(40))
+    settings = follow(gmail, "INBOX", BATCH_SIZE="5")
+    gmail.store.hold_after_bodies = 22
+    stop = threading.Event()
+    producer = run_until_stopped(settings, stop)
+    try:
+        assert wait_until(gmail.store.holding.is_set, timeout_s=30)
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 15, timeout_s=30)
+        status_main(["--env-file", "/dev/null"])
+        shown = capsys.readouterr().out
+    finally:
+        stop.set()
+        gmail.store.release.set()
+        producer.join(timeout=60)
+    line = next(text for text in shown.splitlines() if "INBOX" in text)
+    assert "syncing=" in line and "/40 rate=" in line and "eta=" in line

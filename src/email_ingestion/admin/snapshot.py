@@ -7,6 +7,7 @@ same figures as every other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from typing import Any
 
@@ -16,6 +17,7 @@ from email_ingestion.admin.common import Target, id_ms, server_ms
 from email_ingestion.common.keys import PREFIX, hash_tag
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape, live_workers, unescape
+from email_ingestion.producer.progress import PROGRESS_FIELD
 
 DLQ_PAGE = 500
 DLQ_MAX_READ = 20_000  # beyond this the reasons are counted on the oldest entries only
@@ -44,8 +46,18 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
         found.append({"account": unescape(parts[0]), "mailbox": unescape(parts[1]),
                       "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
                       "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
-                      "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1)})
+                      "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1),
+                      "sync_progress": _progress(state.get(PROGRESS_FIELD))})
     return sorted(found, key=lambda m: (m["account"], m["mailbox"]))
+
+
+def _progress(text: str | None) -> dict[str, Any] | None:
+    """The producer's last sync step figures (done, total, rate_per_s, eta_s), when it wrote them."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def groups(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:

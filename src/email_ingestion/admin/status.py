@@ -95,8 +95,17 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
     for box in snap["mailboxes"]:
         lines.append(f"  {box['account']} {box['mailbox']}: uidvalidity={box['uidvalidity']} "
                      f"last_uid={box['last_uid']} last_sync={box['last_sync']} "
-                     f"({box['last_sync_age_s']}s ago) backpressure={'yes' if box['backpressure'] else 'no'}")
+                     f"({box['last_sync_age_s']}s ago) backpressure={'yes' if box['backpressure'] else 'no'}"
+                     + _progress_text(box.get("sync_progress")))
     return lines
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress or progress.get("done", 0) >= progress.get("total", 0):
+        return ""
+    eta = progress.get("eta_s")
+    return (f" syncing={progress.get('done')}/{progress.get('total')} rate={progress.get('rate_per_s')}/s"
+            f" eta={'?' if eta is None else f'{eta:.0f}s'}")
 
 
 def _render_stream(snap: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import TextIO
 log = logging.getLogger(__name__)
 
 BAR_WIDTH = 30
+PROGRESS_FIELD = "sync_progress"  # in the mailbox's state hash: the figures as JSON, for `email-ingest status`
 
 
 class Progress:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.logging import correlation
+from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.imap.session import ImapSession, MailboxStatus
 from email_ingestion.monitoring.metrics import ProducerMetrics
@@ -33,7 +35,7 @@ from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.gmail_prefetch import GmailPrefetch
 from email_ingestion.producer.labels import LabelWatcher
 from email_ingestion.producer.newest_first import CHUNK_BATCHES, SweepState, newest_first
-from email_ingestion.producer.progress import Progress
+from email_ingestion.producer.progress import PROGRESS_FIELD, Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
 from email_ingestion.producer.windows import Batch, UidWindows
 
@@ -129,6 +131,9 @@ class MailboxSync:
         self.metrics.sync_total.set(progress.total)
         self.metrics.sync_rate.set(float(snapshot["rate_per_s"] or 0))
         self.metrics.sync_eta.set(float(snapshot["eta_s"] or 0))
+        if progress.done and isinstance(self.store, StateStore):  # for `email-ingest status`; informational
+            with redis_errors("progress"):
+                self.store.redis.hset(self.store.keys.state, PROGRESS_FIELD, json.dumps(snapshot))
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
