@@ -364,3 +364,17 @@ def test_email_ingest_status_shows_a_first_sync_in_progress(gmail, follow, redis
         producer.join(timeout=60)
     line = next(text for text in shown.splitlines() if "INBOX" in text)
     assert "syncing=" in line and "/40 rate=" in line and "eta=" in line
+
+
+def test_trashing_is_a_label_event_when_trash_is_followed(gmail, follow, redis_client):
+    """With \\Trash followed next to \\All, trashing a message is one labels_changed event (\\Trash added), no message."""
+    msgid = gmail.store.add(message(1), ["\\Inbox"])
+    settings = follow(gmail, "\\All", "\\Trash", GMAIL_LABEL_EVENTS="true")
+    assert run_once(settings) == 0
+    gmail.store.relabel(msgid, add=["\\Trash"], remove=["\\Inbox"])
+
+    assert run_once(settings) == 0
+
+    [change] = messages_by_msgid(redis_client, "labels_changed")[str(msgid)]
+    assert change["labels_added"] == ["\\Trash"] and change["labels_removed"] == ["\\Inbox"]
+    assert len(messages_by_msgid(redis_client)[str(msgid)]) == 1

@@ -74,13 +74,15 @@ class LabelWatcher:
             return 0
         status = self.session.examine()
         state = self.store.load()
-        if status.highest_modseq is None or state is None:
+        if status.highest_modseq is None:
             return 0
         with redis_errors("label state"):
             stored = self.store.redis.hget(self.store.keys.state, MODSEQ_FIELD)
         if stored is not None and int(stored) >= status.highest_modseq:
             return 0
-        changes = self._changes(int(stored), state.last_uid) if stored is not None else []
+        # No baseline yet (a new folder, even an empty one): changes from here on are events.
+        last_uid = state.last_uid if state is not None else 0
+        changes = self._changes(int(stored), last_uid) if stored is not None else []
         return self._emit(changes, status.highest_modseq, status.uidvalidity)
 
     def _changes(self, since: int, last_uid: int) -> list[LabelChange]:
