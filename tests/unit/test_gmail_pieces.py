@@ -78,3 +78,14 @@ def test_newest_first_yields_the_highest_batches_first():
     batches = [b.uids for b in newest_first(windows, bottom=1, top=7, chunk_uids=4)]  # type: ignore[arg-type]
     assert asked == [(4, 7), (1, 3)]
     assert batches == [[6, 7], [4, 5], [3], [1, 2]]
+
+
+def test_a_budget_wait_keeps_the_loop_alive_and_ends_on_stop():
+    """The download budget's wait ticks the runner's pulse every second and returns True once asked to stop."""
+    import threading
+
+    from email_ingestion.producer.download_budget import Pulse
+    ticks: list[int] = []
+    pulse = Pulse(threading.Event())
+    pulse.should_stop = lambda: ticks.append(1) is not None or len(ticks) > 3
+    assert pulse.wait(30) is True and len(ticks) == 4

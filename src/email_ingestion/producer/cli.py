@@ -31,7 +31,7 @@ from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollec
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
 from email_ingestion.producer.build_site import builder_factory
-from email_ingestion.producer.download_budget import BudgetState, DownloadBudget
+from email_ingestion.producer.download_budget import BudgetState, DownloadBudget, Pulse
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.fleet import ProducerFleet
@@ -117,24 +117,27 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
                                    log_format=settings.log.format, secrets=settings.secrets())
+    pulse = Pulse(stop_event)  # waits for the download budget tick the runner's liveness
     gmail = None if dry_run else GmailPrefetch(session=session, store=store, defer_inbox=inbox_followed,
-                                               budget=_budget(settings, store.redis, metrics, stop_event))
+                                               budget=_budget(settings, store.redis, metrics, pulse))
     labels = (LabelWatcher(session=session, store=store, account=imap.user, mailbox=imap.mailbox)
               if settings.producer.gmail_label_events and not dry_run else None)
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
                        metrics=metrics, wait=stop_event.wait, make_builder=make_builder, gmail=gmail,
                        label_watcher=labels)
-    return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+    pulse.should_stop = runner.should_stop
+    return runner
 
 
-def _budget(settings: Settings, client: Any, metrics: ProducerMetrics, stop_event: threading.Event) -> DownloadBudget:
+def _budget(settings: Settings, client: Any, metrics: ProducerMetrics, pulse: Pulse) -> DownloadBudget:
     def show(state: BudgetState) -> None:
         metrics.gmail_waiting.set(int(state.waiting))
         metrics.gmail_used.set(state.used_bytes)
 
     return DownloadBudget(client=client, stream=settings.redis.stream_name, account=settings.imap.user,
                           limit_bytes=int(settings.producer.gmail_daily_download_mb * 1_000_000),
-                          wait=stop_event.wait, on_change=show)
+                          wait=pulse.wait, on_change=show)
 
 
 def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event,

@@ -15,6 +15,8 @@ The clock is Redis's (TIME), the same for every producer host.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,6 +70,25 @@ end
 redis.call('HSET', KEYS[1], 'waiting_until_ms', until_ms)
 return {0, used, until_ms - now}
 """
+
+
+class Pulse:
+    """A wait that calls `should_stop` (the runner's liveness tick) at least every second:
+    a budget wait can last hours, and /health must not take it for a stalled loop."""
+
+    def __init__(self, stop_event: threading.Event) -> None:
+        self.stop_event = stop_event
+        self.should_stop: Callable[[], bool] = stop_event.is_set
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.stop_event.wait(min(1.0, left)):
+                return True
+        return True
 
 
 @dataclass
