@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from imapclient.imap_utf7 import encode as encode_utf7
 
@@ -19,6 +20,7 @@ from email_ingestion.producer.gmail_claims import Claim, Claims
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, facts_of
 from email_ingestion.producer.payloads import Downloaded
 
+FACTS_PER_FETCH = 1000
 PREFETCH_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS", "RFC822.SIZE"]
 
 
@@ -46,7 +48,10 @@ class GmailPrefetch:
 
     def facts(self, uids: Sequence[int], items: Sequence[str] = PREFETCH_ITEMS) -> list[GmailFacts]:
         own = own_label(self.session.folder)
-        fetched = self.session.fetch(uids, list(items))
+        fetched: dict[int, dict[bytes, Any]] = {}
+        ordered = sorted(uids)
+        for start in range(0, len(ordered), FACTS_PER_FETCH):  # deferred UIDs can be many: short commands
+            fetched.update(self.session.fetch(ordered[start:start + FACTS_PER_FETCH], list(items)))
         return [f for uid, data in sorted(fetched.items()) if (f := facts_of(uid, data, own)) is not None]
 
     def to_download(self, uids: Sequence[int], uidvalidity: int) -> list[int]:
