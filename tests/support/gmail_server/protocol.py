@@ -8,6 +8,7 @@ in one atom).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Union
 
@@ -87,6 +88,11 @@ def imap_date(value: dt.datetime) -> str:
     return value.strftime('"%d-%b-%Y %H:%M:%S +0000"')
 
 
+@functools.lru_cache(maxsize=64)  # a SEARCH tests every message against the same set
+def number_set(text: str, highest: int) -> NumberSet:
+    return NumberSet(parse_set(text, highest))
+
+
 def parse_set(text: str, highest: int) -> list[tuple[int, int]]:
     """A sequence set as (low, high) ranges; `*` is the highest (RFC 3501 §6.4.8: n:*
     matches the highest even when it is below n)."""
@@ -99,8 +105,20 @@ def parse_set(text: str, highest: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def in_set(value: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(low <= value <= high for low, high in ranges)
+class NumberSet:
+    """A parsed sequence set; membership is O(1) (a FETCH of 500 listed UIDs against a
+    10,000-message folder would otherwise test 5 million ranges)."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = [(low, high) for low, high in ranges if high - low >= 1000]
+        self.values = {v for low, high in ranges if high - low < 1000 for v in range(low, high + 1)}
+
+    def __contains__(self, value: int) -> bool:
+        return value in self.values or any(low <= value <= high for low, high in self.ranges)
+
+
+def in_set(value: int, ranges: list[tuple[int, int]] | NumberSet) -> bool:
+    return value in (ranges if isinstance(ranges, NumberSet) else NumberSet(ranges))
 
 
 def header_fields(raw: bytes, names: list[str]) -> bytes:

@@ -15,7 +15,7 @@ from tests.support.gmail_server.protocol import (
     in_set,
     label_atom,
     mailbox_name,
-    parse_set,
+    number_set,
     wire_name,
 )
 from tests.support.gmail_server.store import Folder, GmailStore, GmMessage
@@ -231,7 +231,7 @@ class Session:
         if self.folder is None:
             return "NO No mailbox selected"
         max_seq, max_uid = self._highest()
-        ranges = parse_set(str(args[0]), max_uid if by_uid else max_seq)
+        ranges = number_set(str(args[0]), max_uid if by_uid else max_seq)
         items = [str(i).upper() for i in (args[1] if isinstance(args[1], list) else [args[1]])]
         since = _changed_since(args[2:])
         if by_uid and "UID" not in items:
@@ -298,7 +298,7 @@ def _matches(args: list[Token], seq: int, uid: int, message: GmMessage, highest:
         if key == "ALL":
             i += 1
         elif key == "UID":
-            if not in_set(uid, parse_set(tokens[i + 1], highest[1])):
+            if uid not in number_set(tokens[i + 1], highest[1]):
                 return False
             i += 2
         elif key in ("LARGER", "SMALLER"):
@@ -312,7 +312,7 @@ def _matches(args: list[Token], seq: int, uid: int, message: GmMessage, highest:
                 return False
             i += 2
         else:
-            if not in_set(seq, parse_set(tokens[i], highest[0])):
+            if seq not in number_set(tokens[i], highest[0]):
                 return False
             i += 1
     return True
