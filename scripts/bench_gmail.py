@@ -69,6 +69,7 @@ def run(server: GmailServer, redis_url: str, client: object, work: Path, order: 
     client.flushall()  # type: ignore[attr-defined]
     server.store.body_downloads.clear()
     server.store.body_bytes = 0
+    server.store.commands.clear()
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(ROOT / "producer.py")], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,7 +96,7 @@ def run(server: GmailServer, redis_url: str, client: object, work: Path, order: 
             "body_downloads": sum(server.store.body_downloads.values()),
             "bytes_downloaded": server.store.body_bytes, "seconds_to_first_entry": round(first_any or -1, 2),
             "seconds_to_newest": round(first_newest or -1, 2),
-            "seconds_total": round(total, 1)}
+            "seconds_total": round(total, 1), "imap_commands": dict(server.store.commands)}
 
 
 def main() -> None:

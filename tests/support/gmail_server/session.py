@@ -40,6 +40,8 @@ class Session:
         """Answer one command; False when the connection ends."""
         if name == "UID" and args:
             name, args = f"UID {str(args[0]).upper()}", args[1:]
+        with self.store.lock:
+            self.store.commands[name] += 1
         handler = getattr(self, "cmd_" + name.replace(" ", "_").lower(), None)
         if handler is None or (self.user is None and name not in ("CAPABILITY", "LOGIN", "ID", "NOOP", "LOGOUT")):
             self.send(f"{tag} BAD Unknown command or not allowed now: {name}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class GmailStore:
         self.body_bytes = 0
         self.id_commands: list[list[str]] = []
         self.logins = 0
+        self.commands: Counter[str] = Counter()  # per command name, for benchmarks
         self.throttle_next = 0  # this many tagged OKs say [THROTTLED]
         # A test can hold body downloads once this many were served (to stop a producer mid-sync).
         self.hold_after_bodies: int | None = None
