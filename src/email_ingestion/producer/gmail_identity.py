@@ -26,7 +26,8 @@ from email_ingestion.common.entry_fields import PAYLOAD, PRODUCER
 from email_ingestion.common.keys import gmail_claims, gmail_identity
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.producer.payloads import Emission, gmail_id
-from email_ingestion.producer.state import _FENCE, StateStore
+from email_ingestion.producer.state import StateStore
+from email_ingestion.producer.state_lua import _FENCE
 
 _SEPARATOR = "\n"  # label names are mailbox names: they never hold a line break
 
@@ -59,7 +60,6 @@ for i = 8, #ARGV, 4 do
   end
 end
 if last_uid > position then position = last_uid end
-if position >= replay then redis.call('HDEL', state, 'replay_until') end
 redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', ARGV[4])
 redis.call('HSETNX', state, 'since_ms', ARGV[5])
 return added

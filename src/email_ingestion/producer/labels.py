@@ -25,11 +25,10 @@ from email_ingestion.common.text import iso_utc
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.imap.special_use import own_label
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, encode_labels, facts_of
-from email_ingestion.producer.state import _FENCE
+from email_ingestion.producer.state_lua import _FENCE
 
-MODSEQ_FIELD = "gm_modseq"  # in the mailbox's state hash: HIGHESTMODSEQ at the last check
-
-# KEYS: lease, stream, state, then one identity bucket per item. ARGV: fence, payload field,
+# KEYS: lease, stream, the folder's last HIGHESTMODSEQ, then one identity bucket per item.
+# ARGV: fence, payload field,
 # producer field, new HIGHESTMODSEQ, then per item X-GM-MSGID, labels expected, labels now,
 # payload. An item goes out only when the stored labels are still the expected ones.
 _CHANGES = _FENCE + """
@@ -46,7 +45,7 @@ for i = 5, #ARGV, 4 do
     end
   end
 end
-redis.call('HSET', KEYS[3], 'gm_modseq', ARGV[4])
+redis.call('SET', KEYS[3], ARGV[4])
 return added
 """
 
@@ -77,7 +76,7 @@ class LabelWatcher:
         if status.highest_modseq is None:
             return 0
         with redis_errors("label state"):
-            stored = self.store.redis.hget(self.store.keys.state, MODSEQ_FIELD)
+            stored = self.store.redis.get(self.store.keys.gmail_modseq)
         if stored is not None and int(stored) >= status.highest_modseq:
             return 0
         # No baseline yet (a new folder, even an empty one): changes from here on are events.
@@ -94,7 +93,7 @@ class LabelWatcher:
                 if before is not None and before != f.labels]
 
     def _emit(self, changes: Sequence[LabelChange], highest_modseq: int, uidvalidity: int) -> int:
-        keys = [self.store.keys.lease, self.store.keys.stream, self.store.keys.state]
+        keys = [self.store.keys.lease, self.store.keys.stream, self.store.keys.gmail_modseq]
         args: list[str | int] = [self.store.fence, PAYLOAD, PRODUCER, highest_modseq]
         for change in changes:
             msgid = change.facts.msgid

@@ -47,10 +47,15 @@ class SweepState:
         return Sweep(top, floor, bottom)
 
     def start(self, *, uidvalidity: int, top: int, bottom: int, since_ms: int) -> Sweep:
+        """The mailbox's first state, then the sweep's; a crash in between leaves an ordinary
+        (oldest-first) first sync from `bottom`."""
+        if bottom > 1:  # INITIAL_SYNC=since: the mail below is the baseline (state.py)
+            self.store.start(uidvalidity, position=bottom - 1, since_ms=since_ms, baseline_until=bottom - 1)
+        else:
+            self.store.emit(uidvalidity, 0, [], since_ms=since_ms)
         with redis_errors("sweep state"):
             self.store.redis.hset(self.store.keys.state, mapping={"sweep_top": top, "sweep_floor": top + 1,
                                                                   "sweep_bottom": bottom})
-        self.store.emit(uidvalidity, 0, [], since_ms=since_ms)
         return Sweep(top, top + 1, bottom)
 
     def done_down_to(self, uid: int) -> None:
