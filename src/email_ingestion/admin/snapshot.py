@@ -18,7 +18,6 @@ from email_ingestion.admin.common import Target, id_ms, server_ms
 from email_ingestion.common.keys import PREFIX, hash_tag
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape, live_workers, unescape
-from email_ingestion.producer.progress import PROGRESS_FIELD
 
 DLQ_PAGE = 500
 DLQ_MAX_READ = 20_000  # beyond this the reasons are counted on the oldest entries only
@@ -48,11 +47,11 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
                       "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
                       "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
                       "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1),
-                      "sync_progress": _progress(state.get(PROGRESS_FIELD))})
+                      "sync_progress": _progress(client.get(to_text(key).removesuffix(":state") + ":progress"))})
     return sorted(found, key=lambda m: (m["account"], m["mailbox"]))
 
 
-def _progress(text: str | None) -> dict[str, Any] | None:
+def _progress(text: bytes | str | None) -> dict[str, Any] | None:
     """The producer's last sync step figures (done, total, rate_per_s, eta_s), when it wrote them."""
     try:
         value = json.loads(text) if text else None

@@ -86,6 +86,12 @@ class MailboxKeys:
         return f"{self._base}:gm_deferred"
 
     @property
+    def progress(self) -> str:
+        """String with TTL: the figures of the sync step in progress (done, total, rate, ETA) as
+        JSON, for `email-ingest status`; beside `state`, which only the sync's scripts write."""
+        return f"{self._base}:progress"
+
+    @property
     def gmail_modseq(self) -> str:
         """String: the folder's HIGHESTMODSEQ at its last label check (GMAIL_LABEL_EVENTS);
         kept out of `state` so that a folder with no state yet can have it."""

@@ -13,7 +13,7 @@ from typing import TextIO
 log = logging.getLogger(__name__)
 
 BAR_WIDTH = 30
-PROGRESS_FIELD = "sync_progress"  # in the mailbox's state hash: the figures as JSON, for `email-ingest status`
+PROGRESS_TTL_S = 7 * 86400  # the last figures stay readable (keys.MailboxKeys.progress) this long
 
 
 class Progress:

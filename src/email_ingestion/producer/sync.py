@@ -39,7 +39,7 @@ from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.gmail_prefetch import GmailPrefetch
 from email_ingestion.producer.labels import LabelWatcher
 from email_ingestion.producer.newest_first import CHUNK_BATCHES, SweepState, newest_first
-from email_ingestion.producer.progress import PROGRESS_FIELD, Progress
+from email_ingestion.producer.progress import PROGRESS_TTL_S, Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
 from email_ingestion.producer.windows import Batch, UidWindows
 
@@ -141,7 +141,7 @@ class MailboxSync:
         self.metrics.sync_eta.set(float(snapshot["eta_s"] or 0))
         if progress.done and isinstance(self.store, StateStore):  # for `email-ingest status`; informational
             with redis_errors("progress"):
-                self.store.redis.hset(self.store.keys.state, PROGRESS_FIELD, json.dumps(snapshot))
+                self.store.redis.set(self.store.keys.progress, json.dumps(snapshot), ex=PROGRESS_TTL_S)
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
