@@ -20,12 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imapclient.imap_utf7 import decode as decode_utf7
-
 from email_ingestion.common.entry_fields import PAYLOAD, PRODUCER
 from email_ingestion.common.keys import gmail_claims, gmail_identity
 from email_ingestion.common.redis_client import redis_errors
-from email_ingestion.producer.payloads import Emission, gmail_id
+from email_ingestion.imap.fetched import FetchedMessage
+from email_ingestion.producer.payloads import Emission
 from email_ingestion.producer.state import StateStore
 from email_ingestion.producer.state_lua import _FENCE
 
@@ -77,18 +76,13 @@ class GmailFacts:
     size: int
 
 
-def label_text(value: Any) -> str:
-    # Labels are mailbox names: modified UTF-7 (RFC 3501 §5.1.3).
-    return decode_utf7(value) if isinstance(value, bytes) else str(value)
-
-
-def facts_of(uid: int, data: dict[bytes, Any], own: str | None) -> GmailFacts | None:
-    msgid = gmail_id(data.get(b"X-GM-MSGID"))
-    if msgid is None:
-        return None  # expunged since the SEARCH
-    labels = {label_text(v) for v in data.get(b"X-GM-LABELS") or ()} | ({own} if own else set())
-    return GmailFacts(uid, msgid, gmail_id(data.get(b"X-GM-THRID")), frozenset(labels),
-                      int(data.get(b"RFC822.SIZE") or 0))
+def facts_of(message: FetchedMessage, own: str | None) -> GmailFacts | None:
+    """`message`'s Gmail facts, with the folder's own label added; None when it has no
+    X-GM-MSGID (expunged since the SEARCH)."""
+    if message.gmail_msgid is None:
+        return None
+    labels = set(message.gmail_labels) | ({own} if own else set())
+    return GmailFacts(message.uid, message.gmail_msgid, message.gmail_thrid, frozenset(labels), message.size or 0)
 
 
 def encode_labels(labels: Iterable[str]) -> str:

@@ -8,17 +8,15 @@ emitted from INBOX or a label costs its All Mail copy a few dozen bytes, not its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
-from imapclient.imap_utf7 import encode as encode_utf7
-
+from email_ingestion.imap.fetched import FetchedMessage
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.imap.special_use import own_label
 from email_ingestion.producer.download_budget import DownloadBudget
+from email_ingestion.producer.fetch import Downloaded
 from email_ingestion.producer.gmail_claims import Claim, Claims
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, facts_of
-from email_ingestion.producer.payloads import Downloaded
 
 FACTS_PER_FETCH = 1000
 PREFETCH_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS", "RFC822.SIZE"]
@@ -48,11 +46,11 @@ class GmailPrefetch:
 
     def facts(self, uids: Sequence[int], items: Sequence[str] = PREFETCH_ITEMS) -> list[GmailFacts]:
         own = own_label(self.session.folder)
-        fetched: dict[int, dict[bytes, Any]] = {}
+        fetched: dict[int, FetchedMessage] = {}
         ordered = sorted(uids)
         for start in range(0, len(ordered), FACTS_PER_FETCH):  # deferred UIDs can be many: short commands
             fetched.update(self.session.fetch(ordered[start:start + FACTS_PER_FETCH], list(items)))
-        return [f for uid, data in sorted(fetched.items()) if (f := facts_of(uid, data, own)) is not None]
+        return [f for _, message in sorted(fetched.items()) if (f := facts_of(message, own)) is not None]
 
     def to_download(self, uids: Sequence[int], uidvalidity: int) -> list[int]:
         """The UIDs to download: X-GM-MSGIDs no folder of the account emitted yet, claimed
@@ -99,11 +97,11 @@ class GmailPrefetch:
     def _for_inbox(self, facts: GmailFacts) -> bool:
         return self.defer_inbox and "\\Inbox" in facts.labels and own_label(self.session.folder) != "\\Inbox"
 
-    def complete(self, downloaded: Downloaded) -> None:
+    def complete(self, downloaded: Downloaded) -> Downloaded:
         """Add the folder's own label, which Gmail may leave out of X-GM-LABELS, so a
         payload's labels do not depend on the folder it was read from."""
         own = own_label(self.session.folder)
         if own is None:
-            return
-        for _, data in downloaded.messages:
-            data[b"X-GM-LABELS"] = (*(data.get(b"X-GM-LABELS") or ()), encode_utf7(own))
+            return downloaded
+        return Downloaded(tuple(replace(m, gmail_labels=(*m.gmail_labels, own)) if own not in m.gmail_labels else m
+                                for m in downloaded.messages))

@@ -22,6 +22,7 @@ from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import LABELS_CHANGED_EVENT, EmailPayload
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import iso_utc
+from email_ingestion.imap.fetched import fetched_message
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.imap.special_use import own_label
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, encode_labels, facts_of
@@ -87,7 +88,8 @@ class LabelWatcher:
     def _changes(self, since: int, last_uid: int) -> list[LabelChange]:
         own = own_label(self.session.folder)
         fetched = self.session.fetch_changed(last_uid, ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"], since)
-        found = [(f, _modseq(data)) for uid, data in sorted(fetched.items()) if (f := facts_of(uid, data, own))]
+        found = [(f, _modseq(data)) for uid, data in sorted(fetched.items())
+                 if (f := facts_of(fetched_message(uid, data), own))]
         known = self.store.known([f.msgid for f, _ in found])
         return [LabelChange(f, modseq, before) for (f, modseq), before in zip(found, known, strict=True)
                 if before is not None and before != f.labels]

@@ -82,7 +82,7 @@ class _Range:
 class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
+                 wait: Callable[[float], bool], make_builder: Callable[..., Builder],
                  clock_ms: Clock = wall_ms, gmail: GmailPrefetch | None = None,
                  label_watcher: LabelWatcher | None = None) -> None:
         self.session = session
@@ -171,8 +171,7 @@ class MailboxSync:
         retry = self.gmail.retry_deferred(status.uidvalidity, self.settings.large_message_bytes)
         if not retry.uids:
             return 0
-        downloaded = self.fetcher.download(retry.uids, retry.large)
-        self.gmail.complete(downloaded)
+        downloaded = self.gmail.complete(self.fetcher.download(retry.uids, retry.large))
         builder = self._make_builder(1)
         try:
             items = builder.submit(downloaded, status.uidvalidity, pass_id)()
@@ -272,7 +271,7 @@ class MailboxSync:
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
         progress = self.progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds,
                                             label=self.session.settings.mailbox, on_advance=self._show_progress)
-        builder = self._make_builder(-(-expected // self.settings.batch_size))
+        builder = self._make_builder(-(-expected // self.settings.batch_size), beat=should_stop)  # liveness moves per message
         batches = batches if batches is not None else iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
@@ -288,7 +287,7 @@ class MailboxSync:
             todo = gmail.to_download(batch.uids, uidvalidity) if gmail else self._to_fetch(batch, span.stored)
             downloaded = self.fetcher.download(todo, batch.large)
             if gmail:
-                gmail.complete(downloaded)
+                downloaded = gmail.complete(downloaded)
             built = builder.submit(downloaded, uidvalidity, pass_id)
             return _Fetched(batch, built, len(todo) - len(downloaded.messages))
 
