@@ -27,7 +27,7 @@ from email_ingestion.admin.common import (
 from email_ingestion.admin.snapshot import snapshots
 from email_ingestion.common.redis_client import describe
 from email_ingestion.common.settings import Settings
-from email_ingestion.common.text import human_duration
+from email_ingestion.common.text import human_duration, printable
 
 OVERDUE_S = 60  # a due retry not moved back within a minute means no worker is doing it
 
@@ -87,7 +87,7 @@ def _no_producer(snap: dict[str, Any], settings: Settings) -> str | None:
 def _unowned_mailboxes(snap: dict[str, Any], settings: Settings) -> str | None:
     if not snap["producers"]:
         return None  # said once, by _no_producer
-    orphans = [f"{b['account']} {b['mailbox']}" for b in snap["mailboxes"] if not b.get("owner_alive")]
+    orphans = [printable(f"{b['account']} {b['mailbox']}") for b in snap["mailboxes"] if not b.get("owner_alive")]
     if not orphans:
         return None
     return f"mailboxes no live producer owns (not followed): {', '.join(orphans)}"
@@ -111,7 +111,7 @@ def notes(snap: dict[str, Any]) -> list[str]:
 
 
 def _reasons(dlq: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(dlq["by_reason"].items()))
+    return ", ".join(f"{printable(k)} {v}" for k, v in sorted(dlq["by_reason"].items()))
 
 
 def render(snap: dict[str, Any], found: list[str]) -> str:
@@ -140,7 +140,7 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
         owner = box.get("owner")
         owned = f"owner={owner}" + ("" if box.get("owner_alive") else " (NOT ALIVE)") if owner else "owner=NONE"
         progress = box.get("progress")
-        lines.append(f"  {box['account']} {box['mailbox']}: {owned} last_uid={box['last_uid']} "
+        lines.append(f"  {printable(box['account'])} {printable(box['mailbox'])}: {printable(owned)} last_uid={box['last_uid']} "
                      f"last_sync={box['last_sync']} ({human_duration(box['last_sync_age_s'])} ago)"
                      + (f" first sync {progress}" if progress else "")
                      + (" BACKPRESSURE" if box["backpressure"] else ""))
