@@ -336,3 +336,24 @@ def test_tools_print_for_people_unless_asked_for_json(mailbox, producer_env, red
     finally:
         exporter.terminate()
         exporter.wait(30)
+
+
+def test_status_reads_a_bounded_amount_of_a_busy_stream_and_a_huge_dlq(redis_server, redis_client):
+    """400 entries of 50 KB appended within the minute and 1,000 dead letters of 20 KB (40 MB
+    in all): two status calls (text, JSON) have Redis send under 30 MB (was 120), estimate the rate, count
+    the reasons of the newest letters and say `email-dlq stats` counts all."""
+    body, pipe = "x" * 50_000, redis_client.pipeline(transaction=False)
+    for i in range(400):
+        pipe.xadd(STREAM, {"payload": json.dumps({"uid": i, "body": body})})
+    for i in range(1000):
+        pipe.xadd(DLQ, {"payload": json.dumps({"uid": i, "body": body[:20_000]}), "reason": "max_retries"})
+    pipe.execute()
+    env = clean_env(redis_server.url)
+    before = int(redis_client.info("stats")["total_net_output_bytes"])
+    text, (code, snap) = ingest(env, "status"), status_json(env)
+    assert code == text.returncode == 1
+    assert int(redis_client.info("stats")["total_net_output_bytes"]) - before < 30_000_000
+    assert snap["stream"]["rate"]["estimated"] is True and snap["stream"]["rate"]["per_s"] > 400 / 60
+    assert snap["dlq"]["size"] == 1000 and snap["dlq"]["growing"] is True and snap["dlq"]["last_hour_at_least"]
+    assert "dead letters growing: 100+ in the last hour, 1000 in all" in text.stdout
+    assert "`email-dlq stats` counts all" in text.stdout

@@ -97,7 +97,8 @@ def _dead_letters_growing(snap: dict[str, Any], settings: Settings) -> str | Non
     dlq = snap["dlq"]
     if not dlq["growing"]:
         return None
-    return (f"dead letters growing: {dlq['last_hour']} in the last hour, {dlq['size']} in all "
+    last_hour = f"{dlq['last_hour']}{'+' if dlq.get('last_hour_at_least') else ''}"
+    return (f"dead letters growing: {last_hour} in the last hour, {dlq['size']} in all "
             f"({_reasons(dlq)}): see docs/runbooks/dlq-management.md")
 
 
@@ -111,7 +112,10 @@ def notes(snap: dict[str, Any]) -> list[str]:
 
 
 def _reasons(dlq: dict[str, Any]) -> str:
-    return ", ".join(f"{printable(k)} {v}" for k, v in sorted(dlq["by_reason"].items()))
+    text = ", ".join(f"{printable(k)} {v}" for k, v in sorted(dlq["by_reason"].items()))
+    if dlq.get("counted", dlq["size"]) < dlq["size"]:
+        return f"newest {dlq['counted']}: {text}; `email-dlq stats` counts all"
+    return text
 
 
 def render(snap: dict[str, Any], found: list[str]) -> str:
@@ -150,7 +154,7 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
 def _render_stream(snap: dict[str, Any]) -> list[str]:
     stream = snap["stream"]
     rate = stream.get("rate") or {}
-    per_s = f"{'>=' if rate.get('at_least') else ''}{rate.get('per_s', 0):g}/s over the last minute"
+    per_s = f"{'~' if rate.get('estimated') else ''}{rate.get('per_s', 0):g}/s over the last minute"
     lines = [f"stream {stream['name']}: length={stream['length']} unacknowledged={snap['unacknowledged']}"
              f"/{snap['max_unacknowledged']} appended {per_s}"]
     for name, group in stream["groups"].items():
@@ -195,7 +199,8 @@ def collect(settings: Settings) -> tuple[dict[str, Any], list[str]]:
 
 
 def watch(settings: Settings, interval_s: float) -> int:
-    """Redraw every `interval_s` until interrupted."""
+    """Redraw every `interval_s` until interrupted; the exit status is the last answer's."""
+    code = EXIT_DEGRADED  # interrupted before the first answer: nothing was shown healthy
     try:
         while True:
             code, text = _once_text(settings)
@@ -225,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
     args = p.parse_args(argv)
+    if args.watch is not None and (args.watch <= 0 or args.json):
+        p.error("--watch takes a positive number of seconds and is for people (not with --json)")
     settings = load(args, "status")
     if settings is None:
         return EXIT_SETTINGS
