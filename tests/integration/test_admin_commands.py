@@ -357,3 +357,24 @@ def test_status_reads_a_bounded_amount_of_a_busy_stream_and_a_huge_dlq(redis_ser
     assert snap["dlq"]["size"] == 1000 and snap["dlq"]["growing"] is True and snap["dlq"]["last_hour_at_least"]
     assert "dead letters growing: 100+ in the last hour, 1000 in all" in text.stdout
     assert "`email-dlq stats` counts all" in text.stdout
+
+
+def test_status_with_thousands_of_mailboxes_stays_a_screen(redis_server, redis_client):
+    """3,000 mailboxes, 1,000 of them not owned by the live producer: the text names 10 in the
+    problem with the count, shows at most 50 mailbox lines (unfollowed first); --json has all."""
+    from email_ingestion.common.keys import MailboxKeys, producers_key
+    now_ms = int(redis_client.time()[0]) * 1000
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(3000):
+        keys = MailboxKeys(stream=STREAM, account=f"user{i}@example.com", mailbox="INBOX")
+        pipe.hset(keys.state, mapping={"uidvalidity": 1, "last_uid": i, "updated_at_ms": now_ms})
+        if i % 3:
+            pipe.set(keys.lease, "prod-x:1", px=120_000)
+    pipe.zadd(producers_key("default"), {"prod-x": now_ms + 120_000})
+    pipe.execute()
+    env = clean_env(redis_server.url)
+    text = ingest(env, "status").stdout
+    assert len(text.splitlines()) < 80 and "and 990 more (1000 in all)" in text
+    assert "2950 more (3000 mailboxes, 2000 followed" in text and "user0@example.com INBOX: owner=NONE" in text
+    code, snap = status_json(env)
+    assert len(snap["mailboxes"]) == 3000 and sum(b["owner_alive"] for b in snap["mailboxes"]) == 2000

@@ -30,6 +30,9 @@ from email_ingestion.common.settings import Settings
 from email_ingestion.common.text import human_duration, printable
 
 OVERDUE_S = 60  # a due retry not moved back within a minute means no worker is doing it
+# With thousands of mailboxes the text stays a screen: this many named in a problem, this many
+# lines of mailboxes (those nobody follows first); --json has every one.
+NAMED, MAILBOX_LINES = 10, 50
 
 
 def problems(snap: dict[str, Any], settings: Settings) -> list[str]:
@@ -90,7 +93,8 @@ def _unowned_mailboxes(snap: dict[str, Any], settings: Settings) -> str | None:
     orphans = [printable(f"{b['account']} {b['mailbox']}") for b in snap["mailboxes"] if not b.get("owner_alive")]
     if not orphans:
         return None
-    return f"mailboxes no live producer owns (not followed): {', '.join(orphans)}"
+    more = f" and {len(orphans) - NAMED} more ({len(orphans)} in all)" if len(orphans) > NAMED else ""
+    return f"mailboxes no live producer owns (not followed): {', '.join(orphans[:NAMED])}{more}"
 
 
 def _dead_letters_growing(snap: dict[str, Any], settings: Settings) -> str | None:
@@ -140,7 +144,8 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
     if not boxes:
         return ["mailboxes: none has synced into this stream yet"]
     lines = ["mailboxes:"]
-    for box in boxes:
+    shown = sorted(boxes, key=lambda b: bool(b.get("owner_alive")))[:MAILBOX_LINES]  # stable: unfollowed first
+    for box in shown:
         owner = box.get("owner")
         owned = f"owner={owner}" + ("" if box.get("owner_alive") else " (NOT ALIVE)") if owner else "owner=NONE"
         progress = box.get("progress")
@@ -148,6 +153,9 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
                      f"last_sync={box['last_sync']} ({human_duration(box['last_sync_age_s'])} ago)"
                      + (f" first sync {progress}" if progress else "")
                      + (" BACKPRESSURE" if box["backpressure"] else ""))
+    if len(boxes) > len(shown):
+        followed = sum(1 for b in boxes if b.get("owner_alive"))
+        lines.append(f"  ... {len(boxes) - len(shown)} more ({len(boxes)} mailboxes, {followed} followed; --json lists all)")
     return lines
 
 
