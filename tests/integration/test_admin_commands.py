@@ -378,3 +378,21 @@ def test_status_with_thousands_of_mailboxes_stays_a_screen(redis_server, redis_c
     assert "2950 more (3000 mailboxes, 2000 followed" in text and "user0@example.com INBOX: owner=NONE" in text
     code, snap = status_json(env)
     assert len(snap["mailboxes"]) == 3000 and sum(b["owner_alive"] for b in snap["mailboxes"]) == 2000
+
+
+def test_watch_into_a_pipe_redraws_without_escapes_and_ends_on_ctrl_c(redis_server, redis_client):
+    """`status --watch 0.2 | reader`: plain blocks (no screen-clearing escapes in a pipe), and
+    SIGINT ends it with the last answer's status and no traceback; --watch 0 is refused."""
+    env = clean_env(redis_server.url)
+    proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "status", "--watch", "0.2"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    seen = []
+    while len([line for line in seen if line.startswith("status: ")]) < 2:
+        seen.append(proc.stdout.readline())
+        assert seen[-1], proc.stderr.read()  # it ended before two answers
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in err and "\x1b" not in "".join(seen) + rest
+    refused = ingest(env, "status", "--watch", "0")
+    assert refused.returncode == 2 and "positive" in refused.stderr
