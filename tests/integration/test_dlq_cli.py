@@ -203,3 +203,12 @@ def test_ages_are_measured_by_redis_clock_not_a_skewed_host(redis_server, redis_
     assert purge.returncode == 0 and redis_client.xlen(DLQ) == 1, purge.stdout + purge.stderr
     listed = skewed("list", "--since", "1h")
     assert "permanent" in listed.stdout
+
+
+def test_a_letter_replay_cannot_move_is_named_and_stays(redis_server, redis_client):
+    """A malformed letter (no payload) asked to be replayed: exit 1, named on stderr with why,
+    still in the DLQ; nothing reached the stream."""
+    letter = redis_client.xadd(DLQ, {"reason": "permanent", "stream": "email_ingestion_stream"}).decode()
+    done = dlq(redis_server.url, "replay", letter)
+    assert done.returncode == 1 and f"{letter} not replayed" in done.stderr and "replayed 0 of 1" in done.stdout
+    assert redis_client.xlen(DLQ) == 1 and redis_client.xlen("email_ingestion_stream") == 0

@@ -370,8 +370,13 @@ def _print_listing(listing: Listing, as_json: bool) -> int:
 def _print_plan(plan: Plan, as_json: bool) -> int:
     for missing in plan.missing:
         print(f"dlq: no dead letter {printable(missing)} (DLQ id or original stream id)", file=sys.stderr)
+    moved = {d["dlq_id"] for d in plan.done}
+    untouched = [letter.id for letter in plan.letters if letter.id not in moved] if plan.acted else []
+    for letter_id in untouched:
+        print(f"dlq: {letter_id} not {plan.command.removesuffix('e')}ed: gone meanwhile (another operator or worker "
+              "acted on it), no payload to replay, or its stream is not one of these", file=sys.stderr)
     code = _print_plan_body(plan, as_json)
-    return code or (1 if plan.missing else 0)
+    return code or (1 if plan.missing or untouched else 0)
 
 
 def _print_plan_body(plan: Plan, as_json: bool) -> int:
