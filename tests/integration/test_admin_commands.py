@@ -396,3 +396,12 @@ def test_watch_into_a_pipe_redraws_without_escapes_and_ends_on_ctrl_c(redis_serv
     assert proc.returncode == 1 and "Traceback" not in err and "\x1b" not in "".join(seen) + rest
     refused = ingest(env, "status", "--watch", "0")
     assert refused.returncode == 2 and "positive" in refused.stderr
+
+
+def test_consumers_before_any_worker_says_so_in_one_line(redis_server, redis_client):
+    """`consumers` on a stream with no group yet: one line saying no worker has started, exit 1
+    (not redis-py's NOGROUP reply)."""
+    add_payloads(redis_client, 1)
+    done = ingest(clean_env(redis_server.url), "consumers")
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"consumers: no consumer group {GROUP} on {STREAM} yet: no worker has started")
