@@ -7,6 +7,7 @@ same figures as every other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from typing import Any
 
@@ -42,8 +43,10 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
     pipe = client.pipeline(transaction=False)  # one round trip for thousands of mailboxes
     for key, _ in names:
         pipe.hgetall(key)
-    found = [_mailbox(parts, {to_text(k): to_text(v) for k, v in raw.items()}, now_ms)
-             for (_, parts), raw in zip(names, pipe.execute() if names else [], strict=True)]
+        pipe.get(to_text(key).removesuffix(":state") + ":progress")
+    replies = pipe.execute() if names else []
+    found = [{**_mailbox(parts, {to_text(k): to_text(v) for k, v in raw.items()}, now_ms), "sync_progress": _progress(progress)}
+             for (_, parts), raw, progress in zip(names, replies[::2], replies[1::2], strict=True)]
     return sorted(found, key=lambda m: (m["account"], m["mailbox"]))
 
 
@@ -56,6 +59,15 @@ def _mailbox(parts: list[str], state: dict[str, str], now_ms: int) -> dict[str, 
             "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
             "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
             "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1)}
+
+
+def _progress(text: bytes | str | None) -> dict[str, Any] | None:
+    """The producer's last sync step figures (done, total, rate_per_s, eta_s), when it wrote them."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def groups(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:
