@@ -253,7 +253,7 @@ def test_dlq_purge_older_than(redis_server, redis_client, worker_env):
     old_ms = int(time.time() * 1000) - 3 * 86_400_000
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"}, id=f"{old_ms}-0")
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"})
-    assert dlq_cli(redis_server.url, "purge", "--older-than", "2d")["purged"] == 1
+    assert dlq_cli(redis_server.url, "purge", "--older-than", "2d", "--yes")["purged"] == 1
     assert redis_client.xlen(DLQ) == 1
 
 
