@@ -162,3 +162,15 @@ def test_a_pool_builds_for_several_mailboxes_in_its_few_helpers():
         assert len({h.pid for h in pool.helpers}) == 1 and len(beats) >= 3
     finally:
         pool.close()
+
+
+def test_an_unclosed_tag_of_many_letters_builds_within_its_budget(make_helper):
+    """An HTML-only message that is "<" and 40,000 letters (the html_to_text cap) builds
+    normally within a 1 s CPU budget: the tag pattern is linear (it was quadratic, 6 s of
+    CPU in one GIL-holding regex call that the helper's watchdog cannot interrupt)."""
+    html = b"<" + b"a" * 40_000
+    raw = b"From: h@example.org\r\nSubject: tag\r\nContent-Type: text/html\r\n\r\n" + html + b"\r\n"
+    helper = make_helper(1.0)
+    first, built, last = build(helper, [ok(1), raw, ok(3)])
+    assert [p.parse_error for p in (first, built, last)] == [None, None, None] and helper.restarts == 0
+    assert built.subject == "tag"
