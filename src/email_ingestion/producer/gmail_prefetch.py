@@ -39,6 +39,7 @@ class GmailPrefetch:
         self.budget = budget  # GMAIL_DAILY_DOWNLOAD_MB (download_budget.py)
         self.claims = Claims(store=store)
         self.defer_inbox = defer_inbox  # the account's INBOX is followed too (gmail_claims.py)
+        self._taken: dict[int, str] = {}  # UID -> X-GM-MSGID claimed for the download under way
 
     @property
     def active(self) -> bool:
@@ -63,6 +64,7 @@ class GmailPrefetch:
         take = [f for f in facts if f.uid <= replay] + take  # a reset asked for these again
         self.claims.defer(uidvalidity, keep)
         self._spend(take)
+        self._taken = {f.uid: f.msgid for f in take}
         return sorted(f.uid for f in take)
 
     def _spend(self, facts: list[GmailFacts]) -> None:
@@ -79,6 +81,7 @@ class GmailPrefetch:
         take, _, emitted = self._sort(facts)
         self.claims.forget([m for m in deferred if m not in present] + [f.msgid for f in emitted])
         self._spend(take)
+        self._taken = {f.uid: f.msgid for f in take}
         return Retry([f.uid for f in take], {f.uid for f in take if f.size > large_bytes}, [f.msgid for f in take])
 
     def _sort(self, facts: list[GmailFacts]) -> tuple[list[GmailFacts], list[GmailFacts], list[GmailFacts]]:
@@ -99,7 +102,11 @@ class GmailPrefetch:
 
     def complete(self, downloaded: Downloaded) -> Downloaded:
         """Add the folder's own label, which Gmail may leave out of X-GM-LABELS, so a
-        payload's labels do not depend on the folder it was read from."""
+        payload's labels do not depend on the folder it was read from; release the claims
+        of the messages that left the folder before their download."""
+        got = {m.uid for m in downloaded.messages}
+        self.claims.release([msgid for uid, msgid in self._taken.items() if uid not in got])
+        self._taken = {}
         own = own_label(self.session.folder)
         if own is None:
             return downloaded
