@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from email_ingestion.common.keys import gmail_claims
 from email_ingestion.common.settings import Settings
-from email_ingestion.producer import gmail_prefetch
-from tests.conftest import run_once
+from email_ingestion.producer import download_budget, gmail_prefetch
+from tests.conftest import USER, run_once
 from tests.integration import test_gmail
 from tests.integration.test_gmail import MIXED, message, messages_by_msgid
 from tests.support.waits import wait_until
@@ -115,4 +116,31 @@ def test_message_gone_between_prefetch_and_download_is_emitted_by_another_folder
     assert run_once(follow(gmail, "Work", "\\All")) == 0
 
     assert len(messages_by_msgid(redis_client)[str(msgid)]) == 1
+    assert gmail.store.body_downloads == {msgid: 1}
+
+
+def test_claims_that_expire_during_a_budget_wait_are_not_downloaded_twice(
+        gmail, follow, redis_client, tmp_path, monkeypatch: Any):
+    """Work claims a message, then waits for the download budget longer than its claim lives; All Mail takes
+    and emits it meanwhile: Work does not download it again when the budget lets it go on."""
+    gmail.store.create_label("Work")
+    msgid = gmail.store.add(message(1), ["Work"])
+    work = own_file(follow(gmail, "Work"), tmp_path, "work.toml")
+    all_mail = own_file(follow(gmail, "\\All"), tmp_path, "all.toml")
+    real = download_budget.DownloadBudget._try
+    waited: list[bool] = []
+
+    def spent_once(self: Any, size_bytes: int) -> bool:
+        if waited:
+            return real(self, size_bytes)
+        waited.append(True)  # Work's first batch: the budget is spent, and hours go by
+        claims = gmail_claims("email_ingestion_stream", USER, str(msgid))
+        redis_client.hset(claims, str(msgid), "Work|0")  # its claim expired meanwhile
+        assert run_once(all_mail) == 0
+        return False
+
+    monkeypatch.setattr(download_budget.DownloadBudget, "_try", spent_once)
+    assert run_once(work) == 0
+
+    assert waited and len(messages_by_msgid(redis_client)[str(msgid)]) == 1
     assert gmail.store.body_downloads == {msgid: 1}

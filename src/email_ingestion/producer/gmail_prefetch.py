@@ -60,16 +60,24 @@ class GmailPrefetch:
             return []
         facts = self.facts(uids)
         replay = self.store.replay_until()
+        again = [f for f in facts if f.uid <= replay]  # a reset asked for these again
         take, keep, _ = self._sort([f for f in facts if f.uid > replay])
-        take = [f for f in facts if f.uid <= replay] + take  # a reset asked for these again
         self.claims.defer(uidvalidity, keep)
-        self._spend(take)
-        self._taken = {f.uid: f.msgid for f in take}
+        take = self._spend(again + take, uidvalidity)
+        self._taken = {f.uid: f.msgid for f in take if f.uid > replay}
         return sorted(f.uid for f in take)
 
-    def _spend(self, facts: list[GmailFacts]) -> None:
-        if self.budget is not None:
-            self.budget.spend(sum(f.size for f in facts))
+    def _spend(self, take: list[GmailFacts], uidvalidity: int) -> list[GmailFacts]:
+        """`take`, once the download budget allows it. A wait can outlast the claims (hours
+        against CLAIM_TTL_MS): what another folder claimed or emitted meanwhile is left to it."""
+        if self.budget is None or not self.budget.spend(sum(f.size for f in take)):
+            return take
+        replay = self.store.replay_until()
+        claimed = [f for f in take if f.uid > replay]
+        answers = self.claims.claim([f.msgid for f in claimed])
+        self.claims.defer(uidvalidity, [f for f, a in zip(claimed, answers, strict=True) if a == Claim.OTHERS])
+        ours = {f.msgid for f, a in zip(claimed, answers, strict=True) if a == Claim.OURS}
+        return [f for f in take if f.uid <= replay or f.msgid in ours]
 
     def retry_deferred(self, uidvalidity: int, large_bytes: int) -> Retry:
         """The deferred messages this folder must emit itself now; forgets those emitted."""
@@ -80,7 +88,7 @@ class GmailPrefetch:
         present = {f.msgid for f in facts}
         take, _, emitted = self._sort(facts)
         self.claims.forget([m for m in deferred if m not in present] + [f.msgid for f in emitted])
-        self._spend(take)
+        take = self._spend(take, uidvalidity)
         self._taken = {f.uid: f.msgid for f in take}
         return Retry([f.uid for f in take], {f.uid for f in take if f.size > large_bytes}, [f.msgid for f in take])
 
