@@ -12,7 +12,7 @@ import pytest
 
 from email_ingestion.common.keys import gmail_claims
 from email_ingestion.common.settings import Settings
-from email_ingestion.producer import download_budget, gmail_prefetch
+from email_ingestion.producer import download_budget, gmail_identity, gmail_prefetch
 from tests.conftest import USER, run_once
 from tests.integration import test_gmail
 from tests.integration.test_gmail import MIXED, message, messages_by_msgid
@@ -144,3 +144,25 @@ def test_claims_that_expire_during_a_budget_wait_are_not_downloaded_twice(
 
     assert waited and len(messages_by_msgid(redis_client)[str(msgid)]) == 1
     assert gmail.store.body_downloads == {msgid: 1}
+
+
+def test_label_change_during_the_first_sync_is_an_event(gmail, follow, redis_client, monkeypatch: Any):
+    """A label added to a message the first sync already emitted, while that sync goes on, is one
+    labels_changed event afterwards (the folder's label baseline predates the sync's emissions)."""
+    ids = gmail.store.add_many((message(i), ("\\Inbox",)) for i in range(6))
+    settings = follow(gmail, "INBOX", GMAIL_LABEL_EVENTS="true", BATCH_SIZE="2")
+    real = gmail_identity.GmailStateStore.emit
+
+    def labelled_after_first_batch(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+        added = real(self, *args, **kwargs)
+        if str(ids[0]) in messages_by_msgid(redis_client) and "Work" not in gmail.store.messages[ids[0]].labels:
+            gmail.store.relabel(ids[0], add=["Work"])
+        return added
+
+    monkeypatch.setattr(gmail_identity.GmailStateStore, "emit", labelled_after_first_batch)
+    assert run_once(settings) == 0
+    assert run_once(settings) == 0
+
+    assert set(messages_by_msgid(redis_client)) == {str(m) for m in ids}
+    [change] = messages_by_msgid(redis_client, "labels_changed")[str(ids[0])]
+    assert change["labels_added"] == ["Work"]

@@ -69,6 +69,13 @@ class LabelWatcher:
         self.clock_ms = clock_ms
         self._script = store.redis.register_script(_CHANGES)
 
+    def prime(self, highest_modseq: int | None) -> None:
+        """Take the folder's label baseline before its first sync emits anything: a label
+        changed on a message that sync already emitted (it can last a day) is then an event."""
+        if highest_modseq is not None and self.session.is_gmail and b"CONDSTORE" in self.session.capabilities:
+            with redis_errors("label state"):
+                self.store.redis.set(self.store.keys.gmail_modseq, highest_modseq, nx=True)
+
     def check(self) -> int:
         """Emit the label changes since the last check; the number of events."""
         if not (self.session.is_gmail and b"CONDSTORE" in self.session.capabilities):
