@@ -121,6 +121,9 @@ class BoundedPoster:
                 if not isinstance(exc, _STALE):
                     self._drop(url)
                 raise
+            if watchdog.fired:  # the shutdown reads as the end of the headers: not an answer to trust
+                self._drop(url)
+                raise CallTimedOut(f"no complete answer within {self.timeout_s:g} s")
             answer = Answer(response.status, response.getheader("Location"))
             if not _drained(response) or watchdog.fired or response.will_close:
                 self._drop(url)
