@@ -133,7 +133,7 @@ def endpoint() -> Iterator[Callable[..., Endpoint]]:
 
 def run_worker(redis_url: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {"PATH": os.environ["PATH"], "REDIS_URL": redis_url, "WORKER_BLOCK_TIMEOUT_MS": "100",
-            "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECONDS": "1", "HANDLER_TIMEOUT_SECONDS": "30",
+            "WEBHOOK_SECRET": SECRET, "WEBHOOK_TIMEOUT_SECONDS": "5", "HANDLER_TIMEOUT_SECONDS": "60",
             "MAX_RETRIES": "0", **env}
     proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", "hook", "--burst",
                              "--handler", f"webhook:{url}", "--env-file", os.devnull], env=full, cwd=ROOT,
@@ -147,11 +147,11 @@ def dead_letters(client) -> list[dict[str, str]]:
 
 
 def test_a_trickled_body_after_200_does_not_outlive_the_webhook_timeout(endpoint, redis_server, redis_client):
-    """200 then a body at a byte per 0.2 s: each call ends at WEBHOOK_TIMEOUT_SECONDS as a
-    success (the status is final), the worker is not ended by HANDLER_TIMEOUT_SECONDS."""
+    """200 then a body at a byte per 0.2 s (200 s): each call ends by WEBHOOK_TIMEOUT_SECONDS
+    as a success (the status is final), not by HANDLER_TIMEOUT_SECONDS ending the worker."""
     server = endpoint(trickled_body)
     add_payloads(redis_client, COUNT)
-    done = run_worker(redis_server.url, server.url)
+    done = run_worker(redis_server.url, server.url, WEBHOOK_TIMEOUT_SECONDS="2")  # the body would take 200 s
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(Counter(server.keys).values()) == [1] * COUNT  # each delivered once
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0 and not redis_client.exists(KEYS.dlq)
@@ -162,7 +162,7 @@ def test_trickled_headers_time_out_and_are_retried(endpoint, redis_server, redis
     MAX_RETRIES=0, to the DLQ saying so); the worker goes on and exits 0."""
     server = endpoint(trickled_headers)
     add_payloads(redis_client, COUNT)
-    done = run_worker(redis_server.url, server.url)
+    done = run_worker(redis_server.url, server.url, WEBHOOK_TIMEOUT_SECONDS="1")
     assert done.returncode == 0, done.stderr[-2000:]
     letters = dead_letters(redis_client)
     assert len(letters) == COUNT and all("timed out" in letter["error_message"] for letter in letters)
