@@ -232,3 +232,10 @@ def test_a_connection_the_endpoint_closed_while_idle_is_replaced(endpoint):
         payload = make_payload(uid)
         handler(payload, HandlerContext(payload.idempotency_key, 1, "1-0", "c", logging.getLogger("t")))
     assert sorted(server.keys) == sorted(make_payload(uid).idempotency_key for uid in range(3))
+
+
+def test_a_webhook_timeout_above_the_handler_timeout_is_a_bad_setting(redis_server, redis_client):
+    """WEBHOOK_TIMEOUT_SECONDS at or above HANDLER_TIMEOUT_SECONDS: exit 2 at start, one line."""
+    done = run_worker(redis_server.url, "http://127.0.0.1:9/hook", WEBHOOK_TIMEOUT_SECONDS="60")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "WEBHOOK_TIMEOUT_SECONDS" in lines[0], done.stderr
