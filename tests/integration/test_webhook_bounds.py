@@ -239,3 +239,29 @@ def test_a_webhook_timeout_above_the_handler_timeout_is_a_bad_setting(redis_serv
     done = run_worker(redis_server.url, "http://127.0.0.1:9/hook", WEBHOOK_TIMEOUT_SECONDS="60")
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "WEBHOOK_TIMEOUT_SECONDS" in lines[0], done.stderr
+
+
+def test_a_name_that_never_resolves_is_bounded_too(endpoint, monkeypatch):
+    """A resolver that hangs (stood in for by a getaddrinfo that waits): the call ends at
+    WEBHOOK_TIMEOUT_SECONDS as a retryable timeout naming the resolution; then the name
+    resolves and the next call is delivered."""
+    from email_ingestion.common.errors import RetryLater
+    server = endpoint(ok)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if host == "hook.test":
+            release.wait(60)
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    handler = WebhookHandler(f"http://hook.test:{port}/hook", SecretStr(SECRET), 0.5)
+    payload = make_payload(1)
+    ctx = HandlerContext(payload.idempotency_key, 1, "1-0", "c", logging.getLogger("t"))
+    with pytest.raises(RetryLater, match="not resolved in time"):
+        handler(payload, ctx)
+    release.set()
+    handler(payload, ctx)
+    assert server.keys == [payload.idempotency_key]
