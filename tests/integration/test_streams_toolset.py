@@ -66,7 +66,7 @@ def test_dead_letters_record_their_stream_and_replay_returns_them_there(redis_se
     stats = json.loads(dlq(env, "--stream", A, "--stream", B, "stats", "--json").stdout)
     assert [(s["stream"], s["depth"]) for s in stats] == [(A, 2), (B, 2)]
     before = {stream: len(redis_client.xrange(stream)) for stream in (A, B)}
-    replayed = dlq({**env, "WORKER_STREAMS": f"{A},{B}"}, "replay", "--all", "--json")
+    replayed = dlq({**env, "WORKER_STREAMS": f"{A},{B}"}, "replay", "--all", "--yes", "--json")
     assert replayed.returncode == 0, replayed.stderr
     assert sorted(r["stream"] for r in json.loads(replayed.stdout)["replayed"]) == [A, A, B, B]
     for stream, mailbox in ((A, "A"), (B, "B")):

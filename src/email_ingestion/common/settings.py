@@ -25,7 +25,10 @@ from email_ingestion.common.keys import hash_tag
 
 def _config(prefix: str) -> SettingsConfigDict:
     # No infinite or NaN durations: they pass `gt=0` and then overflow timers at runtime.
-    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False)
+    # An empty value means unset: `IMAP_PORT=` (an uncommented line of .env.example) is the
+    # default, not an invalid number.
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False,
+                              env_ignore_empty=True)
 
 
 class ImapSettings(BaseSettings):
@@ -288,6 +291,7 @@ class Settings:
     retry: RetrySettings
     # Variables with a project prefix that no setting reads (typos), with the nearest name.
     warnings: tuple[str, ...] = ()
+    env_file: Path | None = None  # the file the values were read from, if any
 
     def worker_streams(self) -> tuple[str, ...]:
         """The streams a worker reads: WORKER_STREAMS (or --stream, repeated), else REDIS_STREAM_NAME."""
@@ -326,8 +330,10 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
             groups[name] = cls(_env_file=path, **values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
-    warnings = unknown_variables([*os.environ, *file_variables(path)], (row[0] for row in env_reference()))
-    return Settings(**groups, warnings=tuple(warnings))
+    known = [row[0] for row in env_reference()]
+    warnings = [*unknown_variables(os.environ, known, where="the environment"),
+                *unknown_variables(file_variables(path), known, where=str(path), every_name=True)]
+    return Settings(**groups, warnings=tuple(warnings), env_file=path)
 
 
 def log_warnings(settings: Settings, log: Any) -> None:
@@ -370,6 +376,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def settings_fields() -> list[tuple[str, str, str]]:
+    """(group, field, VARIABLE) for every setting, in the reference's order."""
+    return [(group, name, f"{prefix}{name}".upper())
+            for group, (cls, prefix) in _GROUPS.items() for name in cls.model_fields]
 
 
 def env_reference() -> list[tuple[str, str, str]]:
@@ -415,6 +427,23 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+TABLE_START, TABLE_END = "<!-- settings table: generated, python -m email_ingestion.common.settings --write -->", \
+    "<!-- end of settings table -->"
+
+
+def write_reference(root: Path) -> None:
+    """Regenerate docs/configuration.md's table and .env.example from the settings classes."""
+    doc = root / "docs" / "configuration.md"
+    text = doc.read_text()
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    doc.write_text(f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}")
+    (root / ".env.example").write_text(env_example())
+
+
 if __name__ == "__main__":
     import sys
-    print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")
+    if "--write" in sys.argv:
+        write_reference(Path(__file__).resolve().parents[3])
+    else:
+        print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")

@@ -54,6 +54,9 @@ def serve(where: list[Target], host: str, port: int, stop: threading.Event) -> N
         return body
 
     server = start_health(registry_for(where, liveness), liveness, ready, status, port, host, "--port")
+    # Operators starting it by hand need to know where to point Prometheus.
+    print(f"exporter: listening on http://{host}:{port}/metrics (streams {', '.join(t.stream for t in where)}, "
+          f"group {where[0].group})", flush=True)
     try:
         while not stop.wait(TICK_S):
             liveness.tick()
