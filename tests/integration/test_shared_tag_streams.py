@@ -119,3 +119,18 @@ def test_the_upgrade_never_overwrites_and_merges_dead_letters(redis_client):
     assert sorted(f[b"reason"] for _, f in redis_client.xrange(keys.dlq)) == [b"new", b"old"]
     assert not redis_client.exists(old_dlq)
     assert migrate(redis_client, keys, "email_ingestion_dlq").retries == 0
+
+
+def test_the_upgrade_leaves_the_untagged_namesake_alone(redis_client):
+    """The old names of `{mail}x` are the live names of a stream called `mail`: while `mail`
+    exists, a `{mail}x` worker's start takes neither its retries nor its DLQ."""
+    from email_ingestion.worker.key_migration import migrate
+    plain = StreamKeys.of("mail", GROUP, "email_ingestion_dlq")
+    redis_client.xadd("mail", {"payload": "{}"})
+    redis_client.hset(plain.retry_payloads, "1-0", "{}")
+    redis_client.zadd(plain.retries, {"1-0": 5})
+    redis_client.xadd(plain.dlq, {"payload": "{}", "reason": "permanent"})
+    tagged = StreamKeys.of("{mail}x", GROUP, "email_ingestion_dlq")
+    assert migrate(redis_client, tagged, "email_ingestion_dlq").retries == 0
+    assert redis_client.zcard(plain.retries) == 1 and redis_client.xlen(plain.dlq) == 1
+    assert not redis_client.exists(tagged.retries, tagged.dlq)
