@@ -151,7 +151,7 @@ def test_a_trickled_body_after_200_does_not_outlive_the_webhook_timeout(endpoint
     as a success (the status is final), not by HANDLER_TIMEOUT_SECONDS ending the worker."""
     server = endpoint(trickled_body)
     add_payloads(redis_client, COUNT)
-    done = run_worker(redis_server.url, server.url, WEBHOOK_TIMEOUT_SECONDS="2")  # the body would take 200 s
+    done = run_worker(redis_server.url, server.url, WEBHOOK_TIMEOUT_SECONDS="4")  # the body would take 200 s
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(Counter(server.keys).values()) == [1] * COUNT  # each delivered once
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0 and not redis_client.exists(KEYS.dlq)
@@ -231,7 +231,11 @@ def test_a_connection_the_endpoint_closed_while_idle_is_replaced(endpoint):
     for uid in range(3):
         payload = make_payload(uid)
         handler(payload, HandlerContext(payload.idempotency_key, 1, "1-0", "c", logging.getLogger("t")))
+        # Idle: the endpoint has closed before the next call (a close racing a request in
+        # flight is another case: that request may arrive and lose its answer, and is repeated).
+        assert wait_until(lambda n=uid + 1: server.closed == n, timeout_s=30)
     assert sorted(server.keys) == sorted(make_payload(uid).idempotency_key for uid in range(3))
+    assert server.connections == 3
 
 
 def test_a_webhook_timeout_above_the_handler_timeout_is_a_bad_setting(redis_server, redis_client):
@@ -257,7 +261,7 @@ def test_a_name_that_never_resolves_is_bounded_too(endpoint, monkeypatch):
             return real("127.0.0.1", *args, **kwargs)
         return real(host, *args, **kwargs)
     monkeypatch.setattr(socket, "getaddrinfo", slow)
-    handler = WebhookHandler(f"http://hook.test:{port}/hook", SecretStr(SECRET), 0.5)
+    handler = WebhookHandler(f"http://hook.test:{port}/hook", SecretStr(SECRET), 3.0)
     payload = make_payload(1)
     ctx = HandlerContext(payload.idempotency_key, 1, "1-0", "c", logging.getLogger("t"))
     with pytest.raises(RetryLater, match="not resolved in time"):
