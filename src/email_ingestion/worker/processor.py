@@ -34,6 +34,7 @@ from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency, LeaseState, lease_value
 from email_ingestion.worker.lease_keeper import LeaseKeeper
+from email_ingestion.worker.outage import HandlerOutage, describe
 from email_ingestion.worker.redis_wait import WAIT_ERRORS, RedisWait
 from email_ingestion.worker.retries import RetryRecord, RetrySchedule
 from email_ingestion.worker.timings import lease_margin_ms
@@ -73,6 +74,7 @@ class BatchResult:
     deferred: int = 0
     unfinished: int = 0
     lost: int = 0  # leases found taken by another worker before the handler ran: skipped
+    put_back: int = 0  # handler outage: scheduled again with attempt and delivery counts unchanged
 
 
 @dataclass
@@ -99,8 +101,9 @@ class BatchProcessor:
                  metrics: WorkerMetrics, heartbeat: Callable[..., None], stop_heartbeat: Callable[[], None],
                  touch: Callable[[list[str]], object],
                  redis_wait: RedisWait, timings: ProcessorTimings, clock_ms: Clock = wall_ms,
-                 replication: Replication = Replication()) -> None:
+                 replication: Replication = Replication(), outage: HandlerOutage | None = None) -> None:
         self.redis = client
+        self.outage = outage  # the handler outage breaker (outage.py); None: every failure counts
         self.replication = replication
         self.consumer = consumer
         self.handler = handler
@@ -136,6 +139,9 @@ class BatchProcessor:
             if out_of_time():
                 self._release(batch, to_handle[index:])
                 batch.result.unfinished = len(to_handle) - index
+                return
+            if self.outage is not None and self.outage.is_open():
+                self._put_back(batch, to_handle[index:])
                 return
             ours = self._still_ours(leased, keeper, batch.result)
             if ours is None:  # Redis cannot say: keep what was handled, leave the rest pending
@@ -248,12 +254,35 @@ class BatchProcessor:
             batch.ack_ids.append(leased.delivery.entry_id)
             batch.result.processed += 1
             self._observe_done(leased.payload)
+            self._verdict()
         elif isinstance(error, PermanentError):
             batch.result.failed += 1
-            self._dead(batch, leased.delivery, "permanent", type(error).__name__, str(error),
+            self._dead(batch, leased.delivery, "permanent", type(error).__name__, describe(error).partition(": ")[2],
                        _trace(error), leased)
+            self._verdict()
+        elif self.outage is not None and self.outage.failed(leased.payload.idempotency_key, error):
+            batch.result.failed += 1
+            self._put_back(batch, [leased])
+            log.warning("handler outage: message put back uncounted", extra={
+                "stream_id": leased.delivery.entry_id, "error": describe(error)})
         else:
             self._failed(batch, leased, error)
+
+    def _verdict(self) -> None:
+        if self.outage is not None and self.outage.succeeded():
+            log.warning("handler outage over: taking messages again")
+
+    def _put_back(self, batch: Settlement, leased: list[Leased]) -> None:
+        """Handler outage: schedule again with attempt and delivery counts unchanged (this
+        delivery was not the message's fault), at the next probe interval."""
+        assert self.outage is not None
+        delay_ms = self.outage.retry_delay_ms()
+        for one in leased:
+            delivery = one.delivery
+            record = RetryRecord(to_text(delivery.payload), delivery.attempt, delivery.first_failed_ms,
+                                 delivery.last_error, delivery.original_id, delivery.delivered - 1)
+            self._schedule(batch, delivery.entry_id, record, delay_ms, *one.lease_item)
+        batch.result.put_back += len(leased)
 
     def _failed(self, batch: Settlement, leased: Leased, exc: Exception) -> None:
         delivery = leased.delivery
@@ -261,16 +290,17 @@ class BatchProcessor:
         batch.result.failed += 1
         if self.backoff.gives_up_after(attempts):
             reason = "timeout" if isinstance(exc, HandlerTimeoutError) else "max_retries"
-            self._dead(batch, delivery, reason, type(exc).__name__, str(exc), _trace(exc), leased)
+            self._dead(batch, delivery, reason, type(exc).__name__, describe(exc).partition(": ")[2], _trace(exc),
+                       leased)
             return
         delay_s = self.backoff.delay_s(attempts)
         record = RetryRecord(to_text(delivery.payload), attempts, delivery.first_failed_ms or self.clock_ms(),
-                             f"{type(exc).__name__}: {exc}"[:500], delivery.original_id, delivery.delivered - 1)
+                             describe(exc), delivery.original_id, delivery.delivered - 1)
         self._schedule(batch, delivery.entry_id, record, int(delay_s * 1000), *leased.lease_item)
         batch.result.retried += 1
         log.warning("handler failed; retry scheduled", extra={
             "stream_id": delivery.entry_id, "attempt": attempts, "retry_in_s": round(delay_s, 2),
-            "error": type(exc).__name__})
+            "error": describe(exc)})
 
     def _defer(self, batch: Settlement, leased: Leased) -> None:
         """Another worker holds the lease: look again once it would have expired. The new
@@ -301,7 +331,8 @@ class BatchProcessor:
         batch.actions.append(lambda pipe: self.dlq.send(pipe, delivery.entry_id, letter, key, lease))
         batch.result.dead_lettered += 1
         log.error("message moved to the dead-letter queue", extra={
-            "stream_id": delivery.entry_id, "reason": reason, "error_type": error_type})
+            "stream_id": delivery.entry_id, "reason": reason, "error_type": error_type,
+            "error": f"{error_type}: {message}"[:500]})
 
     def _execute(self, batch: Settlement) -> None:
         pipe = self.redis.pipeline(transaction=True)

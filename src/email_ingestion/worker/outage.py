@@ -1,0 +1,168 @@
+"""The handler outage breaker (issue 19 item 4): when the handler fails for everyone, stop
+taking messages instead of draining the stream into the DLQ.
+
+A disk full under `jsonl:`, a database down, a webhook answering 503 to everything: every
+message fails, with the same cause, through no fault of its own. Counting those failures
+toward MAX_RETRIES dead-letters the whole stream within minutes. So:
+
+- `HANDLER_OUTAGE_FAILURES` consecutive retryable failures of *different* messages that
+  share a cause (the exception's type and its message with the varying parts taken out:
+  numbers, quoted names, paths of OSError) open the breaker. One message failing again and
+  again (a poison message) never does: it is one message, and goes to the DLQ as before.
+- While open, the worker takes no messages (its heartbeat stays alive) and every probe
+  interval hands ONE message to the handler; the interval doubles from
+  `HANDLER_OUTAGE_PROBE_MIN_SECONDS` up to `HANDLER_OUTAGE_PROBE_MAX_SECONDS`. A success, or
+  a PermanentError (the handler reached a verdict: its downstream answers), closes it.
+- The failure that opens it, every failure with the same cause while it is open, and the
+  batch-mates not yet handled are put back (scheduled again) with their attempt and
+  delivery counts unchanged: an outage costs no message a retry. The failures before the
+  one that opened it (at most HANDLER_OUTAGE_FAILURES - 1) were counted as ordinary ones.
+- A probe that fails with another cause is that message's own failure: counted as usual,
+  and the next probe comes at the shortest interval.
+
+One breaker per stream loop (each has its handler object); it is not shared between
+processes: each worker finds the outage out for itself, at the cost of N failures each.
+"""
+
+from __future__ import annotations
+
+import errno as errno_names
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from email_ingestion.common.clock import Clock, wall_ms
+
+# What varies between messages failing for one reason: numbers, hex ids, quoted names.
+_VARYING = (
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "'…'"),
+    (re.compile(r"\b[0-9a-fA-F]{8,}\b"), "#"),
+    (re.compile(r"\d+"), "#"),
+)
+CAUSE_MAX_CHARS = 200
+DESCRIBE_MAX_CHARS = 500
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` for logs and retry records; never raises (an exception whose str()
+    fails is still described)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a user's broken __str__ must not lose the outcome
+        text = "<str() of the exception failed>"
+    name = type(exc).__name__
+    return (f"{name}: {text}" if text else name)[:DESCRIBE_MAX_CHARS]
+
+
+def cause_of(exc: BaseException) -> str:
+    """What failures of different messages have in common when one thing is broken: the
+    exception's type and its normalised message (an OSError by its errno alone: its file
+    name may be the message's own)."""
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{name}: errno {errno_names.errorcode.get(exc.errno, exc.errno)}"
+    text = describe(exc).partition(": ")[2]
+    for pattern, replacement in _VARYING:
+        text = pattern.sub(replacement, text)
+    return f"{name}: {text}"[:CAUSE_MAX_CHARS]
+
+
+@dataclass(frozen=True)
+class OutageState:
+    """The open breaker, as /status, /ready and the heartbeat record show it."""
+
+    cause: str  # the shared cause (normalised)
+    error: str  # the last failure as it was raised (type: message), for people
+    since_ms: int  # wall clock, when it opened
+    probes: int  # probes that failed since
+    next_probe_in_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"cause": self.cause, "error": self.error, "since_ms": self.since_ms, "probes": self.probes,
+                "next_probe_in_s": round(self.next_probe_in_s, 3)}
+
+
+class HandlerOutage:
+    """Counts failures of different messages with one cause; opens, probes, closes."""
+
+    def __init__(self, *, failures: int, probe_min_s: float, probe_max_s: float,
+                 clock: Callable[[], float] = time.monotonic, clock_ms: Clock = wall_ms) -> None:
+        self.failures = failures
+        self.probe_min_s = probe_min_s
+        self.probe_max_s = max(probe_min_s, probe_max_s)
+        self._clock = clock
+        self._clock_ms = clock_ms
+        # Written by the loop's thread, read by the health server's: one lock, short holds.
+        self._lock = threading.Lock()
+        self._streak_cause: str | None = None
+        self._streak_keys: set[str] = set()
+        self._open: tuple[str, int] | None = None  # (cause, since_ms)
+        self._error = ""
+        self._probes = 0
+        self._interval_s = probe_min_s
+        self._next_probe_at = 0.0
+
+    def is_open(self) -> bool:
+        return self._open is not None
+
+    def failed(self, message_key: str, exc: BaseException) -> bool:
+        """Note a retryable failure of one message; True when it is an outage failure (put
+        the message back uncounted), False when it is the message's own (count it)."""
+        cause = cause_of(exc)
+        with self._lock:
+            if self._open is not None:
+                return self._failed_while_open(cause, exc)
+            if cause != self._streak_cause:
+                self._streak_cause, self._streak_keys = cause, set()
+            self._streak_keys.add(message_key)
+            if len(self._streak_keys) < self.failures:
+                return False
+            self._open = (cause, self._clock_ms())
+            self._error = describe(exc)
+            self._interval_s = self.probe_min_s
+            self._next_probe_at = self._clock() + self._interval_s
+            return True
+
+    def _failed_while_open(self, cause: str, exc: BaseException) -> bool:
+        assert self._open is not None
+        if cause != self._open[0]:
+            self._next_probe_at = self._clock() + self.probe_min_s
+            return False
+        self._probes += 1
+        self._error = describe(exc)
+        self._interval_s = min(self.probe_max_s, self._interval_s * 2)
+        self._next_probe_at = self._clock() + self._interval_s
+        return True
+
+    def succeeded(self) -> bool:
+        """The handler reached a verdict (success or PermanentError); True if this closed
+        the breaker."""
+        with self._lock:
+            was_open = self._open is not None
+            self._streak_cause, self._streak_keys = None, set()
+            self._open = None
+            self._probes = 0
+            return was_open
+
+    def probe_in_s(self) -> float:
+        """Seconds until the next probe may take a message (0: now)."""
+        return max(0.0, self._next_probe_at - self._clock())
+
+    def retry_delay_ms(self) -> int:
+        """When a message put back during the outage should be in the stream again."""
+        return int(self._interval_s * 1000)
+
+    def state(self) -> OutageState | None:
+        with self._lock:
+            if self._open is None:
+                return None
+            cause, since_ms = self._open
+            return OutageState(cause, self._error, since_ms, self._probes, self.probe_in_s())
+
+
+def snapshot(outage: HandlerOutage | None) -> dict[str, object] | None:
+    """The open breaker as a dict (for /status and the heartbeat record), or None."""
+    state = outage.state() if outage is not None else None
+    return state.as_dict() if state is not None else None
