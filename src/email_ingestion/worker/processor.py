@@ -135,12 +135,14 @@ class BatchProcessor:
     def _handle_all(self, to_handle: list[Leased], batch: Settlement, keeper: LeaseKeeper,
                     out_of_time: Callable[[], bool]) -> None:
         settled_at = time.monotonic()
+        # A batch read while the outage breaker was open is its probe: handle it.
+        probe = self._outage_open()
         for index, leased in enumerate(to_handle):
             if out_of_time():
                 self._release(batch, to_handle[index:])
                 batch.result.unfinished = len(to_handle) - index
                 return
-            if self.outage is not None and self.outage.is_open():
+            if not probe and self._outage_open():  # it opened in this batch: the rest waits
                 self._put_back(batch, to_handle[index:])
                 return
             ours = self._still_ours(leased, keeper, batch.result)
@@ -267,6 +269,9 @@ class BatchProcessor:
                 "stream_id": leased.delivery.entry_id, "error": describe(error)})
         else:
             self._failed(batch, leased, error)
+
+    def _outage_open(self) -> bool:
+        return self.outage is not None and self.outage.is_open()
 
     def _verdict(self) -> None:
         if self.outage is not None and self.outage.succeeded():
