@@ -6,7 +6,6 @@ redis-server, a loopback HTTP server and a tiny tmpfs."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
