@@ -101,3 +101,13 @@ def test_describing_an_exception_cannot_fail():
 
     assert describe(Broken()).startswith("Broken: <str()")
     assert cause_of(Broken()).endswith("Broken: <str() of the exception failed>")
+
+
+def test_the_error_shown_on_status_is_redacted():
+    """/status, /ready and the heartbeat record show the error redacted like a log line."""
+    from email_ingestion.common.logging import Redactor
+
+    outage = HandlerOutage(failures=1, probe_min_s=1, probe_max_s=2, redact=Redactor(["hunter22"]).redact)
+    outage.failed("a", ConnectionError("cannot reach postgres://app:hunter22@db:5432/mail"))
+    state = outage.state()
+    assert state is not None and "hunter22" not in state.error and "hunter22" not in state.cause

@@ -140,7 +140,8 @@ def build_outage(settings: Settings, clock_ms: Clock) -> HandlerOutage | None:
     if not retry.handler_outage_failures:
         return None
     return HandlerOutage(failures=retry.handler_outage_failures, probe_min_s=retry.handler_outage_probe_min_seconds,
-                         probe_max_s=retry.handler_outage_probe_max_seconds, clock_ms=clock_ms)
+                         probe_max_s=retry.handler_outage_probe_max_seconds, clock_ms=clock_ms,
+                         redact=Redactor(settings.secrets()).redact)
 
 
 def expose(workers: StreamWorkers, settings: Settings) -> None:

@@ -215,7 +215,8 @@ class WorkerLoop:
         """Claim and settle orphans one at a time (see recovery.py for why), our own
         entries idle past CLAIM_MIN_IDLE_MS included (a reply lost on the way to us)."""
         count = 0
-        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
+        # While the handler has an outage, orphans wait too: only probes reach the handler.
+        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set() and not self._outage_open():
             self.liveness.tick()
             if time.monotonic() - self._beaten_at >= self.processor.timings.renew_interval_s:
                 self._beat()  # a long round of quick orphans must not make us look dead

@@ -88,8 +88,12 @@ class HandlerOutage:
     """Counts failures of different messages with one cause; opens, probes, closes."""
 
     def __init__(self, *, failures: int, probe_min_s: float, probe_max_s: float,
-                 clock: Callable[[], float] = time.monotonic, clock_ms: Clock = wall_ms) -> None:
+                 clock: Callable[[], float] = time.monotonic, clock_ms: Clock = wall_ms,
+                 redact: Callable[[str], str] = lambda text: text) -> None:
         self.failures = failures
+        # The error is shown on /status, /ready and in the heartbeat record, not only in logs:
+        # it is redacted like a log line (a database URL in it may hold a password).
+        self.redact = redact
         self.probe_min_s = probe_min_s
         self.probe_max_s = max(probe_min_s, probe_max_s)
         self._clock = clock
@@ -119,19 +123,19 @@ class HandlerOutage:
             self._streak_keys.add(message_key)
             if len(self._streak_keys) < self.failures:
                 return False
-            self._open = (cause, self._clock_ms())
-            self._error = describe(exc)
+            self._open = (self.redact(cause), self._clock_ms())
+            self._error = self.redact(describe(exc))
             self._interval_s = self.probe_min_s
             self._next_probe_at = self._clock() + self._interval_s
             return True
 
     def _failed_while_open(self, cause: str, exc: BaseException) -> bool:
         assert self._open is not None
-        if cause != self._open[0]:
+        if self.redact(cause) != self._open[0]:
             self._next_probe_at = self._clock() + self.probe_min_s
             return False
         self._probes += 1
-        self._error = describe(exc)
+        self._error = self.redact(describe(exc))
         self._interval_s = min(self.probe_max_s, self._interval_s * 2)
         self._next_probe_at = self._clock() + self._interval_s
         return True
