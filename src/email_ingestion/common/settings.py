@@ -259,7 +259,7 @@ class RetrySettings(BaseSettings):
                                                      "that open the handler outage breaker (0: never)")
     handler_outage_probe_min_seconds: float = Field(default=1.0, gt=0,
                                                     description="handler outage: first wait before a probe message")
-    handler_outage_probe_max_seconds: float = Field(default=60.0, gt=0,
+    handler_outage_probe_max_seconds: float = Field(default=30.0, gt=0,
                                                     description="handler outage: longest wait between probes")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
