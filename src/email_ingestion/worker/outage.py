@@ -143,6 +143,8 @@ class HandlerOutage:
     def succeeded(self) -> bool:
         """The handler reached a verdict (success or PermanentError); True if this closed
         the breaker."""
+        if self._open is None and self._streak_cause is None:  # the hot path: nothing to reset
+            return False
         with self._lock:
             was_open = self._open is not None
             self._streak_cause, self._streak_keys = None, set()
