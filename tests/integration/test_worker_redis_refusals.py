@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from email_ingestion.common.keys import StreamKeys
+from email_ingestion.sandbox.cluster import RedisClusterSandbox
 from email_ingestion.sandbox.redis_server import RedisServer
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from tests.conftest import ROOT
@@ -103,8 +104,43 @@ def test_refusing_redis_is_waited_out_and_nothing_is_handled_twice(env, own_redi
     assert client.xpending(STREAM, GROUP)["pending"] == 0 and client.xlen(KEYS.dlq) == 0
 
 
-def _waiting_on(log: str, code: str) -> bool:
-    return any("Redis unavailable" in line and code in line for line in log.splitlines())
+def _waiting_on(log: str, *codes: str) -> bool:
+    return any("Redis unavailable" in line and any(code in line for code in codes) for line in log.splitlines())
+
+
+def test_cluster_down_is_waited_out_and_nothing_is_handled_twice(tmp_path):
+    """A Redis Cluster goes down (a slot no node serves: CLUSTERDOWN, and redis-py's "All
+    slots are not covered", which is not even a RedisError) in the middle of a batch: the
+    worker waits instead of exiting 1, and once the slot is served again every message has
+    been handled exactly once."""
+    cluster = RedisClusterSandbox(tmp_path / "cluster").start()
+    try:
+        client: Any = cluster.client()
+        add_payloads(client, 10)
+        slot, owner = client.keyslot("elsewhere"), client.get_node_from_key("elsewhere").port
+        assert slot != client.keyslot(STREAM)
+        records, markers = tmp_path / "records", tmp_path / "markers"
+        records.mkdir()
+        markers.mkdir()
+        env = {**fast_worker_env(cluster.url, records), "REDIS_CLUSTER": "true", "TEST_MARKER_DIR": str(markers),
+               "TEST_FAULT": "clusterdown", "TEST_FAULT_UID": "4", "TEST_AFTER_FAULT_S": "1",
+               "TEST_CLUSTER_SLOT": str(slot), "TEST_CLUSTER_PORTS": ",".join(str(n.port) for n in cluster.nodes)}
+        log_path = tmp_path / "worker.log"
+        worker = start_worker(env, "tests.support.outage_handlers:refuse_after", log_path, "--batch-size", "10")
+        try:
+            assert wait_until(lambda: _waiting_on(log_path.read_text(), "ClusterDown", "not covered"), 60), \
+                log_path.read_text()[-3000:]
+            assert worker.poll() is None, "the worker must wait, not exit"
+            redis.Redis(port=owner).execute_command("CLUSTER ADDSLOTS", slot)
+            code, _ = finish(worker, 60)
+        finally:
+            worker.kill()
+        log = log_path.read_text()
+        assert code == 0 and "Traceback" not in log, log[-3000:]  # no thread (the lease keeper's) died
+        assert recorded(env) == Counter({make_payload(uid).idempotency_key: 1 for uid in range(10)})
+        assert client.xpending(STREAM, GROUP)["pending"] == 0  # its slot map predates the outage
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -55,7 +55,24 @@ def _busy() -> None:
         time.sleep(0.02)
 
 
-FAULTS = {"misconf": _misconf, "noreplicas": _noreplicas, "busy": _busy}
+def _clusterdown() -> None:
+    """One slot (TEST_CLUSTER_SLOT) unassigned on every node of the cluster
+    (TEST_CLUSTER_PORTS): with cluster-require-full-coverage yes the whole cluster answers
+    CLUSTERDOWN until the slot is assigned again."""
+    nodes = [redis.Redis(port=int(port)) for port in os.environ["TEST_CLUSTER_PORTS"].split(",")]
+    for node in nodes:
+        node.execute_command("CLUSTER DELSLOTS", int(os.environ["TEST_CLUSTER_SLOT"]))
+    while not all(_cluster_failed(node) for node in nodes):
+        time.sleep(0.02)
+
+
+def _cluster_failed(node: redis.Redis) -> bool:
+    info = node.execute_command("CLUSTER INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:fail" in text or "'cluster_state': 'fail'" in text
+
+
+FAULTS = {"misconf": _misconf, "noreplicas": _noreplicas, "busy": _busy, "clusterdown": _clusterdown}
 
 
 def refuse_after(payload: EmailPayload, ctx: HandlerContext) -> None:

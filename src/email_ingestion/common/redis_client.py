@@ -59,6 +59,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #   TRYAGAIN, CLUSTERDOWN, MASTERDOWN   a cluster resharding or failing over; a replica
 #                whose link to its master is down (replica-serve-stale-data no)
 #   NOSCRIPT     a restarted server forgot the scripts: a new attempt loads them again
+# redis-py's cluster client raises RedisClusterException, which is not a RedisError, when
+# refreshing its slot map after a CLUSTERDOWN it finds slots that no node serves, or reaches
+# no node at all: both pass when the cluster heals (issue 19 item 10).
+_CLUSTER_TRANSIENT = ("All slots are not covered", "Redis Cluster cannot be connected")
+# Everything a Redis call can raise for a reason outside the caller: what classify() sorts.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
 TRANSIENT_REPLY_CODES = frozenset({"LOADING", "READONLY", "OOM", "MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN",
                                    "CLUSTERDOWN", "MASTERDOWN", "NOSCRIPT"})
 _REPLY_CODE = re.compile(r"(?<![A-Za-z_])(" + "|".join(sorted(TRANSIENT_REPLY_CODES)) + r")(?![A-Za-z_])")
@@ -90,6 +97,8 @@ def classify(exc: BaseException) -> RedisFault:
         return RedisFault.CONFIGURATION
     if isinstance(exc, TRANSIENT_ERRORS):
         return RedisFault.CONFIGURATION if is_trust_failure(exc) else RedisFault.TRANSIENT
+    if isinstance(exc, redis.exceptions.RedisClusterException) and str(exc).startswith(_CLUSTER_TRANSIENT):
+        return RedisFault.TRANSIENT
     if isinstance(exc, redis.ResponseError) and _is_refused_credentials(exc):
         return RedisFault.CONFIGURATION
     if transient_reply_code(exc) is not None:
@@ -267,7 +276,7 @@ def redis_errors(where: str) -> Iterator[None]:
     being done; the rest propagates."""
     try:
         yield
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise translate(exc, where) from (exc if classify(exc) is RedisFault.TRANSIENT else None)
 
 

@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
+from email_ingestion.common.redis_client import REDIS_FAILURES
 from email_ingestion.worker.outage import describe
 
 log = logging.getLogger(__name__)
 
-FAILURES = (redis.RedisError, OSError)
+FAILURES = REDIS_FAILURES
 
 
 def heartbeat_record(handler_outage: Callable[[], dict[str, object] | None],

@@ -23,8 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import redis
-
+from email_ingestion.common.redis_client import REDIS_FAILURES
 from email_ingestion.worker.idempotency import Idempotency
 
 if TYPE_CHECKING:
@@ -113,7 +112,7 @@ class LeaseKeeper:
             renewed = self.idempotency.renew(items)
             self.heartbeat()
             self.touch(entry_ids)
-        except redis.RedisError as exc:
+        except REDIS_FAILURES as exc:  # whatever the reply: renew again next interval
             log.warning("lease renewal failed", extra={"error": type(exc).__name__})
             return
         if renewed == len(items):

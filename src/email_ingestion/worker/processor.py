@@ -24,7 +24,7 @@ from email_ingestion.common.errors import HandlerTimeoutError, PermanentError
 from email_ingestion.common.exits import EXIT_FAILED
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import EmailPayload
-from email_ingestion.common.redis_client import Replication
+from email_ingestion.common.redis_client import REDIS_FAILURES, Replication
 from email_ingestion.common.text import ms_from_iso, to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.backoff import Backoff
@@ -364,7 +364,7 @@ class BatchProcessor:
                 self._execute(batch)
                 self.stop_heartbeat()
                 break
-            except redis.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 if time.monotonic() >= deadline:
                     log.error("could not settle the timed-out batch; its messages stay pending",
                               extra={"error": type(exc).__name__})

@@ -28,6 +28,7 @@ import redis
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import AuthError, RedisTlsError, RedisUnavailableError
 from email_ingestion.common.redis_client import (
+    REDIS_FAILURES,
     RedisFault,
     classify,
     is_trust_failure,
@@ -46,7 +47,7 @@ T = TypeVar("T")
 # builds a new pipeline, which loads them again. RedisUnavailableError is raised by our
 # own boundary (e.g. fewer replicas than REDIS_WAIT_REPLICAS acknowledged); the settlement
 # it follows is safe to replay.
-WAIT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisUnavailableError, OSError)
+WAIT_ERRORS: tuple[type[BaseException], ...] = (*REDIS_FAILURES, RedisUnavailableError)
 MAX_DELAY_S = 30.0
 PROBE_MIN_S = 0.05
 PROBE_MAX_S = 0.5
