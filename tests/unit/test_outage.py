@@ -81,6 +81,10 @@ def test_probes_back_off_and_a_verdict_closes_it():
     (ConnectionError("connection to db-1:5432 refused"), ConnectionError("connection to db-1:5433 refused")),
     (RuntimeError("timeout after 1234 ms on 'orders'"), RuntimeError("timeout after 99 ms on 'invoices'")),
     (OSError(errno.ENOSPC, "No space left on device", "/a"), OSError(errno.ENOSPC, "No space left on device", "/b")),
+    (RuntimeError("request 3f2a1b4c-9d8e-4f7a-b6c5-1a2b3c4d5e6f failed"),
+     RuntimeError("request 0b1c2d3e-aaaa-4bbb-8ccc-ddddeeeeffff failed")),
+    (RuntimeError("mailbox alice@example.com unavailable (req_8fK2x9)"),
+     RuntimeError("mailbox bob@example.org unavailable (req_Zz01)")),
 ])
 def test_causes_ignore_what_varies_between_messages(one, other):
     """Numbers, quoted names and an OSError's file name are left out of the cause."""

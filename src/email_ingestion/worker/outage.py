@@ -7,7 +7,8 @@ toward MAX_RETRIES dead-letters the whole stream within minutes. So:
 
 - `HANDLER_OUTAGE_FAILURES` consecutive retryable failures of *different* messages that
   share a cause (the exception's type and its message with the varying parts taken out:
-  numbers, quoted names, paths of OSError) open the breaker. One message failing again and
+  numbers and other tokens holding a digit, quoted names, addresses, the file name of an
+  OSError) open the breaker. One message failing again and
   again (a poison message) never does: it is one message, and goes to the DLQ as before.
 - While open, the worker takes no messages (its heartbeat stays alive) and every probe
   interval hands ONE message to the handler; the interval doubles from
@@ -35,11 +36,12 @@ from dataclasses import dataclass
 
 from email_ingestion.common.clock import Clock, wall_ms
 
-# What varies between messages failing for one reason: numbers, hex ids, quoted names.
+# What varies between messages failing for one reason: quoted names, addresses, and any
+# token holding a digit (numbers, ports, ids, UUIDs, hex digests, request ids).
 _VARYING = (
     (re.compile(r"'[^']*'|\"[^\"]*\""), "'…'"),
-    (re.compile(r"\b[0-9a-fA-F]{8,}\b"), "#"),
-    (re.compile(r"\d+"), "#"),
+    (re.compile(r"[\w.+-]+@[\w.-]+"), "…@…"),
+    (re.compile(r"[\w.-]*\d[\w.-]*"), "#"),
 )
 CAUSE_MAX_CHARS = 200
 DESCRIBE_MAX_CHARS = 500
