@@ -4,17 +4,20 @@ Each runbook page is one bash session (so `cd` and `export` carry over, as for a
 following it) against a real Redis, a real Dovecot mailbox, a real producer and a real
 worker. What cannot run here is replaced, and only that: systemctl, journalctl and useradd
 are stand-ins that succeed; /etc, /opt, /var paths and the owner names are mapped into the
-scratch root; `git clone <repo>` links the checkout (a fresh venv takes minutes). A command
+scratch root; the venv and `pip install` link this checkout's venv (a fresh one takes minutes). A command
 must exit 0, or 0/1 when its own comment says it exits 1; no command may be missing, refuse
 its arguments, print a traceback or miss a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +36,11 @@ BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
 DOC_DLQ_ID = "1795376998576-0"  # the id dlq-management.md shows
 STUBS = {
-    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; *) echo "(systemctl $*)" ;; esac',
+    # `stop|start email-producer` stop and start the test's producer for real
+    # (producer_service): `mailbox reset` refuses while a producer runs.
+    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; '
+                 'stop|start) [ "$2" = email-producer ] && [ -n "$RUNBOOK_PRODUCER_SERVICE" ] && '
+                 '"$RUNBOOK_PRODUCER_SERVICE" "$1"; echo "(systemctl $*)" ;; *) echo "(systemctl $*)" ;; esac',
     "journalctl": 'echo "(journalctl $*)"',
     "useradd": 'echo "(useradd $*)"',
 }
@@ -85,7 +92,11 @@ def installation(tmp_path, mailbox, redis_server, redis_client) -> Any:
     settings = {**base_env(mailbox.server.port, redis_server.url, mailbox.name), "PRODUCER_METRICS_PORT": str(port),
                 "WORKER_BLOCK_TIMEOUT_MS": "300"}
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    mapping = {"git clone <repo> ": f"ln -s {ROOT} ", "-o email-ingestion": f"-o {user}",
+    venv = Path(sys.executable).parent.parent
+    (scratch / "opt" / "email-ingestion").mkdir(parents=True)
+    (scratch / "opt" / "email-ingestion" / "venv").symlink_to(venv)
+    mapping = {"python3 -m venv /opt/email-ingestion/venv && /opt/email-ingestion/venv/bin/pip install email_ingestion-*.whl":
+               f"ln -sfn {venv} /opt/email-ingestion/venv", "-o email-ingestion": f"-o {user}",
                "-g email-ingestion": f"-g {group}", "-o root": f"-o {user}", "-g root": f"-g {group}",
                "--mailbox INBOX": f"--mailbox {mailbox.name}", "-p 6379": f"-p {redis_server.port}",
                DOC_DLQ_ID: DOC_DLQ_ID,
@@ -98,9 +109,12 @@ def installation(tmp_path, mailbox, redis_server, redis_client) -> Any:
 
 
 def write_settings(scratch: Path, settings: dict[str, str]) -> None:
-    """What a person does after `install ... .env.example ...env`: fill it in."""
+    """What a person does after `install ... .env.example ...env`: fill it in (the kit is
+    where the install section copied it)."""
+    from email_ingestion.admin.kit import copy_kit
     etc = scratch / "etc" / "email-ingestion"
     etc.mkdir(parents=True, exist_ok=True)
+    copy_kit(etc / "kit")
     for name in ("env", "admin.env"):
         (etc / name).write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         (etc / name).chmod(0o600)
@@ -116,6 +130,36 @@ def start_services(inst: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     healthy = [sys.executable, "-m", "email_ingestion", "status"]
     assert wait_until(lambda: subprocess.run(healthy, env=env, capture_output=True).returncode == 0, timeout_s=60)
     return procs
+
+
+def producer_service(inst: dict[str, Any], first: subprocess.Popen[bytes], pid_file: Path) -> Path:
+    """A script doing `systemctl stop|start email-producer` to the test's producer: stop waits
+    (up to 30 s) for it to exit, start waits (up to 60 s) until `status` is healthy again."""
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in inst["producer_env"].items())
+    producer, status = shlex.join(producer_cmd()), shlex.join([sys.executable, "-m", "email_ingestion", "status"])
+    script = pid_file.with_suffix(".sh")
+    script.write_text(f"""#!/bin/bash
+pid=$(cat {pid_file} 2>/dev/null || echo {first.pid})
+case "$1" in
+stop) kill "$pid" 2>/dev/null
+      for _ in $(seq 300); do {{ [ -e /proc/$pid ] && ! grep -q ') Z' /proc/$pid/stat; }} || break; sleep 0.1; done ;;
+start) env -i {env} {producer} >/dev/null 2>&1 &
+       echo $! > {pid_file}
+       for _ in $(seq 600); do env -i {env} {status} >/dev/null 2>&1 && break; sleep 0.1; done ;;
+esac
+""")
+    script.chmod(0o755)
+    return script
+
+
+def stop_restarted(pid_file: Path) -> None:
+    """The producer a page's `systemctl start` started, if any: SIGTERM, then wait for it."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout_s=30)
 
 
 def run_page(page: str, inst: dict[str, Any], log: Path) -> list[tuple[str, set[int], int | None]]:
@@ -152,19 +196,28 @@ def test_install_section_runs_in_a_scratch_root(installation, tmp_path):
     check(results, tmp_path / "install.log")
     etc = installation["scratch"] / "etc" / "email-ingestion"
     assert (etc / "env").stat().st_mode & 0o777 == 0o600 and (etc / "env").read_text().startswith("#")
-    assert len(list((installation["scratch"] / "etc" / "systemd" / "system").glob("*.service"))) >= 3
+    units = list((installation["scratch"] / "etc" / "systemd" / "system").glob("*.service"))
+    assert len(units) >= 3
+    # The units run the installed commands of the venv they were written for, never a checkout.
+    for unit in units:
+        exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+        program = exec_start.split("=", 1)[1].split()[0]
+        assert "/bin/email-" in program and Path(program).exists() and ".py" not in exec_start, exec_start
+    assert (installation["scratch"] / "etc" / "email-ingestion" / "kit" / "config" / "alerts.yml").is_file()
 
 
 @pytest.mark.parametrize("runbook", [p.name for p in RUNBOOKS])
 def test_every_runbook_command_runs(installation, tmp_path, runbook):
     """Each page, top to bottom, on an installed and running system."""
     inst = installation
-    (inst["scratch"] / "opt" / "email-ingestion").symlink_to(ROOT)
     write_settings(inst["scratch"], inst["settings"])
     page = (ROOT / "docs" / "runbooks" / runbook).read_text()
     if "## Install" in page:
         page = page[:page.index("## Install")]  # run by the test above, on an empty host
     procs = start_services(inst) if commands(page) else []
+    pid_file = tmp_path / "producer.pid"
+    if procs:
+        inst["env"]["RUNBOOK_PRODUCER_SERVICE"] = str(producer_service(inst, procs[0], pid_file))
     if runbook == "dlq-management.md":
         inst["redis"].xadd(DLQ, {"payload": "{}", "reason": "permanent", "error_type": "PermanentError"}, id=DOC_DLQ_ID)
     try:
@@ -174,6 +227,7 @@ def test_every_runbook_command_runs(installation, tmp_path, runbook):
         for proc in procs:
             proc.terminate()
             proc.wait(30)
+        stop_restarted(pid_file)
     if runbook == "reingest-backfill.md":  # the reset took: the next pass emits all 25 again
         assert subprocess.run(producer_cmd("--once"), env={**inst["producer_env"], "PRODUCER_METRICS_PORT": "0"},
                               capture_output=True, timeout=60).returncode == 0

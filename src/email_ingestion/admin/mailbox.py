@@ -5,8 +5,10 @@ re-ingest or backfill (docs/runbooks/reingest-backfill.md).
     email-ingest mailbox reset --account A --mailbox M --uid N [--forget-done] --yes
 
 `reset` sets `last_uid` to N, keeping UIDVALIDITY: the producer's next pass emits every
-message above N again. Stop that mailbox's producer first (a running one would move the
-position forward in between). Messages handled within IDEMPOTENCY_TTL_SECONDS are then
+message above N again, up to the old position (or the re-sync target, whichever is higher),
+including copies that a UIDVALIDITY re-sync had recognised and skipped (`replay_until`).
+It is refused, with one line, while a producer holds the mailbox's lease (a running one
+would move the position forward in between): stop it first. Messages handled within IDEMPOTENCY_TTL_SECONDS are then
 counted as duplicates by the workers and not handled again: a reset alone never repeats an
 effect. `--forget-done` also deletes the done markers of this mailbox's messages above N so the
 handler does see them again (on Gmail, where keys carry the account and X-GM-MSGID but no
@@ -33,9 +35,11 @@ from email_ingestion.admin.common import (
     parser,
     target,
 )
+from email_ingestion.admin.snapshot import iso_ms
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape
+from email_ingestion.producer.state import StateStore
 
 # KEYS: done markers; deletes those that say done (never a lease in force).
 _FORGET = """
@@ -53,13 +57,9 @@ def position(client: redis.Redis, keys: MailboxKeys) -> dict[str, Any] | None:
 
 
 def reset(client: redis.Redis, keys: MailboxKeys, uid: int) -> dict[str, Any]:
-    """Move last_uid to `uid` (never forward); what it was and what it is now."""
+    """Move last_uid to `uid` (never forward), atomically; what it was and what it is now."""
     before = position(client, keys)
-    if before is None:
-        raise LookupError(f"no stored position for {keys.account} {keys.mailbox} on {keys.stream}")
-    if uid > before.get("last_uid", 0):
-        raise ValueError(f"--uid {uid} is above the stored last_uid {before.get('last_uid')}: a reset only goes back")
-    client.hset(keys.state, "last_uid", uid)
+    StateStore(client=client, keys=keys).rewind(uid)
     return {"before": before, "after": position(client, keys)}
 
 
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         action = sub.add_parser(name, help=text)
         action.add_argument("--account", required=True, help="IMAP_USER of the mailbox")
         action.add_argument("--mailbox", required=True, help="IMAP_MAILBOX, e.g. INBOX")
+        # Accepted after the action too: `mailbox show --json` is how people type it.
+        action.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     resetting = sub.choices["reset"]
     resetting.add_argument("--uid", type=int, required=True, help="new last_uid: 0 re-ingests everything")
     resetting.add_argument("--forget-done", action="store_true", help="also delete done markers: handlers see them again")
@@ -124,8 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"mailbox: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEGRADED
-    print(json.dumps(result, indent=2 if args.json else None, sort_keys=True))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(readable(result)))
     return EXIT_HEALTHY
+
+
+def readable(value: Any, indent: str = "") -> list[str]:
+    """`key: value` lines; epoch-millisecond fields (`*_ms`) as ISO 8601 instants."""
+    lines: list[str] = []
+    for key, item in sorted(value.items()) if isinstance(value, dict) else []:
+        if isinstance(item, dict):
+            lines += [f"{indent}{key}:", *readable(item, indent + "  ")]
+        elif key.endswith("_at_ms") or key in ("since_ms", "synced_at_ms", "updated_at_ms"):
+            lines.append(f"{indent}{key.removesuffix('_ms')}: {iso_ms(int(item)) if item else '-'}")
+        else:
+            lines.append(f"{indent}{key}: {'(none)' if item is None else item}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     else:
         client = client or make_redis(settings.redis)
         store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis), fence=fence)
+                           replication=Replication.from_settings(settings.redis), fence=fence,
+                           fingerprints_kept=settings.producer.fingerprints_per_mailbox)
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
