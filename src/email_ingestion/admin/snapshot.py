@@ -7,6 +7,7 @@ same figures as every other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from typing import Any
 
@@ -45,8 +46,18 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
         found.append({"account": unescape(parts[0]), "mailbox": unescape(parts[1]),
                       "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
                       "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
-                      "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1)})
+                      "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1),
+                      "sync_progress": _progress(client.get(to_text(key).removesuffix(":state") + ":progress"))})
     return sorted(found, key=lambda m: (m["account"], m["mailbox"]))
+
+
+def _progress(text: bytes | str | None) -> dict[str, Any] | None:
+    """The producer's last sync step figures (done, total, rate_per_s, eta_s), when it wrote them."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def groups(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:

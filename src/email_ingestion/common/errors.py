@@ -19,6 +19,11 @@ class TokenRefreshError(AuthError):
     """The OAuth2 token endpoint refused to refresh the access token."""
 
 
+class CredentialsRejectedError(TokenRefreshError):
+    """Google refused the refresh token (invalid_grant: revoked, or expired after 7 days for an
+    app in Testing): the mailbox waits in the `credentials` state until a person re-authorises."""
+
+
 class TokenEndpointError(IngestionError):
     """The OAuth2 token endpoint could not be reached; retrying may help."""
 
@@ -60,17 +65,18 @@ class RedisPermissionError(SettingsError):
     """The Redis ACL user lacks a command or key the process needs."""
 
 
+class WaitInterrupted(ImapConnectionError):
+    """A wait inside a sync step (the Gmail download budget) ended because the producer is
+    stopping: nothing of the step was written, it runs again after the restart."""
+
+
 class ImapProtocolError(ImapError):
     """The server answered a command with NO/BAD in a way reconnecting will not fix."""
 
 
 class ParseWorkerError(IngestionError):
-    """The helper process that builds payloads died; the pass is retried."""
-
-
-class BudgetExceeded(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
-    """Raised inside a message's build when it overran its time budget. A BaseException, like
-    KeyboardInterrupt, so that the `except Exception` of a parser cannot swallow it."""
+    """The helper process that builds payloads keeps ending between messages; the pass is retried.
+    (One that ends over a message costs that message a degraded payload, producer/build_site.py.)"""
 
 
 class StateError(IngestionError):

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from email_ingestion.common.redis_client import REDIS_FAILURES
-from email_ingestion.worker.outage import describe
+from email_ingestion.worker.describe import describe
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class HeartbeatThread:
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("heartbeat renewal failed: Redis unreachable or refusing; renewing again in %.1f s",
-                        self.interval_s, extra={"error": describe(exc), "heartbeat_ttl_ms": self.ttl_ms})
+                        self.interval_s, extra={"error": describe(exc).summary[:500], "heartbeat_ttl_ms": self.ttl_ms})
 
     def _renewed(self) -> None:
         if self._failing_since is not None:

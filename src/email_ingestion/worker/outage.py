@@ -27,7 +27,7 @@ processes: each worker finds the outage out for itself, at the cost of N failure
 
 from __future__ import annotations
 
-import errno as errno_names
+import logging
 import re
 import threading
 import time
@@ -35,6 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from email_ingestion.common.clock import Clock, wall_ms
+from email_ingestion.worker.call import CallOutcome
+from email_ingestion.worker.describe import ErrorDescription
+
+log = logging.getLogger("email_ingestion.worker.outage")
 
 # What varies between messages failing for one reason: quoted names, addresses, and any
 # token holding a digit (numbers, ports, ids, UUIDs, hex digests, request ids).
@@ -47,28 +51,14 @@ CAUSE_MAX_CHARS = 200
 DESCRIBE_MAX_CHARS = 500
 
 
-def describe(exc: BaseException) -> str:
-    """`Type: message` for logs and retry records; never raises (an exception whose str()
-    fails is still described)."""
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - a user's broken __str__ must not lose the outcome
-        text = "<str() of the exception failed>"
-    name = type(exc).__name__
-    return (f"{name}: {text}" if text else name)[:DESCRIBE_MAX_CHARS]
-
-
-def cause_of(exc: BaseException) -> str:
+def cause_of(error: ErrorDescription) -> str:
     """What failures of different messages have in common when one thing is broken: the
-    exception's type and its normalised message (an OSError by its errno alone: its file
-    name may be the message's own)."""
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"{name}: errno {errno_names.errorcode.get(exc.errno, exc.errno)}"
-    text = describe(exc).partition(": ")[2]
+    exception's type and its message with what varies per message taken out (an OSError's
+    text stays, its errno number and file name go)."""
+    text = error.message
     for pattern, replacement in _VARYING:
         text = pattern.sub(replacement, text)
-    return f"{name}: {text}"[:CAUSE_MAX_CHARS]
+    return f"{error.type_name}: {text}"[:CAUSE_MAX_CHARS]
 
 
 @dataclass(frozen=True)
@@ -113,31 +103,44 @@ class HandlerOutage:
     def is_open(self) -> bool:
         return self._open is not None
 
-    def failed(self, message_key: str, exc: BaseException) -> bool:
+    def observe(self, outcome: CallOutcome) -> CallOutcome | None:
+        """The call step's observer (call.py): every outcome passes here; an outage failure
+        comes back marked as not counting toward MAX_RETRIES. A timeout is the deadline's."""
+        if outcome.error is None or outcome.permanent:
+            if self.succeeded():
+                log.warning("handler outage over: taking messages again")
+            return None
+        if outcome.timed_out or not self.failed(outcome.leased.payload.idempotency_key, outcome.error):
+            return None
+        log.warning("handler outage: the failure does not count toward MAX_RETRIES",
+                    extra={"stream_id": outcome.leased.delivery.entry_id, "error": outcome.error.summary[:500]})
+        return outcome.replace(counts_toward_retries=False)
+
+    def failed(self, message_key: str, error: ErrorDescription) -> bool:
         """Note a retryable failure of one message; True when it is an outage failure (put
         the message back uncounted), False when it is the message's own (count it)."""
-        cause = cause_of(exc)
+        cause = cause_of(error)
         with self._lock:
             if self._open is not None:
-                return self._failed_while_open(cause, exc)
+                return self._failed_while_open(cause, error)
             if cause != self._streak_cause:
                 self._streak_cause, self._streak_keys = cause, set()
             self._streak_keys.add(message_key)
             if len(self._streak_keys) < self.failures:
                 return False
             self._open = (self.redact(cause), self._clock_ms())
-            self._error = self.redact(describe(exc))
+            self._error = self.redact(error.summary[:DESCRIBE_MAX_CHARS])
             self._interval_s = self.probe_min_s
             self._next_probe_at = self._clock() + self._interval_s
             return True
 
-    def _failed_while_open(self, cause: str, exc: BaseException) -> bool:
+    def _failed_while_open(self, cause: str, error: ErrorDescription) -> bool:
         assert self._open is not None
         if self.redact(cause) != self._open[0]:
             self._next_probe_at = self._clock() + self.probe_min_s
             return False
         self._probes += 1
-        self._error = self.redact(describe(exc))
+        self._error = self.redact(error.summary[:DESCRIBE_MAX_CHARS])
         self._interval_s = min(self.probe_max_s, self._interval_s * 2)
         self._next_probe_at = self._clock() + self._interval_s
         return True

@@ -40,7 +40,8 @@ from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.exits import EXIT_OK, run_guarded
 from email_ingestion.monitoring.collectors import stream_figures
 from email_ingestion.monitoring.health import Live, Liveness
-from email_ingestion.worker.loop import WorkerLoop, WorkerStats
+from email_ingestion.worker.loop import WorkerLoop
+from email_ingestion.worker.stats import WorkerStats
 
 log = logging.getLogger("email_ingestion.worker")
 
@@ -127,10 +128,16 @@ class StreamWorkers:
         """The /status body: one stream's as before; several streams' totals and each stream's own."""
         if len(self.loops) == 1:
             return {**self.loops[0].status(), "handler": handler, "figures": _figures(self.loops[0])}
-        per_stream = {loop.loop.stream: {**loop.status(), "figures": _figures(loop)} for loop in self.loops}
+        # Every counter before any figure: a message is acknowledged before it is counted, so
+        # figures read later are at least as new as the counters (read the other way round, a
+        # body could say "processed 50" with the last batch still pending, issue 18).
+        counters = self.stats().counters()
+        per_stream = {loop.loop.stream: loop.status() for loop in self.loops}
+        for loop in self.loops:
+            per_stream[loop.loop.stream]["figures"] = _figures(loop)
         first = self.loops[0]
         return {"component": "worker", "consumer": first.loop.consumer, "streams": list(per_stream),
-                "group": first.loop.group, "handler": handler, "counters": self.stats().counters(),
+                "group": first.loop.group, "handler": handler, "counters": counters,
                 "circuit_breakers": {b.name: b.snapshot() for b in self.breakers},
                 "redis_unavailable": next((loop.redis_wait.reason for loop in self.loops if loop.redis_wait.reason),
                                           None),
@@ -143,11 +150,8 @@ class StreamWorkers:
     def stats(self) -> WorkerStats:
         """Every stream's counters added up; busy_s from the first read to the last settlement."""
         total = WorkerStats()
-        for stats in (loop.stats for loop in self.loops):
-            for name, value in stats.counters().items():
-                setattr(total, name, getattr(total, name) + value)
-            total.first_read_at = _earliest(total.first_read_at, stats.first_read_at)
-            total.last_settled_at = _latest(total.last_settled_at, stats.last_settled_at)
+        for loop in self.loops:
+            total.merge(loop.stats)
         return total
 
 
@@ -164,10 +168,3 @@ def _total_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
     totals["group_exists"] = all(p["group_exists"] for p in parts)
     return totals
 
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _latest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else max(a, b)
