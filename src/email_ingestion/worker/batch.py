@@ -43,6 +43,18 @@ class BatchResult:
     put_back: int = 0  # handler outage: scheduled again with attempt and delivery counts unchanged
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterNote:
+    """A dead letter queued in a settlement, logged once it has landed with its DLQ id (what
+    `email-dlq show` takes), not before: until then it has none."""
+
+    action_index: int
+    stream_id: str
+    original_id: str
+    reason: str
+    error_type: str
+
+
 @dataclass
 class Settlement:
     """What the batch's next settling MULTI does: retry/DLQ/release scripts, done markers,
@@ -52,6 +64,7 @@ class Settlement:
     done_keys: list[str] = field(default_factory=list)
     ack_ids: list[str] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
+    dead_letters: list[DeadLetterNote] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -62,3 +75,4 @@ class Settlement:
         self.actions.clear()
         self.done_keys.clear()
         self.ack_ids.clear()
+        self.dead_letters.clear()

@@ -10,7 +10,7 @@ import logging
 from email_ingestion.common.clock import Clock
 from email_ingestion.common.text import to_text
 from email_ingestion.worker.backoff import Backoff
-from email_ingestion.worker.batch import Leased, Settlement
+from email_ingestion.worker.batch import DeadLetterNote, Leased, Settlement
 from email_ingestion.worker.call import CallOutcome
 from email_ingestion.worker.dead_letter import DeadLetter, DeadLetterQueue
 from email_ingestion.worker.delivery import Delivery
@@ -106,9 +106,10 @@ class Outcomes:
         key, lease = leased.lease_item if leased else ("", "")
         batch.actions.append(lambda pipe: self.dlq.send(pipe, delivery.entry_id, letter, key, lease))
         batch.result.dead_lettered += 1
-        log.error("message moved to the dead-letter queue", extra={
-            "stream_id": delivery.entry_id, "reason": reason, "error_type": error.type_name,
-            "error": error.summary[:500]})
+        # Logged by the settle step once the letter has landed and has its DLQ id.
+        batch.dead_letters.append(DeadLetterNote(action_index=len(batch.actions) - 1, stream_id=delivery.entry_id,
+                                                 original_id=delivery.original_id, reason=reason,
+                                                 error_type=error.type_name))
 
     def _schedule(self, batch: Settlement, entry_id: str, record: RetryRecord, delay_ms: int, key: str,
                   lease: str) -> None:

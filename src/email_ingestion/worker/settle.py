@@ -19,6 +19,7 @@ from collections.abc import Callable
 import redis
 
 from email_ingestion.common.redis_client import Replication
+from email_ingestion.common.text import to_text
 from email_ingestion.worker.batch import Settlement
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.redis_wait import WAIT_ERRORS, RedisWait
@@ -76,12 +77,26 @@ class Settler:
         # First, the heartbeat: after a long outage this replay must show us alive before
         # anyone takes the batch's messages over as a dead worker's.
         self.heartbeat(pipe)
+        starts = []  # where each action's replies begin in the MULTI's answer
         for action in batch.actions:
+            starts.append(len(pipe))
             action(pipe)
         self.idempotency.settle(pipe, batch.done_keys, batch.ack_ids)
-        pipe.execute()
+        replies = pipe.execute()
+        _log_dead_letters(batch, [replies[i] for i in starts])
         if wait_replicas:
             self.replication.wait(self.redis, self.idempotency.keys.stream)  # REDIS_WAIT_REPLICAS
+
+
+def _log_dead_letters(batch: Settlement, first_replies: list[object]) -> None:
+    """One line per letter that landed, naming its DLQ id and the original stream id."""
+    for note in batch.dead_letters:
+        dlq_id = first_replies[note.action_index]
+        if not dlq_id:
+            continue  # a replayed settlement: this letter had landed already (and was logged)
+        log.error("message moved to the dead-letter queue", extra={
+            "dlq_id": to_text(dlq_id), "stream_id": note.stream_id, "original_id": note.original_id,
+            "reason": note.reason, "error_type": note.error_type})
 
 
 class SettleCadence:
