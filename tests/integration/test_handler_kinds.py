@@ -55,9 +55,11 @@ def test_coroutine_handlers_run_to_their_end(handler, redis_server, redis_client
 
 def test_an_exception_after_an_await_is_a_failure(redis_server, redis_client, tmp_path):
     """A coroutine that raises after awaiting fails its message: every one reaches the DLQ
-    (MAX_RETRIES=0) with the error, none counted as handled."""
+    (MAX_RETRIES=0) with the error, none counted as handled. (Every message failing alike is
+    what a handler outage looks like: the breaker is off here, or it would pause the worker.)"""
     add_payloads(redis_client, COUNT)
-    done = run_worker(redis_server.url, tmp_path, "tests.support.odd_handlers:coroutine_fails", MAX_RETRIES="0")
+    done = run_worker(redis_server.url, tmp_path, "tests.support.odd_handlers:coroutine_fails", MAX_RETRIES="0",
+                      HANDLER_OUTAGE_FAILURES="0")
     assert done.returncode == 0, done.stderr[-2000:]
     letters = redis_client.xrange(KEYS.dlq)
     assert len(letters) == COUNT and {f[b"error_type"] for _, f in letters} == {b"RuntimeError"}

@@ -59,3 +59,16 @@ def test_credentials_acl_and_connection_faults() -> None:
     with pytest.raises(RedisPermissionError):
         with redis_errors("a test"):
             raise redis.exceptions.NoPermissionError("NOPERM this user has no permissions to run 'xadd'")
+
+
+def test_a_cluster_client_finding_slots_unserved_waits():
+    """redis-py's cluster client, refreshing its slot map during CLUSTERDOWN, raises a
+    RedisClusterException (not a RedisError): transient, and the boundary translates it."""
+    exc = redis.exceptions.RedisClusterException(
+        "All slots are not covered after query all startup_nodes. 16383 of 16384 covered...")
+    assert classify(exc) is RedisFault.TRANSIENT
+    with pytest.raises(RedisUnavailableError):
+        with redis_errors("a test"):
+            raise exc
+    assert classify(redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node")) \
+        is RedisFault.FATAL

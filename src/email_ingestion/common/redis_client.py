@@ -21,7 +21,6 @@ import redis.cluster
 import redis.exceptions
 import redis.sentinel
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from email_ingestion.common.clock import wall_ms
 from email_ingestion.common.errors import (
@@ -32,6 +31,7 @@ from email_ingestion.common.errors import (
     SettingsError,
 )
 from email_ingestion.common.keys import wait_marker
+from email_ingestion.common.redis_retry import LoggedRetry
 from email_ingestion.common.settings import RedisSettings, sentinel_addresses
 
 # What redis-py raises when the server is down, restarting, loading its dataset, read-only
@@ -59,6 +59,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #   TRYAGAIN, CLUSTERDOWN, MASTERDOWN   a cluster resharding or failing over; a replica
 #                whose link to its master is down (replica-serve-stale-data no)
 #   NOSCRIPT     a restarted server forgot the scripts: a new attempt loads them again
+# redis-py's cluster client raises RedisClusterException, which is not a RedisError, when
+# refreshing its slot map after a CLUSTERDOWN it finds slots that no node serves, or reaches
+# no node at all: both pass when the cluster heals (issue 19 item 10).
+_CLUSTER_TRANSIENT = ("All slots are not covered", "Redis Cluster cannot be connected")
+# Everything a Redis call can raise for a reason outside the caller: what classify() sorts.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
 TRANSIENT_REPLY_CODES = frozenset({"LOADING", "READONLY", "OOM", "MISCONF", "NOREPLICAS", "BUSY", "TRYAGAIN",
                                    "CLUSTERDOWN", "MASTERDOWN", "NOSCRIPT"})
 _REPLY_CODE = re.compile(r"(?<![A-Za-z_])(" + "|".join(sorted(TRANSIENT_REPLY_CODES)) + r")(?![A-Za-z_])")
@@ -90,6 +97,8 @@ def classify(exc: BaseException) -> RedisFault:
         return RedisFault.CONFIGURATION
     if isinstance(exc, TRANSIENT_ERRORS):
         return RedisFault.CONFIGURATION if is_trust_failure(exc) else RedisFault.TRANSIENT
+    if isinstance(exc, redis.exceptions.RedisClusterException) and str(exc).startswith(_CLUSTER_TRANSIENT):
+        return RedisFault.TRANSIENT
     if isinstance(exc, redis.ResponseError) and _is_refused_credentials(exc):
         return RedisFault.CONFIGURATION
     if transient_reply_code(exc) is not None:
@@ -109,27 +118,33 @@ def _is_refused_credentials(exc: redis.ResponseError) -> bool:
 URL_SHAPE = "redis://[[user]:password@]host[:port][/db] (or rediss://, unix://)"
 
 HEALTH_CHECK_INTERVAL_S = 30
+CLIENT_RETRIES = 3
 
 
-def make_redis(settings: RedisSettings) -> redis.Redis:
-    """The client for `settings`; nothing connects until the first command."""
+def make_redis(settings: RedisSettings, *, retries: int = CLIENT_RETRIES,
+               socket_timeout_s: float | None = None) -> redis.Redis:
+    """The client for `settings`; nothing connects until the first command. `retries` and
+    `socket_timeout_s` override redis-py's transparent retries and REDIS_SOCKET_TIMEOUT_SECONDS
+    (the worker's heartbeat client: a lost reply must cost one renewal, not the heartbeat)."""
+    if socket_timeout_s is not None:
+        settings = settings.model_copy(update={"socket_timeout_seconds": socket_timeout_s})
     if settings.sentinels:
-        return _sentinel_master(settings)
+        return _sentinel_master(settings, retries)
     if settings.cluster:
         # RedisCluster offers the commands and scripts this project uses with the same
         # signatures; callers keep one type.
-        return cast(redis.Redis, _cluster(settings))
+        return cast(redis.Redis, _cluster(settings, retries))
     if settings.url:
         try:
-            return redis.Redis.from_url(settings.url, **_common(settings), **_tls(settings, from_url=True))
+            return redis.Redis.from_url(settings.url, **_common(settings, retries), **_tls(settings, from_url=True))
         except ValueError as exc:
             # The URL is not echoed: it may hold the password.
             raise SettingsError(f"invalid setting REDIS_URL: {_url_problem(exc)}; expected {URL_SHAPE}") from None
     return redis.Redis(host=settings.host, port=settings.port, db=settings.db, **_credentials(settings),
-                       **_common(settings), **_tls(settings))
+                       **_common(settings, retries), **_tls(settings))
 
 
-def _common(settings: RedisSettings) -> dict[str, Any]:
+def _common(settings: RedisSettings, retries: int = CLIENT_RETRIES) -> dict[str, Any]:
     # The same transparent retries whether REDIS_URL or host/port is set (redis-py's
     # defaults differ): a reply lost on a dropped connection is retried on a new one.
     # Every worker script tolerates running twice, and what a retried XREADGROUP or
@@ -137,7 +152,7 @@ def _common(settings: RedisSettings) -> dict[str, Any]:
     return {"socket_timeout": settings.socket_timeout_seconds,
             "socket_connect_timeout": settings.socket_timeout_seconds,
             "health_check_interval": HEALTH_CHECK_INTERVAL_S,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)}
+            "retry": LoggedRetry(ExponentialBackoff(cap=1.0, base=0.05), retries)}
 
 
 def _credentials(settings: RedisSettings) -> dict[str, Any]:
@@ -159,7 +174,7 @@ def _tls(settings: RedisSettings, from_url: bool = False) -> dict[str, Any]:
     return options
 
 
-def _sentinel_master(settings: RedisSettings) -> redis.Redis:
+def _sentinel_master(settings: RedisSettings, retries: int = CLIENT_RETRIES) -> redis.Redis:
     """The master named REDIS_SENTINEL_MASTER; each new connection asks the Sentinels
     where it is now, so a failover needs no restart."""
     assert settings.sentinels is not None
@@ -168,7 +183,7 @@ def _sentinel_master(settings: RedisSettings) -> redis.Redis:
                        "password": sentinel_password}
     sentinel = redis.sentinel.Sentinel(sentinel_addresses(settings.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     master: redis.Redis = sentinel.master_for(settings.sentinel_master, **_master_kwargs(settings),  # type: ignore[no-untyped-call]
-                                              **_common(settings), **_tls(settings))
+                                              **_common(settings, retries), **_tls(settings))
     return master
 
 
@@ -208,11 +223,11 @@ class _ClusterClient(redis.cluster.RedisCluster):
         return pipe
 
 
-def _cluster(settings: RedisSettings) -> redis.cluster.RedisCluster:
+def _cluster(settings: RedisSettings, retries: int = CLIENT_RETRIES) -> redis.cluster.RedisCluster:
     if settings.url:
-        return _ClusterClient.from_url(settings.url, **_common(settings), **_tls(settings, from_url=True))
+        return _ClusterClient.from_url(settings.url, **_common(settings, retries), **_tls(settings, from_url=True))
     return _ClusterClient(host=settings.host, port=settings.port, **_credentials(settings),
-                          **_common(settings), **_tls(settings))
+                          **_common(settings, retries), **_tls(settings))
 
 
 # urllib's texts can quote a piece of the URL (a password holding '/', '#' or '?' splits
@@ -261,7 +276,7 @@ def redis_errors(where: str) -> Iterator[None]:
     being done; the rest propagates."""
     try:
         yield
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise translate(exc, where) from (exc if classify(exc) is RedisFault.TRANSIENT else None)
 
 

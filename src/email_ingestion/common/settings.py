@@ -274,6 +274,13 @@ class RetrySettings(BaseSettings):
     handler_timeout_seconds: float = Field(default=300.0, gt=0,
                                            description="a handler call running longer fails (timeout) and "
                                                        "the worker exits for its supervisor to restart it")
+    handler_outage_failures: int = Field(default=5, ge=0,
+                                         description="consecutive failures of different messages with one cause "
+                                                     "that open the handler outage breaker (0: never)")
+    handler_outage_probe_min_seconds: float = Field(default=1.0, gt=0,
+                                                    description="handler outage: first wait before a probe message")
+    handler_outage_probe_max_seconds: float = Field(default=30.0, gt=0,
+                                                    description="handler outage: longest wait between probes")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="bound on a whole webhook call, connect "

@@ -193,6 +193,9 @@ class WorkerMetricFamilies:
                                           (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), r)
         self.end_to_end = HotHistogramFamily(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done",
                                              labels, (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600), r)
+        self.handler_outage = Gauge(f"{NS}_worker_handler_outage",
+                                    "1 while the handler outage breaker is open: the worker takes no messages "
+                                    "and probes the handler with one now and then", labels, registry=r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "worker").set(1)
 
@@ -213,3 +216,4 @@ class WorkerMetrics:
         self.orphans = counter["orphans"]
         self.latency = families.latency.labels(stream, group)
         self.end_to_end = families.end_to_end.labels(stream, group)
+        self.handler_outage = families.handler_outage.labels(stream, group)

@@ -3,7 +3,9 @@
 what a NAT timeout or a dead Wi-Fi does to an idle IMAP connection; "close" them (the
 socket closes with no goodbye, as Cyrus does on shutdown); reset them (RST, what a
 restarting middlebox or a server crash does); and rewrite what the server says (to play
-a server that throttles, or lacks a capability). It can also lose one reply: the next
+a server that throttles, or lacks a capability). It can cut the network off (`partition`:
+every packet of every connection, open or new, is dropped, until `heal`, after which new
+connections work and those it cut stay dead, their replies lost). It can also lose one reply: the next
 server-to-client chunk holding a marker is discarded and the connection dropped, as when
 a network fails after the server has acted on a command."""
 
@@ -35,6 +37,7 @@ class TcpProxy:
         self._writers: dict[int, list[asyncio.StreamWriter]] = {}
         self.last_from_client = b""  # the last chunk a client sent (tests wait for a command)
         self._drop_marker: bytes | None = None
+        self.partitioned = False
         self.replies_dropped = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -65,6 +68,15 @@ class TcpProxy:
     def freeze_existing(self) -> None:
         """Silently drop all traffic on the connections open now; new ones work."""
         self._frozen |= set(self._live)
+
+    def partition(self) -> None:
+        """Drop all traffic, on the connections open now and on any opened until heal()."""
+        self.partitioned = True
+        self._frozen |= set(self._live)
+
+    def heal(self) -> None:
+        """New connections work again; those cut off by the partition stay frozen."""
+        self.partitioned = False
 
     def close_existing(self) -> int:
         """Close the connections open now on both sides, without a word; new ones work.
@@ -107,6 +119,8 @@ class TcpProxy:
         conn_id = id(writer)
         self.connections += 1
         self._live.add(conn_id)
+        if self.partitioned:
+            self._frozen.add(conn_id)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -116,6 +130,7 @@ class TcpProxy:
         await asyncio.gather(self._pipe(reader, up_writer, conn_id, True),
                              self._pipe(up_reader, writer, conn_id, False), return_exceptions=True)
         self._live.discard(conn_id)
+        self._frozen.discard(conn_id)  # ids are reused: a later connection must not inherit the freeze
         self._writers.pop(conn_id, None)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

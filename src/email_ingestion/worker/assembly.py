@@ -18,6 +18,7 @@ from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.kernel_timer import KernelTimer
 from email_ingestion.worker.leasing import Leasing
+from email_ingestion.worker.outage import HandlerOutage
 from email_ingestion.worker.outcomes import Outcomes
 from email_ingestion.worker.processor import BatchProcessor
 from email_ingestion.worker.recovery import Recovery
@@ -30,7 +31,7 @@ from email_ingestion.worker.timings import ProcessorTimings
 
 def build_processor(client: redis.Redis, *, settings: Settings, keys: StreamKeys, consumer: str, handler: Handler,
                     retries: RetrySchedule, recovery: Recovery, metrics: WorkerMetrics, redis_wait: RedisWait,
-                    timer: KernelTimer, clock_ms: Clock) -> BatchProcessor:
+                    timer: KernelTimer, clock_ms: Clock, outage: HandlerOutage | None = None) -> BatchProcessor:
     retry = settings.retry
     idempotency = Idempotency(client, keys=keys, lease_ms=retry.lease_ms, ttl_s=retry.idempotency_ttl_seconds)
     outcomes = Outcomes(consumer=consumer, idempotency=idempotency, retries=retries,
@@ -39,10 +40,13 @@ def build_processor(client: redis.Redis, *, settings: Settings, keys: StreamKeys
                                         retry.max_retries), clock_ms=clock_ms)
     settler = Settler(client, idempotency=idempotency, heartbeat=recovery.beat, redis_wait=redis_wait,
                       replication=Replication.from_settings(settings.redis))
+    call = HandlerCall(handler=handler, consumer=consumer)
+    if outage is not None:
+        call.after_call(outage.observe)  # the handler outage breaker (outage.py)
     return BatchProcessor(
         admission=Admission(consumer=consumer, max_deliveries=retry.max_deliveries, outcomes=outcomes),
         leasing=Leasing(idempotency=idempotency, outcomes=outcomes),
-        call=HandlerCall(handler=handler, consumer=consumer), outcomes=outcomes,
+        call=call, outcomes=outcomes, outage=outage,
         settler=settler, deadline=Deadline(timeout_s=retry.handler_timeout_seconds, timer=timer),
         timeout_exit=TimeoutExit(outcomes=outcomes, settler=settler, recovery=recovery,
                                  handler_timeout_s=retry.handler_timeout_seconds), recovery=recovery,

@@ -40,6 +40,7 @@ class BatchResult:
     deferred: int = 0
     unfinished: int = 0
     lost: int = 0  # leases found taken by another worker before the handler ran: skipped
+    put_back: int = 0  # handler outage: scheduled again with attempt and delivery counts unchanged
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,9 +37,11 @@ from email_ingestion.monitoring.metrics import WorkerMetricFamilies, WorkerMetri
 from email_ingestion.worker import timings
 from email_ingestion.worker.assembly import build_processor
 from email_ingestion.worker.handlers import load_handler
+from email_ingestion.worker.heartbeat import client_timeout_s, heartbeat_record
 from email_ingestion.worker.kernel_timer import KernelTimer
 from email_ingestion.worker.key_migration import migrate
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
+from email_ingestion.worker.outage import HandlerOutage, snapshot
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
@@ -120,15 +122,30 @@ def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threa
     redis_wait = RedisWait(stop_event, Liveness(health.stall_seconds),
                            CircuitBreaker(breaker_name, health.breaker_failures, health.breaker_reset_seconds))
     retries = RetrySchedule(client, keys=keys)
+    outage = build_outage(settings, clock_ms)
+    record = heartbeat_record(lambda: snapshot(outage), lambda: redis_wait.reason)
     recovery = Recovery(client, keys=keys, consumer=consumer, claim_min_idle_ms=retry.claim_min_idle_ms,
-                        hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms)
+                        hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms,
+                        heartbeat_client=make_redis(settings.redis, retries=0,
+                                                    socket_timeout_s=client_timeout_s(retry.heartbeat_ttl_ms)),
+                        heartbeat_record=record)
     processor = build_processor(
         client, settings=settings, keys=keys, consumer=consumer, handler=handler, retries=retries,
         recovery=recovery, metrics=metrics, redis_wait=redis_wait,
-        timer=timer or KernelTimer(timeout_s=retry.handler_timeout_seconds), clock_ms=clock_ms)
+        timer=timer or KernelTimer(timeout_s=retry.handler_timeout_seconds), clock_ms=clock_ms, outage=outage)
     loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
     return WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
                       metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
+
+
+def build_outage(settings: Settings, clock_ms: Clock) -> HandlerOutage | None:
+    """The handler outage breaker (outage.py); None when HANDLER_OUTAGE_FAILURES=0."""
+    retry = settings.retry
+    if not retry.handler_outage_failures:
+        return None
+    return HandlerOutage(failures=retry.handler_outage_failures, probe_min_s=retry.handler_outage_probe_min_seconds,
+                         probe_max_s=retry.handler_outage_probe_max_seconds, clock_ms=clock_ms,
+                         redact=Redactor(settings.secrets()).redact)
 
 
 def expose(workers: StreamWorkers, settings: Settings) -> None:

@@ -1,5 +1,8 @@
 """The worker loop: keep a heartbeat, move due retries back, reclaim orphans now and then,
-read a batch through the consumer group, hand it to the BatchProcessor."""
+read a batch through the consumer group, hand it to the BatchProcessor.
+
+While the handler outage breaker is open (outage.py), the loop takes no batches and reclaims
+no orphans: it waits, alive, for the next probe, then reads ONE message for the handler."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.outage import HandlerOutage, snapshot
 from email_ingestion.worker.processor import BatchProcessor
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import Interrupted, RedisWait
@@ -61,6 +65,7 @@ class WorkerLoop:
         self.out_of_time = out_of_time
         self.liveness = redis_wait.liveness
         self.breaker = redis_wait.breaker
+        self.outage: HandlerOutage | None = processor.outage
         self.stats = WorkerStats()
         self._started = False  # our previous life's entries are taken back on the first start only
         self._beaten_at = 0.0  # monotonic: when the loop last renewed the heartbeat
@@ -70,12 +75,21 @@ class WorkerLoop:
         return {"component": "worker", "consumer": self.loop.consumer, "stream": self.loop.stream,
                 "group": self.loop.group, "counters": self.stats.counters(),
                 "circuit_breakers": {self.breaker.name: self.breaker.snapshot()},
-                "redis_unavailable": self.redis_wait.reason, "retries_waiting": self.retries.waiting()}
+                "redis_unavailable": self.redis_wait.reason, "handler_outage": self.outage_state(),
+                "retries_waiting": self.retries.waiting()}
+
+    def outage_state(self) -> dict[str, object] | None:
+        """The open handler outage breaker (cause, since_ms, probes, next_probe_in_s), or None."""
+        return snapshot(self.outage)
 
     def ready(self) -> tuple[bool, str]:
-        """Not ready while Redis refuses us (down, LOADING, READONLY, OOM) or the group is gone."""
+        """Not ready while Redis refuses us (down, LOADING, READONLY, OOM, ...), the handler
+        has an outage, or the group is gone."""
         if self.redis_wait.reason:
             return False, self.redis_wait.reason
+        outage = self.outage.state() if self.outage is not None else None
+        if outage is not None:
+            return False, f"handler outage since {outage.since_ms} (epoch ms): {outage.error}; probing"
         groups = {to_text(g["name"]) for g in self.redis.xinfo_groups(self.loop.stream)}
         if self.loop.group not in groups:
             return False, f"consumer group {self.loop.group} does not exist"
@@ -92,8 +106,12 @@ class WorkerLoop:
 
     def run(self, burst: bool = False) -> None:
         """Until stopped (or, with `burst`, drained); Redis refusals are waited out."""
-        with contextlib.suppress(Interrupted):
-            self.redis_wait.call(lambda: self._run(burst), "the worker loop", give_up=self.stop_event.is_set)
+        self.recovery.keep_beating()
+        try:
+            with contextlib.suppress(Interrupted):
+                self.redis_wait.call(lambda: self._run(burst), "the worker loop", give_up=self.stop_event.is_set)
+        finally:
+            self.recovery.pause_beating()
 
     def _run(self, burst: bool) -> None:
         self.ensure_group()
@@ -107,27 +125,46 @@ class WorkerLoop:
         waiting = False
         while not self.stop_event.is_set():
             self.liveness.tick()
-            if time.monotonic() >= next_reclaim:
+            probing = self._outage_open()
+            if probing and self._wait_for_probe():
+                continue
+            if not probing and time.monotonic() >= next_reclaim:
                 self._recover()
                 next_reclaim = time.monotonic() + self.loop.reclaim_interval_s
-            deliveries, next_due_in_ms = self._beat_move_due_and_read()
+            count = 1 if probing else self.loop.batch_size
+            deliveries, next_due_in_ms = self._beat_move_due_and_read(count)
             # Nothing ready: block for new entries (or until the next retry is due). A burst
             # does not block until it has found nothing to do, so that waiting for its own
             # stranded entries is not a busy loop.
             block_ms = None if deliveries else self._block_ms(next_due_in_ms, burst and not waiting)
             if block_ms is not None:
-                deliveries = self._read(block_ms)
+                deliveries = self._read(block_ms, count)
             waiting = False
             if deliveries:
                 self._process(deliveries)
             # Before a burst calls it done, it takes over what dead consumers left behind.
-            elif burst and not self._recover():
+            elif burst and (probing or not self._recover()):
                 if self._drained():
                     log.info("burst: nothing left to do", extra={"processed": self.stats.processed})
                     return
                 waiting = True
 
-    def _beat_move_due_and_read(self) -> tuple[list[Delivery], int | None]:
+    def _outage_open(self) -> bool:
+        is_open = self.outage is not None and self.outage.is_open()
+        self.metrics.handler_outage.set(1 if is_open else 0)
+        return is_open
+
+    def _wait_for_probe(self) -> bool:
+        """Outage: True after idling (alive: the heartbeat thread renews the heartbeat) a
+        slice of the wait for the next probe; False when the probe is due."""
+        assert self.outage is not None
+        wait_s = self.outage.probe_in_s()
+        if wait_s <= 0:
+            return False
+        self.stop_event.wait(min(1.0, wait_s))
+        return True
+
+    def _beat_move_due_and_read(self, count: int) -> tuple[list[Delivery], int | None]:
         """Renew the heartbeat, move due retries back and read what is ready without
         blocking, in one round trip; returns the deliveries and the ms until the next retry
         is due."""
@@ -135,7 +172,7 @@ class WorkerLoop:
         self.recovery.beat(pipe)
         self._beaten_at = time.monotonic()
         self.retries.move_due_in(pipe)
-        pipe.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"}, count=self.loop.batch_size)
+        pipe.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"}, count=count)
         try:
             _, moved, reply = pipe.execute()
         except redis.ResponseError as exc:
@@ -149,7 +186,8 @@ class WorkerLoop:
         """Claim and settle orphans one at a time (see recovery.py for why), our own
         entries idle past CLAIM_MIN_IDLE_MS included (a reply lost on the way to us)."""
         count = 0
-        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set():
+        # While the handler has an outage, orphans wait too: only probes reach the handler.
+        while count < RECLAIM_MAX_PER_ROUND and not self.stop_event.is_set() and not self._outage_open():
             self.liveness.tick()
             if time.monotonic() - self._beaten_at >= self.processor.timings.renew_interval_s:
                 self._beat()  # a long round of quick orphans must not make us look dead
@@ -165,10 +203,10 @@ class WorkerLoop:
         self.recovery.beat()
         self._beaten_at = time.monotonic()
 
-    def _read(self, block_ms: int) -> list[Delivery]:
+    def _read(self, block_ms: int | None, count: int | None = None) -> list[Delivery]:
         try:
             reply: Any = self.redis.xreadgroup(self.loop.group, self.loop.consumer, {self.loop.stream: ">"},
-                                               count=self.loop.batch_size, block=block_ms)
+                                               count=count or self.loop.batch_size, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise

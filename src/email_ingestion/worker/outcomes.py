@@ -66,9 +66,9 @@ class Outcomes:
                              error.summary[:500], delivery.original_id, delivery.delivered - 1)
         self._schedule(batch, delivery.entry_id, record, int(delay_s * 1000), *leased.lease_item)
         batch.result.retried += 1
-        log.warning("handler failed; retry scheduled", extra={
-            "stream_id": delivery.entry_id, "attempt": attempts, "retry_in_s": round(delay_s, 2),
-            "error": error.type_name})
+        log.warning("handler failed; retry scheduled" if counted else "handler outage: retry scheduled uncounted",
+                    extra={"stream_id": delivery.entry_id, "attempt": attempts, "retry_in_s": round(delay_s, 2),
+                           "error": error.summary[:500]})
 
     def defer(self, batch: Settlement, leased: Leased) -> None:
         """Another worker holds the lease: look again once it would have expired. The new
@@ -78,6 +78,16 @@ class Outcomes:
                              delivery.last_error, delivery.original_id, delivery.delivered - 1)
         self._schedule(batch, delivery.entry_id, record, self.idempotency.lease_ms, leased.payload.idempotency_key, "")
         batch.result.deferred += 1
+
+    def put_back(self, batch: Settlement, leased: list[Leased], delay_ms: int) -> None:
+        """Handler outage (outage.py): messages not called are scheduled again with their
+        attempt and delivery counts unchanged, for when the handler may work again."""
+        for one in leased:
+            delivery = one.delivery
+            record = RetryRecord(to_text(delivery.payload), delivery.attempt, delivery.first_failed_ms,
+                                 delivery.last_error, delivery.original_id, delivery.delivered - 1)
+            self._schedule(batch, delivery.entry_id, record, delay_ms, *one.lease_item)
+        batch.result.put_back += len(leased)
 
     def release(self, batch: Settlement, leased: list[Leased]) -> None:
         """Give back the leases of messages not handled (stop, timeout): they stay pending."""

@@ -8,6 +8,8 @@
     deadline.py   the soft deadline of a call; kernel_timer.py the hard one;
     timeout_exit.py       what a call past its soft deadline ends in (settle, exit 1)
     lease_keeper.py       renew leases and the heartbeat while the batch is in hand
+    outage.py             the handler outage breaker: an observer of every call's outcome;
+                          here, only: a batch in which it opened puts its rest back
 
 This module only runs them in order, and counts.
 """
@@ -31,6 +33,7 @@ from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.lease_keeper import LeaseKeeper
 from email_ingestion.worker.leasing import Leasing
+from email_ingestion.worker.outage import HandlerOutage
 from email_ingestion.worker.outcomes import Outcomes
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.settle import SettleCadence, Settler
@@ -48,7 +51,7 @@ class BatchProcessor:
     def __init__(self, *, admission: Admission, leasing: Leasing, call: HandlerCall, outcomes: Outcomes,
                  settler: Settler, deadline: Deadline, timeout_exit: TimeoutExit, recovery: Recovery,
                  metrics: WorkerMetrics,
-                 timings: ProcessorTimings, clock_ms: Clock = wall_ms) -> None:
+                 timings: ProcessorTimings, clock_ms: Clock = wall_ms, outage: HandlerOutage | None = None) -> None:
         self.admission = admission
         self.leasing = leasing
         self.call = call
@@ -60,6 +63,7 @@ class BatchProcessor:
         self.metrics = metrics
         self.timings = timings
         self.clock_ms = clock_ms
+        self.outage = outage
 
     @property
     def handler(self) -> Handler:
@@ -90,10 +94,15 @@ class BatchProcessor:
                     out_of_time: OutOfTime) -> None:
         cadence = SettleCadence(interval_ms=self.timings.settle_interval_ms,
                                 max_messages=self.timings.settle_max_messages)
+        probe = self._outage_open()  # a batch read while the outage breaker is open is its probe
         for index, leased in enumerate(to_handle):
             if out_of_time():
                 self.outcomes.release(batch, to_handle[index:])
                 batch.result.unfinished = len(to_handle) - index
+                return
+            if not probe and self._outage_open():  # it opened in this batch: the rest waits, uncounted
+                assert self.outage is not None
+                self.outcomes.put_back(batch, to_handle[index:], self.outage.retry_delay_ms())
                 return
             if not keeper.is_fresh():
                 watch.pause()  # the re-check may wait on Redis: not a hung handler
@@ -110,6 +119,9 @@ class BatchProcessor:
                 rest = to_handle[index + 1:]
                 keeper.keep([c.lease_item for c in rest], [c.delivery.entry_id for c in rest])
                 cadence.restart()
+
+    def _outage_open(self) -> bool:
+        return self.outage is not None and self.outage.is_open()
 
     def _record(self, outcome: CallOutcome, batch: Settlement) -> None:
         self.metrics.latency.observe(outcome.duration_s)

@@ -10,6 +10,9 @@ Every worker keeps a heartbeat key with a TTL. Periodically (and at start-up) a 
   wedged). XPENDING's IDLE filter walks the whole PEL in Redis, so entries past the limit are
   found wherever they are; XAUTOCLAIM from 0-0 with a small COUNT looks at the first
   COUNT*10 entries only.
+The heartbeat is renewed by a thread on a connection of its own (heartbeat.py), so a read
+whose reply was lost cannot make a live worker look dead; `beat` also queues a renewal in
+the loop's and the settlement's pipelines.
 A live worker touches the entries of the batch in hand while it renews their leases
 (`touch`), so a batch of slow handlers does not age past the hard limit while it is worked on.
 Claiming increments Redis's delivery counter; a message delivered MAX_DELIVERIES times
@@ -24,6 +27,7 @@ batch-mates with it, and their delivery counters would climb to the DLQ together
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ import redis
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.heartbeat import HeartbeatThread
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,8 @@ class Reclaimed:
 
 class Recovery:
     def __init__(self, client: redis.Redis, *, keys: StreamKeys, consumer: str, claim_min_idle_ms: int,
-                 hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100) -> None:
+                 hard_limit_ms: int, heartbeat_ttl_ms: int, batch: int = 100, heartbeat_client: Any = None,
+                 heartbeat_record: Callable[[], str] | None = None) -> None:
         self.redis = client
         self.stream = keys.stream
         self.group = keys.group
@@ -69,6 +75,10 @@ class Recovery:
         self.heartbeat_ttl_ms = heartbeat_ttl_ms
         self.batch = batch
         self._touch = client.register_script(_TOUCH)
+        self.record = heartbeat_record or (lambda: "1")
+        # None (in-process tests, tools): the loop's own renewals are the only ones.
+        self.heartbeat = None if heartbeat_client is None else HeartbeatThread(
+            heartbeat_client, key=keys.heartbeat(consumer), ttl_ms=heartbeat_ttl_ms, record=self.record)
 
     def touch(self, entry_ids: list[str]) -> int:
         """Reset the PEL idle time of those of `entry_ids` still pending on this consumer."""
@@ -77,9 +87,21 @@ class Recovery:
         return int(self._touch(keys=[self.stream], args=[self.group, self.consumer, *entry_ids]))
 
     def beat(self, pipe: Any = None) -> None:
-        (pipe or self.redis).set(self.keys.heartbeat(self.consumer), "1", px=self.heartbeat_ttl_ms)
+        (pipe or self.redis).set(self.keys.heartbeat(self.consumer), self.record(), px=self.heartbeat_ttl_ms)
+
+    def keep_beating(self) -> None:
+        """Start renewing the heartbeat on its own thread (heartbeat.py)."""
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+
+    def pause_beating(self) -> None:
+        """Stop the renewing thread; the key lapses by its TTL."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
     def stop_beating(self) -> None:
+        """Stop renewing, then delete the key: from now on this consumer looks dead."""
+        self.pause_beating()
         self.redis.delete(self.keys.heartbeat(self.consumer))
 
     def reclaim(self, own_idle_ms: int | None = None, limit: int | None = None) -> Reclaimed:

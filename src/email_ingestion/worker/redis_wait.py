@@ -1,7 +1,18 @@
 """Waiting out a Redis that cannot serve us for now: down or restarting, loading its
-dataset (LOADING), a read-only replica after a failover (READONLY), or full (OOM under
-maxmemory). The worker backs off, stays alive for /health, reports not ready on /ready,
-and tries again; a refused password is not waited out (AuthError, exit 3).
+dataset (LOADING), a read-only replica after a failover (READONLY), full (OOM under
+maxmemory), refusing writes after a failed save (MISCONF), short of replicas (NOREPLICAS),
+busy with a script (BUSY), a cluster resharding or failing over (TRYAGAIN, CLUSTERDOWN,
+MASTERDOWN): whatever classify() (common/redis_client.py) calls transient. The worker
+stays alive for /health, reports not ready on /ready, and tries again; a refused password
+is not waited out (AuthError, exit 3).
+
+Back off the probe, not the recovery (issue 19 item 11): the retried action fails on its
+first command while Redis still refuses, so trying it again is the probe, and a cheap one.
+Probes come at a growing interval capped at PROBE_MAX_S, so the worker resumes within
+about that long of Redis serving again, however long the outage was. The circuit breaker
+only reports (its state metric and alert); the wait never sits out its reset time. The
+warning is logged when the outage begins, when its reason changes, and every
+LOG_EVERY_S while it lasts.
 """
 
 from __future__ import annotations
@@ -16,7 +27,14 @@ import redis
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import AuthError, RedisTlsError, RedisUnavailableError
-from email_ingestion.common.redis_client import RedisFault, classify, is_trust_failure, trust_message
+from email_ingestion.common.redis_client import (
+    REDIS_FAILURES,
+    RedisFault,
+    classify,
+    is_trust_failure,
+    transient_reply_code,
+    trust_message,
+)
 from email_ingestion.monitoring.health import Liveness
 
 log = logging.getLogger(__name__)
@@ -29,13 +47,21 @@ T = TypeVar("T")
 # builds a new pipeline, which loads them again. RedisUnavailableError is raised by our
 # own boundary (e.g. fewer replicas than REDIS_WAIT_REPLICAS acknowledged); the settlement
 # it follows is safe to replay.
-WAIT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisUnavailableError, OSError)
+WAIT_ERRORS: tuple[type[BaseException], ...] = (*REDIS_FAILURES, RedisUnavailableError)
 MAX_DELAY_S = 30.0
+PROBE_MIN_S = 0.05
+PROBE_MAX_S = 0.5
+LOG_EVERY_S = 30.0
 
 
 def is_waitable(exc: BaseException) -> bool:
     """A failure the worker waits out rather than exits on."""
     return isinstance(exc, redis.exceptions.NoScriptError) or classify(exc) is RedisFault.TRANSIENT
+
+
+def probe_delay_s(failures: int) -> float:
+    """The wait before probe number `failures + 1`: doubling from PROBE_MIN_S to PROBE_MAX_S."""
+    return min(PROBE_MAX_S, PROBE_MIN_S * 2.0 ** min(failures - 1, 10))
 
 
 class Interrupted(Exception):  # noqa: N818 - control flow, not an error
@@ -49,6 +75,7 @@ class RedisWait:
         self.breaker = breaker
         self.failures = 0
         self.reason: str | None = None  # why Redis cannot serve us, while it cannot
+        self._logged: tuple[str, float] | None = None  # (reason, monotonic) of the last warning
 
     def call(self, action: Callable[[], T], where: str, give_up: Callable[[], bool] = lambda: False,
              max_delay_s: float = MAX_DELAY_S) -> T:
@@ -81,19 +108,31 @@ class RedisWait:
                             f"check REDIS_URL/REDIS_PASSWORD and the ACL") from None
 
     def failed(self, exc: BaseException, where: str, max_delay_s: float = MAX_DELAY_S) -> None:
-        """Note the failure, then wait with exponential backoff (never past a stop request)."""
+        """Note the failure, then wait for the next probe (never past a stop request)."""
         self.failures += 1
         self.breaker.failure()
-        self.reason = f"Redis unavailable during {where}: {type(exc).__name__}: {exc}"
-        delay_s = min(max_delay_s, max(min(MAX_DELAY_S, 0.25 * 2 ** min(self.failures, 7)), self.breaker.wait_s()))
-        log.warning("Redis unavailable; retrying", extra={"error": self.reason, "retry_in_s": round(delay_s, 2)})
+        code = transient_reply_code(exc)
+        label = f"{type(exc).__name__} ({code})" if code else type(exc).__name__
+        self.reason = f"Redis unavailable during {where}: {label}: {exc}"
+        delay_s = min(max_delay_s, probe_delay_s(self.failures))
+        self._warn(delay_s)
         self._sleep(delay_s)
+
+    def _warn(self, delay_s: float) -> None:
+        assert self.reason is not None
+        now = time.monotonic()
+        if self._logged is not None and self._logged[0] == self.reason and now - self._logged[1] < LOG_EVERY_S:
+            return
+        self._logged = (self.reason, now)
+        log.warning("Redis unavailable; retrying", extra={"error": self.reason, "retry_in_s": round(delay_s, 2),
+                                                          "failures": self.failures})
 
     def succeeded(self) -> None:
         if self.failures:
             log.info("Redis is serving again", extra={"after_failures": self.failures})
         self.failures = 0
         self.reason = None
+        self._logged = None
         self.breaker.success()
 
     def _sleep(self, seconds: float) -> None:

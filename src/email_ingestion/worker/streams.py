@@ -141,6 +141,8 @@ class StreamWorkers:
                 "circuit_breakers": {b.name: b.snapshot() for b in self.breakers},
                 "redis_unavailable": next((loop.redis_wait.reason for loop in self.loops if loop.redis_wait.reason),
                                           None),
+                "handler_outage": {name: part["handler_outage"] for name, part in per_stream.items()
+                                   if part["handler_outage"]} or None,
                 "retries_waiting": sum(int(part["retries_waiting"]) for part in per_stream.values()),
                 "figures": _total_figures([part["figures"] for part in per_stream.values()]),
                 "per_stream": per_stream}

@@ -4,6 +4,10 @@ between heartbeat, lease, block timeout, handler timeout and hard limit that mus
 Everything a live worker keeps alive (its heartbeat, the leases of its batch) has a TTL; it
 renews each at most a third of the way through the shortest of them, so two renewals can
 be late before anything expires. Settings that break a ratio are refused at start.
+
+The heartbeat itself needs no rule against REDIS_SOCKET_TIMEOUT_SECONDS: it is renewed on a
+thread and a client of its own whose timeouts derive from HEARTBEAT_TTL_MS (heartbeat.py),
+so no setting lets a lost reply (of a blocked read, or of a renewal) outlive it.
 """
 
 from __future__ import annotations
