@@ -25,6 +25,7 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
     "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
+    "console": ("email_ingestion.console.cli", "web console: overview, dead letters, search; `console users` (docs/console.md)"),
 }
 
 

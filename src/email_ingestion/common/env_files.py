@@ -23,7 +23,8 @@ DEFAULT_ENV_FILE = ".env"
 ENV_FILE_VARIABLE = "EMAIL_INGEST_ENV_FILE"
 # Prefixes that mark a variable as meant for this project; an unknown one is a typo.
 PROJECT_PREFIXES = ("IMAP_", "REDIS_", "GOOGLE_", "WORKER_", "LOG_", "HEALTH_", "RETRY_", "PRODUCER_",
-                    "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_")
+                    "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_",
+                    "CONSOLE_")
 # Read by the shell scripts, not by Settings.
 SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "LOG_DIR"})
 

@@ -31,6 +31,7 @@ from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.context import HandlerContext
 from email_ingestion.worker.dead_letter import DeadLetter, DeadLetterQueue
 from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.flow import FlowTally
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency, LeaseState, lease_value
 from email_ingestion.worker.lease_keeper import LeaseKeeper
@@ -83,6 +84,7 @@ class Settlement:
     done_keys: list[str] = field(default_factory=list)
     ack_ids: list[str] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
+    flow: FlowTally = field(default_factory=FlowTally)  # per-minute figures for the console
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class BatchProcessor:
         batch.actions.clear()
         batch.done_keys.clear()
         batch.ack_ids.clear()
+        batch.flow.clear()
 
     def _keeper(self, to_handle: list[Leased], batch: Settlement, confirmed_at: float) -> LeaseKeeper:
         return LeaseKeeper(self.idempotency, [c.lease_item for c in to_handle],
@@ -247,7 +250,7 @@ class BatchProcessor:
             batch.done_keys.append(leased.payload.idempotency_key)
             batch.ack_ids.append(leased.delivery.entry_id)
             batch.result.processed += 1
-            self._observe_done(leased.payload)
+            self._observe_done(leased.payload, batch.flow)
         elif isinstance(error, PermanentError):
             batch.result.failed += 1
             self._dead(batch, leased.delivery, "permanent", type(error).__name__, str(error),
@@ -310,6 +313,7 @@ class BatchProcessor:
         self.heartbeat(pipe)
         for action in batch.actions:
             action(pipe)
+        batch.flow.queue(pipe, self.idempotency.keys, self.clock_ms())
         self.idempotency.settle(pipe, batch.done_keys, batch.ack_ids)
         pipe.execute()
         self.replication.wait(self.redis, self.idempotency.keys.stream)  # REDIS_WAIT_REPLICAS
@@ -337,13 +341,16 @@ class BatchProcessor:
         logging.shutdown()
         os._exit(EXIT_FAILED)
 
-    def _observe_done(self, payload: EmailPayload) -> None:
+    def _observe_done(self, payload: EmailPayload, flow: FlowTally) -> None:
+        latency_ms = None
         if payload.internal_date:
             try:
-                arrived = ms_from_iso(payload.internal_date)
+                latency_ms = max(0, self.clock_ms() - ms_from_iso(payload.internal_date))
             except ValueError:
-                return
-            self.metrics.end_to_end.observe(max(0.0, (self.clock_ms() - arrived) / 1000))
+                pass
+        flow.add(latency_ms)
+        if latency_ms is not None:
+            self.metrics.end_to_end.observe(latency_ms / 1000)
 
     def _count(self, result: BatchResult) -> None:
         self.metrics.processed.inc(result.processed)

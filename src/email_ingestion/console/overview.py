@@ -1,0 +1,87 @@
+"""The overview page's data: `email-ingest status`'s snapshot, plus who owns each mailbox,
+the live producers, and the last hour's flow (worker/flow.py) as per-minute series."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from email_ingestion.admin.common import Target, server_ms
+from email_ingestion.admin.snapshot import iso_ms, snapshot
+from email_ingestion.common.keys import PREFIX, MailboxKeys
+from email_ingestion.common.text import to_text
+from email_ingestion.monitoring.heartbeats import glob_escape
+from email_ingestion.worker.flow import BUCKETS_MS, MINUTE_MS
+
+MINUTES = 60
+
+
+@dataclass(frozen=True)
+class FlowSeries:
+    """One value per minute, oldest first, for the last hour."""
+
+    minutes_ms: list[int]
+    handled: list[int]
+    mean_latency_ms: list[int | None]
+    handled_total: int
+    p95_latency_ms: int | None  # upper bound of the bucket holding the 95th percentile
+
+
+def owners(client: redis.Redis, stream: str, boxes: list[dict[str, Any]]) -> None:
+    """Add each mailbox's owning producer and fencing token (its lease), or None when unowned."""
+    pipe = client.pipeline(transaction=False)
+    for box in boxes:
+        pipe.get(MailboxKeys(stream, box["account"], box["mailbox"]).lease)
+    for box, lease in zip(boxes, pipe.execute(), strict=True):
+        holder, _, token = to_text(lease).rpartition(":") if lease else ("", "", "")
+        box["owner"], box["fencing_token"] = holder or None, token or None
+        box["state"] = "idle" if holder else "unowned"
+        box["state_detail"], box["first_sync"] = None, None
+
+
+def producers(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
+    """Live producers of every fleet, with when their registration runs out."""
+    found = []
+    for key in client.scan_iter(match=glob_escape(f"{PREFIX}:producers:") + "*", count=1000):
+        fleet = to_text(key).rsplit(":", 1)[-1]
+        rows: Any = client.zrangebyscore(key, now_ms, "+inf", withscores=True)
+        for member, expires in rows:
+            found.append({"id": to_text(member), "fleet": fleet,
+                          "expires_in_s": round((float(expires) - now_ms) / 1000, 1)})
+    return sorted(found, key=lambda p: (p["fleet"], p["id"]))
+
+
+def flow(target: Target, now_ms: int) -> FlowSeries:
+    first = now_ms - now_ms % MINUTE_MS - (MINUTES - 1) * MINUTE_MS
+    minutes = [first + i * MINUTE_MS for i in range(MINUTES)]
+    pipe = target.client.pipeline(transaction=False)
+    for minute in minutes:
+        pipe.hgetall(target.keys.flow(minute))
+    rows = [{to_text(k): int(v) for k, v in raw.items()} for raw in pipe.execute()]
+    handled = [row.get("handled", 0) for row in rows]
+    mean = [row["latency_sum_ms"] // row["timed"] if row.get("timed") else None for row in rows]
+    return FlowSeries(minutes, handled, mean, sum(handled), _p95(rows))
+
+
+def _p95(rows: list[dict[str, int]]) -> int | None:
+    timed = sum(row.get("timed", 0) for row in rows)
+    if not timed:
+        return None
+    seen = 0
+    for bound in BUCKETS_MS:
+        seen += sum(row.get(f"le_{bound}", 0) for row in rows)
+        if seen >= 0.95 * timed:
+            return bound
+    return None  # above the largest bucket: shown as "> 1 h"
+
+
+def overview(target: Target, max_unacked: int) -> dict[str, Any]:
+    snap = snapshot(target, max_unacked)
+    now_ms = server_ms(target.client)
+    owners(target.client, target.stream, snap["mailboxes"])
+    snap["producers"] = producers(target.client, now_ms)
+    snap["flow"] = flow(target, now_ms)
+    snap["now"] = iso_ms(now_ms)
+    return snap

@@ -1,0 +1,62 @@
+"""Per-minute flow figures in Redis: how many messages the workers handled and how long each
+took from arriving in the mailbox (INTERNALDATE, the server's APPEND time) to its handler's
+success. The console draws the last hour from them (console/overview.py).
+
+Prometheus has the same figures per process; these are summed over every worker in one
+place any tool can read, without a Prometheus server. A batch adds its figures to the
+settlement's MULTI (no extra round trip): a few HINCRBY on one hash per minute, kept
+FLOW_TTL_S.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import redis
+
+from email_ingestion.common.keys import StreamKeys
+
+MINUTE_MS = 60_000
+FLOW_TTL_S = 2 * 3600
+# Upper bounds (ms) of the latency buckets, as the end-to-end Prometheus histogram's.
+BUCKETS_MS = (500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000)
+
+
+def bucket_of(latency_ms: int) -> str:
+    for bound in BUCKETS_MS:
+        if latency_ms <= bound:
+            return f"le_{bound}"
+    return "le_inf"
+
+
+class FlowTally:
+    """What one batch adds; queued into the settlement, cleared once it has landed."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.latency_sum_ms = 0
+        self.timed = 0
+        self.buckets: Counter[str] = Counter()
+
+    def add(self, latency_ms: int | None) -> None:
+        self.handled += 1
+        if latency_ms is not None:
+            self.timed += 1
+            self.latency_sum_ms += latency_ms
+            self.buckets[bucket_of(latency_ms)] += 1
+
+    def queue(self, pipe: redis.client.Pipeline, keys: StreamKeys, now_ms: int) -> None:
+        if not self.handled:
+            return
+        key = keys.flow(now_ms - now_ms % MINUTE_MS)
+        pipe.hincrby(key, "handled", self.handled)
+        if self.timed:
+            pipe.hincrby(key, "timed", self.timed)
+            pipe.hincrby(key, "latency_sum_ms", self.latency_sum_ms)
+            for bucket, count in self.buckets.items():
+                pipe.hincrby(key, bucket, count)
+        pipe.expire(key, FLOW_TTL_S)
+
+    def clear(self) -> None:
+        self.handled = self.timed = self.latency_sum_ms = 0
+        self.buckets.clear()
