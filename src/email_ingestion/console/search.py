@@ -51,13 +51,14 @@ class Found:
 
 
 def check_query(text: str, kind: str) -> tuple[str, Kind]:
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadQuery(f"a query is at most {MAX_QUERY_CHARS} characters")
+    # Checked before stripping: CR/LF around a pasted id is as suspect as inside it.
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise BadQuery("a query must not hold control characters")
     query = text.strip()
     if not query:
         raise BadQuery("type a Message-ID, X-GM-MSGID, stream id or idempotency key")
-    if len(query) > MAX_QUERY_CHARS:
-        raise BadQuery(f"a query is at most {MAX_QUERY_CHARS} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in query):
-        raise BadQuery("a query must not hold control characters")
     for known in KINDS:
         if kind == known:
             return query, known

@@ -1,0 +1,98 @@
+"""The console attacked: markup in stored data, hostile search input, header injection, oversized requests."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+from email_ingestion.sandbox.sample_payloads import make_payload
+from tests.console.conftest import ADMIN, ADMIN_PW, DLQ, STREAM, VIEWER, login
+from tests.console.test_http_auth import add_letter
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(2)>'
+
+
+def test_markup_in_subjects_reasons_and_ids_is_escaped(as_user, redis_client):
+    """Subjects, DLQ reasons, error texts, Message-IDs and account names holding markup are shown
+    as text on every page (never as tags), for admins and viewers."""
+    payload = json.dumps({"account": IMG, "mailbox": SCRIPT, "uid": 1, "message_id": f"<{SCRIPT}@x>",
+                          "subject": SCRIPT, "idempotency_key": "k1"})
+    letter = add_letter(redis_client, payload=payload, reason=SCRIPT, error_type=IMG, error_message=SCRIPT,
+                        traceback=IMG)
+    redis_client.xadd(STREAM, {"payload": make_payload(1, subject=SCRIPT, message_id=f"<{SCRIPT}@x>").to_json()})
+    for who in (ADMIN, VIEWER):
+        client = as_user(who)
+        pages = ["/", "/dlq", f"/dlq/letter/{letter}", f"/search?q={quote(f'<{SCRIPT}@x>')}"]
+        if who == ADMIN:
+            pages.append(f"/dlq/plan?action=replay&scope=reason&value={quote(SCRIPT)}")
+        for path in pages:
+            body = client.get(path).get_data(as_text=True)
+            assert "<script>alert" not in body and "<img src=x" not in body, (who, path)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in client.get("/dlq").get_data(as_text=True)
+
+
+def test_hostile_search_input(as_user, redis_client):
+    """Oversized, control-character and glob/regex-looking queries are answered with a 400 or an
+    empty result, never an error page or a Redis error; an unknown kind is a 400."""
+    redis_client.xadd(STREAM, {"payload": make_payload(1).to_json()})
+    client = as_user(VIEWER)
+    assert client.get("/search?q=" + "a" * 100_000).status_code in (400, 414)
+    assert client.get("/search?q=" + "a" * 999).status_code == 400
+    assert client.get("/search?q=%0d%0aX-Injected:%201").status_code == 400
+    assert client.get("/search?q=%00").status_code == 400
+    assert client.get("/search?q=x&kind=__class__").status_code == 400
+    for query in ["*", "[a-z]*", ".*", "\\", '"', "' OR 1=1 --", "{email_ingestion_stream}", "0-0", "99999999999999999999-1"]:
+        response = client.get(f"/search?q={quote(query)}")
+        assert response.status_code == 200, query
+        assert "0 found" in response.get_data(as_text=True), query
+
+
+def test_search_finds_by_each_kind_of_id(as_user, redis_client):
+    """Message-ID (with or without brackets), X-GM-MSGID, stream id and idempotency key find the entry."""
+    payload = make_payload(3, gmail_msgid="1789000000000000003")
+    entry = redis_client.xadd(STREAM, {"payload": payload.to_json()}).decode()
+    client = as_user(VIEWER)
+    for query, kind in [("<m3@example.org>", "message_id"), ("m3@example.org", "any"), ("1789000000000000003", "gmail_msgid"),
+                        (entry, "stream_id"), (payload.idempotency_key, "idempotency_key")]:
+        body = client.get(f"/search?q={quote(query)}&kind={kind}").get_data(as_text=True)
+        assert "1 found" in body and entry in body, (query, kind)
+
+
+@pytest.mark.parametrize("target", [
+    "//evil.example/", "https://evil.example/", "/\\evil.example", "/x%0d%0aSet-Cookie:%20a=b", "javascript:alert(1)",
+])
+def test_login_redirect_stays_on_site(app, target):
+    """The `next` after logging in is a path on this site; CR/LF, //host and schemes fall back to /."""
+    client = app.test_client()
+    page = client.get(f"/login?next={quote(target, safe='')}")
+    assert "Set-Cookie: a=b" not in str(page.headers)
+    import re
+    token = re.search(r'name="login_token" value="([^"]+)"', page.get_data(as_text=True))
+    assert token
+    done = client.post("/login", data={"login_token": token.group(1), "username": ADMIN, "password": ADMIN_PW,
+                                       "next": target.replace("%0d%0a", "\r\n")})
+    assert done.status_code == 302 and done.headers["Location"] == "/"
+    assert "a=b" not in done.headers.getlist("Set-Cookie")
+
+
+def test_oversized_and_hostile_forms(app, as_user, redis_client):
+    """A form body over the limit is 413; long or hostile login fields are refused as a wrong login."""
+    admin = as_user(ADMIN)
+    assert admin.post("/dlq/act", data={"value": "x" * 100_000}).status_code == 413
+    client = app.test_client()
+    assert login(client, "a" * 10_000, "b" * 10_000).status_code == 401
+    assert login(client, f"{ADMIN}\r\nX: y", ADMIN_PW).status_code == 401
+    assert admin.get("/dlq/letter/" + quote("1-0 OR *")).status_code == 404
+    assert admin.get("/dlq/plan?action=eval&scope=all&value=").status_code == 400
+    assert admin.get("/dlq/plan?action=purge&scope=one&value=" + quote("+")).status_code == 400
+    assert redis_client.exists(DLQ) == 0
+
+
+def test_a_huge_cookie_is_not_a_session(app):
+    """A cookie value far longer than a token is refused before touching Redis."""
+    client = app.test_client()
+    client.set_cookie("email_ingest_console", "x" * 4000)
+    assert client.get("/audit").status_code == 302
