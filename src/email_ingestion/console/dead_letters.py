@@ -29,7 +29,10 @@ Scope = Literal["one", "reason", "all"]
 
 
 def is_entry_id(text: str) -> bool:
-    return bool(ENTRY_ID.fullmatch(text))
+    """A stream id Redis accepts: two unsigned 64-bit numbers (a larger one is a Redis error)."""
+    if not ENTRY_ID.fullmatch(text):
+        return False
+    return all(int(part) < 2**64 for part in text.split("-"))
 
 
 @dataclass(frozen=True)
