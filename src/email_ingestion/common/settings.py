@@ -266,7 +266,8 @@ class ConsoleSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="address the console listens on (loopback by default; "
                                                          "put it behind an HTTPS reverse proxy to reach it from elsewhere)")
-    port: int = Field(default=8025, ge=1, le=65535, description="port the console listens on")
+    port: int = Field(default=8025, ge=0, le=65535, description="port the console listens on (0: any free port, "
+                                                                "printed in the \"listening on\" line)")
     users_file: Path = Field(default=Path("console-users.json"),
                              description="users and salted scrypt password hashes, written by "
                                          "`email-ingest console users add`; no file, no login")

@@ -114,8 +114,9 @@ def _serve(settings: Settings) -> int:
                                              window_s=c.login_window_seconds))
     app = create_app(console)
     # One line on stdout that tools (and tests) wait for; waitress binds before serving.
+    # Proxy headers are read by the app (CONSOLE_TRUSTED_PROXIES, werkzeug's ProxyFix), not by waitress.
     server = waitress.create_server(app, host=c.host, port=c.port, threads=c.threads, ident="email-ingest-console",
-                                    trusted_proxy_count=None)
+                                    max_request_body_size=1024 * 1024)
     print(f"console: listening on http://{_display(c.host)}:{server.effective_port}/", flush=True)
     server.run()
     return 0

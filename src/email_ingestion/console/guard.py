@@ -72,7 +72,7 @@ def login_required(view: Callable[P, R]) -> Callable[P, R | Response]:
         if current() is None:
             if request.method == "GET":
                 return redirect(url_for("login", next=request.full_path.rstrip("?")))
-            abort(401)
+            abort(401, "Not logged in, or the session has ended: log in again.")
         if request.method == "POST" and not csrf_ok(_session()):
             abort(403, "missing or wrong CSRF token")
         return view(*args, **kwargs)
