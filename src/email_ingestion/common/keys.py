@@ -71,6 +71,11 @@ class MailboxKeys:
         return f"{self._base}:lease"
 
     @property
+    def activity(self) -> str:
+        """Hash with TTL: what the owning producer is doing (state, detail, sync progress), for the console."""
+        return f"{self._base}:activity"
+
+    @property
     def lease_token(self) -> str:
         """Counter: the last fencing token handed out; every new owner gets a higher one."""
         return f"{self._base}:lease_token"

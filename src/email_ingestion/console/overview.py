@@ -30,15 +30,30 @@ class FlowSeries:
 
 
 def owners(client: redis.Redis, stream: str, boxes: list[dict[str, Any]]) -> None:
-    """Add each mailbox's owning producer and fencing token (its lease), or None when unowned."""
+    """Add each mailbox's owning producer and fencing token (its lease), or None when unowned,
+    and what that producer reports doing (producer/activity.py)."""
     pipe = client.pipeline(transaction=False)
     for box in boxes:
-        pipe.get(MailboxKeys(stream, box["account"], box["mailbox"]).lease)
-    for box, lease in zip(boxes, pipe.execute(), strict=True):
+        keys = MailboxKeys(stream, box["account"], box["mailbox"])
+        pipe.get(keys.lease)
+        pipe.hgetall(keys.activity)
+    replies = pipe.execute()
+    for box, lease, raw in zip(boxes, replies[::2], replies[1::2], strict=True):
         holder, _, token = to_text(lease).rpartition(":") if lease else ("", "", "")
         box["owner"], box["fencing_token"] = holder or None, token or None
-        box["state"] = "idle" if holder else "unowned"
-        box["state_detail"], box["first_sync"] = None, None
+        activity = {to_text(k): to_text(v) for k, v in raw.items()}
+        box.update(_state(bool(holder), activity))
+
+
+def _state(owned: bool, activity: dict[str, str]) -> dict[str, Any]:
+    """State, its detail and sync progress. Unowned wins: a state left by a producer that has
+    gone is history, not what happens now."""
+    if not owned:
+        return {"state": "unowned", "state_detail": None, "first_sync": None}
+    state = activity.get("state") or "idle"
+    done, total = int(activity.get("done") or 0), int(activity.get("total") or 0)
+    progress = f"{done}/{total} ({100 * done // total}%)" if total else None
+    return {"state": state, "state_detail": activity.get("detail") or None, "first_sync": progress}
 
 
 def producers(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:

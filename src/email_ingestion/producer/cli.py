@@ -30,6 +30,7 @@ from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
+from email_ingestion.producer.activity import Activity, no_activity
 from email_ingestion.producer.build_site import builder_factory
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
@@ -104,18 +105,21 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     if dry_run:
         store: Any = DryRunStore(on_closed=stop_event.set)
         guard: Any = NullGuard()
+        activity = no_activity()
     else:
         client = client or make_redis(settings.redis)
-        store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis), fence=fence)
+        keys = MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox)
+        store = StateStore(client=client, keys=keys, replication=Replication.from_settings(settings.redis), fence=fence)
+        activity = Activity(client, keys, producer_id=producer_id(settings))
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
                                    log_format=settings.log.format, secrets=settings.secrets())
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
-                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
-    return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder, activity=activity)
+    return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event,
+                          activity=activity)
 
 
 def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event,

@@ -28,6 +28,7 @@ from email_ingestion.common.logging import correlation
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.imap.session import ImapSession, MailboxStatus
 from email_ingestion.monitoring.metrics import ProducerMetrics
+from email_ingestion.producer.activity import Activity, no_activity
 from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.progress import Progress
@@ -70,8 +71,9 @@ class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
                  wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
-                 clock_ms: Clock = wall_ms) -> None:
+                 clock_ms: Clock = wall_ms, activity: Activity | None = None) -> None:
         self.session = session
+        self.activity = activity or no_activity()  # sync progress for the console
         self.store = store
         self.guard = guard
         self.fetcher = fetcher
@@ -174,6 +176,7 @@ class MailboxSync:
                     self._count(result, fetched, len(added))
                     self.metrics.last_uid.set(fetched.batch.uids[-1])
                     progress.advance(len(fetched.batch.uids))
+                    self.activity.progress(progress.done, progress.total)
         finally:
             builder.close()
 
