@@ -94,7 +94,7 @@ def shoot(driver: Any, folder: Path, name: str) -> None:
 
 def no_alert(driver: Any) -> bool:
     try:
-        driver.switch_to.alert
+        _ = driver.switch_to.alert
     except NoAlertPresentException:
         return True
     return False
