@@ -96,3 +96,53 @@ def test_a_huge_cookie_is_not_a_session(app):
     client = app.test_client()
     client.set_cookie("email_ingest_console", "x" * 4000)
     assert client.get("/audit").status_code == 302
+
+
+def test_forwarded_headers_are_ignored_without_a_trusted_proxy(app, console, redis_client):
+    """With CONSOLE_TRUSTED_PROXIES=0 a client cannot dodge the login limit or fake its audited
+    address by sending X-Forwarded-For: the peer's address counts."""
+    client = app.test_client()
+    for i in range(console.settings.login_max_failures):
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = f"10.9.9.{i}"
+        assert login(client, f"guess{i}", "wrong-password-xx").status_code == 401
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "10.9.9.200"
+    assert login(client, ADMIN, ADMIN_PW).status_code == 429
+    assert redis_client.get("email_ingestion:console:login_failures:addr:127.0.0.1") == b"5"
+
+
+def test_a_trusted_proxy_forwards_the_client_address(console_settings, monkeypatch, redis_client):
+    """Behind one trusted proxy the forwarded address is the one limited and audited."""
+    from email_ingestion.common.settings import load_settings
+    from email_ingestion.console.app import create_app
+    from tests.console.conftest import build_console
+    monkeypatch.setenv("CONSOLE_TRUSTED_PROXIES", "1")
+    app = create_app(build_console(load_settings(env_file=None)))
+    client = app.test_client()
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "10.0.0.1"
+    for _ in range(5):
+        assert login(client, ADMIN, "wrong-password-xx").status_code == 401
+    assert redis_client.get("email_ingestion:console:login_failures:addr:10.0.0.1") == b"5"
+    assert redis_client.get("email_ingestion:console:login_failures:addr:127.0.0.1") is None
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "10.0.0.2"
+    assert login(client, VIEWER, "vic-battery-staple-2").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py",
+                                  "/static/%2e%2e%2f%2e%2e%2fcommon/settings.py"])
+def test_static_files_stay_in_their_folder(app, path):
+    """Path traversal through /static finds nothing outside the static folder."""
+    response = app.test_client().get(path)
+    assert response.status_code == 404 and b"BaseSettings" not in response.data
+
+
+def test_redis_down_is_a_503_without_details(console_settings, monkeypatch):
+    """With Redis unreachable every page is a 503 naming the error class, not the address or a traceback."""
+    from email_ingestion.common.settings import load_settings
+    from email_ingestion.console.app import create_app
+    from tests.console.conftest import build_console
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    app = create_app(build_console(load_settings(env_file=None)))
+    for path in ("/login", "/", "/dlq"):
+        response = app.test_client().get(path)
+        assert response.status_code == 503 and b"ConnectionError" in response.data
+        assert b"127.0.0.1:1" not in response.data and b"Traceback" not in response.data

@@ -184,3 +184,26 @@ def test_session_cookie_flags(app, console_settings, monkeypatch):
     response = login(client, ADMIN, ADMIN_PW)
     header = response.headers["Set-Cookie"]
     assert "HttpOnly" in header and "SameSite=Strict" in header and "Path=/" in header
+
+
+def test_the_overview_refreshing_itself_does_not_keep_a_session_alive(as_user, redis_client):
+    """The overview's automatic refresh (?auto=1) leaves the idle timer running; a person's request renews it."""
+    admin = as_user(ADMIN)
+    [key] = list(redis_client.scan_iter(match="email_ingestion:console:session:*"))
+    redis_client.expire(key, 100)
+    assert admin.get("/?auto=1").status_code == 200
+    assert redis_client.ttl(key) <= 100
+    assert admin.get("/").status_code == 200
+    assert redis_client.ttl(key) > 100
+
+
+def test_logging_in_again_ends_the_previous_session(app, redis_client):
+    """A second login from the same browser replaces its session: the first token is refused."""
+    client = app.test_client()
+    assert login(client, ADMIN, ADMIN_PW).status_code == 302
+    first = client.get_cookie("email_ingest_console").value
+    assert login(client, VIEWER, VIEWER_PW).status_code == 302
+    other = app.test_client()
+    other.set_cookie("email_ingest_console", first)
+    assert other.get("/audit").status_code == 302
+    assert len(list(redis_client.scan_iter(match="email_ingestion:console:session:*"))) == 1

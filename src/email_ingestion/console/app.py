@@ -120,6 +120,9 @@ def _login(console: Console) -> Response:
         console.login_limit.failed(name, client_address())
         return _login_form(error="Wrong user name or password.", status=401)
     console.login_limit.succeeded(name)
+    previous = current()
+    if previous is not None:  # a new login replaces the session this browser had
+        console.sessions.end(previous)
     token, _ = console.sessions.create(user.name, user.role, server_ms(console.target.client))
     response = redirect(safe_next(request.form.get("next")))
     response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",

@@ -51,7 +51,8 @@ def current() -> Session | None:
 def load_session(console: Console, now_ms: int) -> None:
     """Find the request's session and check it against the users file as it is now."""
     g.session = None
-    session = console.sessions.find(request.cookies.get(COOKIE), now_ms)
+    # The overview's own refresh (?auto=1) must not keep an unattended session alive forever.
+    session = console.sessions.find(request.cookies.get(COOKIE), now_ms, renew=request.args.get("auto") != "1")
     if session is None:
         return
     user = console.users.get(session.user)

@@ -117,7 +117,9 @@ class Searcher:
         for entry, fields in self._dlq_entries():
             if to_text(entry) == entry_id or to_text(fields.get(F.ORIGINAL_ID.encode())) == entry_id:
                 hits.append(_hit("dlq", to_text(entry), _parse(fields.get(F.PAYLOAD.encode(), b""))))
-        for record_id, record in self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE):
+        for read, (record_id, record) in enumerate(self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE)):
+            if read >= self.max_entries:
+                break
             data = _parse(record)
             if to_text(record_id) == entry_id or data.get(F.ORIGINAL_ID) == entry_id:
                 hits.append(_hit("retries", to_text(record_id), _parse(str(data.get(F.PAYLOAD) or ""))))
@@ -141,7 +143,9 @@ class Searcher:
         # Every record is parsed: the payload is JSON inside JSON there, so the byte check
         # would miss ids with quotes, and the schedule is short.
         hits = []
-        for record_id, record in self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE):
+        for read, (record_id, record) in enumerate(self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE)):
+            if read >= self.max_entries:
+                break
             payload = _parse(str(_parse(record).get(F.PAYLOAD) or ""))
             if _matches(payload, query, kind):
                 hits.append(_hit("retries", to_text(record_id), payload))

@@ -55,8 +55,9 @@ class SessionStore:
         pipe.execute()
         return token, session
 
-    def find(self, token: str | None, now_ms: int) -> Session | None:
-        """The live session of a cookie token, its idle time renewed; None when unknown or expired."""
+    def find(self, token: str | None, now_ms: int, *, renew: bool = True) -> Session | None:
+        """The live session of a cookie token, its idle time renewed (unless not `renew`: a
+        page refreshing itself is not a person using it); None when unknown or expired."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             return None
         key = console_session(digest(token))
@@ -67,7 +68,8 @@ class SessionStore:
         if now_ms - started_ms >= self.max_s * 1000:
             self.redis.delete(key)
             return None
-        self.redis.expire(key, self.idle_s)
+        if renew:
+            self.redis.expire(key, self.idle_s)
         role: Role = "admin" if fields["role"] == "admin" else "viewer"
         return Session(digest(token), fields["user"], role, fields["csrf"], started_ms)
 
