@@ -95,3 +95,20 @@ def test_workers_record_the_minute_flow(redis_server, redis_client, monkeypatch,
     assert sum(int(f[b"handled"]) for f in flows) == 12 and sum(int(f[b"timed"]) for f in flows) == 12
     assert all(0 < redis_client.ttl(k) <= 7200 for k in redis_client.scan_iter(match=keys.flow(0)[:-1] + "*"))
     assert "12 messages handled" in as_user(VIEWER).get("/").get_data(as_text=True)
+
+
+def test_overview_lists_every_worker_stream(console, redis_client):
+    """With WORKER_STREAMS naming several streams the overview shows each one's length and the mailboxes feeding it."""
+    import dataclasses
+
+    from email_ingestion.console.app import create_app
+    from tests.console.conftest import ADMIN, ADMIN_PW, login
+    add_payloads(redis_client, 2, stream="mail-b")
+    redis_client.hset(MailboxKeys("mail-b", "bob@example.com", "INBOX").state, mapping={"uidvalidity": 1, "last_uid": 2})
+    app = create_app(dataclasses.replace(console, streams=(STREAM, "mail-b")))
+    client = app.test_client()
+    assert login(client, ADMIN, ADMIN_PW).status_code == 302
+    page = client.get("/").get_data(as_text=True)
+    streams = page.split('id="streams"', 1)[1].split("</table>", 1)[0]
+    assert "mail-b" in streams and STREAM in streams
+    assert "bob@example.com" in page.split('id="mailboxes"', 1)[1].split("</table>", 1)[0]

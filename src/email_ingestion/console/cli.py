@@ -111,7 +111,8 @@ def _serve(settings: Settings) -> int:
                       users=UserDirectory(c.users_file),
                       sessions=SessionStore(where.client, idle_s=c.session_idle_seconds, max_s=c.session_max_seconds),
                       login_limit=LoginLimit(where.client, max_failures=c.login_max_failures,
-                                             window_s=c.login_window_seconds))
+                                             window_s=c.login_window_seconds),
+                      streams=settings.worker_streams())
     app = create_app(console)
     # One line on stdout that tools (and tests) wait for; waitress binds before serving.
     # Proxy headers are read by the app (CONSOLE_TRUSTED_PROXIES, werkzeug's ProxyFix), not by waitress.

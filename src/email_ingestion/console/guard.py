@@ -41,6 +41,7 @@ class Console:
     users: UserDirectory
     sessions: SessionStore
     login_limit: LoginLimit
+    streams: tuple[str, ...] = ()  # WORKER_STREAMS: shown on the overview beside target's stream
 
 
 def current() -> Session | None:

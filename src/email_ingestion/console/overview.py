@@ -3,16 +3,17 @@ the live producers, and the last hour's flow (worker/flow.py) as per-minute seri
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from email_ingestion.admin.common import Target, server_ms
-from email_ingestion.admin.snapshot import iso_ms, snapshot
-from email_ingestion.common.keys import PREFIX, MailboxKeys
+from email_ingestion.admin.snapshot import iso_ms, mailboxes, snapshot, stream_section
+from email_ingestion.common.keys import PREFIX, MailboxKeys, StreamKeys
 from email_ingestion.common.text import to_text
-from email_ingestion.monitoring.heartbeats import glob_escape
+from email_ingestion.monitoring.heartbeats import glob_escape, live_workers
 from email_ingestion.worker.flow import BUCKETS_MS, MINUTE_MS
 
 MINUTES = 60
@@ -68,13 +69,20 @@ def producers(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     return sorted(found, key=lambda p: (p["fleet"], p["id"]))
 
 
-def flow(target: Target, now_ms: int) -> FlowSeries:
+def flow(targets: list[Target], now_ms: int) -> FlowSeries:
+    """The last hour's flow, summed over the streams."""
     first = now_ms - now_ms % MINUTE_MS - (MINUTES - 1) * MINUTE_MS
     minutes = [first + i * MINUTE_MS for i in range(MINUTES)]
-    pipe = target.client.pipeline(transaction=False)
+    pipe = targets[0].client.pipeline(transaction=False)
     for minute in minutes:
-        pipe.hgetall(target.keys.flow(minute))
-    rows = [{to_text(k): int(v) for k, v in raw.items()} for raw in pipe.execute()]
+        for target in targets:
+            pipe.hgetall(target.keys.flow(minute))
+    replies, rows = pipe.execute(), []
+    for i in range(MINUTES):
+        row: Counter[str] = Counter()
+        for raw in replies[i * len(targets):(i + 1) * len(targets)]:
+            row.update({to_text(k): int(v) for k, v in raw.items()})
+        rows.append(dict(row))
     handled = [row.get("handled", 0) for row in rows]
     mean = [row["latency_sum_ms"] // row["timed"] if row.get("timed") else None for row in rows]
     return FlowSeries(minutes, handled, mean, sum(handled), _p95(rows))
@@ -92,11 +100,25 @@ def _p95(rows: list[dict[str, int]]) -> int | None:
     return None  # above the largest bucket: shown as "> 1 h"
 
 
-def overview(target: Target, max_unacked: int) -> dict[str, Any]:
+def overview(target: Target, max_unacked: int, streams: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`target`'s snapshot, with the other `streams` (WORKER_STREAMS) alongside: their mailboxes,
+    stream figures and flow. Dead letters, retries and search stay with `target`'s stream."""
     snap = snapshot(target, max_unacked)
     now_ms = server_ms(target.client)
-    owners(target.client, target.stream, snap["mailboxes"])
+    others = [_other(target, name) for name in dict.fromkeys(streams) if name != target.stream]
+    snap["streams"] = [snap["stream"]]
+    for box in snap["mailboxes"]:
+        box["stream"] = target.stream
+    for other in others:
+        snap["streams"].append(stream_section(other, now_ms, live_workers(other.client, other.keys)))
+        snap["mailboxes"] += [{**box, "stream": other.stream} for box in mailboxes(other.client, other.stream, now_ms)]
+    for stream in [target, *others]:
+        owners(target.client, stream.stream, [b for b in snap["mailboxes"] if b["stream"] == stream.stream])
     snap["producers"] = producers(target.client, now_ms)
-    snap["flow"] = flow(target, now_ms)
+    snap["flow"] = flow([target, *others], now_ms)
     snap["now"] = iso_ms(now_ms)
     return snap
+
+
+def _other(target: Target, stream: str) -> Target:
+    return Target(target.client, stream, target.group, "", StreamKeys(stream=stream, group=target.group))

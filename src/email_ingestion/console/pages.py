@@ -27,7 +27,7 @@ def register(app: Flask, console: Console) -> None:
     @app.get("/")
     @login_required
     def index() -> str:
-        snap = overview(target, console.max_unacked)
+        snap = overview(target, console.max_unacked, console.streams)
         flow = snap["flow"]
         charts = [line_chart("Messages handled per minute", list(flow.handled), "msg"),
                   line_chart("APPEND to handler done, mean per minute", list(flow.mean_latency_ms), "ms")]
