@@ -8,6 +8,7 @@ parsed only when the bytes hold the query. The answer says when the limit cut th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Hit:
     gmail_msgid: str
     idempotency_key: str
     subject: str  # content: shown to admins only
+    status: str = ""  # on the stream: pending (delivered, not acknowledged), acknowledged, or waiting (unread)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ def _parse(raw: str | bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _needle(query: str) -> bytes:
     """The query as it appears inside a JSON string (quotes and backslashes escaped)."""
     return json.dumps(query.strip("<>"), ensure_ascii=False)[1:-1].encode()
@@ -107,7 +114,23 @@ class Searcher:
             stream_hits, read, truncated = self._scan_stream(query, kind)
             hits += stream_hits
             hits += self._scan_retries(query, kind) + self._scan_dlq(query, kind)
-        return Found(hits, read, truncated)
+        return Found([self._with_status(hit) for hit in hits], read, truncated)
+
+    def _with_status(self, hit: Hit) -> Hit:
+        """Where a stream entry stands in the group: in its PEL, acknowledged, or not yet read."""
+        if hit.where != "stream":
+            return hit
+        try:
+            groups = {to_text(g["name"]): g for g in self.redis.xinfo_groups(self.keys.stream)}
+        except redis.ResponseError:
+            return dataclasses.replace(hit, status="waiting (no group yet)")
+        group = groups.get(self.keys.group)
+        if group is None:
+            return dataclasses.replace(hit, status="waiting (no group yet)")
+        if self.redis.xpending_range(self.keys.stream, self.keys.group, min=hit.id, max=hit.id, count=1):
+            return dataclasses.replace(hit, status="pending")
+        delivered = _id_tuple(to_text(group["last-delivered-id"])) >= _id_tuple(hit.id)
+        return dataclasses.replace(hit, status="acknowledged" if delivered else "waiting")
 
     def _by_stream_id(self, entry_id: str) -> list[Hit]:
         hits = []
