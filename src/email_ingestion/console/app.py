@@ -7,6 +7,7 @@ and longest maintained Python web libraries. waitress (cli.py) serves it in prod
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 import redis
@@ -20,6 +21,7 @@ from email_ingestion.console import pages
 from email_ingestion.console.guard import COOKIE, Console, current, load_session, login_required, safe_next, security_headers
 from email_ingestion.console.users import check_login
 
+log = logging.getLogger(__name__)
 LOGIN_COOKIE = "email_ingest_console_login"  # double-submit CSRF token of the login form
 MAX_FORM_BYTES = 64 * 1024
 MAX_LOGIN_FIELD_CHARS = 256
@@ -117,6 +119,8 @@ def _login(console: Console) -> Response:
         return _login_form(error="Too many failed logins: try again later.", status=429)
     user = check_login(console.users.users(), name, password)
     if user is None:
+        # The address only: what was typed as a user name is sometimes a password.
+        log.warning("console login failed", extra={"client": client_address()})
         console.login_limit.failed(name, client_address())
         return _login_form(error="Wrong user name or password.", status=401)
     console.login_limit.succeeded(name)
@@ -124,6 +128,7 @@ def _login(console: Console) -> Response:
     if previous is not None:  # a new login replaces the session this browser had
         console.sessions.end(previous)
     token, _ = console.sessions.create(user.name, user.role, server_ms(console.target.client))
+    log.info("console login", extra={"user": user.name, "role": user.role, "client": client_address()})
     response = redirect(safe_next(request.form.get("next")))
     response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
                         secure=console.settings.cookie_secure, max_age=console.settings.session_max_seconds)

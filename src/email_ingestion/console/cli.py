@@ -24,6 +24,7 @@ import redis
 
 from email_ingestion.admin.common import EXIT_DEGRADED, EXIT_SETTINGS, parser, target
 from email_ingestion.common.errors import SettingsError
+from email_ingestion.common.logging import Redactor, setup_logging
 from email_ingestion.common.redis_client import describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings
 from email_ingestion.console.users import (
@@ -39,6 +40,11 @@ from email_ingestion.console.users import (
 )
 
 log = logging.getLogger("email_ingestion.console")
+_USAGE = """commands:
+  add NAME --role admin|viewer [--password-stdin]   add a user (the password is asked for twice)
+  set NAME [--role ROLE] [--password | --password-stdin]   change role or password; ends the user's sessions
+  remove NAME                                       remove a user; ends the user's sessions
+  list                                              names and roles"""
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -50,7 +56,8 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _users_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="email-ingest console users", description="Manage the console's users file.")
+    p = argparse.ArgumentParser(prog="email-ingest console users", description="Manage the console's users file.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_USAGE)
     p.add_argument("--env-file", default=".env", help="settings file (for CONSOLE_USERS_FILE and Redis)")
     p.add_argument("--users-file", help="CONSOLE_USERS_FILE")
     sub = p.add_subparsers(dest="action", required=True)
@@ -100,6 +107,7 @@ def _serve(settings: Settings) -> int:
     from email_ingestion.console.login_limit import LoginLimit
     from email_ingestion.console.sessions import SessionStore
 
+    setup_logging(settings.log.level, settings.log.format, "console", Redactor(settings.secrets()))
     where = target(settings)
     try:
         where.client.ping()
@@ -119,6 +127,7 @@ def _serve(settings: Settings) -> int:
     server = waitress.create_server(app, host=c.host, port=c.port, threads=c.threads, ident="email-ingest-console",
                                     max_request_body_size=1024 * 1024)
     print(f"console: listening on http://{_display(c.host)}:{server.effective_port}/", flush=True)
+    log.info("console listening", extra={"host": c.host, "port": server.effective_port})
     server.run()
     return 0
 
