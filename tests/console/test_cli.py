@@ -103,3 +103,16 @@ def test_listens_on_loopback_by_default(tmp_path, redis_server):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_users_file_others_may_write_is_refused(tmp_path, redis_server, users_file, app):
+    """A group- or world-writable users file stops the console at start (exit 2) and, changed
+    while it runs, lets nobody in: anyone able to write it could make themselves admin."""
+    from tests.console.conftest import ADMIN, ADMIN_PW, login
+    client = app.test_client()
+    assert login(client, ADMIN, ADMIN_PW).status_code == 302
+    users_file.chmod(0o666)
+    assert client.get("/audit").status_code == 302
+    assert login(app.test_client(), ADMIN, ADMIN_PW).status_code == 401
+    done = ingest("console", env={"REDIS_URL": redis_server.url, "CONSOLE_USERS_FILE": str(users_file), "CONSOLE_PORT": "0"})
+    assert done.returncode == 2 and "chmod 600" in done.stderr

@@ -84,7 +84,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def check_mode(path: Path) -> None:
+    """Refuse a users file others may write (they could add themselves as admin), as ssh
+    refuses a group- or world-writable authorized_keys."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # load_users says what is wrong
+    if mode & 0o022:
+        raise UsersFileError(f"users file {path} is writable by group or others (mode {mode & 0o777:o}): "
+                             f"chmod 600 {path}")
+
+
 def load_users(path: Path) -> dict[str, User]:
+    check_mode(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -135,11 +148,11 @@ def check_password(password: str) -> str:
 
 
 class UserDirectory:
-    """The users file as the console sees it: re-read when its modification time or size changes."""
+    """The users file as the console sees it: re-read whenever its inode metadata changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._users: dict[str, User] = {}
 
     def users(self) -> dict[str, User]:
@@ -147,7 +160,8 @@ class UserDirectory:
             stat = self.path.stat()
         except OSError:
             return {}  # the file was removed: nobody can log in or stay logged in
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        # ctime and mode too: a chmod that makes the file writable by others must be seen.
+        stamp = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino, stat.st_mode)
         if stamp != self._stamp:
             try:
                 self._users = load_users(self.path)
