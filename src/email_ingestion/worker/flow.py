@@ -10,6 +10,7 @@ FLOW_TTL_S.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 
 import redis
@@ -22,11 +23,12 @@ FLOW_TTL_S = 2 * 3600
 BUCKETS_MS = (500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000)
 
 
+_BUCKET_NAMES = tuple(f"le_{bound}" for bound in BUCKETS_MS) + ("le_inf",)
+
+
 def bucket_of(latency_ms: int) -> str:
-    for bound in BUCKETS_MS:
-        if latency_ms <= bound:
-            return f"le_{bound}"
-    return "le_inf"
+    """The field of the smallest bucket holding `latency_ms` (bounds are inclusive)."""
+    return _BUCKET_NAMES[bisect.bisect_left(BUCKETS_MS, latency_ms)]
 
 
 class FlowTally:
