@@ -30,8 +30,9 @@ class LoginLimit:
     def failed(self, user: str, address: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         for key in self._keys(user, address):
+            # The window starts at the first failure: SET NX gives it its TTL once, INCR keeps it.
+            pipe.set(key, 0, ex=self.window_s, nx=True)
             pipe.incr(key)
-            pipe.expire(key, self.window_s, nx=True)
         pipe.execute()
 
     def succeeded(self, user: str) -> None:

@@ -46,7 +46,7 @@ class Activity:
             pipe = self.redis.pipeline(transaction=False)
             mapping: dict[Any, Any] = {**fields, "producer": self.producer_id}
             pipe.hset(self.key, mapping=mapping)
-            pipe.expire(self.key, ACTIVITY_TTL_S)
+            pipe.pexpire(self.key, ACTIVITY_TTL_S * 1000)
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("activity not recorded", extra={"error": type(exc).__name__})

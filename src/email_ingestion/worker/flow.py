@@ -57,7 +57,7 @@ class FlowTally:
             pipe.hincrby(key, "latency_sum_ms", self.latency_sum_ms)
             for bucket, count in self.buckets.items():
                 pipe.hincrby(key, bucket, count)
-        pipe.expire(key, FLOW_TTL_S)
+        pipe.pexpire(key, FLOW_TTL_S * 1000)
 
     def clear(self) -> None:
         self.handled = self.timed = self.latency_sum_ms = 0
