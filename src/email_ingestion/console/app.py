@@ -18,6 +18,7 @@ from werkzeug.wrappers import Response
 
 from email_ingestion.admin.common import server_ms
 from email_ingestion.console import pages
+from email_ingestion.console.formatting import duration
 from email_ingestion.console.guard import COOKIE, Console, current, load_session, login_required, safe_next, security_headers
 from email_ingestion.console.users import check_login
 
@@ -49,18 +50,6 @@ def create_app(console: Console) -> Flask:
 def _before(console: Console) -> None:
     g.now_ms = server_ms(console.target.client)  # Redis's clock: ages agree with every other tool
     load_session(console, g.now_ms)
-
-
-def duration(seconds: float) -> str:
-    """A human duration: 42s, 3m 05s, 2h 10m, 4d 3h."""
-    s = int(round(float(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def _http_error(exc: HTTPException) -> tuple[str, int]:

@@ -7,6 +7,7 @@ JavaScript charting library would need a script (and a build or a vendored copy)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 WIDTH, HEIGHT, PAD = 600, 120, 4
@@ -22,7 +23,7 @@ class Chart:
     height: int = HEIGHT
 
 
-def line_chart(title: str, values: list[int | None], unit: str) -> Chart:
+def line_chart(title: str, values: list[int | None], label: Callable[[int], str]) -> Chart:
     """Missing values (None) are drawn as 0 for counts; series with gaps start a new segment
     only in spirit: a flat line at 0 reads right for "nothing handled that minute"."""
     numbers = [v or 0 for v in values]
@@ -31,4 +32,4 @@ def line_chart(title: str, values: list[int | None], unit: str) -> Chart:
     points = " ".join(f"{PAD + i * step:.1f},{HEIGHT - PAD - (v / top) * (HEIGHT - 2 * PAD):.1f}"
                       for i, v in enumerate(numbers))
     last = next((v for v in reversed(values) if v is not None), None)
-    return Chart(title, points, f"{max(numbers, default=0)} {unit}", "-" if last is None else f"{last} {unit}")
+    return Chart(title, points, label(max(numbers, default=0)), "-" if last is None else label(last))

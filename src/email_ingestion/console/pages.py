@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.console import audit, dead_letters
 from email_ingestion.console.charts import line_chart
+from email_ingestion.console.formatting import duration
 from email_ingestion.console.guard import Console, admin_required, current, login_required
 from email_ingestion.console.overview import overview
 from email_ingestion.console.search import KINDS, BadQuery, Searcher, check_query
@@ -29,8 +30,9 @@ def register(app: Flask, console: Console) -> None:
     def index() -> str:
         snap = overview(target, console.max_unacked, console.streams)
         flow = snap["flow"]
-        charts = [line_chart("Messages handled per minute", list(flow.handled), "msg"),
-                  line_chart("APPEND to handler done, mean per minute", list(flow.mean_latency_ms), "ms")]
+        charts = [line_chart("Messages handled per minute", list(flow.handled), lambda n: f"{n} msg"),
+                  line_chart("APPEND to handler done, mean per minute", list(flow.mean_latency_ms),
+                             lambda ms: duration(ms / 1000) if ms >= 1000 else f"{ms} ms")]
         return render_template("overview.html", snap=snap, charts=charts, refresh_s=REFRESH_S)
 
     @app.get("/dlq")
