@@ -9,7 +9,7 @@ from email_ingestion.console.app import create_app
 from email_ingestion.sandbox.sample_payloads import make_payload
 from tests.console.conftest import ADMIN, DLQ, STREAM, build_console, csrf_token, login
 from tests.console.test_http_auth import LETTER_FIELDS
-from tests.integration.test_redis_acl import acl_redis  # noqa: F401 - the fixture
+from tests.integration.test_redis_acl import PASSWORDS, acl_redis  # noqa: F401 - the fixture
 
 ADMIN_PW = "ada-correct-horse-1"
 
@@ -37,3 +37,26 @@ def test_every_page_and_action_works_with_the_console_user(acl_redis, users_file
     assert client.post("/logout", data={"csrf_token": csrf_token(client)}).status_code == 302
 
 
+
+
+def test_a_worker_without_hincrby_still_settles_every_batch(acl_redis, tmp_path):  # noqa: F811
+    """With an older worker ACL (no HINCRBY) the flow figures are lost, never the batches: all
+    messages are handled and acknowledged, nothing pending, no flow key."""
+    import os
+    import subprocess
+    import sys
+
+    from email_ingestion.sandbox.sample_payloads import add_payloads
+    from tests.conftest import ROOT
+    port, admin = acl_redis
+    admin.execute_command("ACL", "SETUSER", "worker", "-hincrby")
+    add_payloads(admin, 30)
+    env = {"PATH": os.environ["PATH"], "REDIS_URL": f"redis://worker:{PASSWORDS['worker']}@127.0.0.1:{port}/0",
+           "WORKER_BLOCK_TIMEOUT_MS": "100", "WORKER_METRICS_PORT": "0"}
+    done = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--consumer", "old-acl", "--handler", "noop", "--burst",
+                           "--env-file", os.devnull], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    group = admin.xinfo_groups(STREAM)[0]
+    assert group["pending"] == 0 and group["lag"] == 0
+    assert not list(admin.scan_iter(match="*:flow:*"))
+    assert done.stderr.count("flow figures not recorded") == 1

@@ -3,19 +3,25 @@ took from arriving in the mailbox (INTERNALDATE, the server's APPEND time) to it
 success. The console draws the last hour from them (console/overview.py).
 
 Prometheus has the same figures per process; these are summed over every worker in one
-place any tool can read, without a Prometheus server. A batch adds its figures to the
-settlement's MULTI (no extra round trip): a few HINCRBY on one hash per minute, kept
-FLOW_TTL_S.
+place any tool can read, without a Prometheus server. After a batch has settled, its figures
+go out in one pipelined round trip (a few HINCRBY on one hash per minute, kept FLOW_TTL_S),
+apart from the settlement's MULTI and best effort: a Redis error or an ACL without HINCRBY
+loses a minute's figures, never a batch's outcomes.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
+import threading
 from collections import Counter
 
 import redis
 
 from email_ingestion.common.keys import StreamKeys
+
+log = logging.getLogger(__name__)
+_warned = threading.Event()
 
 MINUTE_MS = 60_000
 FLOW_TTL_S = 2 * 3600
@@ -58,6 +64,22 @@ class FlowTally:
             for bucket, count in self.buckets.items():
                 pipe.hincrby(key, bucket, count)
         pipe.pexpire(key, FLOW_TTL_S * 1000)
+
+    def record(self, client: redis.Redis, keys: StreamKeys, now_ms: int) -> None:
+        """Send the figures (best effort) and start afresh."""
+        if not self.handled:
+            return
+        try:
+            pipe = client.pipeline(transaction=False)
+            self.queue(pipe, keys, now_ms)
+            pipe.execute()
+        except redis.RedisError as exc:
+            # Once at warning (an ACL without HINCRBY would repeat it every batch), then debug.
+            level = logging.DEBUG if _warned.is_set() else logging.WARNING
+            _warned.set()
+            log.log(level, "flow figures not recorded (the console's throughput chart)",
+                    extra={"error": type(exc).__name__})
+        self.clear()
 
     def clear(self) -> None:
         self.handled = self.timed = self.latency_sum_ms = 0

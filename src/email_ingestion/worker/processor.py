@@ -313,10 +313,10 @@ class BatchProcessor:
         self.heartbeat(pipe)
         for action in batch.actions:
             action(pipe)
-        batch.flow.queue(pipe, self.idempotency.keys, self.clock_ms())
         self.idempotency.settle(pipe, batch.done_keys, batch.ack_ids)
         pipe.execute()
         self.replication.wait(self.redis, self.idempotency.keys.stream)  # REDIS_WAIT_REPLICAS
+        batch.flow.record(self.redis, self.idempotency.keys, self.clock_ms())
 
     def _timed_out(self, batch: Settlement, to_handle: list[Leased], index: int) -> None:
         """From the lease keeper: the handler call on to_handle[index] is hung. Record it as
