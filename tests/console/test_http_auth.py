@@ -207,3 +207,28 @@ def test_logging_in_again_ends_the_previous_session(app, redis_client):
     other.set_cookie("email_ingest_console", first)
     assert other.get("/audit").status_code == 302
     assert len(list(redis_client.scan_iter(match="email_ingestion:console:session:*"))) == 1
+
+
+def test_over_https_the_cookies_are_secure_and_prefixed(console_settings, monkeypatch):
+    """With CONSOLE_COOKIE_SECURE the cookies are Secure, named __Host-/__Secure-, and HSTS is sent;
+    a cookie without the prefix (planted over plain HTTP or by a subdomain) opens nothing."""
+    from email_ingestion.common.settings import load_settings
+    from email_ingestion.console.app import create_app
+    from tests.console.conftest import build_console
+    monkeypatch.setenv("CONSOLE_COOKIE_SECURE", "true")
+    app = create_app(build_console(load_settings(env_file=None)))
+    client = app.test_client()
+    page = client.get("/login", base_url="https://localhost")
+    assert page.headers["Set-Cookie"].startswith("__Secure-email_ingest_console_login=")
+    assert "Secure" in page.headers["Set-Cookie"] and "max-age=31536000" in page.headers["Strict-Transport-Security"]
+    import re
+    token = re.search(r'name="login_token" value="([^"]+)"', page.get_data(as_text=True))
+    assert token
+    done = client.post("/login", base_url="https://localhost",
+                       data={"login_token": token.group(1), "username": ADMIN, "password": ADMIN_PW})
+    cookie = next(h for h in done.headers.getlist("Set-Cookie") if h.startswith("__Host-"))
+    assert "Secure" in cookie and "Path=/" in cookie and "Domain" not in cookie
+    assert client.get("/audit", base_url="https://localhost").status_code == 200
+    planted = app.test_client()
+    planted.set_cookie("email_ingest_console", cookie.split("=", 1)[1].split(";")[0])
+    assert planted.get("/audit", base_url="https://localhost").status_code == 302

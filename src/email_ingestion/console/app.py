@@ -19,11 +19,18 @@ from werkzeug.wrappers import Response
 from email_ingestion.admin.common import server_ms
 from email_ingestion.console import pages
 from email_ingestion.console.formatting import duration
-from email_ingestion.console.guard import COOKIE, Console, current, load_session, login_required, safe_next, security_headers
+from email_ingestion.console.guard import (
+    Console,
+    cookie_names,
+    current,
+    load_session,
+    login_required,
+    safe_next,
+    security_headers,
+)
 from email_ingestion.console.users import check_login
 
 log = logging.getLogger(__name__)
-LOGIN_COOKIE = "email_ingest_console_login"  # double-submit CSRF token of the login form
 MAX_FORM_BYTES = 64 * 1024
 MAX_LOGIN_FIELD_CHARS = 256
 
@@ -81,7 +88,8 @@ def _auth_routes(app: Flask, console: Console) -> None:
         if session is not None:
             console.sessions.end(session)
         response = redirect(url_for("login"))
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(cookie_names(console.settings.cookie_secure)[0], path="/",
+                               secure=console.settings.cookie_secure)
         return response
 
     @app.get("/healthz")
@@ -93,13 +101,14 @@ def _login_form(*, error: str | None, status: int) -> Response:
     token = secrets.token_urlsafe(32)
     body = render_template("login.html", error=error, login_token=token, next=safe_next(request.values.get("next")))
     response = Response(body, status=status, mimetype="text/html")
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", path="/login",
-                        secure=current_app.extensions["console"].settings.cookie_secure)
+    secure = current_app.extensions["console"].settings.cookie_secure
+    response.set_cookie(cookie_names(secure)[1], token, httponly=True, samesite="Strict", path="/login", secure=secure)
     return response
 
 
 def _login(console: Console) -> Response:
-    sent, expected = request.form.get("login_token", ""), request.cookies.get(LOGIN_COOKIE, "")
+    session_cookie, login_cookie = cookie_names(console.settings.cookie_secure)
+    sent, expected = request.form.get("login_token", ""), request.cookies.get(login_cookie, "")
     if not sent or not secrets.compare_digest(sent, expected):
         abort(403, "missing or wrong CSRF token: reload the login page")
     name = request.form.get("username", "")[:MAX_LOGIN_FIELD_CHARS]
@@ -119,7 +128,7 @@ def _login(console: Console) -> Response:
     token, _ = console.sessions.create(user.name, user.role, server_ms(console.target.client))
     log.info("console login", extra={"user": user.name, "role": user.role, "client": client_address()})
     response = redirect(safe_next(request.form.get("next")))
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
+    response.set_cookie(session_cookie, token, httponly=True, samesite="Strict", path="/",
                         secure=console.settings.cookie_secure, max_age=console.settings.session_max_seconds)
-    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    response.delete_cookie(login_cookie, path="/login", secure=console.settings.cookie_secure)
     return response

@@ -27,6 +27,14 @@ from email_ingestion.console.sessions import Session, SessionStore
 from email_ingestion.console.users import UserDirectory
 
 COOKIE = "email_ingest_console"
+LOGIN_COOKIE = "email_ingest_console_login"  # double-submit CSRF token of the login form
+
+
+def cookie_names(secure: bool) -> tuple[str, str]:
+    """(session, login form) cookie names. Over HTTPS they carry the __Host- / __Secure-
+    prefixes, which browsers accept only with Secure (and __Host- only for Path=/ and no
+    Domain), so a sibling subdomain or a plain-HTTP page cannot plant a cookie of ours."""
+    return (f"__Host-{COOKIE}", f"__Secure-{LOGIN_COOKIE}") if secure else (COOKIE, LOGIN_COOKIE)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -53,7 +61,8 @@ def load_session(console: Console, now_ms: int) -> None:
     """Find the request's session and check it against the users file as it is now."""
     g.session = None
     # The overview's own refresh (?auto=1) must not keep an unattended session alive forever.
-    session = console.sessions.find(request.cookies.get(COOKIE), now_ms, renew=request.args.get("auto") != "1")
+    token = request.cookies.get(cookie_names(console.settings.cookie_secure)[0])
+    session = console.sessions.find(token, now_ms, renew=request.args.get("auto") != "1")
     if session is None:
         return
     user = console.users.get(session.user)
