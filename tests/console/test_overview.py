@@ -112,3 +112,16 @@ def test_overview_lists_every_worker_stream(console, redis_client):
     streams = page.split('id="streams"', 1)[1].split("</table>", 1)[0]
     assert "mail-b" in streams and STREAM in streams
     assert "bob@example.com" in page.split('id="mailboxes"', 1)[1].split("</table>", 1)[0]
+
+
+def test_a_failing_connection_is_reported_as_backing_off(mailbox, producer_env, redis_client):
+    """A producer whose IMAP connection fails records `backing off` with the error's class (no server text)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the producer connects: refused
+    env = {**producer_env, "IMAP_PORT": str(port), "PRODUCER_ID": "p-off"}
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    found = activity(redis_client, mailbox.name)
+    assert found["state"] == "backing off" and found["producer"] == "p-off" and found["detail"].endswith("Error"), found
