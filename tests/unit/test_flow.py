@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fakeredis
 import pytest
 
 from email_ingestion.common.keys import StreamKeys
@@ -18,20 +17,18 @@ def test_bucket_bounds_are_inclusive(latency_ms, bucket):
     assert bucket_of(latency_ms) == bucket
 
 
-def test_a_batch_adds_to_its_minute_and_clears():
-    """Handled count, timed count, latency sum and buckets land in the minute's hash with a TTL; clear() starts afresh."""
-    client = fakeredis.FakeRedis()
+def test_a_batch_adds_to_its_minute_and_clears(redis_client):
+    """Handled count, timed count, latency sum and buckets land in the minute's hash with a TTL; the tally then starts afresh."""
+    client = redis_client
     keys = StreamKeys(stream="s", group="g")
     tally = FlowTally()
     for latency in (100, 700, None):
         tally.add(latency)
-    pipe = client.pipeline(transaction=True)
-    tally.queue(pipe, keys, now_ms=120_500)
-    pipe.execute()
+    tally.record(client, keys, now_ms=120_500)
     stored = {k.decode(): int(v) for k, v in client.hgetall(keys.flow(120_000)).items()}
     assert stored == {"handled": 3, "timed": 2, "latency_sum_ms": 800, "le_500": 1, "le_1000": 1}
     assert 0 < client.ttl(keys.flow(120_000)) <= FLOW_TTL_S
-    tally.clear()
+    assert tally.handled == 0  # record() starts afresh
     pipe = client.pipeline(transaction=True)
     tally.queue(pipe, keys, now_ms=120_600)
     assert len(pipe) == 0
