@@ -116,3 +116,14 @@ def test_a_users_file_others_may_write_is_refused(tmp_path, redis_server, users_
     assert login(app.test_client(), ADMIN, ADMIN_PW).status_code == 401
     done = ingest("console", env={"REDIS_URL": redis_server.url, "CONSOLE_USERS_FILE": str(users_file), "CONSOLE_PORT": "0"})
     assert done.returncode == 2 and "chmod 600" in done.stderr
+
+
+def test_options_are_accepted_after_the_subcommand(tmp_path, redis_server):
+    """`console users add ... --env-file F --users-file U` works as well as with the options first."""
+    path = tmp_path / "users.json"
+    done = subprocess.run([sys.executable, "-m", "email_ingestion", "console", "users", "add", "ada", "--role", "viewer",
+                           "--password-stdin", "--env-file", os.devnull, "--users-file", str(path)],
+                          input="long-enough-pw-1\n", env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert load_users(path)["ada"].role == "viewer"

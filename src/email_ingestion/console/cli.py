@@ -15,6 +15,7 @@ which checks the file). Exit status: 0 done, 1 Redis unreachable, 2 bad settings
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import logging
 import sys
@@ -60,17 +61,23 @@ def _users_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_USAGE)
     p.add_argument("--env-file", default=".env", help="settings file (for CONSOLE_USERS_FILE and Redis)")
     p.add_argument("--users-file", help="CONSOLE_USERS_FILE")
+    # The same options after the subcommand too; there they default to SUPPRESS so they never
+    # undo one given before it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--env-file", default=argparse.SUPPRESS, help="settings file")
+    after.add_argument("--users-file", default=argparse.SUPPRESS, help="CONSOLE_USERS_FILE")
     sub = p.add_subparsers(dest="action", required=True)
-    add = sub.add_parser("add", help="add a user (asks for the password)")
+    sub_parser = functools.partial(sub.add_parser, parents=[after])
+    add = sub_parser("add", help="add a user (asks for the password)")
     add.add_argument("name")
     add.add_argument("--role", choices=ROLES, required=True)
-    change = sub.add_parser("set", help="change a user's role or password; ends the user's sessions")
+    change = sub_parser("set", help="change a user's role or password; ends the user's sessions")
     change.add_argument("name")
     change.add_argument("--role", choices=ROLES)
     change.add_argument("--password", action="store_true", help="set a new password (asked for)")
-    remove = sub.add_parser("remove", help="remove a user; ends the user's sessions")
+    remove = sub_parser("remove", help="remove a user; ends the user's sessions")
     remove.add_argument("name")
-    sub.add_parser("list", help="names and roles")
+    sub_parser("list", help="names and roles")
     for command in (add, change):
         command.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     return p
