@@ -125,3 +125,20 @@ def test_a_failing_connection_is_reported_as_backing_off(mailbox, producer_env, 
     assert done.returncode != 0
     found = activity(redis_client, mailbox.name)
     assert found["state"] == "backing off" and found["producer"] == "p-off" and found["detail"].endswith("Error"), found
+
+
+def test_many_mailboxes_list_the_troubled_first(redis_client, as_user, monkeypatch):
+    """With more mailboxes than the table holds, unowned ones come first, every state is counted,
+    and the page says how many are not listed."""
+    from email_ingestion.console import overview as module
+    monkeypatch.setattr(module, "MAX_MAILBOX_ROWS", 3)
+    for i in range(5):
+        keys = MailboxKeys(STREAM, f"u{i}@example.com", "INBOX")
+        redis_client.hset(keys.state, mapping={"uidvalidity": 1, "last_uid": i})
+        if i != 4:
+            redis_client.set(keys.lease, f"p1:{i + 1}", px=60_000)
+    page = as_user(VIEWER).get("/").get_data(as_text=True)
+    table = page.split('id="mailboxes"', 1)[1].split("</table>", 1)[0]
+    assert table.index("u4@example.com") < table.index("u0@example.com") and "u3@example.com" not in table
+    states = page.split('id="mailbox-states"', 1)[1].split("</p>", 1)[0]
+    assert "unowned</span> 1" in states and "idle</span> 4" in states and "2 more are not" in states

@@ -17,6 +17,9 @@ from email_ingestion.monitoring.heartbeats import glob_escape, live_workers
 from email_ingestion.worker.flow import BUCKETS_MS, MINUTE_MS
 
 MINUTES = 60
+MAX_MAILBOX_ROWS = 500  # the page lists the most troubled first and counts the rest
+# Worst first: what needs a person, then what waits on a server, then the rest.
+_STATE_ORDER = {"credentials": 0, "unowned": 1, "quota": 2, "backing off": 3, "syncing": 4, "idle": 5}
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ def overview(target: Target, max_unacked: int, streams: tuple[str, ...] = ()) ->
         snap["mailboxes"] += [{**box, "stream": other.stream} for box in mailboxes(other.client, other.stream, now_ms)]
     for stream in [target, *others]:
         owners(target.client, stream.stream, [b for b in snap["mailboxes"] if b["stream"] == stream.stream])
+    _worst_first(snap)
     snap["producers"] = producers(target.client, now_ms)
     snap["flow"] = flow([target, *others], now_ms)
     snap["now"] = iso_ms(now_ms)
@@ -122,3 +126,11 @@ def overview(target: Target, max_unacked: int, streams: tuple[str, ...] = ()) ->
 
 def _other(target: Target, stream: str) -> Target:
     return Target(target.client, stream, target.group, "", StreamKeys(stream=stream, group=target.group))
+
+
+def _worst_first(snap: dict[str, Any]) -> None:
+    """Count mailboxes by state, and keep the MAX_MAILBOX_ROWS most troubled for the table."""
+    boxes = sorted(snap["mailboxes"], key=lambda b: (_STATE_ORDER.get(b["state"], 0), b["account"], b["mailbox"]))
+    snap["mailbox_states"] = dict(Counter(b["state"] for b in boxes).most_common())
+    snap["mailboxes_hidden"] = max(0, len(boxes) - MAX_MAILBOX_ROWS)
+    snap["mailboxes"] = boxes[:MAX_MAILBOX_ROWS]
