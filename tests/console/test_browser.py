@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.sandbox.sample_mail import sample_message
-from tests.conftest import ROOT, producer_cmd
+from tests.conftest import ROOT, USER, producer_cmd
 from tests.console.conftest import ADMIN, ADMIN_PW, DLQ, STREAM, VIEWER, VIEWER_PW, write_users
 from tests.support.waits import wait_until
 
@@ -56,11 +57,14 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     driver.quit()
 
 
-def run_pipeline(producer_env: dict[str, str], redis_url: str) -> subprocess.CompletedProcess[str]:
-    """The producer once, then a worker in burst mode whose handler dead-letters "poison" subjects."""
-    done = subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return run_worker(redis_url)
+@pytest.fixture
+def live_producer(producer_env: dict[str, str], redis_client: Any) -> Iterator[subprocess.Popen[str]]:
+    """A producer following the test's mailbox until the test ends (SIGTERM, exit 0)."""
+    proc = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_ID": "p-browser"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    yield proc
+    proc.terminate()
+    assert proc.wait(60) == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
 
 
 def run_worker(redis_url: str) -> subprocess.CompletedProcess[str]:
@@ -143,14 +147,17 @@ def attacker_site(console_url: str) -> Iterator[str]:
     server.server_close()
 
 
-def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, mailbox, producer_env,
-                              redis_server, redis_client):
+def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, mailbox, redis_server, redis_client,
+                              live_producer):
     """Log in, read the overview, find a message by Message-ID, replay a DLQ group as admin, be
     refused as viewer, and see a cross-site POST refused; a screenshot of each page."""
     mailbox.append(*[sample_message(i) for i in range(4)], sample_message(4, subject=XSS_SUBJECT),
                    sample_message(5, subject=XSS_SUBJECT))
-    run_pipeline(producer_env, redis_server.url)
-    assert redis_client.xlen(STREAM) == 6 and redis_client.xlen(DLQ) == 2
+    assert wait_until(lambda: redis_client.xlen(STREAM) == 6, timeout_s=60)  # the live producer's first sync
+    activity = MailboxKeys(STREAM, USER, mailbox.name).activity
+    assert wait_until(lambda: redis_client.hget(activity, "state") == b"idle", timeout_s=60)  # the pass has ended
+    run_worker(redis_server.url)
+    assert redis_client.xlen(DLQ) == 2
     driver, url = browser, console_url
 
     driver.get(url)  # not logged in: the login form
@@ -160,6 +167,7 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
 
     mailboxes = driver.find_element(By.ID, "mailboxes").text
     assert "alice@example.com" in mailboxes and mailbox.name in mailboxes
+    assert "p-browser" in mailboxes and "idle" in mailboxes and "6/6 (100%)" in mailboxes
     assert "6" in driver.find_element(By.ID, "streams").text
     assert "4 messages handled" in driver.page_source
     shoot(driver, screenshots, "02-overview")
