@@ -109,12 +109,13 @@ def log_in(driver: Any, url: str, name: str, password: str) -> None:
     driver.find_element(By.ID, "username").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "login").click()
-    assert wait_until(lambda: "/login" not in driver.current_url, timeout_s=30), driver.page_source[-2000:]
+    assert wait_until(lambda: "/login" not in driver.current_url and driver.find_elements(By.TAG_NAME, "h1"),
+                      timeout_s=30), driver.page_source[-2000:]
 
 
 def log_out(driver: Any) -> None:
     driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
-    assert wait_until(lambda: "/login" in driver.current_url, timeout_s=30)
+    assert wait_until(lambda: "/login" in driver.current_url and driver.find_elements(By.ID, "username"), timeout_s=30)
 
 
 class Attacker(http.server.BaseHTTPRequestHandler):
@@ -203,8 +204,9 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
     assert redis_client.xlen(DLQ) == 2
     before = [e for e, _ in redis_client.xrange(DLQ)]
     driver.get(attacker_site)  # logged in as admin, another site posts a purge
-    assert wait_until(lambda: "/dlq/act" in driver.current_url, timeout_s=30)
-    assert driver.find_element(By.ID, "error-message").text  # 401: the Strict cookie was not sent
+    assert wait_until(lambda: "/dlq/act" in driver.current_url and driver.find_elements(By.ID, "error-message"),
+                      timeout_s=30)
+    assert "401" in driver.find_element(By.TAG_NAME, "h1").text  # the Strict cookie was not sent
     shoot(driver, screenshots, "09-cross-site-post-refused")
     assert [e for e, _ in redis_client.xrange(DLQ)] == before
 
@@ -226,7 +228,8 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
         "for (const [k, v] of Object.entries(arguments[1])) { const i = document.createElement('input');"
         " i.name = k; i.value = v; f.appendChild(i); } document.body.appendChild(f); f.submit();",
         f"{url}/dlq/act", {"action": "purge", "scope": "all", "value": "", "csrf_token": token})
-    assert wait_until(lambda: "/dlq/act" in driver.current_url, timeout_s=30)
+    assert wait_until(lambda: "/dlq/act" in driver.current_url and driver.find_elements(By.ID, "error-message"),
+                      timeout_s=30)
     assert "403" in driver.find_element(By.TAG_NAME, "h1").text
     shoot(driver, screenshots, "12-viewer-post-refused")
     assert [e for e, _ in redis_client.xrange(DLQ)] == before
