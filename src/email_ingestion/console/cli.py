@@ -85,9 +85,13 @@ def _users_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # `email-ingest` puts `--env-file F` first, before our own subcommand.
+    lead: list[str] = []
+    while args[:1] == ["--env-file"] and len(args) > 1:
+        lead, args = lead + args[:2], args[2:]
     if args[:1] == ["users"]:
-        return users_main(args[1:])
-    return serve_main(args)
+        return users_main(lead + args[1:])
+    return serve_main(lead + args)
 
 
 def serve_main(argv: list[str]) -> int:

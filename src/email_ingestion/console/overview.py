@@ -1,5 +1,6 @@
-"""The overview page's data: `email-ingest status`'s snapshot, plus who owns each mailbox,
-the live producers, and the last hour's flow (worker/flow.py) as per-minute series."""
+"""The overview page's data: `email-ingest status`'s snapshot (mailboxes with their owners,
+live producers, the stream, workers), plus each mailbox's state as its producer reports it,
+the other worker streams, and the last hour's flow (worker/flow.py) as per-minute series."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Any
 
 import redis
 
+from email_ingestion.admin import flow as producer_flow
 from email_ingestion.admin.common import Target, server_ms
 from email_ingestion.admin.snapshot import iso_ms, mailboxes, snapshot, stream_section
-from email_ingestion.common.keys import PREFIX, MailboxKeys, StreamKeys
+from email_ingestion.common.keys import MailboxKeys, StreamKeys
 from email_ingestion.common.text import to_text
-from email_ingestion.monitoring.heartbeats import glob_escape, live_workers
+from email_ingestion.monitoring.heartbeats import live_workers
 from email_ingestion.worker.flow import BUCKETS_MS, MINUTE_MS
 
 MINUTES = 60
@@ -33,20 +35,15 @@ class FlowSeries:
     p95_latency_ms: int | None  # upper bound of the bucket holding the 95th percentile
 
 
-def owners(client: redis.Redis, stream: str, boxes: list[dict[str, Any]]) -> None:
-    """Add each mailbox's owning producer and fencing token (its lease), or None when unowned,
-    and what that producer reports doing (producer/activity.py)."""
+def add_activity(client: redis.Redis, boxes: list[dict[str, Any]]) -> None:
+    """Add what each mailbox's producer reports doing (producer/activity.py) as its state;
+    the owner (its lease) is already there, from the snapshot."""
     pipe = client.pipeline(transaction=False)
     for box in boxes:
-        keys = MailboxKeys(stream, box["account"], box["mailbox"])
-        pipe.get(keys.lease)
-        pipe.hgetall(keys.activity)
-    replies = pipe.execute()
-    for box, lease, raw in zip(boxes, replies[::2], replies[1::2], strict=True):
-        holder, _, token = to_text(lease).rpartition(":") if lease else ("", "", "")
-        box["owner"], box["fencing_token"] = holder or None, token or None
+        pipe.hgetall(MailboxKeys(box["stream"], box["account"], box["mailbox"]).activity)
+    for box, raw in zip(boxes, pipe.execute(), strict=True):
         activity = {to_text(k): to_text(v) for k, v in raw.items()}
-        box.update(_state(bool(holder), activity))
+        box.update(_state(bool(box.get("owner")), activity))
 
 
 def _state(owned: bool, activity: dict[str, str]) -> dict[str, Any]:
@@ -58,18 +55,6 @@ def _state(owned: bool, activity: dict[str, str]) -> dict[str, Any]:
     done, total = int(activity.get("done") or 0), int(activity.get("total") or 0)
     progress = f"{done}/{total} ({100 * done // total}%)" if total else None
     return {"state": state, "state_detail": activity.get("detail") or None, "first_sync": progress}
-
-
-def producers(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
-    """Live producers of every fleet, with when their registration runs out."""
-    found = []
-    for key in client.scan_iter(match=glob_escape(f"{PREFIX}:producers:") + "*", count=1000):
-        fleet = to_text(key).rsplit(":", 1)[-1]
-        rows: Any = client.zrangebyscore(key, now_ms, "+inf", withscores=True)
-        for member, expires in rows:
-            found.append({"id": to_text(member), "fleet": fleet,
-                          "expires_in_s": round((float(expires) - now_ms) / 1000, 1)})
-    return sorted(found, key=lambda p: (p["fleet"], p["id"]))
 
 
 def flow(targets: list[Target], now_ms: int) -> FlowSeries:
@@ -112,13 +97,14 @@ def overview(target: Target, max_unacked: int, streams: tuple[str, ...] = ()) ->
     snap["streams"] = [snap["stream"]]
     for box in snap["mailboxes"]:
         box["stream"] = target.stream
+    live_ids = {p["id"] for p in snap["producers"]}
     for other in others:
         snap["streams"].append(stream_section(other, now_ms, live_workers(other.client, other.keys)))
-        snap["mailboxes"] += [{**box, "stream": other.stream} for box in mailboxes(other.client, other.stream, now_ms)]
-    for stream in [target, *others]:
-        owners(target.client, stream.stream, [b for b in snap["mailboxes"] if b["stream"] == stream.stream])
+        boxes = mailboxes(other.client, other.stream, now_ms)
+        producer_flow.add_owners(other.client, other.stream, boxes, live_ids)
+        snap["mailboxes"] += [{**box, "stream": other.stream} for box in boxes]
+    add_activity(target.client, snap["mailboxes"])
     _worst_first(snap)
-    snap["producers"] = producers(target.client, now_ms)
     snap["flow"] = flow([target, *others], now_ms)
     snap["now"] = iso_ms(now_ms)
     return snap
