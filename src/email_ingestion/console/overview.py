@@ -99,7 +99,9 @@ def overview(target: Target, max_unacked: int, streams: tuple[str, ...] = ()) ->
         box["stream"] = target.stream
     live_ids = {p["id"] for p in snap["producers"]}
     for other in others:
-        snap["streams"].append(stream_section(other, now_ms, live_workers(other.client, other.keys)))
+        section = stream_section(other, now_ms, live_workers(other.client, other.keys))
+        section["rate"] = producer_flow.entries_per_s(other.client, other.stream, now_ms)
+        snap["streams"].append(section)
         boxes = mailboxes(other.client, other.stream, now_ms)
         producer_flow.add_owners(other.client, other.stream, boxes, live_ids)
         snap["mailboxes"] += [{**box, "stream": other.stream} for box in boxes]
