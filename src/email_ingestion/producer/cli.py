@@ -109,7 +109,8 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     else:
         client = client or make_redis(settings.redis)
         keys = MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox)
-        store = StateStore(client=client, keys=keys, replication=Replication.from_settings(settings.redis), fence=fence)
+        store = StateStore(client=client, keys=keys, replication=Replication.from_settings(settings.redis), fence=fence,
+                           fingerprints_kept=settings.producer.fingerprints_per_mailbox)
         activity = Activity(client, keys, producer_id=producer_id(settings))
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
