@@ -175,7 +175,8 @@ class ProducerSettings(BaseSettings):
                                           description="fingerprints kept per mailbox to recognise mail after a "
                                           "UIDVALIDITY change (~12 bytes each); the oldest go beyond it")
     progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")
-    parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
+    parallel_parse: bool = Field(default=True, description="ignored since issue 18: payloads are always built in a "
+                                                          "helper process, which enforces the per-message CPU budget")
     producer_metrics_port: int = Field(default=9090, ge=0, le=65535,
                                        description="port of /metrics, /health, /ready, /status; 0 disables")
     mailboxes_file: Path | None = Field(default=None, description="TOML file with one [[mailbox]] table per "

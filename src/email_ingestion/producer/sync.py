@@ -77,7 +77,7 @@ class _Range:
 class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
+                 wait: Callable[[float], bool], make_builder: Callable[..., Builder],
                  clock_ms: Clock = wall_ms, activity: Activity | None = None) -> None:
         self.session = session
         self.activity = activity or no_activity()  # sync progress for the console
@@ -183,7 +183,7 @@ class MailboxSync:
         recorded in an earlier epoch go out."""
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
         progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds)
-        builder = self._make_builder(-(-expected // self.settings.batch_size))
+        builder = self._make_builder(-(-expected // self.settings.batch_size), beat=should_stop)  # liveness moves per message
         batches = iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
