@@ -28,13 +28,12 @@ def activity(client: Any, mailbox: str) -> dict[str, str]:
 
 
 def test_a_sync_reports_progress_then_idle(mailbox, producer_env, redis_client):
-    """A producer's pass records its progress over the range it walks and ends idle."""
+    """A producer's pass records `syncing` then `idle`, naming itself; the overview's progress comes from the progress key."""
     mailbox.append(*[sample_message(i) for i in range(5)])
     done = subprocess.run(producer_cmd("--once"), env={**producer_env, "PRODUCER_ID": "p-test"}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert activity(redis_client, mailbox.name) == {"state": "idle", "detail": "", "done": "5", "total": "5",
-                                                    "producer": "p-test"}
+    assert activity(redis_client, mailbox.name) == {"state": "idle", "detail": "", "producer": "p-test"}
 
 
 def test_refused_credentials_are_reported(mailbox, producer_env, redis_client):
@@ -65,17 +64,20 @@ def test_overview_shows_owner_state_and_progress(mailbox, producer_env, redis_cl
         assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
 
 
-@pytest.mark.parametrize(("owned", "stored", "expected"), [
-    (False, {"state": "syncing", "done": "5", "total": "9"}, ("unowned", None, None)),
-    (True, {}, ("idle", None, None)),
-    (True, {"state": "syncing", "done": "5", "total": "10"}, ("syncing", None, "5/10 (50%)")),
-    (True, {"state": "backing off", "detail": "ImapConnectionError", "done": "0", "total": "0"},
+@pytest.mark.parametrize(("owned", "stored", "progress", "expected"), [
+    (False, {"state": "syncing"}, {"done": 5, "total": 9}, ("unowned", None, None)),
+    (True, {}, None, ("idle", None, None)),
+    (True, {"state": "syncing"}, {"done": 5, "total": 10, "rate_per_s": 2.5, "eta_s": 2.0},
+     ("syncing", None, "5/10 (50%), 2.5/s, 2s left")),
+    (True, {"state": "idle"}, {"done": 10, "total": 10, "rate_per_s": 2.5, "eta_s": 0}, ("idle", None, "10/10 (100%)")),
+    (True, {"state": "backing off", "detail": "ImapConnectionError"}, {"done": 0, "total": 0},
      ("backing off", "ImapConnectionError", None)),
-    (True, {"state": "quota", "detail": "ImapThrottledError"}, ("quota", "ImapThrottledError", None)),
+    (True, {"state": "quota", "detail": "ImapThrottledError"}, None, ("quota", "ImapThrottledError", None)),
 ])
-def test_state_from_lease_and_activity(owned, stored, expected):
-    """The state shown: unowned without a lease, else what the owner reports (idle when it reports nothing)."""
-    shown = _state(owned, stored)
+def test_state_from_lease_and_activity(owned, stored, progress, expected):
+    """The state shown: unowned without a lease, else what the owner reports (idle when it reports nothing),
+    with the progress key's figures (rate and time left while syncing)."""
+    shown = _state(owned, stored, progress)
     assert (shown["state"], shown["state_detail"], shown["first_sync"]) == expected
 
 

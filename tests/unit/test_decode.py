@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value, normalize_charset
@@ -84,6 +84,7 @@ _atoms = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1,
 _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC XYZ.'-", max_size=20)
 
 
+@example(name="A  A", local="0", domain="0", shape="{name} <{addr}>")  # runs of spaces in an unquoted name
 @given(_names, _atoms, _atoms, st.sampled_from(['{name} <{addr}>', '"{name}" <{addr}>', '{addr}', ' <{addr}> ']))
 def test_fast_address_path_agrees_with_the_stdlib_parser(name, local, domain, shape):
     """The regex fast path gives what the general path (email.utils.getaddresses, then the

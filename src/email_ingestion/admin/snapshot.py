@@ -7,6 +7,7 @@ same figures as every other.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from typing import Any
 
@@ -37,20 +38,21 @@ def mailboxes(client: redis.Redis, stream: str, now_ms: int) -> list[dict[str, A
         parts = to_text(key)[len(base):].removesuffix(":state").split(":")
         if len(parts) == 2:  # else a consumer-side key that happens to end in :state
             found.append((parts, key))
-    # One pipelined round trip per 1,000 mailboxes, not one per mailbox (the console's
+    # One pipelined round trip per 1,000 mailboxes, not two per mailbox (the console's
     # overview reads this every refresh).
-    states: list[Any] = []
+    replies: list[Any] = []
     for start in range(0, len(found), 1000):
         pipe = client.pipeline(transaction=False)
         for _, key in found[start:start + 1000]:
             pipe.hgetall(key)
-        states += pipe.execute()
-    rows = [_mailbox(parts, {to_text(k): to_text(v) for k, v in raw.items()}, now_ms)
-            for (parts, _), raw in zip(found, states, strict=True)]
+            pipe.get(to_text(key).removesuffix(":state") + ":progress")
+        replies += pipe.execute()
+    rows = [_mailbox(parts, {to_text(k): to_text(v) for k, v in raw.items()}, progress, now_ms)
+            for (parts, _), raw, progress in zip(found, replies[::2], replies[1::2], strict=True)]
     return sorted(rows, key=lambda m: (m["account"], m["mailbox"]))
 
 
-def _mailbox(parts: list[str], state: dict[str, str], now_ms: int) -> dict[str, Any]:
+def _mailbox(parts: list[str], state: dict[str, str], progress: Any, now_ms: int) -> dict[str, Any]:
     # synced_at_ms (a pass finished) when the producer records it, else the last time it
     # stored a position (a batch appended, or a pass that moved it).
     stamp = state.get("synced_at_ms") or state.get("updated_at_ms")
@@ -58,7 +60,17 @@ def _mailbox(parts: list[str], state: dict[str, str], now_ms: int) -> dict[str, 
     return {"account": unescape(parts[0]), "mailbox": unescape(parts[1]),
             "uidvalidity": int(state["uidvalidity"]) if state.get("uidvalidity") else None,
             "last_uid": int(state.get("last_uid") or 0), "last_sync": iso_ms(updated),
-            "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1)}
+            "last_sync_age_s": None if updated is None else round((now_ms - updated) / 1000, 1),
+            "sync_progress": _progress(progress)}
+
+
+def _progress(text: bytes | str | None) -> dict[str, Any] | None:
+    """The producer's last sync step figures (done, total, rate_per_s, eta_s), when it wrote them."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def groups(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:

@@ -139,12 +139,20 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
     for box in boxes:
         owner = box.get("owner")
         owned = f"owner={owner}" + ("" if box.get("owner_alive") else " (NOT ALIVE)") if owner else "owner=NONE"
-        progress = box.get("progress")
+        progress = box.get("progress") or _progress_text(box.get("sync_progress"))
         lines.append(f"  {box['account']} {box['mailbox']}: {owned} last_uid={box['last_uid']} "
                      f"last_sync={box['last_sync']} ({human_duration(box['last_sync_age_s'])} ago)"
                      + (f" first sync {progress}" if progress else "")
                      + (" BACKPRESSURE" if box["backpressure"] else ""))
     return lines
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress or progress.get("done", 0) >= progress.get("total", 0):
+        return ""
+    eta = progress.get("eta_s")
+    return (f"syncing={progress.get('done')}/{progress.get('total')} rate={progress.get('rate_per_s')}/s"
+            f" eta={'?' if eta is None else f'{eta:.0f}s'}")
 
 
 def _render_stream(snap: dict[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ class ImapSettings(BaseSettings):
     timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
     idle: bool = Field(default=True, description="use IDLE when the server offers it")
     idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
-    max_connections: int = Field(default=10, ge=1, description="IMAP connections one producer opens per account "
+    max_connections: int = Field(default=4, ge=1, description="IMAP connections one producer opens per account "
                                                                 "(one per mailbox; Gmail allows 15 in all)")
 
     @field_validator("mailbox", "user")
@@ -169,6 +169,8 @@ class ProducerSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=60.0, gt=0, description="full poll even while idling")
     batch_size: int = Field(default=500, ge=1, le=5000, description="UIDs per UID FETCH")
     initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
+    initial_sync_order: Literal["oldest", "newest"] = Field(default="oldest", description="first sync: oldest "
+                                                                                          "mail first, or newest")
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
     fingerprints_per_mailbox: int = Field(default=5_000_000, ge=4096,
@@ -183,6 +185,11 @@ class ProducerSettings(BaseSettings):
                                                                   "mailbox; unset: the IMAP_ settings, one mailbox")
     producer_lease_ms: int = Field(default=30_000, ge=300, description="mailbox ownership lease, renewed at a third")
     producer_id: str = Field(default="", description="this producer among several; empty: the host name")
+    gmail_label_events: bool = Field(default=False, description="Gmail: a label added to or removed from an "
+                                                                "emitted message becomes a labels_changed event")
+    gmail_daily_download_mb: float = Field(default=2000.0, gt=0, description="Gmail: body downloads per account in "
+                                                                             "a rolling 24 h (MB of 10^6 bytes); "
+                                                                             "Gmail allows about 2500")
 
     @field_validator("initial_sync")
     @classmethod

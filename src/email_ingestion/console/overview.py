@@ -15,6 +15,7 @@ from email_ingestion.admin.common import Target, server_ms
 from email_ingestion.admin.snapshot import iso_ms, mailboxes, snapshot, stream_section
 from email_ingestion.common.keys import MailboxKeys, StreamKeys
 from email_ingestion.common.text import to_text
+from email_ingestion.console.formatting import duration
 from email_ingestion.monitoring.heartbeats import live_workers
 from email_ingestion.worker.flow import BUCKETS_MS, MINUTE_MS
 
@@ -43,18 +44,29 @@ def add_activity(client: redis.Redis, boxes: list[dict[str, Any]]) -> None:
         pipe.hgetall(MailboxKeys(box["stream"], box["account"], box["mailbox"]).activity)
     for box, raw in zip(boxes, pipe.execute(), strict=True):
         activity = {to_text(k): to_text(v) for k, v in raw.items()}
-        box.update(_state(bool(box.get("owner")), activity))
+        box.update(_state(bool(box.get("owner")), activity, box.get("sync_progress")))
 
 
-def _state(owned: bool, activity: dict[str, str]) -> dict[str, Any]:
-    """State, its detail and sync progress. Unowned wins: a state left by a producer that has
-    gone is history, not what happens now."""
+def _state(owned: bool, activity: dict[str, str], progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """State, its detail and sync progress (the producer's progress key, via the snapshot).
+    Unowned wins: a state left by a producer that has gone is history, not what happens now."""
     if not owned:
         return {"state": "unowned", "state_detail": None, "first_sync": None}
     state = activity.get("state") or "idle"
-    done, total = int(activity.get("done") or 0), int(activity.get("total") or 0)
-    progress = f"{done}/{total} ({100 * done // total}%)" if total else None
-    return {"state": state, "state_detail": activity.get("detail") or None, "first_sync": progress}
+    return {"state": state, "state_detail": activity.get("detail") or None,
+            "first_sync": _progress_text(progress, running=state == "syncing")}
+
+
+def _progress_text(progress: dict[str, Any] | None, *, running: bool) -> str | None:
+    if not progress or not progress.get("total"):
+        return None
+    done, total = int(progress.get("done") or 0), int(progress["total"])
+    text = f"{done}/{total} ({100 * done // total}%)"
+    if running and progress.get("rate_per_s"):
+        text += f", {progress['rate_per_s']}/s"
+        if progress.get("eta_s") is not None:
+            text += f", {duration(float(progress['eta_s']))} left"
+    return text
 
 
 def flow(targets: list[Target], now_ms: int) -> FlowSeries:

@@ -156,7 +156,9 @@ def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]
     simple = _SIMPLE_ADDRESS.fullmatch(text)
     if simple:
         quoted, quoted_address, bare_name, bare_address, lone = simple.groups()
-        name = quoted if quoted is not None else (bare_name or "").strip()
+        # An unquoted display name is a phrase of words: runs of white space between them
+        # are one space (RFC 5322 §3.2.2 folding white space), as the general path gives.
+        name = quoted if quoted is not None else " ".join((bare_name or "").split())
         return [(decode_header_value(name, defects) or "", quoted_address or bare_address or lone)]
     try:
         pairs = email.utils.getaddresses([text])

@@ -1,9 +1,9 @@
 """What a producer is doing with a mailbox, written to Redis for the console's overview.
 
-States: syncing (a pass is running; `done`/`total` count the UIDs of the range it walks, so
-a first sync shows its progress), idle (caught up, waiting for mail), backing off (a
-transient failure; `detail` names its class, never the server's text, which may quote
-mail), quota (the server throttled us), credentials (refused: a person must act).
+States: syncing (a pass is running; its done/total figures are the progress key's,
+keys.MailboxKeys.progress), idle (caught up, waiting for mail), backing off (a transient
+failure; `detail` names its class, never the server's text, which may quote mail), quota
+(the server throttled us), credentials (refused: a person must act).
 Best effort: a Redis error here is logged at debug and never stops a sync; the next
 transition writes again. The hash lives ACTIVITY_TTL_S after its last write, so a producer
 that died leaves no state behind for long (the console also shows the lease's owner).
@@ -31,13 +31,7 @@ class Activity:
         self.producer_id = producer_id
 
     def state(self, state: State, detail: str = "") -> None:
-        fields: dict[str, str | int] = {"state": state, "detail": detail[:200]}
-        if state == "syncing":  # a new pass: the last pass's progress no longer applies
-            fields.update(done=0, total=0)
-        self._write(fields)
-
-    def progress(self, done: int, total: int) -> None:
-        self._write({"state": "syncing", "done": done, "total": total})
+        self._write({"state": state, "detail": detail[:200]})
 
     def _write(self, fields: dict[str, str | int]) -> None:
         if self.redis is None:

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from email_ingestion.common.breaker import CircuitBreaker
-from email_ingestion.common.errors import AuthError, LeaseLostError, RedisUnavailableError, SettingsError
+from email_ingestion.common.errors import (
+    AuthError,
+    CredentialsRejectedError,
+    LeaseLostError,
+    RedisUnavailableError,
+    SettingsError,
+)
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.producer.mailboxes import Mailbox
 from email_ingestion.producer.ownership import Ownership, fair_share
@@ -50,6 +56,7 @@ class MailboxTask:
     thread: threading.Thread | None = None
     ended_with: BaseException | None = None
     failed: str | None = None  # why it is stopped by a permanent error
+    state: str = "failed"  # when failed: "credentials" after invalid_grant (a person must re-authorise)
     retry_at: float = 0.0  # monotonic
 
     @property
@@ -154,6 +161,8 @@ class ProducerFleet:
             self._fatal = error
             return
         task.failed = f"{type(error).__name__}: {error}"
+        task.state = "credentials" if isinstance(error, CredentialsRejectedError) else "failed"
+        task.runner.metrics.credentials.set(int(task.state == "credentials"))
         task.retry_at = time.monotonic() + retry_s
         task.runner.metrics.failed.set(1)
         log.error("mailbox stopped; the others carry on", extra={
@@ -307,7 +316,7 @@ class ProducerFleet:
         following = []
         for task in tasks.values():
             body = {**task.runner.status_body(), "stream_name": task.mailbox.stream, "lease": task.lease,
-                    "state": "failed" if task.failed else "following"}
+                    "state": task.state if task.failed else "following"}
             if task.failed:
                 body["error"] = task.failed
             following.append(body)

@@ -162,6 +162,7 @@ class ProducerRunner:
             "backpressure": self.sync.backpressured,
             "circuit_breakers": {b.name: b.snapshot() for b in (self.imap_breaker, self.redis_breaker)},
             "recent_errors": self.status.errors,
+            **self.sync.extra_status(),
         }
 
     def _sleep(self, seconds: float) -> None:
