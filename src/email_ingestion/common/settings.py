@@ -231,6 +231,10 @@ class WorkerSettings(BaseSettings):
     handler_path: str | None = Field(default=None, description="directories searched for module:callable handlers "
                                                                "before the installed packages, ':'-separated")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
+    settle_interval_ms: int = Field(default=1000, ge=10,
+                                    description="a batch in progress settles what it handled at least this often")
+    settle_max_messages: int = Field(default=500, ge=1,
+                                     description="... or after this many handled messages, whichever comes first")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
 
