@@ -179,6 +179,7 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     cluster_client.hdel(other.keys.state, "baseline_until")  # as a version before baselines left it
     assert other.load().baseline_pending
     assert other.rewind(0) == 2
+    exercise_gmail_scripts(cluster_client)
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
     assert not crossing, crossing
@@ -186,6 +187,21 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     assert {s for what, slots in recorder.calls for s in slots} - {key_slot(registry.encode())} == {
         key_slot(STREAM.encode())}
     assert recorder.registered <= recorder.called, [s[:60] for s in recorder.registered - recorder.called]
+
+
+def exercise_gmail_scripts(client: Any) -> None:
+    """Gmail's identity emit, claims and download budget (no Gmail-like server on the cluster:
+    called directly, with the stream's keys)."""
+    from email_ingestion.producer.download_budget import DownloadBudget
+    from email_ingestion.producer.gmail_claims import Claims
+    from email_ingestion.producer.gmail_identity import GmailStateStore
+    from email_ingestion.producer.payloads import Emission
+    store = GmailStateStore(client=client, keys=MailboxKeys(STREAM, "g@example.com", "[Gmail]/All Mail"))
+    store.start(9, position=0, since_ms=1, baseline_until=0)
+    assert Claims(store=store).claim(["1001"])
+    assert store.emit(9, 1, [Emission(fingerprint="gm:1001", uid=1, payload="{}", gmail_labels=("\\Inbox",))])
+    DownloadBudget(client=client, stream=STREAM, account="g@example.com", limit_bytes=10_000_000,
+                   wait=lambda _s: True).spend(1000)
 
 
 def run_ownership_rounds(settings: Any, client: Any) -> str:

@@ -93,3 +93,13 @@ def test_fast_address_path_agrees_with_the_stdlib_parser(name, local, domain, sh
     text = shape.format(name=name, addr=f"{local}@{domain}.org")
     expected = [(decode_header_value(n) or "", a) for n, a in email.utils.getaddresses([text]) if n or a]
     assert decode_addresses(text) == expected
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("root (Cron Daemon)", [("Cron Daemon", "root")]),
+    ("Mail Delivery System <MAILER-DAEMON>", [("Mail Delivery System", "MAILER-DAEMON")]),
+    ("John Smith", []), ("=?utf-8?q?x?=", []), ("@x.org", []),
+])
+def test_a_local_part_written_explicitly_is_an_address_and_a_bare_word_is_not(header, expected):
+    """`<MAILER-DAEMON>` and `root (comment)` are what real senders write; a bare word is no address."""
+    assert decode_addresses(header, []) == expected

@@ -145,3 +145,11 @@ def test_kubernetes_docker_and_systemd_variables_are_not_called_misspellings(cle
     monkeypatch.setenv("REDIS_PASWORD", "x")
     warnings = load_settings(env_file=None).warnings
     assert len(warnings) == 1 and "REDIS_PASWORD" in warnings[0], warnings
+
+
+def test_a_kubernetes_service_link_in_redis_port_is_ignored_with_a_warning(clean_env):
+    """REDIS_PORT=tcp://10.0.0.1:6379 (a Service named redis) is not a port: the default, and a warning, not exit 2."""
+    clean_env.setenv("REDIS_PORT", "tcp://10.0.0.1:6379")
+    settings = load_settings(env_file=None)
+    assert settings.redis.port == 6379
+    assert any("REDIS_PORT=tcp://10.0.0.1:6379 looks like a Kubernetes" in w for w in settings.warnings)

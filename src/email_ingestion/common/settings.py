@@ -368,6 +368,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
     path = resolve_env_file(env_file)
     check_env_file(path)
     overrides = overrides or {}
+    link_warnings = _ignore_service_links(overrides, file_variables(path))
     groups: dict[str, Any] = {}
     for name, (cls, prefix) in _GROUPS.items():
         values = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
@@ -376,9 +377,26 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
     known = [row[0] for row in env_reference()]
-    warnings = [*unknown_variables(os.environ, known, where="the environment"),
+    warnings = [*link_warnings, *unknown_variables(os.environ, known, where="the environment"),
                 *unknown_variables(file_variables(path), known, where=str(path), every_name=True)]
     return Settings(**groups, warnings=tuple(warnings), env_file=path)
+
+
+# Kubernetes (and Docker links) set <SERVICE>_PORT=tcp://10.0.0.1:6379 for a Service named
+# "redis" or "imap": not a port, and not meant for us. Ignored with a warning, so a pod next
+# to such a Service starts instead of failing on a setting nobody wrote.
+_SERVICE_LINKS = (("REDIS_PORT", "redis", "port"),)
+
+
+def _ignore_service_links(overrides: dict[str, dict[str, Any]], in_file: list[str]) -> list[str]:
+    warnings = []
+    for variable, group, field in _SERVICE_LINKS:
+        value = os.environ.get(variable, "")
+        given = overrides.get(group, {}).get(field) is not None
+        if re.match(r"^(tcp|udp)://", value) and not given and variable not in in_file:
+            overrides.setdefault(group, {})[field] = _GROUPS[group][0].model_fields[field].default
+            warnings.append(f"{variable}={value} looks like a Kubernetes/Docker service link, not a port: ignored")
+    return warnings
 
 
 def log_warnings(settings: Settings, log: Any) -> None:

@@ -113,17 +113,21 @@ class DownloadBudget:
         self._on_change = on_change
         self._spend = client.register_script(_SPEND)
 
-    def spend(self, size_bytes: int) -> None:
-        """Take `size_bytes` from the budget, waiting while it is spent (WaitInterrupted on stop)."""
+    def spend(self, size_bytes: int) -> bool:
+        """Take `size_bytes` from the budget, waiting while it is spent (WaitInterrupted on stop);
+        True when it had to wait."""
         if size_bytes <= 0:
-            return
+            return False
+        waited = False
         while not self._try(size_bytes):
+            waited = True
             if self._wait(min(MAX_SLEEP_S, max(0.05, self.state.resumes_in_s))):
                 raise WaitInterrupted("stopped while waiting for the Gmail download budget")
         if self.state.waiting:
             log.info("Gmail download budget: bodies resume")
             self.state.waiting = False
             self._on_change(self.state)
+        return waited
 
     def _try(self, size_bytes: int) -> bool:
         window_ms = WINDOW_MS

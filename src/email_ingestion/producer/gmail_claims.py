@@ -50,6 +50,30 @@ end
 return out
 """
 
+# KEYS: per item its claims bucket. ARGV: claimant, then the X-GM-MSGIDs. A claim is dropped
+# only while it is still this folder's (after its expiry another folder may hold it).
+_RELEASE = """
+for i = 2, #ARGV do
+  local held = redis.call('HGET', KEYS[i - 1], ARGV[i])
+  if held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then redis.call('HDEL', KEYS[i - 1], ARGV[i]) end
+end
+return 0
+"""
+
+# KEYS: per item its claims bucket. ARGV: the X-GM-MSGIDs. Answers per item 1 when a folder
+# holds an unexpired claim on it (its download is under way), else 0.
+_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #ARGV do
+  local held = redis.call('HGET', KEYS[i], ARGV[i])
+  local expiry = held and tonumber(string.match(held, '|(%d+)$')) or 0
+  out[i] = expiry > now and 1 or 0
+end
+return out
+"""
+
 
 class Claim(IntEnum):
     EMITTED = 0
@@ -62,6 +86,8 @@ class Claims:
         self.store = store
         self.ttl_ms = ttl_ms
         self._claim = store.redis.register_script(_CLAIM)
+        self._release = store.redis.register_script(_RELEASE)
+        self._held = store.redis.register_script(_HELD)
 
     def claim(self, msgids: Sequence[str]) -> list[Claim]:
         if not msgids:
@@ -72,6 +98,26 @@ class Claims:
         with redis_errors("Gmail claim"):
             answers = self._claim(keys=script_keys, args=[keys.mailbox, self.ttl_ms, *msgids])
         return [Claim(int(a)) for a in answers]
+
+    def release(self, msgids: Sequence[str]) -> None:
+        """Give up this folder's claims on messages it will not emit (they left the folder
+        between the prefetch and the download): a folder that deferred them takes them on
+        its next pass instead of waiting for the claim to expire."""
+        if not msgids:
+            return
+        keys = self.store.keys
+        with redis_errors("Gmail claim"):
+            self._release(keys=[gmail_claims(keys.stream, keys.account, m) for m in msgids],
+                          args=[keys.mailbox, *msgids])
+
+    def held(self, msgids: Sequence[str]) -> list[bool]:
+        """Per X-GM-MSGID: whether some folder's claim on it is still live."""
+        if not msgids:
+            return []
+        keys = self.store.keys
+        with redis_errors("Gmail claim"):
+            answers = self._held(keys=[gmail_claims(keys.stream, keys.account, m) for m in msgids], args=list(msgids))
+        return [bool(int(a)) for a in answers]
 
     def defer(self, uidvalidity: int, facts: Sequence[GmailFacts]) -> None:
         if facts:

@@ -39,6 +39,7 @@ class GmailPrefetch:
         self.budget = budget  # GMAIL_DAILY_DOWNLOAD_MB (download_budget.py)
         self.claims = Claims(store=store)
         self.defer_inbox = defer_inbox  # the account's INBOX is followed too (gmail_claims.py)
+        self._taken: dict[int, str] = {}  # UID -> X-GM-MSGID claimed for the download under way
 
     @property
     def active(self) -> bool:
@@ -59,15 +60,24 @@ class GmailPrefetch:
             return []
         facts = self.facts(uids)
         replay = self.store.replay_until()
+        again = [f for f in facts if f.uid <= replay]  # a reset asked for these again
         take, keep, _ = self._sort([f for f in facts if f.uid > replay])
-        take = [f for f in facts if f.uid <= replay] + take  # a reset asked for these again
         self.claims.defer(uidvalidity, keep)
-        self._spend(take)
+        take = self._spend(again + take, uidvalidity)
+        self._taken = {f.uid: f.msgid for f in take if f.uid > replay}
         return sorted(f.uid for f in take)
 
-    def _spend(self, facts: list[GmailFacts]) -> None:
-        if self.budget is not None:
-            self.budget.spend(sum(f.size for f in facts))
+    def _spend(self, take: list[GmailFacts], uidvalidity: int) -> list[GmailFacts]:
+        """`take`, once the download budget allows it. A wait can outlast the claims (hours
+        against CLAIM_TTL_MS): what another folder claimed or emitted meanwhile is left to it."""
+        if self.budget is None or not self.budget.spend(sum(f.size for f in take)):
+            return take
+        replay = self.store.replay_until()
+        claimed = [f for f in take if f.uid > replay]
+        answers = self.claims.claim([f.msgid for f in claimed])
+        self.claims.defer(uidvalidity, [f for f, a in zip(claimed, answers, strict=True) if a == Claim.OTHERS])
+        ours = {f.msgid for f, a in zip(claimed, answers, strict=True) if a == Claim.OURS}
+        return [f for f in take if f.uid <= replay or f.msgid in ours]
 
     def retry_deferred(self, uidvalidity: int, large_bytes: int) -> Retry:
         """The deferred messages this folder must emit itself now; forgets those emitted."""
@@ -78,7 +88,8 @@ class GmailPrefetch:
         present = {f.msgid for f in facts}
         take, _, emitted = self._sort(facts)
         self.claims.forget([m for m in deferred if m not in present] + [f.msgid for f in emitted])
-        self._spend(take)
+        take = self._spend(take, uidvalidity)
+        self._taken = {f.uid: f.msgid for f in take}
         return Retry([f.uid for f in take], {f.uid for f in take if f.size > large_bytes}, [f.msgid for f in take])
 
     def _sort(self, facts: list[GmailFacts]) -> tuple[list[GmailFacts], list[GmailFacts], list[GmailFacts]]:
@@ -99,7 +110,11 @@ class GmailPrefetch:
 
     def complete(self, downloaded: Downloaded) -> Downloaded:
         """Add the folder's own label, which Gmail may leave out of X-GM-LABELS, so a
-        payload's labels do not depend on the folder it was read from."""
+        payload's labels do not depend on the folder it was read from; release the claims
+        of the messages that left the folder before their download."""
+        got = {m.uid for m in downloaded.messages}
+        self.claims.release([msgid for uid, msgid in self._taken.items() if uid not in got])
+        self._taken = {}
         own = own_label(self.session.folder)
         if own is None:
             return downloaded

@@ -25,6 +25,7 @@ from email_ingestion.common.text import iso_utc
 from email_ingestion.imap.fetched import fetched_message
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.imap.special_use import own_label
+from email_ingestion.producer.gmail_claims import Claims
 from email_ingestion.producer.gmail_identity import GmailFacts, GmailStateStore, encode_labels, facts_of
 from email_ingestion.producer.state_lua import _FENCE
 
@@ -68,6 +69,13 @@ class LabelWatcher:
         self.clock_ms = clock_ms
         self._script = store.redis.register_script(_CHANGES)
 
+    def prime(self, highest_modseq: int | None) -> None:
+        """Take the folder's label baseline before its first sync emits anything: a label
+        changed on a message that sync already emitted (it can last a day) is then an event."""
+        if highest_modseq is not None and self.session.is_gmail and b"CONDSTORE" in self.session.capabilities:
+            with redis_errors("label state"):
+                self.store.redis.set(self.store.keys.gmail_modseq, highest_modseq, nx=True)
+
     def check(self) -> int:
         """Emit the label changes since the last check; the number of events."""
         if not (self.session.is_gmail and b"CONDSTORE" in self.session.capabilities):
@@ -82,17 +90,30 @@ class LabelWatcher:
             return 0
         # No baseline yet (a new folder, even an empty one): changes from here on are events.
         last_uid = state.last_uid if state is not None else 0
-        changes = self._changes(int(stored), last_uid) if stored is not None else []
-        return self._emit(changes, status.highest_modseq, status.uidvalidity)
+        if stored is None:
+            return self._emit([], status.highest_modseq, status.uidvalidity)
+        changes, in_flight = self._changes(int(stored), last_uid)
+        # A change to a message another folder is downloading (claimed, its labels read before
+        # the change) is checked again next time: once emitted, its stored labels are stale.
+        baseline = min([status.highest_modseq, *(modseq - 1 for modseq in in_flight)])
+        return self._emit(changes, baseline, status.uidvalidity)
 
-    def _changes(self, since: int, last_uid: int) -> list[LabelChange]:
+    def _changes(self, since: int, last_uid: int) -> tuple[list[LabelChange], list[int]]:
+        """The label changes of emitted messages, and the mod-sequences of the changes to
+        messages still being downloaded by a folder."""
         own = own_label(self.session.folder)
         fetched = self.session.fetch_changed(last_uid, ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"], since)
         found = [(f, _modseq(data)) for uid, data in sorted(fetched.items())
                  if (f := facts_of(fetched_message(uid, data), own))]
+        # Claims before identities: a claim ends with the emission, in one script, so a message
+        # neither claimed then nor emitted after was claimed later, its labels read after the change.
+        claimed = Claims(store=self.store).held([f.msgid for f, _ in found])
         known = self.store.known([f.msgid for f, _ in found])
-        return [LabelChange(f, modseq, before) for (f, modseq), before in zip(found, known, strict=True)
-                if before is not None and before != f.labels]
+        changes = [LabelChange(f, modseq, before) for (f, modseq), before in zip(found, known, strict=True)
+                   if before is not None and before != f.labels]
+        in_flight = [modseq for (_, modseq), before, held in zip(found, known, claimed, strict=True)
+                     if before is None and held]
+        return changes, in_flight
 
     def _emit(self, changes: Sequence[LabelChange], highest_modseq: int, uidvalidity: int) -> int:
         keys = [self.store.keys.lease, self.store.keys.stream, self.store.keys.gmail_modseq]

@@ -106,6 +106,8 @@ class MailboxSync:
             started = time.monotonic()
             result = PassResult()
             status = self.session.examine()
+            if self.label_watcher is not None:
+                self.label_watcher.prime(status.highest_modseq)
             result.emitted += self._emit_deferred(status, pass_id)
             while self._sync(status, pass_id, should_stop, result):
                 # Mail that arrived during the pass was announced in the replies to the pass's
