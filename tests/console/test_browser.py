@@ -92,6 +92,13 @@ def console_url(redis_server: Any, tmp_path: Path) -> Iterator[str]:
     proc.wait(timeout=30)
 
 
+def find(driver: Any, by: str, value: str) -> Any:
+    """The element once the page that holds it is there: a click that navigates may return
+    before the new page is parsed, so every lookup waits (bounded) instead of racing it."""
+    assert wait_until(lambda: driver.find_elements(by, value), timeout_s=30), f"no {value} in {driver.current_url}"
+    return driver.find_elements(by, value)[0]
+
+
 def shoot(driver: Any, folder: Path, name: str) -> None:
     driver.save_screenshot(str(folder / f"{name}.png"))
 
@@ -106,15 +113,15 @@ def no_alert(driver: Any) -> bool:
 
 def log_in(driver: Any, url: str, name: str, password: str) -> None:
     driver.get(f"{url}/login")
-    driver.find_element(By.ID, "username").send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "login").click()
+    find(driver, By.ID, "username").send_keys(name)
+    find(driver, By.ID, "password").send_keys(password)
+    find(driver, By.ID, "login").click()
     assert wait_until(lambda: "/login" not in driver.current_url and driver.find_elements(By.TAG_NAME, "h1"),
                       timeout_s=30), driver.page_source[-2000:]
 
 
 def log_out(driver: Any) -> None:
-    driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    find(driver, By.CSS_SELECTOR, "form.logout button").click()
     assert wait_until(lambda: "/login" in driver.current_url and driver.find_elements(By.ID, "username"), timeout_s=30)
 
 
@@ -166,38 +173,38 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
     shoot(driver, screenshots, "01-login")
     log_in(driver, url, ADMIN, ADMIN_PW)
 
-    mailboxes = driver.find_element(By.ID, "mailboxes").text
+    mailboxes = find(driver, By.ID, "mailboxes").text
     assert "alice@example.com" in mailboxes and mailbox.name in mailboxes
     assert "p-browser" in mailboxes and "idle" in mailboxes and "6/6 (100%)" in mailboxes
-    assert "6" in driver.find_element(By.ID, "streams").text
+    assert "6" in find(driver, By.ID, "streams").text
     assert "4 messages handled" in driver.page_source
     shoot(driver, screenshots, "02-overview")
 
     driver.get(f"{url}/search")
-    driver.find_element(By.ID, "q").send_keys("<msg-0-2@example.org>")
-    driver.find_element(By.ID, "search-button").click()
-    results = driver.find_element(By.ID, "search-results").text
+    find(driver, By.ID, "q").send_keys("<msg-0-2@example.org>")
+    find(driver, By.ID, "search-button").click()
+    results = find(driver, By.ID, "search-results").text
     assert "stream" in results and "msg-0-2@example.org" in results
     shoot(driver, screenshots, "03-search")
 
     driver.get(f"{url}/dlq")
-    assert "permanent" in driver.find_element(By.ID, "dlq-groups").text
+    assert "permanent" in find(driver, By.ID, "dlq-groups").text
     shoot(driver, screenshots, "04-dlq")
-    driver.find_element(By.CSS_SELECTOR, "#dlq-letters a").click()
-    assert XSS_SUBJECT in driver.find_element(By.ID, "letter-payload").text and no_alert(driver)
+    find(driver, By.CSS_SELECTOR, "#dlq-letters a").click()
+    assert XSS_SUBJECT in find(driver, By.ID, "letter-payload").text and no_alert(driver)
     shoot(driver, screenshots, "05-letter-admin")
 
     driver.get(f"{url}/dlq")
-    driver.find_element(By.ID, "replay-reason-1").click()
-    assert "2 dead letters" in driver.find_element(By.ID, "plan-summary").text
+    find(driver, By.ID, "replay-reason-1").click()
+    assert "2 dead letters" in find(driver, By.ID, "plan-summary").text
     shoot(driver, screenshots, "06-replay-plan")
-    driver.find_element(By.ID, "confirm").click()
-    assert "Replayed 2 of 2" in driver.find_element(By.ID, "done-summary").text
+    find(driver, By.ID, "confirm").click()
+    assert "Replayed 2 of 2" in find(driver, By.ID, "done-summary").text
     shoot(driver, screenshots, "07-replayed")
     assert redis_client.xlen(DLQ) == 0
     assert len([f for _, f in redis_client.xrange(STREAM) if b"replayed_from" in f]) == 2
     driver.get(f"{url}/audit")
-    assert "dlq.replay" in driver.find_element(By.ID, "audit").text and ADMIN in driver.find_element(By.ID, "audit").text
+    assert "dlq.replay" in find(driver, By.ID, "audit").text and ADMIN in find(driver, By.ID, "audit").text
     shoot(driver, screenshots, "08-audit")
 
     run_worker(redis_server.url)  # the replayed letters fail again: back in the DLQ
@@ -206,7 +213,7 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
     driver.get(attacker_site)  # logged in as admin, another site posts a purge
     assert wait_until(lambda: "/dlq/act" in driver.current_url and driver.find_elements(By.ID, "error-message"),
                       timeout_s=30)
-    assert "401" in driver.find_element(By.TAG_NAME, "h1").text  # the Strict cookie was not sent
+    assert "401" in find(driver, By.TAG_NAME, "h1").text  # the Strict cookie was not sent
     shoot(driver, screenshots, "09-cross-site-post-refused")
     assert [e for e, _ in redis_client.xrange(DLQ)] == before
 
@@ -214,15 +221,16 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
     log_out(driver)
     log_in(driver, url, VIEWER, VIEWER_PW)
     driver.get(f"{url}/dlq")
-    assert "Replay" not in driver.find_element(By.ID, "dlq-groups").text
-    driver.find_element(By.CSS_SELECTOR, "#dlq-letters a").click()
-    assert "admins only" in driver.page_source and "<script>" not in driver.find_element(By.TAG_NAME, "main").text
+    assert "Replay" not in find(driver, By.ID, "dlq-groups").text
+    find(driver, By.CSS_SELECTOR, "#dlq-letters a").click()
+    find(driver, By.ID, "letter-meta")  # the letter's page is there
+    assert "admins only" in driver.page_source and "<script>" not in find(driver, By.TAG_NAME, "main").text
     shoot(driver, screenshots, "10-letter-viewer")
     driver.get(f"{url}/dlq/plan?action=purge&scope=all&value=")
-    assert "403" in driver.find_element(By.TAG_NAME, "h1").text
+    assert "403" in find(driver, By.TAG_NAME, "h1").text
     shoot(driver, screenshots, "11-viewer-refused")
     # The viewer forges the admin's form with its own valid CSRF token: refused by the server.
-    token = driver.find_element(By.CSS_SELECTOR, "form.logout input[name=csrf_token]").get_attribute("value")
+    token = find(driver, By.CSS_SELECTOR, "form.logout input[name=csrf_token]").get_attribute("value")
     driver.execute_script(
         "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];"
         "for (const [k, v] of Object.entries(arguments[1])) { const i = document.createElement('input');"
@@ -230,7 +238,7 @@ def test_console_in_a_browser(browser, console_url, attacker_site, screenshots, 
         f"{url}/dlq/act", {"action": "purge", "scope": "all", "value": "", "csrf_token": token})
     assert wait_until(lambda: "/dlq/act" in driver.current_url and driver.find_elements(By.ID, "error-message"),
                       timeout_s=30)
-    assert "403" in driver.find_element(By.TAG_NAME, "h1").text
+    assert "403" in find(driver, By.TAG_NAME, "h1").text
     shoot(driver, screenshots, "12-viewer-post-refused")
     assert [e for e, _ in redis_client.xrange(DLQ)] == before
     assert redis_client.xlen("email_ingestion:console:audit") == 1
