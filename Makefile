@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server dovecot-imapd isync prometheus openssl
+APT_PACKAGES := redis-server dovecot-imapd isync prometheus openssl chromium chromium-driver
 
 .PHONY: help system-deps venv install dev lint test test-fast test-other-pythons demo bench bench-producer bench-worker clean
 

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 COMMAND = re.compile(r"(python (?:-m [\w.]+|[\w/]+\.py)[^`\n|]*|scripts/\w+\.sh[^`\n|]*|(?:(?<=`)|^)make \w[\w-]*"
                      r"|(?:(?<=`)|^)email-ingest \w[^`\n|]*)", re.MULTILINE)
-NESTED = {"prune", "list", "show", "reset"}  # email-ingest consumers prune, mailbox reset...
+NESTED = {"prune", "list", "show", "reset", "users"}  # email-ingest consumers prune, mailbox reset, console users...
 SUBCOMMANDS = {"email_ingestion.worker.dlq_admin": {"list", "show", "replay", "purge", "stats"}}
 NO_HELP = {"email_ingestion.common.payload", "email_ingestion.common.settings", "json.tool"}
 

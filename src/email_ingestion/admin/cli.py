@@ -30,6 +30,7 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "backup": ("email_ingestion.admin.backup", "snapshot Redis (BGSAVE) into a verified, checksummed backup file"),
     "restore": ("email_ingestion.admin.restore", "restore a backup file (verified first)"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
+    "console": ("email_ingestion.console.cli", "web console: overview, dead letters, search; `console users` (docs/console.md)"),
 }
 
 

@@ -109,6 +109,11 @@ class MailboxKeys:
         return f"{self._base}:lease"
 
     @property
+    def activity(self) -> str:
+        """Hash with TTL: what the owning producer is doing (state, detail, sync progress), for the console."""
+        return f"{self._base}:activity"
+
+    @property
     def lease_token(self) -> str:
         """Counter: the last fencing token handed out; every new owner gets a higher one."""
         return f"{self._base}:lease_token"
@@ -144,6 +149,11 @@ class StreamKeys:
     def idempotency(self, key: str) -> str:
         """String: "lease:<consumer>" while handled, "done" afterwards (TTL)."""
         return f"{self._base}:idem:{key}"
+
+    def flow(self, minute_ms: int) -> str:
+        """Hash with TTL: messages handled in one minute and their arrival-to-done latency
+        (count, sum and histogram buckets), written by workers, read by the console."""
+        return f"{self._base}:flow:{minute_ms}"
 
     def heartbeat(self, consumer: str) -> str:
         """String with TTL: present while the consumer is alive."""
@@ -209,3 +219,24 @@ def producers_key(fleet: str) -> str:
 def wait_marker(stream: str) -> str:
     """Hash written just before WAIT (REDIS_WAIT_REPLICAS), on the stream's slot."""
     return f"{PREFIX}:{hash_tag(stream)}:wait"
+
+
+def console_session(token_digest: str) -> str:
+    """Hash with TTL: one console session (user, role, CSRF token, times), by the SHA-256 of
+    its cookie value, so a copy of Redis does not hand out usable cookies."""
+    return f"{PREFIX}:console:session:{token_digest}"
+
+
+def console_user_sessions(user: str) -> str:
+    """Set: the session digests of one console user, to end them all when the user is removed."""
+    return f"{PREFIX}:console:user_sessions:{_part(user)}"
+
+
+def console_login_failures(kind: str, subject: str) -> str:
+    """Counter with TTL: failed console logins of one user name or one client address."""
+    return f"{PREFIX}:console:login_failures:{kind}:{_part(subject)}"
+
+
+def console_audit() -> str:
+    """Stream: what console users did (who, when, what, how many)."""
+    return f"{PREFIX}:console:audit"

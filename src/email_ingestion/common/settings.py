@@ -289,6 +289,34 @@ class RetrySettings(BaseSettings):
                                                                    "with (default: certifi's)")
 
 
+class ConsoleSettings(BaseSettings):
+    """The web console (`email-ingest console`, docs/console.md); it runs only when started."""
+
+    model_config = _config("CONSOLE_")
+
+    host: str = Field(default="127.0.0.1", description="address the console listens on (loopback by default; "
+                                                         "put it behind an HTTPS reverse proxy to reach it from elsewhere)")
+    port: int = Field(default=8025, ge=0, le=65535, description="port the console listens on (0: any free port, "
+                                                                "printed in the \"listening on\" line)")
+    users_file: Path = Field(default=Path("console-users.json"),
+                             description="users and salted scrypt password hashes, written by "
+                                         "`email-ingest console users add`; no file, no login")
+    session_idle_seconds: int = Field(default=1800, ge=60, description="a session unused this long is expired")
+    session_max_seconds: int = Field(default=12 * 3600, ge=60, description="a session older than this is expired, "
+                                                                           "however active")
+    cookie_secure: bool = Field(default=False, description="mark the session cookie Secure (set it when the "
+                                                           "console is reached over HTTPS)")
+    trusted_proxies: int = Field(default=0, ge=0, le=5,
+                                 description="reverse proxies in front of the console whose X-Forwarded-For/-Proto "
+                                             "to believe (0: none, the client address is the peer's)")
+    login_max_failures: int = Field(default=5, ge=1, description="failed logins per user or per client address "
+                                                                 "within CONSOLE_LOGIN_WINDOW_SECONDS before refusing")
+    login_window_seconds: int = Field(default=900, ge=1, description="window (and lockout) of the failed-login limit")
+    search_max_entries: int = Field(default=100_000, ge=1, description="stream entries one search reads at most "
+                                                                       "(newest first)")
+    threads: int = Field(default=4, ge=1, le=64, description="request threads of the console's server")
+
+
 _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
     "imap": (ImapSettings, "IMAP_"),
     "google": (GoogleSettings, "GOOGLE_"),
@@ -298,6 +326,7 @@ _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
     "health": (HealthSettings, "HEALTH_"),
     "worker": (WorkerSettings, "WORKER_"),
     "retry": (RetrySettings, ""),
+    "console": (ConsoleSettings, "CONSOLE_"),
 }
 
 
@@ -311,6 +340,7 @@ class Settings:
     health: HealthSettings
     worker: WorkerSettings
     retry: RetrySettings
+    console: ConsoleSettings
     # Variables with a project prefix that no setting reads (typos), with the nearest name.
     warnings: tuple[str, ...] = ()
     env_file: Path | None = None  # the file the values were read from, if any
@@ -437,7 +467,8 @@ def env_reference() -> list[tuple[str, str, str]]:
 
 
 _SECTIONS = {"IMAP_": "IMAP mailbox", "GOOGLE_": "Gmail OAuth2 (IMAP_AUTH_METHOD=oauth2)", "REDIS_": "Redis",
-             "LOG_": "Logging", "HEALTH_": "Health, metrics, circuit breakers", "WORKER_": "Worker"}
+             "LOG_": "Logging", "HEALTH_": "Health, metrics, circuit breakers", "WORKER_": "Worker",
+             "CONSOLE_": "Web console (email-ingest console)"}
 
 
 def markdown_table() -> str:

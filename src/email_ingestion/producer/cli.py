@@ -30,6 +30,7 @@ from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
+from email_ingestion.producer.activity import Activity, no_activity
 from email_ingestion.producer.build_site import BuildPool, builder_factory
 from email_ingestion.producer.download_budget import BudgetState, DownloadBudget, Pulse
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
@@ -113,11 +114,13 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     if dry_run:
         store: Any = DryRunStore(on_closed=stop_event.set)
         guard: Any = NullGuard()
+        activity = no_activity()
     else:
         client = client or make_redis(settings.redis)
-        store = GmailStateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                                replication=Replication.from_settings(settings.redis), fence=fence,
-                                fingerprints_kept=settings.producer.fingerprints_per_mailbox)
+        keys = MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox)
+        store = GmailStateStore(client=client, keys=keys, replication=Replication.from_settings(settings.redis),
+                                fence=fence, fingerprints_kept=settings.producer.fingerprints_per_mailbox)
+        activity = Activity(client, keys, producer_id=producer_id(settings))
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
@@ -130,7 +133,8 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
                        metrics=metrics, wait=stop_event.wait, make_builder=make_builder, gmail=gmail,
                        label_watcher=labels)
-    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event,
+                            activity=activity)
     pulse.should_stop = runner.should_stop
     return runner
 

@@ -25,6 +25,7 @@ from tenacity import (
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import (
+    AuthError,
     ImapConnectionClosedError,
     ImapConnectionError,
     ImapProtocolError,
@@ -38,6 +39,7 @@ from email_ingestion.common.text import iso_from_epoch_s
 from email_ingestion.imap.session import ImapSession
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import ProducerMetrics
+from email_ingestion.producer.activity import Activity, no_activity
 from email_ingestion.producer.sync import MailboxSync
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ class RunnerStatus:
 class ProducerRunner:
     def __init__(self, *, settings: Settings, session: ImapSession, sync: MailboxSync,
                  metrics: ProducerMetrics, stop_event: threading.Event,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, activity: Activity | None = None) -> None:
         self.settings = settings
+        self.activity = activity or no_activity()  # the mailbox's state, for the console
         self.session = session
         self.sync = sync
         self.metrics = metrics
@@ -91,6 +94,9 @@ class ProducerRunner:
         except TRANSIENT:
             if not self.should_stop():
                 raise
+        except AuthError as exc:
+            self.activity.state("credentials", type(exc).__name__)
+            raise
         finally:
             self.session.close()
             log.info("producer stopped")
@@ -98,7 +104,9 @@ class ProducerRunner:
     def _cycle(self, once: bool) -> None:
         if not self.status.connected:
             self._connect()
+        self.activity.state("syncing")
         result = self.sync.run_pass(self.should_stop)
+        self.activity.state("idle")
         self.status.emitted += result.emitted
         self.status.uidvalidity_changes += int(result.uidvalidity_changed)
         self.imap_breaker.success()
@@ -172,6 +180,7 @@ class ProducerRunner:
         (self.redis_breaker if isinstance(exc, RedisUnavailableError) else self.imap_breaker).failure()
         if isinstance(exc, ImapThrottledError):
             self.metrics.throttled.inc()
+        self.activity.state("quota" if isinstance(exc, ImapThrottledError) else "backing off", type(exc).__name__)
         delay = state.next_action.sleep if state.next_action else 0
         self.status.errors = (self.status.errors + [f"{type(exc).__name__}: {exc}"])[-5:]
         log.warning("sync failed; reconnecting after backoff", extra={

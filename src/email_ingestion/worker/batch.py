@@ -10,6 +10,7 @@ import redis
 
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.flow import FlowTally
 
 # One queued part of a settlement: a script call added to the settling MULTI.
 Action = Callable[[redis.client.Pipeline], None]
@@ -65,6 +66,7 @@ class Settlement:
     ack_ids: list[str] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
     dead_letters: list[DeadLetterNote] = field(default_factory=list)
+    flow: FlowTally = field(default_factory=FlowTally)  # per-minute figures for the console, sent after landing
 
     @property
     def empty(self) -> bool:

@@ -29,6 +29,7 @@ from email_ingestion.worker.batch import BatchResult, Leased, Settlement
 from email_ingestion.worker.call import CallOutcome, HandlerCall
 from email_ingestion.worker.deadline import CallWatch, Deadline
 from email_ingestion.worker.delivery import Delivery
+from email_ingestion.worker.flow import FlowTally
 from email_ingestion.worker.handlers import Handler
 from email_ingestion.worker.idempotency import Idempotency
 from email_ingestion.worker.lease_keeper import LeaseKeeper
@@ -127,7 +128,7 @@ class BatchProcessor:
         self.metrics.latency.observe(outcome.duration_s)
         self.outcomes.record(outcome, batch)
         if outcome.ok:
-            self._observe_done(outcome.leased.payload)
+            self._observe_done(outcome.leased.payload, batch.flow)
 
     def _keeper(self, to_handle: list[Leased], confirmed_at: float) -> LeaseKeeper:
         return LeaseKeeper(self.leasing.idempotency, items=[c.lease_item for c in to_handle],
@@ -135,13 +136,16 @@ class BatchProcessor:
                            touch=self.recovery.touch, interval_s=self.timings.renew_interval_s,
                            confirmed_at=confirmed_at, fresh_s=self.timings.fresh_s)
 
-    def _observe_done(self, payload: EmailPayload) -> None:
+    def _observe_done(self, payload: EmailPayload, flow: FlowTally) -> None:
+        latency_ms = None
         if payload.internal_date:
             try:
-                arrived = ms_from_iso(payload.internal_date)
+                latency_ms = max(0, self.clock_ms() - ms_from_iso(payload.internal_date))
             except ValueError:
-                return
-            self.metrics.end_to_end.observe(max(0.0, (self.clock_ms() - arrived) / 1000))
+                pass
+        flow.add(latency_ms)  # the console's per-minute figures (worker/flow.py)
+        if latency_ms is not None:
+            self.metrics.end_to_end.observe(latency_ms / 1000)
 
     def _count(self, result: BatchResult) -> None:
         self.metrics.processed.inc(result.processed)

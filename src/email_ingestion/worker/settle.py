@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import redis
 
+from email_ingestion.common.clock import wall_ms
 from email_ingestion.common.redis_client import Replication
 from email_ingestion.common.text import to_text
 from email_ingestion.worker.batch import Settlement
@@ -45,6 +46,7 @@ class Settler:
         """Land the settlement, waiting out Redis; then start the batch's next one afresh."""
         self.redis_wait.call(lambda: self._execute(batch, wait_replicas=True), "settling a batch",
                              give_up=out_of_time, max_delay_s=SETTLE_RETRY_MAX_S)
+        batch.flow.record(self.redis, self.idempotency.keys, wall_ms())  # best effort, after the outcomes
         batch.clear()
 
     def settle_before_exit(self, batch: Settlement, within_s: float) -> bool:
