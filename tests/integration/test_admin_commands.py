@@ -62,7 +62,10 @@ def test_status_reports_a_healthy_installation_then_why_it_degrades(mailbox, pro
     env = clean_env(redis_server.url)
     worker = start_worker(env, "w-status")
     try:
-        assert wait_until(lambda: status_json(env)[0] == 0, timeout_s=60), ingest(env, "status").stdout
+        # Healthy, and the producer has stored the mailbox's position (status may be healthy
+        # a moment before the first state write, with no mailbox to list yet).
+        assert wait_until(lambda: (lambda got: got[0] == 0 and got[1]["mailboxes"])(status_json(env)),
+                          timeout_s=60), ingest(env, "status").stdout
         code, snap = status_json(env)
         [box] = snap["mailboxes"]
         assert (box["account"], box["mailbox"], box["last_uid"]) == ("alice@example.com", mailbox.name, 2)
