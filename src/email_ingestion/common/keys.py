@@ -43,6 +43,18 @@ def _part(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
+def _stream_part(stream: str) -> str:
+    """The stream's tag, followed by its whole name when the tag is only part of it: streams
+    `{mail}a` and `{mail}b` share a slot but not a mailbox's lease or position (issue 18 §6)."""
+    tag = hash_tag(stream)
+    return tag if stream in (tag, tag[1:-1]) else f"{tag}:{_part(stream)}"
+
+
+# Per-mailbox keys that hold what a mailbox has done (not who follows it now); adopted from
+# an earlier layout when a mailbox first runs under the current one (producer/ownership.py).
+MAILBOX_HISTORY_SUFFIXES = ("state", "seen", "lease_token")
+
+
 @dataclass(frozen=True)
 class MailboxKeys:
     """Keys of one mailbox feeding one stream."""
@@ -50,10 +62,18 @@ class MailboxKeys:
     stream: str
     account: str
     mailbox: str
+    # 1: the layout before issue 18, without the stream's name after its tag; only read to
+    # adopt a mailbox's history.
+    layout: int = 2
 
     @property
     def _base(self) -> str:
-        return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.account)}:{_part(self.mailbox)}"
+        stream = hash_tag(self.stream) if self.layout == 1 else _stream_part(self.stream)
+        return f"{PREFIX}:{stream}:{_part(self.account)}:{_part(self.mailbox)}"
+
+    def history(self) -> list[str]:
+        """The keys named in MAILBOX_HISTORY_SUFFIXES, in that order."""
+        return [f"{self._base}:{suffix}" for suffix in MAILBOX_HISTORY_SUFFIXES]
 
     @property
     def state(self) -> str:
@@ -69,6 +89,12 @@ class MailboxKeys:
     def lease(self) -> str:
         """String with TTL: "<producer id>:<fencing token>" of the producer that owns the mailbox."""
         return f"{self._base}:lease"
+
+    @property
+    def avoid(self) -> str:
+        """Hash: producer id -> until when (Redis server time, ms) it stays away from the
+        mailbox after it could not serve it, while another live producer may try."""
+        return f"{self._base}:avoid"
 
     @property
     def lease_token(self) -> str:

@@ -46,6 +46,9 @@ class ProducerFamilies:
         self.failed = Gauge(f"{NS}_producer_mailbox_failed",
                             "1 while the mailbox is stopped by a permanent error (credentials, missing folder)",
                             labels, registry=r)
+        self.folder_missing = Gauge(f"{NS}_producer_folder_missing",
+                                    "1 while the followed folder, which existed before, is missing (retried)",
+                                    labels, registry=r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "producer").set(1)
 
@@ -73,6 +76,7 @@ class ProducerMetrics:
         self.last_uid = f.last_uid.labels(*labels)
         self.owned = f.owned.labels(*labels)
         self.failed = f.failed.labels(*labels)
+        self.folder_missing = f.folder_missing.labels(*labels)
 
 
 class HotHistogram(Collector):
@@ -168,6 +172,9 @@ class WorkerMetricFamilies:
                                           (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), r)
         self.end_to_end = HotHistogramFamily(f"{NS}_end_to_end_latency_seconds", "Mailbox arrival to handler done",
                                              labels, (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600), r)
+        self.folder_missing = Gauge(f"{NS}_producer_folder_missing",
+                                    "1 while the followed folder, which existed before, is missing (retried)",
+                                    labels, registry=r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "worker").set(1)
 

@@ -126,12 +126,13 @@ def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: thread
     ownership = Ownership(client, producer_id=producer_id(settings),
                           fleet=fleet_name(mailboxes), lease_ms=settings.producer.producer_lease_ms)
 
-    def make_runner(mailbox: Mailbox, lease: str, stop: threading.Event) -> ProducerRunner:
-        return build_runner(mailbox.settings, stop, redactor, fence=lease, client=client, families=families)
+    def make_runner(mailbox: Mailbox, lease: str) -> ProducerRunner:
+        return build_runner(mailbox.settings, threading.Event(), redactor, fence=lease, client=client,
+                            families=families)
 
     fleet = ProducerFleet(mailboxes=mailboxes, ownership=ownership, make_runner=make_runner, stop_event=stop_event,
                           exit_on_permanent=settings.producer.mailboxes_file is None,
-                          stall_s=settings.health.stall_seconds)
+                          stall_s=settings.health.stall_seconds, families=families)
     expose(fleet, settings, client, families, mailboxes)
     return fleet
 
@@ -213,7 +214,11 @@ def _run(settings: Settings, stop_event: threading.Event, redactor: Redactor, on
         for mailbox in mailboxes:
             build_runner(mailbox.settings, stop_event, redactor, dry_run=True).run(once=True)
     else:
-        build_fleet(settings, mailboxes, stop_event, redactor).run(once=once)
+        fleet = build_fleet(settings, mailboxes, stop_event, redactor)
+        if once:
+            fleet.run_once()
+        else:
+            fleet.run()
 
 
 def producer_id(settings: Settings) -> str:

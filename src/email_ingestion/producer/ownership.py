@@ -27,16 +27,52 @@ from email_ingestion.common.keys import MailboxKeys, producers_key
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import to_text
 
-# KEYS: lease, token counter; ARGV: producer id, lease ms, "1" to take back our own. Free, or
-# (with ARGV[3]) ours from an earlier life of this producer id (a restart after SIGKILL):
-# take it with a fresh token, which also fences that earlier life should it still run.
-# Held by another: false.
-_ACQUIRE = """
+# The producers in `avoid` (KEYS[3]) whose mark has not run out, as a Lua table of id -> true.
+# Marks are scored by Redis server time so hosts' clocks do not matter.
+_AVOIDING = """
+local function avoiding(key)
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local marks = redis.call('HGETALL', key)
+  local found = {}
+  for i = 1, #marks, 2 do
+    if tonumber(marks[i + 1]) > now_ms then found[marks[i]] = true else redis.call('HDEL', key, marks[i]) end
+  end
+  return found, now_ms
+end
+-- Is any live producer (ARGV[from..]) other than ARGV[1] free to try?
+local function another_may_try(found, from)
+  for i = from, #ARGV do
+    if ARGV[i] ~= ARGV[1] and not found[ARGV[i]] then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: lease, token counter, avoid; ARGV: producer id, lease ms, "1" to take back our own,
+# then the live producers. Free, or (with ARGV[3]) ours from an earlier life of this producer
+# id (a restart after SIGKILL): take it with a fresh token, which also fences that earlier
+# life should it still run. Held by another, or we could not serve it lately and another
+# live producer may try: false.
+_ACQUIRE = _AVOIDING + """
 local current = redis.call('GET', KEYS[1])
 if current and (ARGV[3] ~= '1' or string.match(current, '^(.*):%d+$') ~= ARGV[1]) then return false end
+local found = avoiding(KEYS[3])
+if found[ARGV[1]] and another_may_try(found, 4) then return false end
 local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value
+"""
+
+# KEYS: avoid; ARGV: producer id, mark ms, then the live producers. Marks us for mark ms;
+# 1 when another live producer may try the mailbox (then give it back), else 0 (keep it:
+# every live producer failed it lately, so it would only go round).
+_AVOID = _AVOIDING + """
+local found, now_ms = avoiding(KEYS[1])
+if not another_may_try(found, 3) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], now_ms + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 """
 
 # KEYS: lease; ARGV: our value, lease ms.
@@ -49,6 +85,24 @@ return 1
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: the mailbox's history keys now, then the same keys in an earlier layout (as many).
+# Only a mailbox with no history yet adopts the earlier one, key by key, so a position is
+# never overwritten and nothing is merged.
+_ADOPT = """
+local n = #KEYS / 2
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+local moved = 0
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[n + i]) == 1 then
+    redis.call('RENAME', KEYS[n + i], KEYS[i])
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 # KEYS: registry; ARGV: producer id, ttl ms. Returns the live producer ids.
@@ -79,9 +133,11 @@ class Ownership:
         # leases under our id are that process's, not an earlier life of ours to take back.
         self.take_back_own = True
         self._acquire = client.register_script(_ACQUIRE)
+        self._avoid = client.register_script(_AVOID)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._register = client.register_script(_REGISTER)
+        self._adopt = client.register_script(_ADOPT)
 
     @property
     def renew_interval_s(self) -> float:
@@ -97,12 +153,19 @@ class Ownership:
         with redis_errors("producer deregistration"):
             self.redis.zrem(self.registry, self.producer_id)
 
-    def acquire(self, keys: MailboxKeys) -> str | None:
-        """Our lease value (the fencing token) when the mailbox is now ours, else None."""
+    def acquire(self, keys: MailboxKeys, live: Sequence[str] = ()) -> str | None:
+        """Our lease value (the fencing token) when the mailbox is now ours, else None. Not
+        while we stay away from it (avoid) and one of the `live` producers may try it."""
         with redis_errors("mailbox lease"):
-            value = self._acquire(keys=[keys.lease, keys.lease_token],
-                                  args=[self.producer_id, self.lease_ms, "1" if self.take_back_own else "0"])
+            value = self._acquire(keys=[keys.lease, keys.lease_token, keys.avoid],
+                                  args=[self.producer_id, self.lease_ms, "1" if self.take_back_own else "0", *live])
         return to_text(value) if value else None
+
+    def avoid(self, keys: MailboxKeys, *, live: Sequence[str], mark_ms: int) -> bool:
+        """We cannot serve the mailbox: stay away from it for `mark_ms` if another of the
+        `live` producers may try it (True: give it back), else keep it (False)."""
+        with redis_errors("mailbox avoid mark"):
+            return bool(int(self._avoid(keys=[keys.avoid], args=[self.producer_id, mark_ms, *live])))
 
     def renew(self, leases: Sequence[tuple[MailboxKeys, str]]) -> list[bool]:
         """For each (keys, our value): is it still ours (and now extended)?"""
@@ -119,8 +182,30 @@ class Ownership:
         with redis_errors("mailbox lease release"):
             self._release(keys=[keys.lease], args=[value])
 
+    def adopt(self, keys: MailboxKeys, earlier: Sequence[MailboxKeys]) -> int:
+        """Move the mailbox's history (position, fingerprints, token counter) from where an
+        earlier version kept it (another spelling of the folder, the key layout before the
+        stream's name was part of it), if it has none yet; how many keys moved. Call it
+        holding the lease: only the owner may move a position."""
+        moved = 0
+        with redis_errors("adopting the mailbox's earlier keys"):
+            for old in earlier:  # same hash tag: one slot, one script call each
+                moved += int(self._adopt(keys=[*keys.history(), *old.history()]))
+        return moved
+
     def is_our_id(self, lease: str | None) -> bool:
         return bool(lease) and str(lease).rsplit(":", 1)[0] == self.producer_id
+
+    def lost(self, keys: MailboxKeys) -> bool:
+        """A lease of ours was found taken. True the first time it was taken under our own id:
+        another live process uses our PRODUCER_ID (a hand-run `--once` beside the service,
+        two services sharing a host name); from then on leases under our id are that
+        process's, not an earlier life of ours to take back, or the two would fence each
+        other in turn."""
+        if not self.take_back_own or not self.is_our_id(self.holder(keys)):
+            return False
+        self.take_back_own = False
+        return True
 
     def holder(self, keys: MailboxKeys) -> str | None:
         """The value the mailbox's lease holds now (None: free)."""
