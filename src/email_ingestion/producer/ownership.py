@@ -19,7 +19,11 @@ cannot (the paused holder).
 from __future__ import annotations
 
 import math
+import os
+import socket
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 
@@ -40,17 +44,17 @@ local function avoiding(key)
   end
   return found, now_ms
 end
--- Is any live producer (ARGV[from..]) other than ARGV[1] free to try?
-local function another_may_try(found, from)
+-- Is any live producer (ARGV[from..]) other than `me` free to try?
+local function another_may_try(found, me, from)
   for i = from, #ARGV do
-    if ARGV[i] ~= ARGV[1] and not found[ARGV[i]] then return true end
+    if ARGV[i] ~= me and not found[ARGV[i]] then return true end
   end
   return false
 end
 """
 
 # KEYS: lease, token counter, avoid; ARGV: producer id, lease ms, "1" to take back our own,
-# then the live producers. Free, or (with ARGV[3]) ours from an earlier life of this producer
+# our instance, then the live instances. Free, or (with ARGV[3]) ours from an earlier life of this producer
 # id (a restart after SIGKILL): take it with a fresh token, which also fences that earlier
 # life should it still run. Held by another, or we could not serve it lately and another
 # live producer may try: false.
@@ -58,18 +62,18 @@ _ACQUIRE = _AVOIDING + """
 local current = redis.call('GET', KEYS[1])
 if current and (ARGV[3] ~= '1' or string.match(current, '^(.*):%d+$') ~= ARGV[1]) then return false end
 local found = avoiding(KEYS[3])
-if found[ARGV[1]] and another_may_try(found, 4) then return false end
+if found[ARGV[4]] and another_may_try(found, ARGV[4], 5) then return false end
 local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value
 """
 
-# KEYS: avoid; ARGV: producer id, mark ms, then the live producers. Marks us for mark ms;
+# KEYS: avoid; ARGV: our instance, mark ms, then the live instances. Marks us for mark ms;
 # 1 when another live producer may try the mailbox (then give it back), else 0 (keep it:
 # every live producer failed it lately, so it would only go round).
 _AVOID = _AVOIDING + """
 local found, now_ms = avoiding(KEYS[1])
-if not another_may_try(found, 3) then return 0 end
+if not another_may_try(found, ARGV[1], 3) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], now_ms + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -116,6 +120,47 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One producer process: its PRODUCER_ID, host name, pid and a nonce, as registered."""
+
+    producer_id: str
+    host: str
+    pid: int
+    nonce: str
+
+    @classmethod
+    def of_this_process(cls, producer_id: str) -> Instance:
+        return cls(producer_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
+
+    @classmethod
+    def parse(cls, text: str) -> Instance | None:
+        parts = text.rsplit("#", 3)
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+
+    def __str__(self) -> str:
+        return f"{self.producer_id}#{self.host}#{self.pid}#{self.nonce}"
+
+    def shares_id_with(self, other: Instance) -> bool:
+        """`other` is another live process with our id: not us, and not an earlier life of
+        ours on this host (its pid gone, or ours now: a restarted container)."""
+        if other == self or other.producer_id != self.producer_id:
+            return False
+        return not (other.host == self.host and (other.pid == self.pid or not _pid_alive(other.pid)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def fair_share(mailboxes: int, live_producers: int) -> int:
     return math.ceil(mailboxes / max(1, live_producers))
 
@@ -127,11 +172,13 @@ class Ownership:
     def __init__(self, client: redis.Redis, *, producer_id: str, fleet: str, lease_ms: int) -> None:
         self.redis = client
         self.producer_id = producer_id
+        self.instance = Instance.of_this_process(producer_id)
         self.registry = producers_key(fleet)
         self.lease_ms = lease_ms
-        # Cleared once another live process with our id took a lease from us: from then on
-        # leases under our id are that process's, not an earlier life of ours to take back.
+        # False while another live process uses our id (it registered, or took a lease from
+        # us): leases under our id are then that process's, not an earlier life of ours.
         self.take_back_own = True
+        self._taken_by_our_id = False
         self._acquire = client.register_script(_ACQUIRE)
         self._avoid = client.register_script(_AVOID)
         self._renew = client.register_script(_RENEW)
@@ -144,28 +191,33 @@ class Ownership:
         return self.lease_ms / 3 / 1000
 
     def register(self) -> list[str]:
-        """Announce this producer for one lease time; the live producers of the fleet."""
+        """Announce this process for one lease time; the live producer processes of the
+        fleet. Processes, not ids: two sharing a PRODUCER_ID (two on one host without one)
+        each count, and each gets its share instead of one taking everything."""
         with redis_errors("producer registration"):
-            live = self._register(keys=[self.registry], args=[self.producer_id, self.lease_ms])
-        return [to_text(member) for member in live]
+            live = [to_text(m) for m in self._register(keys=[self.registry], args=[str(self.instance), self.lease_ms])]
+        sharing = [i for i in map(Instance.parse, live) if i and self.instance.shares_id_with(i)]
+        self.take_back_own = not (self._taken_by_our_id or sharing)
+        return live
 
     def unregister(self) -> None:
         with redis_errors("producer deregistration"):
-            self.redis.zrem(self.registry, self.producer_id)
+            self.redis.zrem(self.registry, str(self.instance))
 
     def acquire(self, keys: MailboxKeys, live: Sequence[str] = ()) -> str | None:
         """Our lease value (the fencing token) when the mailbox is now ours, else None. Not
         while we stay away from it (avoid) and one of the `live` producers may try it."""
         with redis_errors("mailbox lease"):
             value = self._acquire(keys=[keys.lease, keys.lease_token, keys.avoid],
-                                  args=[self.producer_id, self.lease_ms, "1" if self.take_back_own else "0", *live])
+                                  args=[self.producer_id, self.lease_ms, "1" if self.take_back_own else "0",
+                                        str(self.instance), *live])
         return to_text(value) if value else None
 
     def avoid(self, keys: MailboxKeys, *, live: Sequence[str], mark_ms: int) -> bool:
         """We cannot serve the mailbox: stay away from it for `mark_ms` if another of the
         `live` producers may try it (True: give it back), else keep it (False)."""
         with redis_errors("mailbox avoid mark"):
-            return bool(int(self._avoid(keys=[keys.avoid], args=[self.producer_id, mark_ms, *live])))
+            return bool(int(self._avoid(keys=[keys.avoid], args=[str(self.instance), mark_ms, *live])))
 
     def renew(self, leases: Sequence[tuple[MailboxKeys, str]]) -> list[bool]:
         """For each (keys, our value): is it still ours (and now extended)?"""
@@ -202,9 +254,9 @@ class Ownership:
         two services sharing a host name); from then on leases under our id are that
         process's, not an earlier life of ours to take back, or the two would fence each
         other in turn."""
-        if not self.take_back_own or not self.is_our_id(self.holder(keys)):
+        if self._taken_by_our_id or not self.is_our_id(self.holder(keys)):
             return False
-        self.take_back_own = False
+        self._taken_by_our_id, self.take_back_own = True, False
         return True
 
     def holder(self, keys: MailboxKeys) -> str | None:
