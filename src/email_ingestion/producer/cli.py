@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -194,7 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     log_warnings(settings, log)
     stop_event = threading.Event()
     install_signal_handlers(stop_event)
-    return run(settings, stop_event, redactor, once=args.once, dry_run=args.dry_run)
+    code = run(settings, stop_event, redactor, once=args.once, dry_run=args.dry_run)
+    if stop_event.is_set() and _left_behind():
+        # A mailbox cut off at the end of its shutdown wait (a slow read or build) leaves a
+        # thread that the interpreter would wait for at exit: the promise is to stop within
+        # 10 s, and what it had not written is fetched again by the next owner.
+        log.warning("exiting with work cut off", extra={"threads": _left_behind()})
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _left_behind() -> list[str]:
+    """Threads still running that the interpreter would join at exit."""
+    main = threading.main_thread()
+    return [t.name for t in threading.enumerate() if t is not main and t.is_alive() and not t.daemon]
 
 
 def run(settings: Settings, stop_event: threading.Event, redactor: Redactor, once: bool, dry_run: bool) -> int:

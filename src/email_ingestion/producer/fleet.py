@@ -98,9 +98,22 @@ class ProducerFleet:
                 self._round_or_warn()
                 if self._fatal is not None:
                     raise self._fatal
-                self.stop_event.wait(self.ownership.renew_interval_s)
+                self._pause(self.ownership.renew_interval_s)
         finally:
             self._shutdown()
+
+    def _pause(self, seconds: float) -> None:
+        """Until the next round; a mailbox being handed over is released as soon as its
+        runner has ended, so the producer waiting for it need not wait a round more."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+            leaving = [t for t in self.tasks.values() if t.handing_over]
+            if not leaving:
+                self.stop_event.wait(left)
+                return
+            leaving[0].runner.join(min(0.2, left))
+            if not leaving[0].runner.running:
+                self._round_or_warn(self._settle)
 
     def run_once(self) -> None:
         """One pass over every mailbox no other producer follows, then return (raising the
@@ -119,9 +132,9 @@ class ProducerFleet:
 
     # --- the round ------------------------------------------------------------------------
 
-    def _round_or_warn(self) -> None:
+    def _round_or_warn(self, step: Callable[[], None] | None = None) -> None:
         try:
-            self._round()
+            (step or self._round)()
         except RedisUnavailableError as exc:
             # The mailboxes' own writes wait for Redis too; leases not renewed in time are
             # found lost on the first round that gets through, and taken again.
