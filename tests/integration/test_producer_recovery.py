@@ -237,7 +237,8 @@ def test_mail_arriving_during_a_pass_is_delivered_without_waiting_for_the_poll(m
 def many_parts(index: int, parts: int = 4000) -> bytes:
     """A valid message of `parts` small MIME parts: slow to build (a tenth of a second of CPU or more)."""
     body = b"".join(b"--XyZ\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(parts))
-    return (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: parts %d\r\nMessage-ID: <parts-%d@x>\r\nDate: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
+    return (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: parts %d\r\nMessage-ID: <parts-%d@x>\r\n"
+            b"Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
             b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XyZ\r\n\r\n%s--XyZ--\r\n"
             % (index, index, body))
 

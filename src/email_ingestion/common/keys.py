@@ -52,7 +52,8 @@ def _stream_part(stream: str) -> str:
 
 # Per-mailbox keys that hold what a mailbox has done (not who follows it now); adopted from
 # an earlier layout when a mailbox first runs under the current one (producer/ownership.py).
-MAILBOX_HISTORY_SUFFIXES = ("state", "seen", "lease_token")
+# A key added to MailboxKeys that records history belongs here.
+MAILBOX_HISTORY_SUFFIXES = ("state", "seen")
 
 
 @dataclass(frozen=True)

@@ -91,16 +91,22 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: the mailbox's history keys now, then the same keys in an earlier layout (as many).
-# Only a mailbox with no history yet adopts the earlier one, key by key, so a position is
-# never overwritten and nothing is merged.
+# KEYS: the mailbox's token counter now and in an earlier layout, then its history keys now,
+# then the same history keys in the earlier layout. Only a mailbox with no history yet adopts
+# the earlier one, key by key, so a position is never overwritten and nothing is merged. The
+# earlier counter is added to the current one: tokens handed out later stay above all before.
 _ADOPT = """
-local n = #KEYS / 2
-for i = 1, n do
+local n = (#KEYS - 2) / 2
+local old_tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+if old_tokens > 0 then
+  redis.call('INCRBY', KEYS[1], old_tokens)
+  redis.call('DEL', KEYS[2])
+end
+for i = 3, 2 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
 local moved = 0
-for i = 1, n do
+for i = 3, 2 + n do
   if redis.call('EXISTS', KEYS[n + i]) == 1 then
     redis.call('RENAME', KEYS[n + i], KEYS[i])
     moved = moved + 1
@@ -242,7 +248,8 @@ class Ownership:
         moved = 0
         with redis_errors("adopting the mailbox's earlier keys"):
             for old in earlier:  # same hash tag: one slot, one script call each
-                moved += int(self._adopt(keys=[*keys.history(), *old.history()]))
+                moved += int(self._adopt(keys=[keys.lease_token, old.lease_token, *keys.history(),
+                                               *old.history()]))
         return moved
 
     def is_our_id(self, lease: str | None) -> bool:
