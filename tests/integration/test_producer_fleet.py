@@ -24,6 +24,7 @@ from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import USER, imap_admin, producer_cmd
+from tests.conftest import stream_payloads as stream_payloads_of
 from tests.support.waits import wait_until
 
 STREAM = "email_ingestion_stream"
@@ -305,3 +306,87 @@ def test_producers_joining_and_leaving_share_the_mailboxes_and_hand_over_cleanly
           f"taken back from a leaving one in {taken_s:.1f} s; {total} messages once each")
     if lease_ms is None:  # the promise, at the default timings: within two lease periods
         assert spread_s <= 2 * lease_s and taken_s <= 2 * lease_s
+
+
+def two_folders(server: Any, tmp_path: Path) -> tuple[list[str], Path]:
+    names = [f"h-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    client = imap_admin(server)
+    for name in names:
+        client.create_folder(name)
+    client.logout()
+    path = tmp_path / "two.toml"
+    path.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = "{name}"\n\n' for name in names), encoding="utf-8")
+    return names, path
+
+
+def lease_tokens(client: Any, names: list[str]) -> list[int]:
+    return [int(client.get(MailboxKeys(STREAM, USER, name).lease_token) or 0) for name in names]
+
+
+def rounds_seen(client: Any, count: int, timeout_s: float) -> bool:
+    """True once every registered producer has run `count` more ownership rounds (each one
+    moves its registration's expiry)."""
+    key = next(k for k in client.scan_iter("email_ingestion:producers:*") if not k.endswith(b":offered"))
+    seen: dict[bytes, list[float]] = defaultdict(list)
+
+    def enough() -> bool:
+        members = client.zrange(key, 0, -1, withscores=True)
+        for member, score in members:
+            if not seen[member] or seen[member][-1] != score:
+                seen[member].append(score)
+        return bool(members) and all(len(seen[member]) > count for member, _ in members)
+    return wait_until(enough, timeout_s, interval_s=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("trouble", ["password-refused", "imap-unreachable"])
+def test_a_producer_that_cannot_serve_its_mailboxes_lets_a_healthy_one_take_them(producer_env, dovecot,
+                                                                                redis_client, tmp_path, trouble):
+    """Host A cannot serve the mailboxes (its own stale password, or no route to the IMAP
+    server) and holds both leases; healthy host B joins: A gives them back, B delivers the
+    mail, and A, still running, stays away (no flapping)."""
+    names, path = two_folders(dovecot, tmp_path)
+    env = fleet_env(producer_env, path, dovecot.port, LEASE_MS)
+    broken = {"IMAP_PASSWORD": "stale-password"} if trouble == "password-refused" else {"IMAP_PORT": str(free_port())}
+    a = Producer("a", {**env, **broken}, tmp_path)
+    b: Producer | None = None
+    try:
+        assert wait_until(lambda: owner_counts(redis_client, names) == Counter({"a": 2}), 60)
+        client = imap_admin(dovecot)
+        for name in names:
+            client.append(name, sample_message(1))
+        client.logout()
+        b = Producer("b", env, tmp_path)
+        assert wait_until(lambda: redis_client.xlen(STREAM) == 2, 120), (redis_client.xlen(STREAM), a.log_text()[-3000:])
+        assert owner_counts(redis_client, names) == Counter({"b": 2})
+        tokens = lease_tokens(redis_client, names)
+        assert rounds_seen(redis_client, 6, 60)  # two lease periods
+        assert lease_tokens(redis_client, names) == tokens and owner_counts(redis_client, names) == Counter({"b": 2})
+        assert a.proc.poll() is None, "the failing producer must carry on (its other mailboxes may be fine)"
+    finally:
+        results = [p.stop() for p in (a, b) if p is not None]
+    assert results == [0, 0], a.log_text()[-3000:]
+    assert sorted(p["uid"] for p in stream_payloads_of(redis_client)) == [1, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_when_every_producer_fails_a_mailbox_it_does_not_go_round(producer_env, dovecot, redis_client, tmp_path):
+    """Both hosts have a stale password: the mailboxes move at most once (A gives up while B
+    may try; B, failing too, keeps them), then stay put for two lease periods and more."""
+    names, path = two_folders(dovecot, tmp_path)
+    env = {**fleet_env(producer_env, path, dovecot.port, LEASE_MS), "IMAP_PASSWORD": "stale-password"}
+    a = Producer("a", env, tmp_path)
+    b: Producer | None = None
+    try:
+        assert wait_until(lambda: owner_counts(redis_client, names) == Counter({"a": 2}), 60)
+        b = Producer("b", env, tmp_path)
+        assert wait_until(lambda: owner_counts(redis_client, names) == Counter({"b": 2}), 60)
+        tokens = lease_tokens(redis_client, names)
+        assert rounds_seen(redis_client, 9, 90)  # three lease periods
+        assert lease_tokens(redis_client, names) == tokens, "the leases went round"
+        assert owner_counts(redis_client, names) == Counter({"b": 2})
+    finally:
+        results = [p.stop() for p in (a, b) if p is not None]
+    assert results == [0, 0]

@@ -155,6 +155,13 @@ def producers_key(fleet: str) -> str:
     return f"{PREFIX}:producers:{fleet}"
 
 
+def offered_key(fleet: str) -> str:
+    """Sorted set: mailboxes (Mailbox.key) a producer of the fleet gave back because it could
+    not serve them, scored by when (Redis server time, ms): another producer takes them even
+    above its fair share."""
+    return f"{PREFIX}:producers:{fleet}:offered"
+
+
 def wait_marker(stream: str) -> str:
     """Hash written just before WAIT (REDIS_WAIT_REPLICAS), on the stream's slot."""
     return f"{PREFIX}:{hash_tag(stream)}:wait"

@@ -56,7 +56,8 @@ class MailboxTask:
     lease: str
     runner: ProducerRunner
     handing_over: bool = False  # stopped; its lease is released once the runner has ended
-    avoid_after: bool = False  # the hand-over is because we cannot serve it
+    offered: bool = False  # taken because another producer could not serve it: not counted in the share
+    offer_after: bool = False  # given back because we cannot serve it: offered to the others once released
     failed: str | None = None  # why it is stopped by a permanent error, kept for lack of another taker
     retry_at: float = 0.0  # monotonic
 
@@ -168,7 +169,7 @@ class ProducerFleet:
         """Runners that ended: handed over, lease lost, or stopped by an error."""
         for task in list(self.tasks.values()):
             snapshot = task.runner.snapshot()
-            if snapshot.running or task.failed:
+            if snapshot.running or (task.failed and not task.handing_over):
                 continue
             error = snapshot.ended_with
             if task.handing_over:
@@ -186,13 +187,17 @@ class ProducerFleet:
                 self._cannot_serve(task, error, UNEXPECTED_RETRY_S)
 
     def _give_up_unservable(self) -> None:
+        """Mailboxes failing here go to another producer as soon as one may try them (one may
+        have joined since they failed)."""
         for task in list(self.tasks.values()):
-            if task.handing_over or task.failed:
+            if task.handing_over:
                 continue
             failures = task.runner.snapshot().failures_in_row
-            if failures >= CANNOT_SERVE_ATTEMPTS and self._avoid(task):
+            if (task.failed or failures >= CANNOT_SERVE_ATTEMPTS) and self._avoid(task):
                 log.warning("mailbox failing here; giving it back for another producer to try", extra={
-                    "mailbox": task.mailbox.label, "failed_attempts": failures, "stay_away_s": AVOID_S})
+                    "mailbox": task.mailbox.label, "error": task.failed, "failed_attempts": failures,
+                    "stay_away_s": AVOID_S})
+                task.offer_after = True
                 self._hand_over(task)
 
     def _cannot_serve(self, task: MailboxTask, error: BaseException, retry_s: float) -> None:
@@ -202,6 +207,7 @@ class ProducerFleet:
         elif self._avoid(task):
             log.error("mailbox stopped; another producer may try it, the others carry on",
                       extra={"mailbox": task.mailbox.label, "error": reason, "stay_away_s": AVOID_S})
+            task.offer_after = True
             self._release(task)
         else:
             task.failed, task.retry_at = reason, time.monotonic() + retry_s
@@ -218,18 +224,30 @@ class ProducerFleet:
         for task in list(self.tasks.values()):
             if task.failed and now >= task.retry_at:
                 log.info("retrying a stopped mailbox", extra={"mailbox": task.mailbox.label})
-                self._start(MailboxTask(task.mailbox, task.lease, self.make_runner(task.mailbox, task.lease)))
+                runner = self.make_runner(task.mailbox, task.lease)
+                self._start(MailboxTask(task.mailbox, task.lease, runner, offered=task.offered))
 
     def _balance(self, share: int) -> None:
-        held = [t for t in self.tasks.values() if not t.handing_over]
+        held = [t for t in self.tasks.values() if not (t.handing_over or t.offered)]
         for task in held[share:]:
             log.info("giving a mailbox back to balance producers", extra={"mailbox": task.mailbox.label})
             self._hand_over(task)
         taking = share - len(held)
         for mailbox in self._unowned_in_my_order():
             if taking <= 0 or self.stop_event.is_set():
-                return
+                break
             taking -= self._try_take(mailbox)
+        self._take_offered()
+
+    def _take_offered(self) -> None:
+        """Mailboxes another producer gave back because it could not serve them: take them
+        above our share, or nobody at its share would."""
+        offered = set(self.ownership.offered())
+        for mailbox in self.mailboxes:
+            if mailbox.key in offered and mailbox.key not in self.tasks and not self.stop_event.is_set():
+                if self._try_take(mailbox):
+                    self.tasks[mailbox.key].offered = True
+                    self.ownership.withdraw(mailbox.key)
 
     def _unowned_in_my_order(self) -> list[Mailbox]:
         """Mailboxes not ours, starting at a place that depends on our id: producers starting
@@ -279,6 +297,8 @@ class ProducerFleet:
     def _release(self, task: MailboxTask) -> None:
         self._forget(task)
         self.ownership.release(task.mailbox.keys, task.lease)
+        if task.offer_after:
+            self.ownership.offer(task.mailbox.key)
 
     def _forget(self, task: MailboxTask) -> None:
         self.gauges.set(task.mailbox, owned=False, failed=False)

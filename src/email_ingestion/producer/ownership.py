@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import redis
 
-from email_ingestion.common.keys import MailboxKeys, producers_key
+from email_ingestion.common.keys import MailboxKeys, offered_key, producers_key
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import to_text
 
@@ -167,6 +167,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# KEYS: offers; ARGV: mailbox, lease ms. Offers older than a day are dropped: a mailbox
+# nobody took for that long is not waiting for a taker.
+_OFFER = """
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 86400000)
+return 1
+"""
+
+
 def fair_share(mailboxes: int, live_producers: int) -> int:
     return math.ceil(mailboxes / max(1, live_producers))
 
@@ -180,6 +191,7 @@ class Ownership:
         self.producer_id = producer_id
         self.instance = Instance.of_this_process(producer_id)
         self.registry = producers_key(fleet)
+        self.offers = offered_key(fleet)
         self.lease_ms = lease_ms
         # False while another live process uses our id (it registered, or took a lease from
         # us): leases under our id are then that process's, not an earlier life of ours.
@@ -190,6 +202,7 @@ class Ownership:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._register = client.register_script(_REGISTER)
+        self._offer = client.register_script(_OFFER)
         self._adopt = client.register_script(_ADOPT)
 
     @property
@@ -251,6 +264,21 @@ class Ownership:
                 moved += int(self._adopt(keys=[keys.lease_token, old.lease_token, *keys.history(),
                                                *old.history()]))
         return moved
+
+    def offer(self, mailbox: str) -> None:
+        """Tell the fleet we gave `mailbox` (Mailbox.key) back because we cannot serve it."""
+        with redis_errors("offering a mailbox"):
+            self._offer(keys=[self.offers], args=[mailbox, self.lease_ms])
+
+    def offered(self) -> list[str]:
+        """Mailboxes given back by producers that could not serve them (offer)."""
+        with redis_errors("reading offered mailboxes"):
+            return [to_text(m) for m in self.redis.zrange(self.offers, 0, -1)]
+
+    def withdraw(self, mailbox: str) -> None:
+        """`mailbox` is followed again: no longer on offer."""
+        with redis_errors("withdrawing an offer"):
+            self.redis.zrem(self.offers, mailbox)
 
     def is_our_id(self, lease: str | None) -> bool:
         return bool(lease) and str(lease).rsplit(":", 1)[0] == self.producer_id
