@@ -7,9 +7,11 @@ re-sync scripts (state.py) write only when the lease still holds the caller's va
 producer paused past its lease (SIGSTOP, a long GC, a frozen VM) wakes up to refused
 writes, never to a doubled or reordered stream.
 
-Producers of one fleet (the same mailbox list) register in a sorted set scored by Redis
-server time; each takes unowned mailboxes up to its fair share, ceil(mailboxes / live
-producers), and gives back what is above it. A dead producer's leases expire within one
+Producer processes of one fleet (the same mailbox list) register in a sorted set scored by
+Redis server time, each as its Instance (id, host, pid, nonce: two processes sharing an id
+each count); each takes unowned mailboxes up to its fair share, ceil(mailboxes / live
+producers), and gives back what is above it. A producer that cannot serve a mailbox marks
+itself in the mailbox's avoid hash and stays away while another live producer may try. A dead producer's leases expire within one
 lease time and its registration with them, so the survivors take its mailboxes within
 about 1⅓ lease times. No home-made consensus: one key per mailbox, SET semantics and Lua,
 as Redis's own lock guidance (single instance) describes; fencing covers what a lease alone
