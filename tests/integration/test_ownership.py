@@ -10,7 +10,8 @@ import pytest
 
 from email_ingestion.common.errors import LeaseLostError
 from email_ingestion.common.keys import MailboxKeys
-from email_ingestion.producer.ownership import Instance, Ownership, fair_share
+from email_ingestion.producer.instances import Instance
+from email_ingestion.producer.ownership import Ownership, fair_share
 from email_ingestion.producer.payloads import Emission
 from email_ingestion.producer.state import StateStore
 

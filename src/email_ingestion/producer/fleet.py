@@ -26,13 +26,19 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import AuthError, LeaseLostError, RedisUnavailableError, SettingsError
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import ProducerFamilies
+from email_ingestion.producer.fleet_status import (
+    MailboxGauges,
+    MailboxTask,
+    all_alive,
+    mailbox_status,
+    not_ready,
+)
 from email_ingestion.producer.mailboxes import Mailbox
 from email_ingestion.producer.ownership import Ownership, fair_share
 from email_ingestion.producer.runner import ProducerRunner
@@ -46,32 +52,6 @@ AVOID_S = 300.0  # how long a producer stays away from a mailbox it could not se
 STOP_WAIT_S = 8.0  # at shutdown: time for every mailbox to finish the write in hand (the promise is 10 s)
 
 MakeRunner = Callable[[Mailbox, str], ProducerRunner]
-
-
-@dataclass
-class MailboxTask:
-    """A mailbox whose lease this producer holds, and the runner following it."""
-
-    mailbox: Mailbox
-    lease: str
-    runner: ProducerRunner
-    handing_over: bool = False  # stopped; its lease is released once the runner has ended
-    offered: bool = False  # taken because another producer could not serve it: not counted in the share
-    offer_after: bool = False  # given back because we cannot serve it: offered to the others once released
-    failed: str | None = None  # why it is stopped by a permanent error, kept for lack of another taker
-    retry_at: float = 0.0  # monotonic
-
-
-class MailboxGauges:
-    """The fleet's own per-mailbox metrics: does this producer hold it, is it stopped."""
-
-    def __init__(self, families: ProducerFamilies) -> None:
-        self.families = families
-
-    def set(self, mailbox: Mailbox, *, owned: bool, failed: bool) -> None:
-        labels = (mailbox.account, mailbox.name)
-        self.families.owned.labels(*labels).set(int(owned))
-        self.families.failed.labels(*labels).set(int(failed))
 
 
 class ProducerFleet:
@@ -352,43 +332,20 @@ class ProducerFleet:
     def uptime_s(self) -> float:
         return self.liveness.uptime_s()
 
-    def _runners(self) -> list[tuple[Mailbox, ProducerRunner]]:
-        with self._lock:
-            return [(t.mailbox, t.runner) for t in self.tasks.values()]
-
     def breakers(self) -> list[tuple[str, str, CircuitBreaker]]:
-        return [(m.account, m.name, b) for m, r in self._runners() for b in r.breakers()]
+        return [(t.mailbox.account, t.mailbox.name, b) for t in self._tasks() for b in t.runner.breakers()]
 
     def alive(self) -> bool:
-        snapshots = [r.snapshot() for _, r in self._runners()]
-        return self.liveness.alive() and all(s.alive for s in snapshots if s.running)
+        return self.liveness.alive() and all_alive(self._tasks())
 
     def not_ready(self) -> list[str]:
         """Why this producer is not ready, per mailbox it owns (empty: ready)."""
-        reasons = []
-        with self._lock:
-            tasks = list(self.tasks.values())
-        for task in tasks:
-            snapshot = task.runner.snapshot()
-            if task.failed:
-                reasons.append(f"{task.mailbox.label}: stopped: {task.failed}")
-            elif not snapshot.connected:
-                reasons.append(f"{task.mailbox.label}: IMAP session not established")
-            elif snapshot.backpressured:
-                reasons.append(f"{task.mailbox.label}: backpressure: stream full of unacknowledged entries")
-        return reasons
+        return not_ready(self._tasks())
 
     def status_body(self) -> dict[str, Any]:
-        with self._lock:
-            tasks = dict(self.tasks)
-        following = []
-        for task in tasks.values():
-            state = "failed" if task.failed else "handing over" if task.handing_over else "following"
-            body = {**task.runner.status_body(), "stream_name": task.mailbox.stream, "lease": task.lease,
-                    "state": state}
-            if task.failed:
-                body["error"] = task.failed
-            following.append(body)
-        others = [m.label for m in self.mailboxes if m.key not in tasks]
         return {"component": "producer", "producer_id": self.ownership.producer_id,
-                "live_producers": self.live_producers, "mailboxes": following, "not_ours": others}
+                "live_producers": self.live_producers, **mailbox_status(self._tasks(), self.mailboxes)}
+
+    def _tasks(self) -> list[MailboxTask]:
+        with self._lock:
+            return list(self.tasks.values())

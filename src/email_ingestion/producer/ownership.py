@@ -21,17 +21,14 @@ cannot (the paused holder).
 from __future__ import annotations
 
 import math
-import os
-import socket
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import redis
 
 from email_ingestion.common.keys import MailboxKeys, offered_key, producers_key
 from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.text import to_text
+from email_ingestion.producer.instances import Instance
 
 # The producers in `avoid` (KEYS[3]) whose mark has not run out, as a Lua table of id -> true.
 # Marks are scored by Redis server time so hosts' clocks do not matter.
@@ -126,47 +123,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One producer process: its PRODUCER_ID, host name, pid and a nonce, as registered."""
-
-    producer_id: str
-    host: str
-    pid: int
-    nonce: str
-
-    @classmethod
-    def of_this_process(cls, producer_id: str) -> Instance:
-        return cls(producer_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
-
-    @classmethod
-    def parse(cls, text: str) -> Instance | None:
-        parts = text.rsplit("#", 3)
-        if len(parts) != 4 or not parts[2].isdigit():
-            return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
-
-    def __str__(self) -> str:
-        return f"{self.producer_id}#{self.host}#{self.pid}#{self.nonce}"
-
-    def shares_id_with(self, other: Instance) -> bool:
-        """`other` is another live process with our id: not us, and not an earlier life of
-        ours on this host (its pid gone, or ours now: a restarted container)."""
-        if other == self or other.producer_id != self.producer_id:
-            return False
-        return not (other.host == self.host and (other.pid == self.pid or not _pid_alive(other.pid)))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # KEYS: offers; ARGV: mailbox, lease ms. Offers older than a day are dropped: a mailbox
