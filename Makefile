@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server dovecot-imapd isync prometheus openssl
 
-.PHONY: help system-deps venv install lint test test-fast test-other-pythons demo bench bench-producer bench-worker clean
+.PHONY: help system-deps venv install dev lint test test-fast test-other-pythons demo bench bench-producer bench-worker clean
 
 help:
 	@echo "make demo   - set up everything and run producer + 2 workers on a local sample mailbox"
@@ -22,16 +22,28 @@ system-deps:
 	@# The packaged daemons may start on their usual ports; tests, demo and benchmarks run
 	@# their own servers on free loopback ports and leave the system's services alone.
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# Production: the pinned runtime requirements and the package itself (not editable), no
+# development tools. This is what a server gets (docs/operations.md).
+$(VENV)/.installed-prod: requirements.txt pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps .
+	touch $@
+
+# Development: test and lint tools, the package editable (src/ changes take effect at once).
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-venv install: $(VENV)/.installed
+install: $(VENV)/.installed-prod
 
-lint: install
+venv dev: $(VENV)/.installed
+
+lint: dev
 	$(VENV)/bin/ruff check src tests scripts producer.py worker.py
 	$(VENV)/bin/mypy
 
@@ -39,7 +51,7 @@ lint: install
 # they run the suite without the long fault runs (those run once, on the default interpreter).
 OTHER_PYTHONS ?= python3.12 python3.13
 
-test: system-deps install lint
+test: system-deps dev lint
 	$(PY) -m pytest -q
 	make --no-print-directory test-other-pythons
 
@@ -48,22 +60,22 @@ test-other-pythons:
 	  py=$$(ls $${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$$name 2>/dev/null | tail -1); py=$${py:-$$name}; \
 	  if ! $$py -c "import sys; assert sys.version_info >= (3, 11)" >/dev/null 2>&1; then echo "$$name: not installed, skipped"; continue; fi; \
 	  echo "== tests on $$($$py --version)"; \
-	  make --no-print-directory VENV=.venv-$$name PYTHON=$$py install && \
+	  make --no-print-directory VENV=.venv-$$name PYTHON=$$py dev && \
 	  .venv-$$name/bin/python -m pytest -q -m "not slow" || exit 1; \
 	done
 
-test-fast: install
+test-fast: dev
 	$(PY) -m pytest -q -m "not slow"
 
-demo: system-deps install
+demo: system-deps dev
 	$(PY) scripts/demo.py
 
 bench: bench-producer bench-worker
 
-bench-producer: system-deps install
+bench-producer: system-deps dev
 	$(PY) scripts/bench_producer.py
 
-bench-worker: system-deps install
+bench-worker: system-deps dev
 	$(PY) scripts/bench_worker.py
 
 clean:

@@ -16,7 +16,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 RUN_DIR="${RUN_DIR:-run}"
-PYTHON="${PYTHON:-.venv/bin/python}"
+# A checkout runs its .venv; the copy `email-ingest kit copy` hands out runs the active environment.
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3)}"
 SYSTEMCTL="${SYSTEMCTL:-systemctl}"
 settings=$("$PYTHON" -m email_ingestion.admin.shell_settings --env-file "$ENV_FILE") || exit 2
 eval "$settings"

@@ -16,7 +16,8 @@ while [ $# -gt 0 ]; do
     *) echo "start.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-PYTHON="${PYTHON:-.venv/bin/python}"
+# A checkout runs its .venv; the copy `email-ingest kit copy` hands out runs the active environment.
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3)}"
 RUN_DIR="${RUN_DIR:-run}"
 LOG_DIR="${LOG_DIR:-logs}"
 GRACE="${START_GRACE_SECONDS:-3}"
@@ -40,11 +41,11 @@ start() {  # name, then the command
   started+=("$name:$!")
 }
 
-start producer "$PYTHON" producer.py --env-file "$ENV_FILE"
+start producer "$PYTHON" -m email_ingestion producer --env-file "$ENV_FILE"
 for i in $(seq 1 "$WORKERS"); do
   port=0
   [ "$BASE_PORT" != 0 ] && port=$((BASE_PORT + i))
-  start "worker-$i" "$PYTHON" worker.py --env-file "$ENV_FILE" --consumer "$(hostname)-worker-$i" --metrics-port "$port"
+  start "worker-$i" "$PYTHON" -m email_ingestion worker --env-file "$ENV_FILE" --consumer "$(hostname)-worker-$i" --metrics-port "$port"
 done
 
 # A process that exits at once (bad setting: 2, refused credentials: 3) must not be reported started.

@@ -53,10 +53,12 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def test_status_reports_a_healthy_installation_then_why_it_degrades(mailbox, producer_env, redis_server, redis_client):
-    """After a real sync and a live worker, status exits 0 with every figure; stopping the
-    worker and dead-lettering a message make it exit 1, each reason named."""
+    """With a running producer and a live worker, status exits 0 with every figure, the
+    mailbox's owner among the live producers; stopping the producer, the worker and a fresh
+    dead letter make it exit 1, each reason named."""
     mailbox.append(sample_message(1), sample_message(2))
-    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    producer = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_ID": "prod-a"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = clean_env(redis_server.url)
     worker = start_worker(env, "w-status")
     try:
@@ -65,20 +67,62 @@ def test_status_reports_a_healthy_installation_then_why_it_degrades(mailbox, pro
         [box] = snap["mailboxes"]
         assert (box["account"], box["mailbox"], box["last_uid"]) == ("alice@example.com", mailbox.name, 2)
         assert box["uidvalidity"] == mailbox.uidvalidity() and box["last_sync"].endswith("Z")
-        assert box["backpressure"] is False
+        assert box["backpressure"] is False and box["owner"] == "prod-a" and box["owner_alive"] is True
+        assert [p["id"] for p in snap["producers"]] == ["prod-a"]
         group = snap["stream"]["groups"][GROUP]
         assert snap["stream"]["length"] == 2 and group["lag"] == 0 and group["pending"] == 0
+        assert snap["stream"]["rate"]["appended_last_minute"] == 2
         assert [w["name"] for w in snap["workers"]["live"]] == ["w-status"]
         assert snap["retries"]["scheduled"] == 0 and snap["dlq"]["size"] == 0 and snap["problems"] == []
         text = ingest(env, "status")
-        assert text.returncode == 0 and "status: healthy" in text.stdout and "last_uid=2" in text.stdout
+        assert text.returncode == 0 and "status: healthy" in text.stdout and "owner=prod-a" in text.stdout
+        assert "producers: 1 alive (prod-a)" in text.stdout
     finally:
+        producer.send_signal(signal.SIGTERM)
+        assert producer.wait(30) == 0
         assert stop(worker) == 0
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "max_retries"})
     done = ingest(env, "status")
     assert done.returncode == 1 and "status: DEGRADED" in done.stdout
-    assert "no live worker" in done.stdout and "1 dead letters (max_retries 1)" in done.stdout
+    assert "no live producer" in done.stdout and "no live worker" in done.stdout
+    assert "dead letters growing: 1 in the last hour" in done.stdout
     assert "w-status: pending=0" in done.stdout and "stale" in done.stdout
+
+
+def test_an_old_dead_letter_is_a_note_and_a_growing_dlq_a_problem(redis_server, redis_client):
+    """A dead letter older than an hour does not keep status DEGRADED forever (a note, exit 0
+    as far as the DLQ goes); one that arrived within the hour is a problem."""
+    now_ms = int(redis_client.time()[0]) * 1000
+    redis_client.xadd(DLQ, {"payload": "{}", "reason": "max_retries"}, id=f"{now_ms - 30 * 86_400_000}-0")
+    add_payloads(redis_client, 1)
+    redis_client.xgroup_create(STREAM, GROUP, id="$")
+    env = clean_env(redis_server.url)
+    worker = start_worker(env, "w-dlq-note")
+    try:
+        assert wait_until(lambda: status_json(env)[0] == 0, timeout_s=60), ingest(env, "status").stdout
+        code, snap = status_json(env)
+        assert snap["dlq"]["growing"] is False and any("old dead letters" in n for n in snap["notes"])
+        text = ingest(env, "status").stdout
+        assert "note: 1 old dead letters, none in the last hour (newest 30d ago" in text
+        redis_client.xadd(DLQ, {"payload": "{}", "reason": "handler_error"})
+        code, snap = status_json(env)
+        assert code == 1 and any("dead letters growing" in p for p in snap["problems"])
+    finally:
+        assert stop(worker) == 0
+
+
+def test_a_mailbox_whose_owner_died_is_a_problem(redis_server, redis_client):
+    """A mailbox whose lease names a producer that is no longer registered is not followed: named as a problem."""
+    from email_ingestion.common.keys import MailboxKeys, producers_key
+    keys = MailboxKeys(stream=STREAM, account="a@example.com", mailbox="INBOX")
+    redis_client.hset(keys.state, mapping={"uidvalidity": 1, "last_uid": 3, "updated_at_ms": 1})
+    now_ms = int(redis_client.time()[0]) * 1000
+    redis_client.zadd(producers_key("fleet-x"), {"alive-1": now_ms + 60_000})
+    redis_client.set(keys.lease, "gone-1:7", px=60_000)
+    code, snap = status_json(clean_env(redis_server.url))
+    assert code == 1
+    assert any("mailboxes no live producer owns" in p and "a@example.com INBOX" in p for p in snap["problems"])
+    assert snap["mailboxes"][0]["owner"] == "gone-1" and snap["mailboxes"][0]["owner_alive"] is False
 
 
 def test_status_sees_oldest_unacked_age_and_dead_consumers(redis_server, redis_client):
@@ -265,3 +309,30 @@ def test_status_names_each_degradation(redis_server, redis_client):
     assert "backpressure: 3 unacknowledged entries >= REDIS_MAX_STREAM_LENGTH 3" in done.stdout
     assert "retries overdue by" in done.stdout and "no live worker" not in done.stdout
     assert "retries: 1 scheduled, next due" in done.stdout
+
+
+def test_tools_print_for_people_unless_asked_for_json(mailbox, producer_env, redis_server, redis_client):
+    """`mailbox show` prints ISO instants (JSON only with --json), `consumers` human idle times,
+    `producer --help` names itself as typed, and the exporter says where it listens."""
+    mailbox.append(sample_message(1))
+    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    show = ingest(producer_env, "mailbox", "show", "--account", "alice@example.com", "--mailbox", mailbox.name)
+    assert show.returncode == 0 and "last_uid: 1" in show.stdout and "updated_at: 20" in show.stdout
+    assert not show.stdout.lstrip().startswith("{") and "_ms" not in show.stdout
+    as_json = ingest(producer_env, "mailbox", "show", "--json", "--account", "alice@example.com", "--mailbox", mailbox.name)
+    assert json.loads(as_json.stdout)["position"]["last_uid"] == 1
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "c-1", {STREAM: ">"}, count=1)
+    listing = ingest(clean_env(redis_server.url), "consumers")
+    assert "name=c-1" in listing.stdout and "idle=" in listing.stdout and "idle_ms" not in listing.stdout
+    helped = ingest(clean_env(redis_server.url), "producer", "--help")
+    assert helped.stdout.startswith("usage: email-ingest producer")
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "email_ingestion", "exporter", "--port", str(port)],
+                                env=clean_env(redis_server.url), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert exporter.stdout is not None
+        assert f"listening on http://127.0.0.1:{port}/metrics" in exporter.stdout.readline()
+    finally:
+        exporter.terminate()
+        exporter.wait(30)

@@ -214,3 +214,18 @@ def test_throttled_ok_reaches_the_producer_metric(mailbox, dovecot, make_setting
     counted = runner.metrics.registry.get_sample_value(
         "email_ingestion_imap_throttled_total", {"account": USER, "mailbox": mailbox.name})
     assert counted is not None and counted >= 1
+
+
+def test_tls_client_on_a_plaintext_port_exits_2_with_a_hint(mailbox, producer_env, dovecot, redis_client):
+    """IMAP_SSL=true against Dovecot's plaintext port: one line naming IMAP_SSL/IMAP_STARTTLS, exit 2, not retried forever."""
+    done = run_service({**producer_env, "IMAP_SSL": "true", "IMAP_PORT": str(dovecot.port)})
+    assert_one_clear_line(done, 2, "speaks plaintext IMAP, not TLS", "IMAP_STARTTLS=true")
+    assert not written_keys(redis_client)
+
+
+def test_plaintext_client_on_a_tls_port_exits_2_with_a_hint(mailbox, producer_env, dovecot, redis_client):
+    """IMAP_SSL=false against Dovecot's implicit-TLS port: no greeting comes; one line naming IMAP_SSL=true, exit 2."""
+    done = run_service({**producer_env, "IMAP_SSL": "false", "IMAP_STARTTLS": "false", "IMAP_PORT": str(dovecot.ssl_port),
+                        "IMAP_TIMEOUT_SECONDS": "3"})
+    assert_one_clear_line(done, 2, "expects TLS from the first byte", "IMAP_SSL=true")
+    assert not written_keys(redis_client)

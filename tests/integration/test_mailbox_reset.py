@@ -35,7 +35,7 @@ def test_reset_re_emits_without_repeating_effects_unless_asked(tmp_path, mailbox
     records.mkdir()
     assert subprocess.run(producer_cmd("--once"), env=env, capture_output=True, timeout=60).returncode == 0
     assert len(handled(env, records)) == 3
-    args = ["mailbox", "reset", "--account", USER, "--mailbox", mailbox.name, "--uid", "1"]
+    args = ["mailbox", "reset", "--json", "--account", USER, "--mailbox", mailbox.name, "--uid", "1"]
     assert '"changed": false' in ingest(env, *args).stdout
     done = ingest(env, *args, "--yes")
     assert done.returncode == 0 and '"last_uid": 1' in done.stdout, done.stderr

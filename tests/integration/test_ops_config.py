@@ -33,7 +33,7 @@ def exported_names(redis_client) -> set[str]:
     worker.register(StreamCollector(redis_client, "s", "g", "dlq"))
     worker.register(ProcessCollector(Liveness(60), [CircuitBreaker("imap")], "worker"))
     where = Target(redis_client, "s", "g", "dlq", StreamKeys(stream="s", group="g"))
-    exporter = registry_for(where, Liveness(60))
+    exporter = registry_for([where], Liveness(60))
     return {sample.name for registry in (producer, worker, exporter) for family in registry.collect()
             for sample in family.samples}
 

@@ -65,3 +65,43 @@ def test_checkout_wrappers_run_without_the_installed_package(wrapper: str, tmp_p
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"{wrapper} {__version__}"
+
+
+def test_the_wheel_carries_the_operator_kit(wheel: Path):
+    """Config templates, alerts, dashboard, units, runbooks, service scripts and .env.example ship as package data."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for name in ("config/alerts.yml", "config/grafana_dashboard.json", "config/prometheus.yml", "config/redis.conf",
+                 "systemd/email-producer.service", "systemd/email-worker@.service", "runbooks/incident-response.md",
+                 "scripts/health_check.sh", "env.example"):
+        assert f"email_ingestion/kit/{name}" in names, name
+
+
+def test_kit_and_units_from_an_installed_wheel(wheel: Path, tmp_path: Path):
+    """In a venv holding only the wheel (no checkout), `email-ingest kit copy` hands out the kit and
+    `email-ingest units` writes units whose ExecStart runs that venv's commands."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ingest = str(venv / "bin" / "email-ingest")
+    # The dependencies from this environment; the package itself only from the wheel (.pth
+    # files, hence the editable install, are not read from PYTHONPATH).
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    copied = subprocess.run([ingest, "kit", "copy", str(tmp_path / "kit")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "kit" / "config" / "alerts.yml").is_file() and (tmp_path / "kit" / "env.example").is_file()
+    probe = "import email_ingestion.admin.kit as k; print(k.source('config'))"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, env=env)
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr  # package data, not the checkout
+    again = subprocess.run([ingest, "kit", "copy", str(tmp_path / "kit")], capture_output=True, text=True, timeout=60,
+                           env=env)
+    assert again.returncode == 1 and "not overwritten" in again.stderr
+    units = subprocess.run([ingest, "units", str(tmp_path / "units")], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, env=env)
+    assert units.returncode == 0, units.stderr
+    producer = (tmp_path / "units" / "email-producer.service").read_text()
+    assert f"ExecStart={venv}/bin/email-producer" in producer and "/opt/email-ingestion" not in producer

@@ -168,7 +168,7 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     assert run_once(settings) == 0  # the stream now holds more acknowledged entries than 5: trimmed
     assert cluster_client.xlen(STREAM) <= 6
     admin = DlqAdmin(redis_client.make_redis(settings.redis), STREAM, DLQ)
-    assert admin.replay(admin.select(True, None, []))
+    assert admin.replay([entry["id"] for entry in admin.entries()])
     registry = run_ownership_rounds(settings, cluster_client)
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
@@ -342,3 +342,21 @@ def test_two_stream_worker_process_on_the_cluster(cluster, cluster_client, tmp_p
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, timeout=120)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert_two_streams_done(cluster_client, records, uids)
+
+
+@pytest.mark.parametrize("streams", [("{mail}alice", "{mail}bob"), ("{mail-a}x", "{mail-c}x")],
+                         ids=["same-tag-one-slot", "different-masters"])
+def test_streams_sharing_a_tag_stay_apart_on_the_cluster(streams, cluster, cluster_client, tmp_path):
+    """Issue 19 item 1 on the cluster: streams on one slot (shared tag) or on two masters, equal
+    entry ids, every first attempt failing: each message handled once by its own stream's worker."""
+    from tests.integration.test_shared_tag_streams import COUNT, fill_same_ids, run_one_worker_per_stream
+    expected = fill_same_ids(cluster_client, streams, COUNT)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
+           **cluster_env(cluster, tmp_path), "MAX_RETRIES": "3", "CLAIM_MIN_IDLE_MS": "500",
+           "HEARTBEAT_TTL_MS": "1000", "LEASE_MS": "2000"}
+    handled = run_one_worker_per_stream(env, streams, tmp_path)
+    every = [key for keys in handled.values() for key in keys]
+    assert sorted(every) == sorted(expected)  # none lost, none repeated
+    for index, stream in enumerate(streams):
+        assert {k.split(":")[2] for k in handled[stream]} == {f"M{index}"}
+        assert cluster_client.xpending(stream, GROUP)["pending"] == 0

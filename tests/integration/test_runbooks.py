@@ -4,7 +4,7 @@ Each runbook page is one bash session (so `cd` and `export` carry over, as for a
 following it) against a real Redis, a real Dovecot mailbox, a real producer and a real
 worker. What cannot run here is replaced, and only that: systemctl, journalctl and useradd
 are stand-ins that succeed; /etc, /opt, /var paths and the owner names are mapped into the
-scratch root; `git clone <repo>` links the checkout (a fresh venv takes minutes). A command
+scratch root; the venv and `pip install` link this checkout's venv (a fresh one takes minutes). A command
 must exit 0, or 0/1 when its own comment says it exits 1; no command may be missing, refuse
 its arguments, print a traceback or miss a file.
 """
@@ -85,7 +85,11 @@ def installation(tmp_path, mailbox, redis_server, redis_client) -> Any:
     settings = {**base_env(mailbox.server.port, redis_server.url, mailbox.name), "PRODUCER_METRICS_PORT": str(port),
                 "WORKER_BLOCK_TIMEOUT_MS": "300"}
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    mapping = {"git clone <repo> ": f"ln -s {ROOT} ", "-o email-ingestion": f"-o {user}",
+    venv = Path(sys.executable).parent.parent
+    (scratch / "opt" / "email-ingestion").mkdir(parents=True)
+    (scratch / "opt" / "email-ingestion" / "venv").symlink_to(venv)
+    mapping = {"python3 -m venv /opt/email-ingestion/venv && /opt/email-ingestion/venv/bin/pip install email_ingestion-*.whl":
+               f"ln -sfn {venv} /opt/email-ingestion/venv", "-o email-ingestion": f"-o {user}",
                "-g email-ingestion": f"-g {group}", "-o root": f"-o {user}", "-g root": f"-g {group}",
                "--mailbox INBOX": f"--mailbox {mailbox.name}", "-p 6379": f"-p {redis_server.port}",
                DOC_DLQ_ID: DOC_DLQ_ID,
@@ -98,9 +102,12 @@ def installation(tmp_path, mailbox, redis_server, redis_client) -> Any:
 
 
 def write_settings(scratch: Path, settings: dict[str, str]) -> None:
-    """What a person does after `install ... .env.example ...env`: fill it in."""
+    """What a person does after `install ... .env.example ...env`: fill it in (the kit is
+    where the install section copied it)."""
+    from email_ingestion.admin.kit import copy_kit
     etc = scratch / "etc" / "email-ingestion"
     etc.mkdir(parents=True, exist_ok=True)
+    copy_kit(etc / "kit")
     for name in ("env", "admin.env"):
         (etc / name).write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         (etc / name).chmod(0o600)
@@ -152,14 +159,20 @@ def test_install_section_runs_in_a_scratch_root(installation, tmp_path):
     check(results, tmp_path / "install.log")
     etc = installation["scratch"] / "etc" / "email-ingestion"
     assert (etc / "env").stat().st_mode & 0o777 == 0o600 and (etc / "env").read_text().startswith("#")
-    assert len(list((installation["scratch"] / "etc" / "systemd" / "system").glob("*.service"))) >= 3
+    units = list((installation["scratch"] / "etc" / "systemd" / "system").glob("*.service"))
+    assert len(units) >= 3
+    # The units run the installed commands of the venv they were written for, never a checkout.
+    for unit in units:
+        exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+        program = exec_start.split("=", 1)[1].split()[0]
+        assert "/bin/email-" in program and Path(program).exists() and ".py" not in exec_start, exec_start
+    assert (installation["scratch"] / "etc" / "email-ingestion" / "kit" / "config" / "alerts.yml").is_file()
 
 
 @pytest.mark.parametrize("runbook", [p.name for p in RUNBOOKS])
 def test_every_runbook_command_runs(installation, tmp_path, runbook):
     """Each page, top to bottom, on an installed and running system."""
     inst = installation
-    (inst["scratch"] / "opt" / "email-ingestion").symlink_to(ROOT)
     write_settings(inst["scratch"], inst["settings"])
     page = (ROOT / "docs" / "runbooks" / runbook).read_text()
     if "## Install" in page:

@@ -241,7 +241,7 @@ def test_dlq_list_show_stats_replay_and_purge(redis_server, redis_client, worker
     assert fields[b"attempt"] == b"0" and json.loads(fields[b"payload"])["uid"] == 0
     assert dlq_cli(redis_server.url, "purge", listed[1]["id"])["purged"] == 1
     assert dlq_cli(redis_server.url, "purge", "--older-than", "1h")["purged"] == 0
-    assert dlq_cli(redis_server.url, "replay", "--error-type", "PermanentError")["replayed"] != []
+    assert dlq_cli(redis_server.url, "replay", "--error-type", "PermanentError", "--yes")["replayed"] != []
     assert redis_client.xlen(DLQ) == 0
     run_burst(worker_env(), Recorder())
     assert dlq_cli(redis_server.url, "purge", "--all")["purged"] == 0

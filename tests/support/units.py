@@ -33,8 +33,12 @@ def environment(unit: str, instance: str, etc: Path) -> dict[str, str]:
     return env
 
 
+# The installed commands a unit runs, as this checkout runs them.
+_COMMANDS = {"email-producer": [str(ROOT / "producer.py")], "email-worker": [str(ROOT / "worker.py")],
+             "email-ingest": ["-m", "email_ingestion"]}
+
+
 def command(unit: str, instance: str) -> list[str]:
     [exec_start] = service_lines(unit, "ExecStart")
-    words = shlex.split(exec_start.replace("%i", instance))
-    words = [w.replace("/opt/email-ingestion", str(ROOT)) for w in words]
-    return [sys.executable if w.endswith("/.venv/bin/python") else w for w in words]
+    program, *args = shlex.split(exec_start.replace("%i", instance))
+    return [sys.executable, *_COMMANDS[Path(program).name], *args]

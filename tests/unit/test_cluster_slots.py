@@ -39,3 +39,28 @@ def test_a_stream_name_that_cannot_share_its_slot_is_refused(stream: str) -> Non
     """A '}' outside a {hash tag} would split the stream from its keys: a clear error."""
     with pytest.raises(ValueError, match="REDIS_STREAM_NAME|hash tag"):
         RedisSettings(stream_name=stream)
+
+
+def consumer_keys(stream: str, group: str, dlq: str) -> list[str]:
+    keys = StreamKeys.of(stream, group, dlq)
+    return [keys.retries, keys.retry_payloads, keys.idempotency("k"), keys.heartbeat("c"), keys.dlq]
+
+
+@given(first=names, second=names, group=names, dlq=names)
+def test_two_streams_share_no_consumer_key(first: str, second: str, group: str, dlq: str) -> None:
+    """Two streams, even with one hash tag ({mail}alice, {mail}bob; {mail} and mail), never
+    share a retry set, retry store, lease, heartbeat or DLQ (issue 19 item 1)."""
+    try:
+        RedisSettings(stream_name=first)
+        RedisSettings(stream_name=second)
+    except ValueError:
+        return
+    if first != second:
+        assert not set(consumer_keys(first, group, dlq)) & set(consumer_keys(second, group, dlq))
+
+
+@pytest.mark.parametrize(("first", "second"), [("{mail}alice", "{mail}bob"), ("{mail}", "mail"), ("a", "b")])
+def test_named_pairs_share_no_consumer_key(first: str, second: str) -> None:
+    """The pairs of the issue: same tag, tag vs whole name, no tag."""
+    for dlq in ("email_ingestion_dlq", "{mail}dlq"):
+        assert not set(consumer_keys(first, "g", dlq)) & set(consumer_keys(second, "g", dlq))

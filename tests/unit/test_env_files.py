@@ -88,7 +88,7 @@ def test_warning_reaches_the_service_log(tmp_path):
         proc.wait(30)
     text = log.read_text()
     assert "unknown setting IMAP_SERVER" in text
-    assert "unknown setting WORKER_HANDLR is ignored (did you mean WORKER_HANDLER?)" in text
+    assert "unknown setting WORKER_HANDLR in " in text and "is ignored (did you mean WORKER_HANDLER?)" in text
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\n", b'REDIS_URL="unterminated\nIMAP_HOST=x\n'])
@@ -98,3 +98,33 @@ def test_an_unreadable_env_file_is_a_settings_error_not_a_fallback(tmp_path, con
     path.write_bytes(content)
     with pytest.raises(SettingsError, match="bad.env"):
         load_settings(env_file=path)
+
+
+@pytest.mark.parametrize(("name", "nearest"), [
+    ("MAILBOX_FILE", "MAILBOXES_FILE"), ("INITAL_SYNC", "INITIAL_SYNC"), ("MAX_RETRYS", "MAX_RETRIES"),
+    ("POLL_INTERVALL_SECONDS", "POLL_INTERVAL_SECONDS"),
+])
+def test_unprefixed_misspellings_in_an_env_file_are_reported(clean_env, tmp_path, name, nearest):
+    """A misspelt name without a project prefix in .env is named with the nearest setting, never silently ignored."""
+    env_file = tmp_path / "s.env"
+    env_file.write_text(f"{name}=1\n")
+    settings = load_settings(env_file=env_file)
+    assert [w for w in settings.warnings if name in w and f"did you mean {nearest}?" in w], settings.warnings
+
+
+def test_near_misses_in_the_environment_are_reported_but_unrelated_names_are_not(clean_env, monkeypatch):
+    """In the environment only a project prefix or a close miss of a setting's name is reported."""
+    monkeypatch.setenv("POLL_INTERVALL_SECONDS", "5")
+    monkeypatch.setenv("HOSTNAME", "x")
+    monkeypatch.setenv("LANG", "C")
+    warnings = load_settings(env_file=None).warnings
+    assert any("POLL_INTERVALL_SECONDS" in w and "POLL_INTERVAL_SECONDS" in w for w in warnings)
+    assert not [w for w in warnings if "HOSTNAME" in w or "LANG" in w]
+
+
+def test_an_empty_value_means_unset(clean_env, tmp_path):
+    """`IMAP_PORT=` (an uncommented line of .env.example) is the default, not an invalid number."""
+    env_file = tmp_path / "s.env"
+    env_file.write_text("IMAP_PORT=\nREDIS_PORT=\nBATCH_SIZE=\n")
+    settings = load_settings(env_file=env_file)
+    assert settings.imap.port is None and settings.redis.port == 6379 and settings.producer.batch_size == 500

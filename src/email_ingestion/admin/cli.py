@@ -24,6 +24,11 @@ _PROGRAMS: dict[str, tuple[str, str]] = {
     "tail": ("email_ingestion.admin.tail", "summaries of the newest payloads (no addresses or subjects by default)"),
     "consumers": ("email_ingestion.admin.consumers", "list consumers; prune dead ones with nothing pending"),
     "mailbox": ("email_ingestion.admin.mailbox", "show or reset a mailbox's stored position (re-ingest, backfill)"),
+    "config": ("email_ingestion.admin.config_show", "the settings in effect (secrets redacted) and where each came from"),
+    "kit": ("email_ingestion.admin.kit", "copy the operator kit (config, alerts, dashboard, runbooks, units) to a directory"),
+    "units": ("email_ingestion.admin.kit:units_main", "write systemd units that run this installation's commands"),
+    "backup": ("email_ingestion.admin.backup", "snapshot Redis (BGSAVE) into a verified, checksummed backup file"),
+    "restore": ("email_ingestion.admin.restore", "restore a backup file (verified first)"),
     "exporter": ("email_ingestion.monitoring.exporter", "standalone Prometheus exporter: queue gauges, Redis memory"),
 }
 
@@ -38,16 +43,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _program(name: str) -> Callable[[list[str] | None], int]:
-    module = importlib.import_module(_PROGRAMS[name][0])
-    main: Callable[[list[str] | None], int] = module.main
+    module_name, _, function = _PROGRAMS[name][0].partition(":")
+    main: Callable[[list[str] | None], int] = getattr(importlib.import_module(module_name), function or "main")
     return main
+
+
+def _env_file_first(args: list[str]) -> list[str]:
+    """`--env-file F` is accepted anywhere (before or after the subcommand, after its own
+    subcommand): it is moved to just after the subcommand's name, where every program's
+    top-level parser reads it."""
+    rest: list[str] = []
+    found: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--env-file" and index + 1 < len(args):
+            found = [arg, args[index + 1]]
+            index += 2
+            continue
+        if arg.startswith("--env-file="):
+            found = ["--env-file", arg.split("=", 1)[1]]
+        else:
+            rest.append(arg)
+        index += 1
+    if not found or not rest:
+        return rest + found
+    return [rest[0], *found, *rest[1:]]
 
 
 @closed_pipe_is_quiet
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _env_file_first(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     if args and args[0] in _PROGRAMS:
+        # Programs whose parser takes its name from argv[0] call themselves "email-ingest
+        # producer", as the operator typed it, in --help and errors.
+        sys.argv[0] = f"email-ingest {args[0]}"
         return _program(args[0])(args[1:])
     parser.parse_args(args)
     parser.print_help()

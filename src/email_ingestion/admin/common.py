@@ -29,14 +29,16 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     add_version(p)
     p.add_argument("--env-file", default=".env", help="settings file (default: .env, searched as the services do)")
     p.add_argument("--redis-url", help="REDIS_URL")
-    p.add_argument("--stream", help="REDIS_STREAM_NAME")
+    p.add_argument("--stream", action="append",
+                   help="a stream; repeat for several (WORKER_STREAMS, else REDIS_STREAM_NAME), as the workers read")
     p.add_argument("--group", help="WORKER_GROUP")
     return p
 
 
 def load(args: argparse.Namespace, name: str) -> Settings | None:
     """The services' settings with this command's overrides; None (after one line) when invalid."""
-    overrides = {"redis": {"url": args.redis_url, "stream_name": args.stream}, "worker": {"group": args.group}}
+    overrides = {"redis": {"url": args.redis_url, "stream_name": args.stream[0] if args.stream else None},
+                 "worker": {"group": args.group, "streams": ",".join(args.stream) if args.stream else None}}
     try:
         settings = load_settings(overrides, env_file=args.env_file)
         make_redis(settings.redis)  # builds, connects nothing: a malformed REDIS_URL is a settings error
@@ -63,6 +65,14 @@ def target(settings: Settings) -> Target:
     stream, group = settings.redis.stream_name, settings.worker.group
     return Target(make_redis(settings.redis), stream, group, dlq_stream(stream, settings.retry.dlq_stream_name),
                   StreamKeys(stream=stream, group=group))
+
+
+def targets(settings: Settings) -> list[Target]:
+    """One Target per stream the workers read (WORKER_STREAMS / --stream, else
+    REDIS_STREAM_NAME), sharing one client."""
+    client, group = make_redis(settings.redis), settings.worker.group
+    return [Target(client, stream, group, dlq_stream(stream, settings.retry.dlq_stream_name),
+                   StreamKeys(stream=stream, group=group)) for stream in settings.worker_streams()]
 
 
 def parse_duration_ms(text: str) -> int:

@@ -28,7 +28,7 @@ from email_ingestion.admin.common import (
     parser,
     target,
 )
-from email_ingestion.common.text import to_text
+from email_ingestion.common.text import human_duration, to_text
 from email_ingestion.monitoring.heartbeats import live_workers
 
 # KEYS: stream, heartbeat key; ARGV: group, consumer, minimum idle ms.
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
+            print("  ".join(f"idle={human_duration(v / 1000)}" if k == "idle_ms" else f"{k}={v}" for k, v in row.items()))
         if not rows:
             print("(none)" if args.action != "prune" else "nothing to prune")
     return EXIT_HEALTHY

@@ -33,6 +33,7 @@ from email_ingestion.admin.common import (
     parser,
     target,
 )
+from email_ingestion.admin.snapshot import iso_ms
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         action = sub.add_parser(name, help=text)
         action.add_argument("--account", required=True, help="IMAP_USER of the mailbox")
         action.add_argument("--mailbox", required=True, help="IMAP_MAILBOX, e.g. INBOX")
+        # Accepted after the action too: `mailbox show --json` is how people type it.
+        action.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     resetting = sub.choices["reset"]
     resetting.add_argument("--uid", type=int, required=True, help="new last_uid: 0 re-ingests everything")
     resetting.add_argument("--forget-done", action="store_true", help="also delete done markers: handlers see them again")
@@ -124,8 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"mailbox: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEGRADED
-    print(json.dumps(result, indent=2 if args.json else None, sort_keys=True))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(readable(result)))
     return EXIT_HEALTHY
+
+
+def readable(value: Any, indent: str = "") -> list[str]:
+    """`key: value` lines; epoch-millisecond fields (`*_ms`) as ISO 8601 instants."""
+    lines: list[str] = []
+    for key, item in sorted(value.items()) if isinstance(value, dict) else []:
+        if isinstance(item, dict):
+            lines += [f"{indent}{key}:", *readable(item, indent + "  ")]
+        elif key.endswith("_at_ms") or key in ("since_ms", "synced_at_ms", "updated_at_ms"):
+            lines.append(f"{indent}{key.removesuffix('_ms')}: {iso_ms(int(item)) if item else '-'}")
+        else:
+            lines.append(f"{indent}{key}: {'(none)' if item is None else item}")
+    return lines
 
 
 if __name__ == "__main__":

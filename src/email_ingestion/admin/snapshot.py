@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from email_ingestion.admin import flow
 from email_ingestion.admin.common import Target, id_ms, server_ms
 from email_ingestion.common.keys import PREFIX, hash_tag
 from email_ingestion.common.text import to_text
@@ -127,12 +128,22 @@ def snapshot(target: Target, max_unacked: int) -> dict[str, Any]:
     boxes = mailboxes(target.client, target.stream, now_ms)
     for box in boxes:  # the producer pauses per stream: every mailbox feeding it is held back
         box["backpressure"] = backlog >= max_unacked
+    live_producers = flow.producers(target.client, now_ms)
+    flow.add_owners(target.client, target.stream, boxes, {p["id"] for p in live_producers})
+    stream["rate"] = flow.entries_per_s(target.client, target.stream, now_ms)
     group = stream["groups"].get(target.group, {"consumers": []})
     known = {c["name"] for c in group["consumers"]}
+    dlq = {**dead_letters(target), **flow.dlq_growth(target.client, target.dlq, now_ms)}
     return {"redis_time": iso_ms(now_ms), "group": target.group, "mailboxes": boxes, "stream": stream,
+            "producers": live_producers,
             "unacknowledged": backlog, "max_unacknowledged": max_unacked,
             "workers": {"live": [{"name": n, "heartbeat_ttl_ms": ttl} for n, ttl in sorted(alive.items())],
                         "dead_with_pending": [c for c in group["consumers"] if not c["alive"] and c["pending"]],
                         "stale": [c for c in group["consumers"] if not c["alive"] and not c["pending"]],
                         "live_not_in_group_yet": sorted(set(alive) - known)},
-            "retries": retries(target, now_ms), "dlq": dead_letters(target)}
+            "retries": retries(target, now_ms), "dlq": dlq}
+
+
+def snapshots(targets: list[Target], max_unacked: int) -> dict[str, dict[str, Any]]:
+    """snapshot() of each stream the workers read (admin/common.py targets()), by stream name."""
+    return {target.stream: snapshot(target, max_unacked) for target in targets}

@@ -14,6 +14,8 @@ FIRST_FAILED_MS = "first_failed_ms"
 LAST_ERROR = "last_error"
 ORIGINAL_ID = "original_id"
 REPLAYED_FROM = "replayed_from"
+# On a dead letter: the stream it was read from, where a replay returns it (issue 19 item 14).
+SOURCE_STREAM = "stream"
 # "<producer id>:<fencing token>" of the producer that appended the entry (producer/ownership.py):
 # who wrote what, and for each mailbox the tokens only ever grow along the stream.
 PRODUCER = "producer"

@@ -23,7 +23,11 @@ DEFAULT_ENV_FILE = ".env"
 ENV_FILE_VARIABLE = "EMAIL_INGEST_ENV_FILE"
 # Prefixes that mark a variable as meant for this project; an unknown one is a typo.
 PROJECT_PREFIXES = ("IMAP_", "REDIS_", "GOOGLE_", "WORKER_", "LOG_", "HEALTH_", "RETRY_", "PRODUCER_",
-                    "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_")
+                    "WEBHOOK_", "DLQ_", "CLAIM_", "LEASE_", "HEARTBEAT_", "IDEMPOTENCY_", "EMAIL_INGEST_",
+                    "GMAIL_", "CONSOLE_", "MAILBOX", "INITIAL_SYNC", "HANDLER_", "MAX_RETR", "MAX_DELIVER")
+# Outside the prefixes, a name this close to a known one is a typo (POLL_INTERVALL_SECONDS,
+# INITAL_SYNC, MAX_RETRYS); the environment holds many unrelated names, so the bar is high.
+NEAR_MISS_CUTOFF = 0.8
 # Read by the shell scripts, not by Settings.
 SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "LOG_DIR"})
 
@@ -82,14 +86,22 @@ def file_variables(path: Path | None) -> list[str]:
     return [name for name in dotenv_values(path) if name]
 
 
-def unknown_variables(names: Iterable[str], known: Iterable[str]) -> list[str]:
-    """One warning per project-prefixed name that no setting reads, with the nearest known name."""
+def unknown_variables(names: Iterable[str], known: Iterable[str], where: str = "the environment",
+                      every_name: bool = False) -> list[str]:
+    """One warning per name that no setting reads and that looks meant for us: a project
+    prefix, a near-miss of a known name, or (`every_name`, for a settings file, where every
+    line is meant for us) any name at all; with the nearest known name."""
     known_set = set(known) | SCRIPT_VARIABLES
+    candidates = sorted(known_set - SCRIPT_VARIABLES)
     warnings = []
     for name in sorted(set(names)):
-        if name.upper() in known_set or not name.upper().startswith(PROJECT_PREFIXES):
+        upper = name.upper()
+        if upper in known_set:
             continue
-        nearest = difflib.get_close_matches(name.upper(), sorted(known_set - SCRIPT_VARIABLES), n=1, cutoff=0.5)
+        near = difflib.get_close_matches(upper, candidates, n=1, cutoff=NEAR_MISS_CUTOFF)
+        if not (every_name or upper.startswith(PROJECT_PREFIXES) or near):
+            continue
+        nearest = near or difflib.get_close_matches(upper, candidates, n=1, cutoff=0.5)
         hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-        warnings.append(f"unknown setting {name} is ignored{hint}")
+        warnings.append(f"unknown setting {name} in {where} is ignored{hint}")
     return warnings

@@ -53,6 +53,10 @@ class TlsVerificationError(SettingsError):
     """The server's certificate failed verification (wrong host, untrusted CA: IMAP_CA_FILE)."""
 
 
+class TransportMismatchError(SettingsError):
+    """IMAP_SSL does not match the port: TLS to a plaintext port, or plaintext to a TLS one."""
+
+
 class RedisAuthError(AuthError):
     """Redis refused the password or user in REDIS_URL / REDIS_PASSWORD."""
 

@@ -7,6 +7,11 @@ the Lua scripts and MULTI blocks that move them together stay on one slot. A key
 braces hashes like a tag holding its whole name, so `{email_ingestion_stream}` and the plain
 `email_ingestion_stream` share a slot. To spread mailboxes across shards, give each mailbox
 its own stream (REDIS_STREAM_NAME).
+
+Streams that share a hash tag (`{mail}alice`, `{mail}bob`: one slot, on purpose) must not
+share anything else, so every consumer-side key also names its stream (issue 19 item 1).
+A stream without a tag of its own is already named whole by its tag, and its keys keep the
+names they had before that fix (see worker/key_migration.py for the tagged ones).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ def hash_tag(stream: str) -> str:
         raise ValueError(f"stream name {stream!r} has a '}}' outside a {{hash tag}}: its keys could not "
                          "share its cluster slot; drop the '}}' or write a tag, e.g. {mail}")
     return "{" + stream + "}"
+
+
+def stream_segment(stream: str) -> str:
+    """What a key adds after the hash tag to name `stream`: nothing when the tag is the whole
+    name (`{email_ingestion_stream}` already says it), else the escaped name and a ':'."""
+    return "" if _own_tag(stream) is None else f"{_part(stream)}:"
 
 
 def _part(value: str) -> str:
@@ -118,7 +129,7 @@ class StreamKeys:
 
     @cached_property
     def _base(self) -> str:
-        return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.group)}"
+        return f"{PREFIX}:{hash_tag(self.stream)}:{stream_segment(self.stream)}{_part(self.group)}"
 
     @property
     def retries(self) -> str:
@@ -141,12 +152,26 @@ class StreamKeys:
 
 def dlq_stream(stream: str, dlq_name: str) -> str:
     """The DLQ stream of `stream`: the configured name plus the stream's hash tag, so a
-    message moves to the DLQ in the same atomic step that removes it from the retry path."""
+    message moves to the DLQ in the same atomic step that removes it from the retry path,
+    plus the stream's name when the tag alone does not say it."""
+    named = stream_segment(stream)
+    return legacy_dlq_stream(stream, dlq_name) + (f":{named[:-1]}" if named else "")
+
+
+def legacy_dlq_stream(stream: str, dlq_name: str) -> str:
+    """The DLQ of `stream` before keys named their stream: shared by every stream with the
+    same tag. Still the name for a stream without a tag of its own."""
     tag = hash_tag(stream)
     if _own_tag(dlq_name) == tag:
         return dlq_name
     # Braces of the configured name would open a tag of their own: escape them.
     return f"{dlq_name.replace('{', '%7B').replace('}', '%7D')}:{tag}"
+
+
+def legacy_consumer_base(stream: str, group: str) -> str:
+    """Where StreamKeys kept a tagged stream's keys before they named the stream: shared by
+    every stream with the same tag. Read only by the upgrade (worker/key_migration.py)."""
+    return f"{PREFIX}:{hash_tag(stream)}:{_part(group)}"
 
 
 def producers_key(fleet: str) -> str:

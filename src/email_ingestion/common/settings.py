@@ -25,7 +25,10 @@ from email_ingestion.common.keys import hash_tag
 
 def _config(prefix: str) -> SettingsConfigDict:
     # No infinite or NaN durations: they pass `gt=0` and then overflow timers at runtime.
-    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False)
+    # An empty value means unset: `IMAP_PORT=` (an uncommented line of .env.example) is the
+    # default, not an invalid number.
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True, allow_inf_nan=False,
+                              env_ignore_empty=True)
 
 
 class ImapSettings(BaseSettings):
@@ -214,6 +217,8 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="entries per XREADGROUP (throughput-tuned)")
     block_timeout_ms: int = Field(default=5000, ge=0, description="XREADGROUP BLOCK")
     handler: str = Field(default="log", description="log | noop | jsonl:PATH | webhook:URL | module:callable")
+    handler_path: str | None = Field(default=None, description="directories searched for module:callable handlers "
+                                                               "before the installed packages, ':'-separated")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
@@ -256,7 +261,10 @@ class RetrySettings(BaseSettings):
                                                        "the worker exits for its supervisor to restart it")
     dlq_stream_name: str = Field(default="email_ingestion_dlq", description="DLQ stream (gets the stream's hash tag)")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures")
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="webhook request timeout")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="bound on a whole webhook call, connect "
+                                                                          "to the end of the answer")
+    webhook_ca_file: Path | None = Field(default=None, description="CA bundle to verify the webhook's certificate "
+                                                                   "with (default: certifi's)")
 
 
 _GROUPS: dict[str, tuple[type[BaseSettings], str]] = {
@@ -283,12 +291,17 @@ class Settings:
     retry: RetrySettings
     # Variables with a project prefix that no setting reads (typos), with the nearest name.
     warnings: tuple[str, ...] = ()
+    env_file: Path | None = None  # the file the values were read from, if any
 
     def worker_streams(self) -> tuple[str, ...]:
         """The streams a worker reads: WORKER_STREAMS (or --stream, repeated), else REDIS_STREAM_NAME."""
         if self.worker.streams is None:
             return (self.redis.stream_name,)
         return tuple(self.worker.streams.split(","))
+
+    def handler_path(self) -> tuple[str, ...]:
+        """The directories of WORKER_HANDLER_PATH (or --handler-path, repeated), in search order."""
+        return tuple(part for part in (self.worker.handler_path or "").split(os.pathsep) if part.strip())
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
@@ -317,8 +330,10 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
             groups[name] = cls(_env_file=path, **values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
-    warnings = unknown_variables([*os.environ, *file_variables(path)], (row[0] for row in env_reference()))
-    return Settings(**groups, warnings=tuple(warnings))
+    known = [row[0] for row in env_reference()]
+    warnings = [*unknown_variables(os.environ, known, where="the environment"),
+                *unknown_variables(file_variables(path), known, where=str(path), every_name=True)]
+    return Settings(**groups, warnings=tuple(warnings), env_file=path)
 
 
 def log_warnings(settings: Settings, log: Any) -> None:
@@ -361,6 +376,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def settings_fields() -> list[tuple[str, str, str]]:
+    """(group, field, VARIABLE) for every setting, in the reference's order."""
+    return [(group, name, f"{prefix}{name}".upper())
+            for group, (cls, prefix) in _GROUPS.items() for name in cls.model_fields]
 
 
 def env_reference() -> list[tuple[str, str, str]]:
@@ -406,6 +427,23 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+TABLE_START, TABLE_END = "<!-- settings table: generated, python -m email_ingestion.common.settings --write -->", \
+    "<!-- end of settings table -->"
+
+
+def write_reference(root: Path) -> None:
+    """Regenerate docs/configuration.md's table and .env.example from the settings classes."""
+    doc = root / "docs" / "configuration.md"
+    text = doc.read_text()
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    doc.write_text(f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}")
+    (root / ".env.example").write_text(env_example())
+
+
 if __name__ == "__main__":
     import sys
-    print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")
+    if "--write" in sys.argv:
+        write_reference(Path(__file__).resolve().parents[3])
+    else:
+        print(env_example() if "--env-example" in sys.argv else markdown_table(), end="")

@@ -35,6 +35,7 @@ from email_ingestion.common.settings import ImapSettings
 from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
 from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
+from email_ingestion.imap.transport_probe import plaintext_on_tls, tls_on_plaintext
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +136,35 @@ class ImapSession:
     def connect(self) -> MailboxStatus:
         s = self.settings
         with imap_errors(f"connect to {s.host}:{s.effective_port}"):
-            timeout = SocketTimeout(connect=s.timeout_seconds, read=s.timeout_seconds)
-            context = tls_context(s) if s.uses_tls else None
-            client = IMAPClient(s.host, port=s.effective_port, ssl=s.ssl, ssl_context=context, timeout=timeout)
+            client = self._open()
             self._client = client
             client.normalise_times = False
             _watch_tagged_answers(client, self._throttled_answers)
             if s.starttls:
-                client.starttls(context)
+                client.starttls(tls_context(s))
         self._login()
         with imap_errors("capabilities"):
             self.capabilities = frozenset(self.client.capabilities())
         return self.examine()
+
+    def _open(self) -> IMAPClient:
+        """The TCP (and TLS) connection with its greeting read; a mismatch of IMAP_SSL and
+        the port stops with a hint instead of being retried forever."""
+        s = self.settings
+        timeout = SocketTimeout(connect=s.timeout_seconds, read=s.timeout_seconds)
+        context = tls_context(s) if s.uses_tls else None
+        try:
+            return IMAPClient(s.host, port=s.effective_port, ssl=s.ssl, ssl_context=context, timeout=timeout)
+        except ssl.SSLError as exc:
+            mismatch = tls_on_plaintext(exc, s.host, s.effective_port)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+        except (TimeoutError, imaplib.IMAP4.abort, EOFError, ConnectionResetError):
+            found = None if s.ssl else plaintext_on_tls(s.host, s.effective_port, s.timeout_seconds)
+            if found is None:
+                raise
+            raise found from None
 
     def _login(self) -> None:
         for attempt in (1, 2):

@@ -4,6 +4,8 @@ every producer and worker, so a backlog stays visible while all of them are down
 Serves /metrics, /health, /ready (Redis reachable) and /status on HEALTH_HOST:P. Gauges are
 computed at scrape time; the exporter holds no state and may run anywhere Redis can be
 reached (one per Redis is enough; two only duplicate series that the alerts `max by`).
+It covers the streams the workers read (WORKER_STREAMS or --stream, repeated; else
+REDIS_STREAM_NAME): one sample per stream, labelled `stream`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from email_ingestion import __version__
-from email_ingestion.admin.common import EXIT_SETTINGS, Target, load, parser, target
+from email_ingestion.admin.common import EXIT_SETTINGS, Target, load, parser, targets
 from email_ingestion.common.errors import SettingsError
-from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, stream_figures
+from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector, stream_figures
 from email_ingestion.monitoring.health import Liveness, start_health
 from email_ingestion.monitoring.redis_memory import RedisCollector
 
@@ -26,28 +28,35 @@ DEFAULT_PORT = 9120
 TICK_S = 1.0
 
 
-def registry_for(where: Target, liveness: Liveness) -> CollectorRegistry:
+def registry_for(where: list[Target], liveness: Liveness) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(StreamCollector(where.client, where.stream, where.group, where.dlq))
-    registry.register(RedisCollector(where.client, where.keys.retries))
+    registry.register(StreamsCollector([StreamCollector(t.client, t.stream, t.group, t.dlq) for t in where]))
+    registry.register(RedisCollector(where[0].client, [t.keys.retries for t in where]))
     registry.register(ProcessCollector(liveness, [], "exporter"))
     Gauge("email_ingestion_build_info", "Build information", ("version", "component"),
           registry=registry).labels(__version__, "exporter").set(1)
     return registry
 
 
-def serve(where: Target, host: str, port: int, stop: threading.Event) -> None:
+def serve(where: list[Target], host: str, port: int, stop: threading.Event) -> None:
     liveness = Liveness(stall_s=30 * TICK_S)
 
     def ready() -> tuple[bool, str]:
-        where.client.ping()
+        where[0].client.ping()
         return True, "ok"
 
     def status() -> dict[str, Any]:
-        return {"component": "exporter", "stream": where.stream, "group": where.group,
-                "figures": stream_figures(where.client, where.stream, where.group, where.dlq)}
+        first = where[0]
+        body: dict[str, Any] = {"component": "exporter", "stream": first.stream, "group": first.group,
+                                "figures": stream_figures(first.client, first.stream, first.group, first.dlq)}
+        if len(where) > 1:
+            body["streams"] = {t.stream: stream_figures(t.client, t.stream, t.group, t.dlq) for t in where}
+        return body
 
     server = start_health(registry_for(where, liveness), liveness, ready, status, port, host, "--port")
+    # Operators starting it by hand need to know where to point Prometheus.
+    print(f"exporter: listening on http://{host}:{port}/metrics (streams {', '.join(t.stream for t in where)}, "
+          f"group {where[0].group})", flush=True)
     try:
         while not stop.wait(TICK_S):
             liveness.tick()
@@ -57,7 +66,7 @@ def serve(where: Target, host: str, port: int, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("email-ingest exporter", "Prometheus exporter for the stream, the group, the DLQ and Redis memory.")
+    p = parser("email-ingest exporter", "Prometheus exporter for the streams, the group, the DLQs and Redis memory.")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port of /metrics (default {DEFAULT_PORT})")
     p.add_argument("--host", help="address to listen on (default HEALTH_HOST, 127.0.0.1)")
     args = p.parse_args(argv)
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        serve(target(settings), args.host or settings.health.host, args.port, stop)
+        serve(targets(settings), args.host or settings.health.host, args.port, stop)
     except SettingsError as exc:
         print(f"exporter: {exc}", file=sys.stderr)
         return EXIT_SETTINGS

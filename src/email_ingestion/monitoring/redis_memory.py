@@ -17,21 +17,21 @@ NS = "email_ingestion"
 
 
 class RedisCollector(Collector):
-    def __init__(self, client: redis.Redis, retry_key: str) -> None:
+    def __init__(self, client: redis.Redis, retry_keys: list[str]) -> None:
         self.client = client
-        self.retry_key = retry_key
+        self.retry_keys = retry_keys  # one per stream; the gauge is their sum
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             memory = self.client.info("memory")
-            scheduled = int(self.client.zcard(self.retry_key))
+            scheduled = sum(int(self.client.zcard(key)) for key in self.retry_keys)
         except redis.RedisError:
             yield _gauge("redis_up", "1 when the exporter can read Redis", 0.0)
             return
         yield _gauge("redis_up", "1 when the exporter can read Redis", 1.0)
         yield _gauge("redis_memory_used_bytes", "Redis INFO used_memory", float(memory["used_memory"]))
         yield _gauge("redis_memory_max_bytes", "Redis INFO maxmemory (0: no limit)", float(memory.get("maxmemory", 0)))
-        yield _gauge("retries_scheduled", "Messages waiting in the retry set", float(scheduled))
+        yield _gauge("retries_scheduled", "Messages waiting in the retry sets of every stream", float(scheduled))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
@@ -37,6 +39,7 @@ from email_ingestion.worker.backoff import Backoff
 from email_ingestion.worker.dead_letter import DeadLetterQueue
 from email_ingestion.worker.handlers import load_handler
 from email_ingestion.worker.idempotency import Idempotency
+from email_ingestion.worker.key_migration import migrate
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
 from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="WORKER_BATCH_SIZE: entries per XREADGROUP")
     p.add_argument("--block-timeout", type=int, help="WORKER_BLOCK_TIMEOUT_MS")
     p.add_argument("--handler", help="WORKER_HANDLER: log | noop | jsonl:PATH | webhook:URL | module:callable")
+    p.add_argument("--handler-path", action="append", metavar="DIR",
+                   help="WORKER_HANDLER_PATH: a directory holding your handler's module; repeat for several")
     p.add_argument("--burst", action="store_true", help="exit 0 once nothing is pending and nothing new arrives")
     p.add_argument("--redis-url", help="REDIS_URL")
     p.add_argument("--metrics-port", type=int, help="WORKER_METRICS_PORT (0 disables)")
@@ -72,7 +77,8 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "redis": {"url": args.redis_url},
         "worker": {"streams": ",".join(args.stream) if args.stream else None,
                    "group": args.group, "batch_size": args.batch_size, "block_timeout_ms": args.block_timeout,
-                   "handler": args.handler, "metrics_port": args.metrics_port},
+                   "handler": args.handler, "metrics_port": args.metrics_port,
+                   "handler_path": os.pathsep.join(args.handler_path) if args.handler_path else None},
         "log": {"level": args.log_level, "format": args.log_format},
     }
 
@@ -103,7 +109,7 @@ def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threa
                breaker_name: str = "redis") -> WorkerLoop:
     """One stream's loop, with a Redis client, handler and recovery of its own."""
     retry, health = settings.retry, settings.health
-    handler = load_handler(settings.worker.handler, retry)
+    handler = load_handler(settings.worker.handler, retry, settings.handler_path())
     client = make_redis(settings.redis)
     keys = StreamKeys.of(stream, settings.worker.group, retry.dlq_stream_name)
     metrics = WorkerMetrics(keys.stream, keys.group, families=families)
@@ -157,6 +163,17 @@ class Shutdown:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
 
+def upgrade_keys(workers: StreamWorkers, dlq_name: str) -> None:
+    """Move retries and dead letters from the key names that tagged streams used to share
+    (key_migration.py); a Redis that cannot be reached now is retried at the next start."""
+    for loop in workers.loops:
+        try:
+            migrate(loop.redis, loop.loop.keys, dlq_name)
+        except redis.RedisError as exc:
+            log.warning("could not check for retries under old key names; checked again at the next start",
+                        extra={"stream": loop.loop.stream, "error": type(exc).__name__})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -183,6 +200,7 @@ def run(workers: StreamWorkers, settings: Settings, burst: bool) -> int:
         "consumer": first.consumer, "stream": ",".join(workers.streams), "group": first.group,
         "handler": settings.worker.handler.split(":", 1)[0], "redis": describe(settings.redis), "burst": burst})
     tune_after_start_up()
+    upgrade_keys(workers, settings.retry.dlq_stream_name)
     try:
         status = workers.run(burst)
     finally:

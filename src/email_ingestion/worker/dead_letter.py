@@ -1,5 +1,6 @@
 """The dead-letter queue: a stream beside the main one. A message moves there in the same
-atomic step that acknowledges it, so it is never both pending and dead, nor neither."""
+atomic step that acknowledges it, so it is never both pending and dead, nor neither.
+Each letter records the stream it came from (`stream`), where `email-dlq replay` returns it."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ class DeadLetterQueue:
     def send(self, pipe: redis.client.Pipeline, entry_id: str, letter: DeadLetter,
              idempotency_key: str = "", lease: str = "") -> None:
         key = self.keys.idempotency(idempotency_key or "-")
-        self._script(keys=[self.keys.stream, self.keys.dlq, key],
-                     args=[self.keys.group, entry_id, lease, *letter.fields(self.clock_ms())], client=pipe)
+        fields = [*letter.fields(self.clock_ms()), F.SOURCE_STREAM, self.keys.stream]
+        self._script(keys=[self.keys.stream, self.keys.dlq, key], args=[self.keys.group, entry_id, lease, *fields],
+                     client=pipe)
 
     def depth(self) -> int:
         return int(self.redis.xlen(self.keys.dlq))

@@ -1,13 +1,21 @@
 """Dead-letter queue administration, for operators (instead of redis-cli scripts).
 
-    python -m email_ingestion.worker.dlq_admin list [--limit N] [--json]
-    python -m email_ingestion.worker.dlq_admin show ID [--json]
-    python -m email_ingestion.worker.dlq_admin replay (ID... | --all | --error-type TYPE) [--json]
-    python -m email_ingestion.worker.dlq_admin purge (ID... | --all | --older-than DURATION) [--json]
-    python -m email_ingestion.worker.dlq_admin stats [--json]
+    email-dlq list [--reason R] [--account A] [--since DURATION] [--search TEXT] [--limit N] [--json]
+    email-dlq show ID [--payload] [--json]          (ID: the DLQ id, or the letter's original stream id)
+    email-dlq replay (ID... | --all | --reason R | --error-type T) [--dry-run] [--yes] [--json]
+    email-dlq purge (ID... | --all | --older-than DURATION | --reason R) [--dry-run] [--yes] [--json]
+    email-dlq stats [--json]
 
-Replay puts the original payload back on the main stream with its attempts reset and
-removes it from the DLQ in one atomic step. DURATION: 90s, 30m, 12h, 7d.
+Output is one readable line per letter (id, age, reason, account, mailbox, uid, Message-ID);
+JSON only with --json. Acting on more than one letter needs --yes; --dry-run says what would
+happen and changes nothing.
+
+Replay puts the original payload back on the stream it came from (the letter's `stream`
+field; older letters: the stream whose DLQ holds them) with its attempts reset and removes it
+from the DLQ in one atomic step. DURATION: 90s, 30m, 12h, 7d.
+
+Every command covers the DLQ of each stream the workers read: `--stream` (repeat for
+several), else WORKER_STREAMS, else REDIS_STREAM_NAME.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -26,18 +35,24 @@ from email_ingestion.common import entry_fields as F
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.errors import AuthError, RedisUnavailableError, SettingsError
-from email_ingestion.common.keys import dlq_stream
+from email_ingestion.common.keys import dlq_stream, hash_tag
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
-from email_ingestion.common.text import iso_from_epoch_s, to_text
+from email_ingestion.common.text import human_duration, iso_from_epoch_s, to_text
+from email_ingestion.worker.dlq_view import Letter, details, table
 
-# KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from
+# KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from,
+# stream. A letter that names another stream than KEYS[2] is not moved (it was read, and the
+# stream chosen, before this call).
 _REPLAY = """
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entries == 0 then return false end
 local fields = entries[1][2]
 local payload = nil
-for i = 1, #fields, 2 do if fields[i] == ARGV[2] then payload = fields[i + 1] end end
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[2] then payload = fields[i + 1] end
+  if fields[i] == ARGV[5] and fields[i + 1] ~= KEYS[2] then return false end
+end
 if not payload then return false end
 local id = redis.call('XADD', KEYS[2], '*', ARGV[2], payload, ARGV[3], 0, ARGV[4], ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -72,28 +87,24 @@ class DlqAdmin:
         return [_entry(entry_id, fields) for entry_id, fields in raw]
 
     def replay(self, ids: list[str]) -> list[dict[str, str]]:
+        """Each letter back to the stream it records (this DLQ's stream when it records none)."""
         done = []
-        for entry_id in ids:
-            new_id = self._replay(keys=[self.dlq, self.stream], args=[entry_id, F.PAYLOAD, F.ATTEMPT, F.REPLAYED_FROM])
+        for letter in self.entries(ids=ids):
+            stream = letter.get(F.SOURCE_STREAM) or self.stream
+            if hash_tag(stream) != hash_tag(self.stream):
+                continue  # not written by this project's workers: its stream is not on this slot
+            new_id = self._replay(keys=[self.dlq, stream],
+                                  args=[letter["id"], F.PAYLOAD, F.ATTEMPT, F.REPLAYED_FROM, F.SOURCE_STREAM])
             if new_id:
-                done.append({"dlq_id": entry_id, "stream_id": to_text(new_id)})
+                done.append({"dlq_id": letter["id"], "stream": stream, "stream_id": to_text(new_id)})
         return done
 
-    def select(self, all_: bool, error_type: str | None, ids: list[str]) -> list[str]:
-        if ids:
-            return ids
-        chosen = [e for e in self.entries() if all_ or e.get("error_type") == error_type]
-        return [e["id"] for e in chosen]
-
-    def purge(self, ids: list[str] | None = None, all_: bool = False, older_than_s: int | None = None) -> int:
-        if older_than_s is not None:
-            cutoff_ms = self.clock_ms() - older_than_s * 1000
-            return int(self.redis.xtrim(self.dlq, minid=f"{cutoff_ms}-0", approximate=False))
-        if all_:
-            count = int(self.redis.xlen(self.dlq))
-            self.redis.delete(self.dlq)
-            return count
-        return int(self.redis.xdel(self.dlq, *ids)) if ids else 0
+    def purge(self, ids: list[str]) -> int:
+        """Delete exactly these letters (chosen and shown first: nothing newer is swept along)."""
+        removed = 0
+        for start in range(0, len(ids), 500):
+            removed += int(self.redis.xdel(self.dlq, *ids[start:start + 500]))
+        return removed
 
     def stats(self) -> dict[str, Any]:
         entries = self.entries()
@@ -118,7 +129,8 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> argparse
     unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     parser.add_argument("--json", action="store_true", help="machine-readable output",
                         **({"default": False} if defaults else unset))
-    parser.add_argument("--stream", help="REDIS_STREAM_NAME", **unset)
+    parser.add_argument("--stream", action="append", help="a stream whose DLQ to use; repeat for several "
+                        "(default WORKER_STREAMS, else REDIS_STREAM_NAME)", **unset)
     parser.add_argument("--redis-url", help="REDIS_URL", **unset)
     parser.add_argument("--env-file", help="settings file (default: .env, searched)",
                         **({"default": ".env"} if defaults else unset))
@@ -131,20 +143,30 @@ def _parser() -> argparse.ArgumentParser:
     add_version(p)
     common = [_common_options(argparse.ArgumentParser(add_help=False), defaults=False)]
     sub = p.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="list dead letters (oldest first)", parents=common)
+    listing = sub.add_parser("list", help="dead letters, oldest first, one line each", parents=common)
     listing.add_argument("--limit", type=int, default=50)
-    show = sub.add_parser("show", help="one dead letter in full", parents=common)
+    _filters(listing)
+    listing.add_argument("--since", type=parse_duration_s, metavar="DURATION", help="only letters younger than this")
+    listing.add_argument("--search", help="text in the id, original id, Message-ID, X-GM-MSGID, idempotency key")
+    show = sub.add_parser("show", help="one dead letter in full (by DLQ id or original stream id)", parents=common)
     show.add_argument("id")
-    replay = sub.add_parser("replay", help="put payloads back on the stream (attempts reset)", parents=common)
-    replay.add_argument("ids", nargs="*")
-    replay.add_argument("--all", action="store_true")
-    replay.add_argument("--error-type")
-    purge = sub.add_parser("purge", help="delete dead letters", parents=common)
-    purge.add_argument("ids", nargs="*")
-    purge.add_argument("--all", action="store_true")
-    purge.add_argument("--older-than", type=parse_duration_s, metavar="DURATION")
+    show.add_argument("--payload", action="store_true", help="also print the payload (mail content)")
+    for name, text in (("replay", "put payloads back on their stream (attempts reset)"), ("purge", "delete dead letters")):
+        action = sub.add_parser(name, help=text, parents=common)
+        action.add_argument("ids", nargs="*")
+        action.add_argument("--all", action="store_true")
+        _filters(action)
+        action.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+        action.add_argument("--yes", action="store_true", help="needed to act on more than one letter")
+    sub.choices["replay"].add_argument("--error-type")
+    sub.choices["purge"].add_argument("--older-than", type=parse_duration_s, metavar="DURATION")
     sub.add_parser("stats", help="counts by reason and error type, ages", parents=common)
     return p
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", help="permanent, max_retries, max_deliveries, invalid_payload, timeout, ...")
+    parser.add_argument("--account", help="the payload's account (IMAP_USER)")
 
 
 @closed_pipe_is_quiet
@@ -152,17 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_selection(parser, args)
+    streams = args.stream
     try:
-        settings = load_settings({"redis": {"url": args.redis_url, "stream_name": args.stream}}, env_file=args.env_file)
+        settings = load_settings({"redis": {"url": args.redis_url, "stream_name": streams[0] if streams else None},
+                                  "worker": {"streams": ",".join(streams) if streams else None}},
+                                 env_file=args.env_file)
         client = make_redis(settings.redis)
     except SettingsError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 2
-    stream = settings.redis.stream_name
-    admin = DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+    admins = [DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
+              for stream in settings.worker_streams()]
     try:
         with redis_errors(f"dlq {args.command}"):
-            result = _run(admin, args)
+            result = _run(admins, args)
     except RedisUnavailableError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 1
@@ -170,31 +195,178 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlq: {exc}", file=sys.stderr)
         return 3
     if result is None:
-        print(f"dlq: no dead letter {args.id} in {admin.dlq}", file=sys.stderr)
+        print(f"dlq: no dead letter {args.id} (DLQ id or original stream id) in {', '.join(a.dlq for a in admins)}",
+              file=sys.stderr)
         return 1
-    _print(result, args.json)
-    return 0
+    return _print(result, args.json)
 
 
 def _check_selection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.command == "replay" and not (args.ids or args.all or args.error_type):
-        parser.error("replay needs IDs, --all or --error-type")
-    if args.command == "purge" and not (args.ids or args.all or args.older_than is not None):
-        parser.error("purge needs IDs, --all or --older-than")
+    if args.command == "replay" and not (args.ids or args.all or args.error_type or args.reason or args.account):
+        parser.error("replay needs IDs, --all, --reason, --account or --error-type")
+    if args.command == "purge" and not (args.ids or args.all or args.older_than is not None or args.reason
+                                        or args.account):
+        parser.error("purge needs IDs, --all, --older-than, --reason or --account")
 
 
-def _run(admin: DlqAdmin, args: argparse.Namespace) -> Any:
+def _run(admins: list[DlqAdmin], args: argparse.Namespace) -> Any:
+    """The command over the DLQ of every stream; one stream answers as it always has."""
     if args.command == "list":
-        return [_with_times({k: v for k, v in e.items() if k not in (F.PAYLOAD, "traceback")})
-                for e in admin.entries(args.limit)]
+        found = _letters(admins, args)
+        return Listing(found[:args.limit], total=len(found), streams=len(admins))
     if args.command == "show":
-        found = admin.entries(ids=[args.id])
-        return _with_times(found[0]) if found else None
-    if args.command == "replay":
-        return {"replayed": admin.replay(admin.select(args.all, args.error_type, args.ids))}
-    if args.command == "purge":
-        return {"purged": admin.purge(args.ids, args.all, args.older_than)}
-    return admin.stats()
+        for admin in admins:
+            for entry in admin.entries():
+                if args.id in (entry["id"], entry.get(F.ORIGINAL_ID)):
+                    return Shown(entry, Letter.of(entry, admin.stream, admin.clock_ms()), args.payload)
+        return None
+    if args.command in ("replay", "purge"):
+        return _act(admins, args)
+    stats = [{"stream": admin.stream, **admin.stats()} for admin in admins]
+    return stats[0] if len(stats) == 1 else stats
+
+
+def _letters(admins: list[DlqAdmin], args: argparse.Namespace) -> list[Letter]:
+    max_age_s = getattr(args, "since", None)
+    found = []
+    for admin in admins:
+        now_ms = admin.clock_ms()
+        for entry in admin.entries():
+            letter = Letter.of(entry, admin.stream, now_ms)
+            if letter.matches(reason=args.reason, account=args.account, max_age_s=max_age_s,
+                              search=getattr(args, "search", None)):
+                found.append(letter)
+    return found
+
+
+@dataclass(frozen=True)
+class Listing:
+    letters: list[Letter]
+    total: int
+    streams: int
+
+
+@dataclass(frozen=True)
+class Shown:
+    entry: dict[str, Any]
+    letter: Letter
+    with_payload: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What replay or purge would touch; `done` once it acted."""
+
+    command: str
+    letters: list[Letter]
+    done: list[dict[str, str]]
+    acted: bool
+    refused: bool = False
+
+
+def _act(admins: list[DlqAdmin], args: argparse.Namespace) -> Plan:
+    chosen = [(admin, letter) for admin in admins for letter in _chosen(admin, args)]
+    letters = [letter for _, letter in chosen]
+    if args.dry_run:
+        return Plan(args.command, letters, [], acted=False)
+    if len(letters) > 1 and not args.yes:
+        return Plan(args.command, letters, [], acted=False, refused=True)
+    done: list[dict[str, str]] = []
+    for admin in admins:
+        ids = [letter.id for owner, letter in chosen if owner is admin]
+        if not ids:
+            continue
+        if args.command == "replay":
+            done += admin.replay(ids)
+        else:
+            removed = admin.purge(ids)
+            done += [{"dlq_id": i, "stream": admin.stream} for i in ids[:removed]]
+    return Plan(args.command, letters, done, acted=True)
+
+
+def _chosen(admin: DlqAdmin, args: argparse.Namespace) -> list[Letter]:
+    now_ms = admin.clock_ms()
+    older_than_s = getattr(args, "older_than", None)
+    letters = []
+    for entry in admin.entries():
+        letter = Letter.of(entry, admin.stream, now_ms)
+        if args.ids and letter.id not in args.ids and letter.original_id not in args.ids:
+            continue
+        if getattr(args, "error_type", None) and letter.error_type != args.error_type:
+            continue
+        if older_than_s is not None and letter.age_s < older_than_s:
+            continue
+        if letter.matches(reason=args.reason, account=args.account, max_age_s=None, search=None):
+            letters.append(letter)
+    return letters
+
+
+SHOWN_LINES = 20
+
+
+def _print(result: Any, as_json: bool) -> int:
+    if isinstance(result, Listing):
+        return _print_listing(result, as_json)
+    if isinstance(result, Shown):
+        print(json.dumps(_with_times(result.entry), indent=2, sort_keys=True) if as_json else
+              "\n".join(details(result.entry, result.letter, result.with_payload)))
+        return 0
+    if isinstance(result, Plan):
+        return _print_plan(result, as_json)
+    print(json.dumps(result, indent=2, sort_keys=True) if as_json else "\n".join(_stats_lines(result)))
+    return 0
+
+
+def _print_listing(listing: Listing, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([letter.row() for letter in listing.letters], indent=2, sort_keys=True))
+    elif not listing.letters:
+        print("(no dead letters match)")
+    else:
+        print("\n".join(table(listing.letters, listing.streams)))
+        if listing.total > len(listing.letters):
+            print(f"... {listing.total - len(listing.letters)} more (--limit, or narrow with --reason/--account/--since)")
+    return 0
+
+
+def _print_plan(plan: Plan, as_json: bool) -> int:
+    verb = "replayed" if plan.command == "replay" else "purged"
+    if as_json:
+        # replayed: each letter's new stream id; purged: how many (and which).
+        done: Any = plan.done if plan.command == "replay" else len(plan.done)
+        print(json.dumps({"acted": plan.acted, "refused": plan.refused, "matched": len(plan.letters),
+                          verb: done, "ids": [d["dlq_id"] for d in plan.done],
+                          "would": [letter.id for letter in plan.letters] if not plan.acted else []},
+                         indent=2, sort_keys=True))
+        return 1 if plan.refused else 0
+    elif plan.acted:
+        print(f"{verb} {len(plan.done)} of {len(plan.letters)} dead letters")
+        for done in plan.done[:SHOWN_LINES]:
+            target = f" -> {done['stream']} {done['stream_id']}" if "stream_id" in done else ""
+            print(f"  {done['dlq_id']}{target}")
+        if len(plan.done) > SHOWN_LINES:
+            print(f"  ... and {len(plan.done) - SHOWN_LINES} more (--json lists every one)")
+    else:
+        would = "would be " + verb
+        print(f"{len(plan.letters)} dead letters {would}:" if plan.letters else f"no dead letter matches: none {would}")
+        if plan.letters:
+            print("\n".join(table(plan.letters[:SHOWN_LINES], 1)))
+        if len(plan.letters) > SHOWN_LINES:
+            print(f"... and {len(plan.letters) - SHOWN_LINES} more")
+        if plan.refused:
+            print(f"{plan.command}: {len(plan.letters)} letters: add --yes to {plan.command} them (nothing was changed)",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+def _stats_lines(result: Any) -> list[str]:
+    lines = []
+    for stats in result if isinstance(result, list) else [result]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats["by_reason"].items())) or "-"
+        lines.append(f"{stats['dlq']}: {stats['depth']} dead letters ({reasons}); oldest "
+                     f"{human_duration(stats['oldest_age_s'])}, newest {human_duration(stats['newest_age_s'])} ago")
+    return lines
 
 
 def _with_times(entry: dict[str, Any]) -> dict[str, Any]:
@@ -204,17 +376,6 @@ def _with_times(entry: dict[str, Any]) -> dict[str, Any]:
         if key.endswith("_ms") and str(value).isdigit():
             timed[key.removesuffix("_ms")] = iso_from_epoch_s(int(value) / 1000)
     return timed
-
-
-def _print(result: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return
-    rows = result if isinstance(result, list) else [result]
-    for row in rows:  # people read the ISO times; the *_ms twins stay in --json
-        print("  ".join(f"{k}={v}" for k, v in row.items() if not (k.endswith("_ms") and k[:-3] in row)))
-    if not rows:
-        print("(empty)")
 
 
 if __name__ == "__main__":

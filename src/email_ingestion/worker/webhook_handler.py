@@ -10,13 +10,19 @@ body, and a 2xx on that GET would count as delivered (issue 10). A 307 or 308 to
 origin (scheme, host, port) is followed, up to MAX_REDIRECTS hops, with the same method,
 body and signature; any other 3xx (301, 302, 303, another origin, too many hops) is a
 permanent failure whose reason names the status and the Location.
+
+WEBHOOK_TIMEOUT_SECONDS bounds the whole call, connect to the end of the answer, and at most
+MAX_RESPONSE_BYTES of a response body are read (http_post.py): a timeout is retried. A TLS
+certificate that does not verify is a permanent failure that says so (WEBHOOK_CA_FILE names
+the CA of an endpoint with a private certificate).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+import http.client
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from pydantic import SecretStr
@@ -24,6 +30,7 @@ from pydantic import SecretStr
 from email_ingestion.common.errors import PermanentError, RetryLater, SettingsError
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.worker.context import HandlerContext
+from email_ingestion.worker.http_post import Answer, BoundedPoster, CallTimedOut, TlsNotTrusted, tls_context
 
 RETRYABLE_STATUS = {408, 429}
 KEEPS_METHOD_STATUS = {307, 308}  # RFC 9110 §15.4.8/§15.4.9: the method and body must not change
@@ -35,45 +42,51 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class WebhookHandler:
-    def __init__(self, url: str, secret: SecretStr | None, timeout_s: float) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"invalid setting WORKER_HANDLER: webhook URL {url!r} must start with http(s)://")
+    def __init__(self, url: str, secret: SecretStr | None, timeout_s: float, ca_file: Path | None = None) -> None:
+        if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname:
+            raise SettingsError(f"invalid setting WORKER_HANDLER: webhook URL {url!r} must be http(s)://host/...")
         if secret is None:
             raise SettingsError("missing setting WEBHOOK_SECRET: webhook payloads are always signed")
-        import requests  # heavy; only workers that post need it
-
+        try:
+            context = tls_context(ca_file)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"invalid setting WEBHOOK_CA_FILE: cannot load {ca_file}: {exc}") from None
         self.url = url
         self._secret = secret.get_secret_value().encode()
         self.timeout_s = timeout_s
-        self._session = requests.Session()
-        self._requests = requests
+        self._poster = BoundedPoster(timeout_s=timeout_s, context=context)
 
     def __call__(self, payload: EmailPayload, ctx: HandlerContext) -> None:
         body = payload.to_json().encode()
         headers = {"Content-Type": "application/json", "X-Signature-256": signature(self._secret, body),
                    "X-Idempotency-Key": ctx.idempotency_key, "X-Attempt": str(ctx.attempt)}
-        status = self._post_following(body, headers)
+        status = self._post_following(body, headers, self._poster.deadline())
         if 200 <= status < 300:
             return
         if status in RETRYABLE_STATUS or status >= 500:
             raise RetryLater(f"webhook answered HTTP {status}")
         raise PermanentError(f"webhook refused the payload: HTTP {status}")
 
-    def _post_following(self, body: bytes, headers: dict[str, str]) -> int:
-        """POST, following same-origin 307/308 only; the final status."""
+    def _post_following(self, body: bytes, headers: dict[str, str], deadline: float) -> int:
+        """POST, following same-origin 307/308 only, all by one deadline; the final status."""
         url = self.url
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._post(url, body, headers)
-            if not 300 <= response.status_code < 400:
-                return int(response.status_code)
-            url = self._redirect_target(url, response.status_code, response.headers.get("Location"))
+            answer = self._post(url, body, headers, deadline)
+            if not 300 <= answer.status < 400:
+                return answer.status
+            url = self._redirect_target(url, answer.status, answer.location)
         raise PermanentError(f"webhook redirected more than {MAX_REDIRECTS} times (last to {_short(url)})")
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
+    def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Answer:
         try:
-            return self._session.post(url, data=body, headers=headers, timeout=self.timeout_s, allow_redirects=False)
-        except self._requests.RequestException as exc:
-            raise RetryLater(f"webhook unreachable: {type(exc).__name__}") from None
+            return self._poster.post(url, body, headers, deadline)
+        except TlsNotTrusted as exc:
+            raise PermanentError(f"webhook TLS certificate not trusted ({_short(str(exc))}): set WEBHOOK_CA_FILE "
+                                 "to the endpoint's CA, or fix its certificate") from None
+        except CallTimedOut as exc:
+            raise RetryLater(f"webhook timed out: {exc} (WEBHOOK_TIMEOUT_SECONDS)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise RetryLater(f"webhook unreachable: {type(exc).__name__}: {_short(str(exc))}") from None
 
     @staticmethod
     def _redirect_target(url: str, status: int, location: str | None) -> str:
