@@ -184,7 +184,7 @@ def offered_key(fleet: str) -> str:
     """Sorted set: mailboxes (Mailbox.key) a producer of the fleet gave back because it could
     not serve them, scored by when (Redis server time, ms): another producer takes them even
     above its fair share."""
-    return f"{PREFIX}:producers:{fleet}:offered"
+    return f"{PREFIX}:offered:{fleet}"
 
 
 def wait_marker(stream: str) -> str:
