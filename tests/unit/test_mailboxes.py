@@ -137,13 +137,15 @@ def test_streams_sharing_a_hash_tag_keep_apart_a_folders_lease_and_position(tmp_
     assert [k.state for k in a.earlier_keys] == ["email_ingestion:{mail}:a@x.org:INBOX:state"]
 
 
-def test_a_stream_that_is_its_own_tag_keeps_its_key_layout(tmp_path, monkeypatch):
-    """Plain and fully tagged stream names keep the keys they always had: nothing to adopt."""
+def test_a_stream_without_a_tag_keeps_its_key_layout_a_tagged_one_names_itself(tmp_path, monkeypatch):
+    """Plain stream names keep the keys they always had; a tagged stream's keys name the stream
+    (as the consumer side's do) and know where they were kept before."""
     plain, tagged = mailboxes_from(tmp_path, monkeypatch, '[[mailbox]]\nuser = "a@x.org"\n'
                                                           '[[mailbox]]\nuser = "a@x.org"\nstream = "{sales}"\n')
     assert plain.keys.state == "email_ingestion:{main}:a@x.org:INBOX:state"
-    assert tagged.keys.state == "email_ingestion:{sales}:a@x.org:INBOX:state"
-    assert plain.earlier_keys == tagged.earlier_keys == []
+    assert plain.earlier_keys == []
+    assert tagged.keys.state == "email_ingestion:{sales}:%7Bsales%7D:a@x.org:INBOX:state"
+    assert [k.state for k in tagged.earlier_keys] == ["email_ingestion:{sales}:a@x.org:INBOX:state"]
 
 
 @pytest.mark.parametrize(("toml", "expected"), [

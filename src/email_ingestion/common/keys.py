@@ -54,17 +54,10 @@ def _part(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
-def _stream_part(stream: str) -> str:
-    """The stream's tag, followed by its whole name when the tag is only part of it: streams
-    `{mail}a` and `{mail}b` share a slot but not a mailbox's lease or position (issue 18 §6)."""
-    tag = hash_tag(stream)
-    return tag if stream in (tag, tag[1:-1]) else f"{tag}:{_part(stream)}"
-
-
 # Per-mailbox keys that hold what a mailbox has done (not who follows it now); adopted from
 # an earlier layout when a mailbox first runs under the current one (producer/ownership.py).
 # A key added to MailboxKeys that records history belongs here.
-MAILBOX_HISTORY_SUFFIXES = ("state", "seen")
+MAILBOX_HISTORY_SUFFIXES = ("state", "seen", "fingerprints")
 
 
 @dataclass(frozen=True)
@@ -74,14 +67,14 @@ class MailboxKeys:
     stream: str
     account: str
     mailbox: str
-    # 1: the layout before issue 18, without the stream's name after its tag; only read to
-    # adopt a mailbox's history.
+    # 1: the layout before issue 18, without the stream's name after its tag, shared by
+    # streams with one tag (`{mail}a`, `{mail}b`); only read to adopt a mailbox's history.
     layout: int = 2
 
     @property
     def _base(self) -> str:
-        stream = hash_tag(self.stream) if self.layout == 1 else _stream_part(self.stream)
-        return f"{PREFIX}:{stream}:{_part(self.account)}:{_part(self.mailbox)}"
+        named = stream_segment(self.stream) if self.layout == 2 else ""
+        return f"{PREFIX}:{hash_tag(self.stream)}:{named}{_part(self.account)}:{_part(self.mailbox)}"
 
     def history(self) -> list[str]:
         """The keys named in MAILBOX_HISTORY_SUFFIXES, in that order."""
