@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -88,6 +89,10 @@ def test_inbox_spelt_in_lower_case_is_the_inbox_with_one_identity(producer_env, 
         assert done.returncode == 0, done.stderr[-2000:]
     payloads = stream_payloads(redis_client)
     assert len(payloads) == before + 1 and {p["mailbox"] for p in payloads} == {"INBOX"}
+    shown = subprocess.run([sys.executable, "-m", "email_ingestion", "mailbox", "show", "--json", "--account", USER,
+                            "--mailbox", "inbox"], env=producer_env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["mailbox"] == "INBOX", shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["position"], shown.stdout
 
 
 def test_an_earlier_spellings_position_is_adopted_not_started_over(producer_env, mailbox, redis_client):
