@@ -137,7 +137,8 @@ def test_two_live_processes_sharing_an_id_each_count_and_leave_each_other_be(red
     """Two processes with one PRODUCER_ID: both registered, so each gets a share, and neither
     takes the other's leases back as if they were an earlier life of its own."""
     first, second = owner(redis_client, "host"), owner(redis_client, "host")
-    second.instance = Instance("host", second.instance.host, os.getppid(), "other")  # a live pid, not ours
+    # A live pid, not ours: our parent.
+    second.instance = Instance(producer_id="host", host=second.instance.host, pid=os.getppid(), nonce="other")
     held = first.acquire(KEYS)
     first.register()
     assert ids(second.register()) == ["host", "host"]
@@ -147,7 +148,7 @@ def test_two_live_processes_sharing_an_id_each_count_and_leave_each_other_be(red
 def test_an_earlier_life_on_this_host_does_not_count_as_another_process(redis_client):
     """A registration left by a SIGKILLed process of ours (its pid gone) still lets us take our leases back."""
     dead = owner(redis_client, "host")
-    dead.instance = Instance("host", dead.instance.host, dead_pid(), "dead")
+    dead.instance = Instance(producer_id="host", host=dead.instance.host, pid=dead_pid(), nonce="dead")
     held = dead.acquire(KEYS)
     dead.register()
     restarted = owner(redis_client, "host")
@@ -168,14 +169,14 @@ def test_a_producer_that_cannot_serve_a_mailbox_stays_away_while_another_may_try
     a, b = owner(redis_client, "a"), owner(redis_client, "b")
     a.register()
     live = b.register()
-    lease = a.acquire(KEYS, live)
+    lease = a.acquire(KEYS, live=live)
     assert lease and a.avoid(KEYS, live=live, mark_ms=60_000)  # b may try: a gives it back
     a.release(KEYS, lease)
-    assert a.acquire(KEYS, live) is None, "a stays away while b may try"
-    taken = b.acquire(KEYS, live)
+    assert a.acquire(KEYS, live=live) is None, "a stays away while b may try"
+    taken = b.acquire(KEYS, live=live)
     assert taken and not b.avoid(KEYS, live=live, mark_ms=60_000), "every live producer failed it: b keeps it"
     b.release(KEYS, taken)
-    assert b.acquire(KEYS, live), "b was not marked"
+    assert b.acquire(KEYS, live=live), "b was not marked"
     assert a.avoid(KEYS, live=[str(a.instance)], mark_ms=60_000) is False, "alone: keep it"
 
 

@@ -205,7 +205,7 @@ class ProducerFleet:
             if task.failed and now >= task.retry_at:
                 log.info("retrying a stopped mailbox", extra={"mailbox": task.mailbox.label})
                 runner = self.make_runner(task.mailbox, task.lease)
-                self._start(MailboxTask(task.mailbox, task.lease, runner, offered=task.offered))
+                self._start(MailboxTask(mailbox=task.mailbox, lease=task.lease, runner=runner, offered=task.offered))
 
     def _balance(self, share: int) -> None:
         held = [t for t in self.tasks.values() if not (t.handing_over or t.offered)]
@@ -242,7 +242,7 @@ class ProducerFleet:
 
     def _try_take(self, mailbox: Mailbox, *, once: bool = False) -> bool:
         """Follow `mailbox` if its lease is free (or already ours); otherwise note the standby."""
-        lease = self.ownership.acquire(mailbox.keys, self.live_producers)
+        lease = self.ownership.acquire(mailbox.keys, live=self.live_producers)
         if lease is None:
             self._note_standby(mailbox)
             return False
@@ -252,7 +252,7 @@ class ProducerFleet:
         except RedisUnavailableError:
             self.ownership.release(mailbox.keys, lease)
             raise
-        self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease)), once=once)
+        self._start(MailboxTask(mailbox=mailbox, lease=lease, runner=self.make_runner(mailbox, lease)), once=once)
         return True
 
     def _note_standby(self, mailbox: Mailbox) -> None:

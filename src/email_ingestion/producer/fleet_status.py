@@ -11,7 +11,7 @@ from email_ingestion.producer.mailboxes import Mailbox
 from email_ingestion.producer.runner import ProducerRunner
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MailboxTask:
     """A mailbox whose lease this producer holds, and the runner following it."""
 

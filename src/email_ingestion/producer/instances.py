@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Instance:
     """One producer process: its PRODUCER_ID, host name, pid and a nonce, as registered."""
 
@@ -25,14 +25,14 @@ class Instance:
 
     @classmethod
     def of_this_process(cls, producer_id: str) -> Instance:
-        return cls(producer_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
+        return cls(producer_id=producer_id, host=socket.gethostname(), pid=os.getpid(), nonce=uuid.uuid4().hex[:8])
 
     @classmethod
     def parse(cls, text: str) -> Instance | None:
         parts = text.rsplit("#", 3)
         if len(parts) != 4 or not parts[2].isdigit():
             return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+        return cls(producer_id=parts[0], host=parts[1], pid=int(parts[2]), nonce=parts[3])
 
     def __str__(self) -> str:
         return f"{self.producer_id}#{self.host}#{self.pid}#{self.nonce}"

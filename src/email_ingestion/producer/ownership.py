@@ -181,7 +181,7 @@ class Ownership:
         with redis_errors("producer deregistration"):
             self.redis.zrem(self.registry, str(self.instance))
 
-    def acquire(self, keys: MailboxKeys, live: Sequence[str] = ()) -> str | None:
+    def acquire(self, keys: MailboxKeys, *, live: Sequence[str] = ()) -> str | None:
         """Our lease value (the fencing token) when the mailbox is now ours, else None. Not
         while we stay away from it (avoid) and one of the `live` producers may try it."""
         with redis_errors("mailbox lease"):
