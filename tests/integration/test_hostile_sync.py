@@ -37,3 +37,23 @@ def test_hostile_mailbox_delivers_every_message_and_exits_zero(mailbox, producer
     for line in done.stderr.splitlines():
         json.loads(line)  # every log line is still a JSON line
     assert "deep-nesting-subject" not in done.stderr and "late-date-subject" not in done.stderr
+
+
+def test_liveness_moves_with_every_message_built(mailbox, make_settings, redis_client):
+    """One batch of 30 messages through the real helper process: the runner's liveness ticks
+    for each message built, not once per batch, so a batch of hostile messages (up to 5 s of
+    CPU each) cannot outlast HEALTH_STALL_SECONDS (issue 18)."""
+    import threading
+
+    from email_ingestion.common.logging import Redactor
+    from email_ingestion.producer.cli import build_runner
+
+    mailbox.append(*[sample_message(i) for i in range(30)])
+    settings = make_settings(BATCH_SIZE=30)
+    runner = build_runner(settings, threading.Event(), Redactor(settings.secrets()))
+    ticks: list[int] = []
+    tick = runner.liveness.tick
+    runner.liveness.tick = lambda: (ticks.append(1), tick())[1]  # type: ignore[method-assign]
+    runner.run(once=True)
+    assert len(stream_payloads(redis_client)) == 30
+    assert len(ticks) >= 30

@@ -28,6 +28,7 @@ from redis.crc import key_slot
 from email_ingestion.common import redis_client
 from email_ingestion.common.keys import MailboxKeys, dlq_stream
 from email_ingestion.common.settings import load_settings
+from email_ingestion.producer.state import StateStore
 from email_ingestion.sandbox.cluster import RedisClusterSandbox
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.sample_payloads import make_payload
@@ -170,6 +171,13 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     admin = DlqAdmin(redis_client.make_redis(settings.redis), STREAM, DLQ)
     assert admin.replay([entry["id"] for entry in admin.entries()])
     fleet_keys = {key_slot(key.encode()) for key in run_ownership_rounds(settings, cluster_client)}
+    # A first run's baseline (INITIAL_SYNC=new) and a `mailbox reset`, on another mailbox.
+    other = StateStore(client=cluster_client, keys=MailboxKeys(STREAM, settings.imap.user, "other"))
+    other.start(5, position=2, since_ms=1, baseline_until=2)
+    assert other.record_baseline(5, ["c:one", "c:two"], 2)
+    cluster_client.hdel(other.keys.state, "baseline_until")  # as a version before baselines left it
+    assert other.load().baseline_pending
+    assert other.rewind(0) == 2
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
     assert not crossing, crossing

@@ -10,9 +10,10 @@ from collections import Counter
 
 import pytest
 
+from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
-from tests.conftest import CORPUS, producer_cmd, run_once, stream_payloads
+from tests.conftest import CORPUS, USER, producer_cmd, run_once, stream_payloads
 from tests.support.waits import wait_until
 
 STREAM = "email_ingestion_stream"
@@ -78,8 +79,10 @@ def test_fingerprints_of_older_versions_are_still_recognised(mailbox, make_setti
         mailbox.append(sample_message(index), msg_time=WHEN)
     settings = make_settings()
     run_once(settings)
-    seen_key = next(iter(redis_client.scan_iter("*:seen")))
-    redis_client.delete(seen_key)
+    keys = MailboxKeys(STREAM, USER, mailbox.name)
+    seen_key = keys.seen
+    redis_client.delete(keys.fingerprints)
+    redis_client.hdel(keys.state, "epoch", "baseline_until", "baseline_at")
     for index in range(3):  # what the old version stored for these messages
         raw = sample_message(index)
         redis_client.hset(seen_key, legacy_fingerprint(raw, "2024-05-01T12:00:00Z", len(raw)), f"1:{index + 1}")

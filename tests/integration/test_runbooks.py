@@ -11,10 +11,13 @@ its arguments, print a traceback or miss a file.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +36,11 @@ BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 DLQ = "email_ingestion_dlq:{email_ingestion_stream}"
 DOC_DLQ_ID = "1795376998576-0"  # the id dlq-management.md shows
 STUBS = {
-    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; *) echo "(systemctl $*)" ;; esac',
+    # `stop|start email-producer` stop and start the test's producer for real
+    # (producer_service): `mailbox reset` refuses while a producer runs.
+    "systemctl": 'case "$1" in is-active) echo active ;; show|list-units) ;; '
+                 'stop|start) [ "$2" = email-producer ] && [ -n "$RUNBOOK_PRODUCER_SERVICE" ] && '
+                 '"$RUNBOOK_PRODUCER_SERVICE" "$1"; echo "(systemctl $*)" ;; *) echo "(systemctl $*)" ;; esac',
     "journalctl": 'echo "(journalctl $*)"',
     "useradd": 'echo "(useradd $*)"',
 }
@@ -125,6 +132,36 @@ def start_services(inst: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     return procs
 
 
+def producer_service(inst: dict[str, Any], first: subprocess.Popen[bytes], pid_file: Path) -> Path:
+    """A script doing `systemctl stop|start email-producer` to the test's producer: stop waits
+    (up to 30 s) for it to exit, start waits (up to 60 s) until `status` is healthy again."""
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in inst["producer_env"].items())
+    producer, status = shlex.join(producer_cmd()), shlex.join([sys.executable, "-m", "email_ingestion", "status"])
+    script = pid_file.with_suffix(".sh")
+    script.write_text(f"""#!/bin/bash
+pid=$(cat {pid_file} 2>/dev/null || echo {first.pid})
+case "$1" in
+stop) kill "$pid" 2>/dev/null
+      for _ in $(seq 300); do {{ [ -e /proc/$pid ] && ! grep -q ') Z' /proc/$pid/stat; }} || break; sleep 0.1; done ;;
+start) env -i {env} {producer} >/dev/null 2>&1 &
+       echo $! > {pid_file}
+       for _ in $(seq 600); do env -i {env} {status} >/dev/null 2>&1 && break; sleep 0.1; done ;;
+esac
+""")
+    script.chmod(0o755)
+    return script
+
+
+def stop_restarted(pid_file: Path) -> None:
+    """The producer a page's `systemctl start` started, if any: SIGTERM, then wait for it."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout_s=30)
+
+
 def run_page(page: str, inst: dict[str, Any], log: Path) -> list[tuple[str, set[int], int | None]]:
     script, expected = session_script(page, inst["scratch"], inst["mapping"])
     rc_file = log.with_suffix(".rc")
@@ -178,6 +215,9 @@ def test_every_runbook_command_runs(installation, tmp_path, runbook):
     if "## Install" in page:
         page = page[:page.index("## Install")]  # run by the test above, on an empty host
     procs = start_services(inst) if commands(page) else []
+    pid_file = tmp_path / "producer.pid"
+    if procs:
+        inst["env"]["RUNBOOK_PRODUCER_SERVICE"] = str(producer_service(inst, procs[0], pid_file))
     if runbook == "dlq-management.md":
         inst["redis"].xadd(DLQ, {"payload": "{}", "reason": "permanent", "error_type": "PermanentError"}, id=DOC_DLQ_ID)
     try:
@@ -187,6 +227,7 @@ def test_every_runbook_command_runs(installation, tmp_path, runbook):
         for proc in procs:
             proc.terminate()
             proc.wait(30)
+        stop_restarted(pid_file)
     if runbook == "reingest-backfill.md":  # the reset took: the next pass emits all 25 again
         assert subprocess.run(producer_cmd("--once"), env={**inst["producer_env"], "PRODUCER_METRICS_PORT": "0"},
                               capture_output=True, timeout=60).returncode == 0

@@ -50,16 +50,17 @@ def test_position_never_moves_backwards(store):
 
 
 def test_new_uidvalidity_resets_position_and_fingerprints_dedup(store, redis_client):
-    """After begin_resync, UIDs up to the target are deduplicated by fingerprint, above it by UID."""
+    """After begin_resync every UID, below the target or above it, is skipped when its
+    fingerprint was recorded in the earlier epoch; new fingerprints go out."""
     store.emit(5, 3, items(1, 2, 3))
     state = store.begin_resync(9, 3)
-    assert (state.uidvalidity, state.last_uid, state.resync_until, state.resyncing) == (9, 0, 3, True)
+    assert (state.uidvalidity, state.last_uid, state.resync_until, state.resyncing, state.epoch) == (9, 0, 3, True, 1)
     added = store.emit(9, 2, [Emission("fp1", 1, "{}"), Emission("fp-new", 2, "{}")])
     assert len(added) == 1
     assert (store.load().uidvalidity, store.load().last_uid) == (9, 2)
-    assert store.seen(["fp1", "fp-new", "fp-other"]) == [True, True, False]
-    added = store.emit(9, 4, [Emission("fp2", 3, "{}"), Emission("fp1", 4, "{}")])
-    assert len(added) == 1, "fp2 at UID 3 was emitted before; UID 4 is above the target: by UID only"
+    assert store.gated(9, ["fp1", "fp-new", "fp-other"]) == [True, False, False]
+    added = store.emit(9, 5, [Emission("fp2", 3, "{}"), Emission("fp3", 4, "{}"), Emission("fp-late", 5, "{}")])
+    assert len(added) == 1, "fp2 and fp3 were emitted before, also above the target (a refill)"
     assert not store.load().resyncing
 
 
@@ -71,6 +72,80 @@ def test_resync_target_survives_a_new_store(store, redis_client):
     again = StateStore(client=redis_client, keys=store.keys).load()
     assert (again.last_uid, again.resync_until, again.resyncing) == (2, 100, True)
     assert store.emit(9, 3, items(3)) == []
+
+
+def test_two_uidvalidity_changes_in_a_row_repeat_nothing(store, redis_client):
+    """Mail of both earlier incarnations is skipped in the third; a repeated begin_resync
+    (lost reply) starts no extra epoch."""
+    store.emit(5, 2, items(1, 2))
+    store.begin_resync(9, 2)
+    store.emit(9, 1, [Emission("fp1", 1, "{}")])  # skipped: epoch 0
+    store.emit(9, 2, [Emission("fp-v9", 2, "{}")])  # new in the second incarnation
+    store.begin_resync(12, 0)
+    assert store.begin_resync(12, 0).epoch == 2
+    added = store.emit(12, 4, [Emission(fp, uid, "{}") for uid, fp in enumerate(("fp2", "fp-v9", "fp1", "fp-v12"), 1)])
+    assert len(added) == 1
+    assert redis_client.xlen(STREAM) == 4
+
+
+def test_duplicates_within_one_incarnation_all_go_out(store, redis_client):
+    """Within one UIDVALIDITY the position alone decides: two distinct messages sharing a
+    fingerprint both go out, before and after a change."""
+    assert len(store.emit(5, 2, [Emission("same", 1, "{}"), Emission("same", 2, "{}")])) == 2
+    store.begin_resync(9, 0)
+    assert len(store.emit(9, 2, [Emission("fresh", 1, "{}"), Emission("fresh", 2, "{}")])) == 2
+    assert store.emit(9, 3, [Emission("same", 3, "{}")]) == []
+
+
+def test_rewind_replays_what_a_resync_skipped_and_refuses_while_leased(store, redis_client):
+    """A reset to 0 after a re-sync re-emits the copies the re-sync skipped; with a lease in
+    force, or forward, it changes nothing."""
+    store.emit(5, 2, items(1, 2))
+    store.begin_resync(9, 2)
+    assert store.emit(9, 3, items(1, 2) + [Emission("fp-new", 3, "{}")]) != []
+    assert redis_client.xlen(STREAM) == 3
+    redis_client.set(store.keys.lease, "p1:7", px=60_000)
+    with pytest.raises(ValueError, match="a producer holds"):
+        store.rewind(0)
+    redis_client.delete(store.keys.lease)
+    with pytest.raises(ValueError, match="only goes back"):
+        store.rewind(4)
+    assert store.rewind(0) == 3
+    assert len(store.emit(9, 4, items(1, 2) + [Emission("fp-new", 3, "{}"), Emission("fp3", 4, "{}")])) == 4
+    assert store.emit(9, 4, items(1, 2)) == []
+
+
+def test_a_reset_to_zero_survives_a_uidvalidity_change(store, redis_client):
+    """`reset --uid 0` means the whole folder: a change before the producer began it re-emits
+    everything up to the new target; a reset to another UID ends with the old UIDs."""
+    store.emit(5, 2, items(1, 2))
+    store.rewind(0)
+    assert store.begin_resync(9, 3).replay_until == 3
+    assert len(store.emit(9, 4, items(1, 2, 3, 4))) == 4
+    store.rewind(2)
+    assert store.begin_resync(12, 4).replay_until == 0
+    assert store.emit(12, 4, items(1, 2, 3, 4)) == []
+
+
+def test_fingerprints_are_kept_compactly_up_to_the_cap(redis_client):
+    """The scripts record the digest Python computes; a full bucket drops its oldest record,
+    so with a cap of one per bucket the first of two same-bucket fingerprints is forgotten."""
+    from email_ingestion.producer.fingerprints import BUCKETS, RECORD_BYTES, digest
+    keys = MailboxKeys(STREAM, "cap@x.org", "INBOX")
+    store = StateStore(client=redis_client, keys=keys, fingerprints_kept=BUCKETS)
+    by_bucket: dict[int, list[str]] = {}
+    for n in range(BUCKETS * 3):
+        fp = f"c:{n}"
+        bucket = by_bucket.setdefault(int.from_bytes(digest(fp)[:2]) >> 4, [])
+        bucket.append(fp)
+        if len(bucket) == 2:
+            first, second = bucket
+            break
+    store.emit(5, 2, [Emission(first, 1, "{}"), Emission(second, 2, "{}")])
+    stored = b"".join(redis_client.hvals(keys.fingerprints))
+    assert stored == digest(second) + (0).to_bytes(4) and len(stored) == RECORD_BYTES
+    store.begin_resync(9, 2)
+    assert store.gated(9, [first, second]) == [False, True]
 
 
 def test_entries_use_the_shared_payload_field_name(store, redis_client):

@@ -19,8 +19,8 @@ def slot(key: str) -> int:
 
 def stream_keys(stream: str, account: str, group: str, dlq: str) -> list[str]:
     mailbox, consumer = MailboxKeys(stream, account, "IN{B}OX"), StreamKeys(stream, group)
-    return [mailbox.state, mailbox.seen, consumer.retries, consumer.retry_payloads, consumer.idempotency("k}{"),
-            consumer.heartbeat(account), dlq_stream(stream, dlq), wait_marker(stream)]
+    return [mailbox.state, mailbox.seen, mailbox.fingerprints, consumer.retries, consumer.retry_payloads,
+            consumer.idempotency("k}{"), consumer.heartbeat(account), dlq_stream(stream, dlq), wait_marker(stream)]
 
 
 @given(stream=names, account=names, group=names, dlq=names)

@@ -8,16 +8,17 @@ import datetime as dt
 import pytest
 
 from email_ingestion.common.payload import EmailPayload
+from email_ingestion.imap.fetched import fetched_message
 from email_ingestion.mail.parse import TextPart, html_to_text, parse_date, parse_message, parse_partial
-from email_ingestion.producer.payloads import Downloaded, PayloadBuilder
+from email_ingestion.producer.payloads import PayloadBuilder
 from email_ingestion.sandbox.sample_mail import BROKEN_MESSAGES, sample_message
 from tests.conftest import CORPUS
 
 
 def to_payload(raw: bytes) -> EmailPayload:
     """The whole pure build path: raw FETCH data -> Emission -> JSON -> EmailPayload."""
-    downloaded = Downloaded([(1, {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw)})])
-    (emission,) = PayloadBuilder(account="a@x", mailbox="INBOX").build(downloaded, 7, "c")
+    message = fetched_message(1, {b"BODY[]": raw, b"FLAGS": (b"\\Seen",), b"RFC822.SIZE": len(raw)})
+    (emission,) = PayloadBuilder(account="a@x", mailbox="INBOX").build([message], 7, "c")
     return EmailPayload.from_json(emission.payload)
 
 

@@ -5,8 +5,10 @@ re-ingest or backfill (docs/runbooks/reingest-backfill.md).
     email-ingest mailbox reset --account A --mailbox M --uid N [--forget-done] --yes
 
 `reset` sets `last_uid` to N, keeping UIDVALIDITY: the producer's next pass emits every
-message above N again. Stop that mailbox's producer first (a running one would move the
-position forward in between). Messages handled within IDEMPOTENCY_TTL_SECONDS are then
+message above N again, up to the old position (or the re-sync target, whichever is higher),
+including copies that a UIDVALIDITY re-sync had recognised and skipped (`replay_until`).
+It is refused, with one line, while a producer holds the mailbox's lease (a running one
+would move the position forward in between): stop it first. Messages handled within IDEMPOTENCY_TTL_SECONDS are then
 counted as duplicates by the workers and not handled again: a reset alone never repeats an
 effect. `--forget-done` also deletes the done markers of this mailbox's messages above N so the
 handler does see them again (on Gmail, where keys carry the account and X-GM-MSGID but no
@@ -38,6 +40,7 @@ from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.imap.names import canonical_folder
 from email_ingestion.monitoring.heartbeats import glob_escape
+from email_ingestion.producer.state import StateStore
 
 # KEYS: done markers; deletes those that say done (never a lease in force).
 _FORGET = """
@@ -55,13 +58,9 @@ def position(client: redis.Redis, keys: MailboxKeys) -> dict[str, Any] | None:
 
 
 def reset(client: redis.Redis, keys: MailboxKeys, uid: int) -> dict[str, Any]:
-    """Move last_uid to `uid` (never forward); what it was and what it is now."""
+    """Move last_uid to `uid` (never forward), atomically; what it was and what it is now."""
     before = position(client, keys)
-    if before is None:
-        raise LookupError(f"no stored position for {keys.account} {keys.mailbox} on {keys.stream}")
-    if uid > before.get("last_uid", 0):
-        raise ValueError(f"--uid {uid} is above the stored last_uid {before.get('last_uid')}: a reset only goes back")
-    client.hset(keys.state, "last_uid", uid)
+    StateStore(client=client, keys=keys).rewind(uid)
     return {"before": before, "after": position(client, keys)}
 
 

@@ -70,12 +70,8 @@ class ImapProtocolError(ImapError):
 
 
 class ParseWorkerError(IngestionError):
-    """The helper process that builds payloads died; the pass is retried."""
-
-
-class BudgetExceeded(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
-    """Raised inside a message's build when it overran its time budget. A BaseException, like
-    KeyboardInterrupt, so that the `except Exception` of a parser cannot swallow it."""
+    """The helper process that builds payloads keeps ending between messages; the pass is retried.
+    (One that ends over a message costs that message a degraded payload, producer/build_site.py.)"""
 
 
 class StateError(IngestionError):

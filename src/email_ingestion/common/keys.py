@@ -82,13 +82,21 @@ class MailboxKeys:
 
     @property
     def state(self) -> str:
-        """Hash: uidvalidity, last_uid, since_ms, updated_at_ms."""
+        """Hash: uidvalidity, last_uid, epoch, resync_until, replay_until, baseline_until,
+        baseline_at, since_ms, updated_at_ms (producer/state_lua.py)."""
         return f"{self._base}:state"
 
     @property
     def seen(self) -> str:
-        """Hash: message fingerprint -> "uidvalidity:uid" of every message ever emitted."""
+        """Hash: message fingerprint -> "uidvalidity:uid", written by versions before the
+        compact `fingerprints` record; still read, never written."""
         return f"{self._base}:seen"
+
+    @property
+    def fingerprints(self) -> str:
+        """Hash: bucket (0-4095) -> packed 12-byte records (8-byte fingerprint digest, 32-bit
+        epoch) of the messages emitted, or present at the first run (producer/fingerprints.py)."""
+        return f"{self._base}:fingerprints"
 
     @property
     def lease(self) -> str:

@@ -171,8 +171,12 @@ class ProducerSettings(BaseSettings):
     initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
+    fingerprints_per_mailbox: int = Field(default=5_000_000, ge=4096,
+                                          description="fingerprints kept per mailbox to recognise mail after a "
+                                          "UIDVALIDITY change (~12 bytes each); the oldest go beyond it")
     progress_interval_seconds: float = Field(default=10.0, gt=0, description="progress line interval in long syncs")
-    parallel_parse: bool = Field(default=True, description="parse in a helper process during long syncs")
+    parallel_parse: bool = Field(default=True, description="ignored since issue 18: payloads are always built in a "
+                                                          "helper process, which enforces the per-message CPU budget")
     producer_metrics_port: int = Field(default=9090, ge=0, le=65535,
                                        description="port of /metrics, /health, /ready, /status; 0 disables")
     mailboxes_file: Path | None = Field(default=None, description="TOML file with one [[mailbox]] table per "

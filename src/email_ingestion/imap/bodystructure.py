@@ -6,13 +6,13 @@ attachments without downloading them, then fetch only the start of the text part
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 
 from email_ingestion.common.text import to_text
 from email_ingestion.mail.decode import decode_header_value
+from email_ingestion.mail.mime import LinearMessage
 from email_ingestion.mail.parse import AttachmentInfo
 
 
@@ -55,6 +55,16 @@ def walk(structure: Any, prefix: str = "") -> Iterator[PartInfo]:
     yield _leaf(structure, prefix.rstrip(".") or "1")
 
 
+def body_text_parts(parts: Sequence[PartInfo]) -> list[PartInfo]:
+    """The first text/plain and the first text/html body part: what a large message's
+    payload shows of its body (fetched partially; attachments stay on the server)."""
+    chosen: dict[str, PartInfo] = {}
+    for part in parts:
+        if part.is_body_text:
+            chosen.setdefault(part.content_type, part)
+    return list(chosen.values())
+
+
 def _is_multipart(structure: Any) -> bool:
     return bool(structure) and isinstance(structure[0], list)
 
@@ -91,7 +101,7 @@ def _params(raw: Any) -> dict[str, str]:
 def _filename(params: dict[str, str], disp_params: dict[str, str]) -> str | None:
     # Let the email package apply RFC 2231 (filename*, continuations) exactly as it does for
     # whole messages, by handing it the parameters as headers.
-    msg = Message()
+    msg = LinearMessage()
     if disp_params:
         msg["Content-Disposition"] = "attachment" + "".join(_param(k, v) for k, v in disp_params.items())
     if params:

@@ -34,6 +34,7 @@ from email_ingestion.common.errors import (
 from email_ingestion.common.settings import ImapSettings
 from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
+from email_ingestion.imap.fetched import FetchedMessage, fetched_messages
 from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
 from email_ingestion.imap.transport_probe import plaintext_on_tls, tls_on_plaintext
 
@@ -44,8 +45,14 @@ log = logging.getLogger(__name__)
 _THROTTLE = re.compile(r"\[(THROTTLED|OVERQUOTA|UNAVAILABLE|LIMIT|INUSE)\]|too many simultaneous|"
                        r"too many connections|rate limit|try again later", re.I)
 GMAIL_CAPABILITY = b"X-GM-EXT-1"
-# Gmail also slows clients down on answers that succeed: "OK Success [THROTTLED]".
-_THROTTLED_OK = re.compile(rb"\[THROTTLED\]", re.I)
+# Gmail also slows clients down on answers that succeed: "A1 OK Success [THROTTLED]", and
+# may say so untagged ("* OK [THROTTLED]", a "* NO" warning), during IDLE too. Status lines
+# only (a FETCH line can quote anything: a label, a file name); a tagged NO fails its
+# command and is handled as an error (imap_errors), not here.
+_THROTTLED_STATUS = re.compile(rb"(?:\* (?:OK|NO|BAD)|[A-Za-z0-9.]+ OK)\b[^\r\n]*\[THROTTLED\]", re.I)
+# Untagged data a server may send at any time (RFC 3501 §5.3, §7): what says the mailbox changed.
+_CHANGE_LINE = re.compile(rb"\* (\d+) (EXISTS|EXPUNGE)\b", re.I)
+_UNSOLICITED = ("EXISTS", "EXPUNGE", "RECENT", "FETCH")
 THROTTLED_OK_PAUSE_S = 5.0  # pause after a successful but throttled command, doubling up to the max
 THROTTLED_OK_MAX_PAUSE_S = 60.0
 # idle_check() returns [] at once when the socket is readable but gives no line: the peer
@@ -116,7 +123,7 @@ class ImapSession:
         self.status: MailboxStatus | None = None
         self._on_throttled = on_throttled
         self._wait = wait or threading.Event().wait  # sleeps; True early when asked to stop
-        self._throttled_answers: list[bytes] = []
+        self._throttled_answers: list[bytes] = []  # status lines that said [THROTTLED], not yet acted on
         self._throttle_pause_s = THROTTLED_OK_PAUSE_S
 
     @property
@@ -139,7 +146,8 @@ class ImapSession:
             client = self._open()
             self._client = client
             client.normalise_times = False
-            _watch_tagged_answers(client, self._throttled_answers)
+            self._throttled_answers.clear()  # a new connection: the runner's backoff covered the old one
+            _watch_status_lines(client, self._throttled_answers)
             if s.starttls:
                 client.starttls(tls_context(s))
         self._login()
@@ -188,6 +196,7 @@ class ImapSession:
             with imap_errors("LIST"):
                 folders = self.client.list_folders()
             raise mailbox_not_found(mailbox, folders, str(exc)) from None
+        self._take_unsolicited()  # the EXISTS and RECENT of this answer: read above, not news
         self._after_command()
         self.status = MailboxStatus(
             uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -259,28 +268,37 @@ class ImapSession:
         self._after_command()
         return max(found, default=0)
 
-    def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
+    def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, FetchedMessage]:
+        """UID FETCH: one typed record per message the server still has."""
         if not uids:
             return {}
         with imap_errors(f"UID FETCH of {len(uids)} messages"):
             if items and items[-1] == "BODY.PEEK[]":
                 fetched = self._bulk_fetch(uids, items)
             else:
-                fetched = dict(self.client.fetch(list(uids), list(items)))
+                wanted = set(uids)
+                fetched = {uid: v for uid, v in self.client.fetch(list(uids), list(items)).items() if uid in wanted}
         self._after_command()
-        return fetched
+        return fetched_messages(fetched)
 
     def _after_command(self) -> None:
-        """Slow down after answers that succeeded but said [THROTTLED] (Gmail), pausing
-        longer each time in a row; the next unthrottled answer resets the pause."""
+        """Slow down after answers that succeeded but said [THROTTLED] (Gmail), tagged or
+        untagged: each is counted, and each doubles the pause (5 s, 10 s, ... up to
+        THROTTLED_OK_MAX_PAUSE_S). One pause per command (or IDLE), as long as its last
+        throttled answer asks: many answers in one IDLE never add up to more than the cap.
+        A command answered without one resets the pause."""
         if not self._throttled_answers:
             self._throttle_pause_s = THROTTLED_OK_PAUSE_S
             return
+        answers = len(self._throttled_answers)
         self._throttled_answers.clear()
-        self._on_throttled()
-        log.warning("server answered [THROTTLED]; slowing down", extra={"pause_s": self._throttle_pause_s})
-        self._wait(self._throttle_pause_s)
-        self._throttle_pause_s = min(THROTTLED_OK_MAX_PAUSE_S, self._throttle_pause_s * 2)
+        pause_s = self._throttle_pause_s
+        for _ in range(answers):
+            self._on_throttled()
+            pause_s = self._throttle_pause_s
+            self._throttle_pause_s = min(THROTTLED_OK_MAX_PAUSE_S, self._throttle_pause_s * 2)
+        log.warning("server answered [THROTTLED]; slowing down", extra={"answers": answers, "pause_s": pause_s})
+        self._wait(pause_s)
 
     def _bulk_fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of whole messages through imaplib (imapclient's `_imap`), parsed by the
@@ -298,32 +316,80 @@ class ImapSession:
     def wait_for_change(self, timeout_s: float, should_stop: Any) -> bool:
         """IDLE until the server reports a change, `timeout_s` passes or `should_stop()`.
 
-        True when the server announced something (EXISTS/EXPUNGE/FETCH). Ending IDLE needs
-        the server's answer to DONE within the read timeout, which is how a connection that
-        died silently is noticed.
+        True when the server announced something (EXISTS/EXPUNGE/FETCH), also when it did
+        so between commands: then there is no IDLE at all. Ending IDLE needs the server's
+        answer to DONE within the read timeout, which is how a connection that died
+        silently is noticed.
         """
-        changed = False
-        deadline = time.monotonic() + timeout_s
+        if self._take_unsolicited():
+            return True
         with imap_errors("IDLE"):
-            self.client.idle()
+            changed = self._start_idle()
             try:
-                empty_wakeups = 0
-                while not changed and not should_stop() and time.monotonic() < deadline:
-                    slice_s = min(1.0, max(0.05, deadline - time.monotonic()))
-                    started = time.monotonic()
-                    responses = self.client.idle_check(timeout=slice_s)
-                    _raise_on_bye(responses)
-                    changed = any(_is_change(r) for r in responses)
-                    early_empty = not responses and time.monotonic() - started < slice_s / 2
-                    empty_wakeups = empty_wakeups + 1 if early_empty else 0
-                    if empty_wakeups >= IDLE_EMPTY_WAKEUPS:
-                        # Cyrus closes without BYE on shutdown (issue 9 §8): without this the
-                        # loop spins on the dead socket until the IDLE timeout.
-                        raise ImapConnectionClosedError("IDLE: the server closed the connection")
+                if not changed:
+                    changed = self._idle_until_change(timeout_s, should_stop)
             finally:
                 _, responses = self.client.idle_done()
                 changed = changed or any(_is_change(r) for r in responses)
+        self._take_unsolicited()
+        self._after_command()
         return changed
+
+    def _start_idle(self) -> bool:
+        """Sends IDLE and reads up to the server's `+`. Untagged data sent before it (a
+        server may push `* n EXISTS` at any time, RFC 3501 §5.3) is absorbed, not taken for
+        the answer (imapclient's idle() raises on it); True when it announced a change."""
+        imap = self.client._imap  # noqa: SLF001 - imapclient's idle() cannot absorb untagged data
+        tag = imap._command("IDLE")  # noqa: SLF001
+        self.client._idle_tag = tag  # noqa: SLF001 - idle_done() ends the IDLE by this tag
+        changed = False
+        while (line := imap._get_response()) is not None:  # noqa: SLF001 - None: the continuation
+            if imap.tagged_commands.get(tag):
+                typ, data = imap.tagged_commands.pop(tag)
+                raise imaplib.IMAP4.error(f"IDLE refused: {typ} {to_text(data[0] if data else b'')}"[:300])
+            if line.upper().startswith(b"* BYE"):
+                _raise_on_bye([(b"BYE", line[6:])])
+            found = _CHANGE_LINE.match(line)
+            changed = changed or (found is not None and self._is_news(found.group(2).upper(), [found.group(1)]))
+        return changed
+
+    def _idle_until_change(self, timeout_s: float, should_stop: Any) -> bool:
+        deadline = time.monotonic() + timeout_s
+        empty_wakeups = 0
+        while not should_stop() and time.monotonic() < deadline:
+            slice_s = min(1.0, max(0.05, deadline - time.monotonic()))
+            started = time.monotonic()
+            responses = self.client.idle_check(timeout=slice_s)
+            _raise_on_bye(responses)
+            if any(_is_change(r) for r in responses):
+                return True
+            early_empty = not responses and time.monotonic() - started < slice_s / 2
+            empty_wakeups = empty_wakeups + 1 if early_empty else 0
+            if empty_wakeups >= IDLE_EMPTY_WAKEUPS:
+                # Cyrus closes without BYE on shutdown (issue 9 §8): without this the
+                # loop spins on the dead socket until the IDLE timeout.
+                raise ImapConnectionClosedError("IDLE: the server closed the connection")
+        return False
+
+    def _take_unsolicited(self) -> bool:
+        """Drops the untagged data imaplib kept from between and around commands (it would
+        otherwise pile up for the life of the connection); True when it announced a change."""
+        kept = self.client._imap.untagged_responses  # noqa: SLF001
+        found = {name: kept.pop(name) for name in _UNSOLICITED if name in kept}
+        return any(self._is_news(name.encode(), values) for name, values in found.items())
+
+    def _is_news(self, name: bytes, values: list[Any]) -> bool:
+        """An EXPUNGE, or an EXISTS with another count than the last EXAMINE gave: some
+        servers repeat the count unasked (a Gmail-like one after every command), and a
+        repeat taken for news would start a pass after every pass. Flag changes (FETCH)
+        are not news to a producer."""
+        if name == b"EXPUNGE":
+            return bool(values)
+        if name != b"EXISTS":
+            return False
+        known = self.status.exists if self.status is not None else None
+        counts = [re.match(rb"\d+", value if isinstance(value, bytes) else to_text(value).encode()) for value in values]
+        return any(count is None or int(count.group()) != known for count in counts)
 
     def close(self) -> None:
         """Log out politely when possible; never raises."""
@@ -351,18 +417,19 @@ def uid_set(uids: Sequence[int]) -> str:
     return ",".join(runs)
 
 
-def _watch_tagged_answers(client: IMAPClient, throttled: list[bytes]) -> None:
-    """imaplib drops the text of a tagged OK; keep the ones that say [THROTTLED]."""
-    imap = client._imap  # noqa: SLF001 - the tagged text is only visible inside imaplib
-    complete = imap._command_complete  # noqa: SLF001
+def _watch_status_lines(client: IMAPClient, throttled: list[bytes]) -> None:
+    """Every line the server sends passes imaplib's _get_line (imapclient's IDLE reads too;
+    literals do not): keep the status lines, tagged or not, that say [THROTTLED]."""
+    imap = client._imap  # noqa: SLF001 - the only place every answer passes
+    get_line = imap._get_line  # noqa: SLF001
 
-    def watched(name: str, tag: bytes) -> tuple[str, list[Any]]:
-        typ, data = complete(name, tag)
-        if typ == "OK" and any(isinstance(d, bytes) and _THROTTLED_OK.search(d) for d in data or ()):
-            throttled.append(data[0])
-        return typ, data
+    def watched() -> bytes:
+        line: bytes = get_line()
+        if _THROTTLED_STATUS.match(line):
+            throttled.append(line)
+        return line
 
-    imap._command_complete = watched  # noqa: SLF001
+    imap._get_line = watched  # noqa: SLF001
 
 
 def _raise_on_bye(responses: list[Any]) -> None:

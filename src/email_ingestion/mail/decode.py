@@ -146,11 +146,13 @@ def decode_addresses(value: str | None, defects: list[str] | None = None) -> lis
     """(display name, address) pairs, display names decoded; never raises."""
     if not value:
         return []
-    text = str(value)
+    text = " ".join(unescape_8bit(str(value), defects).replace("\r", "").split("\n")).strip()
     if len(text) > HEADER_VALUE_MAX_CHARS:
-        text = _capped(text, defects)
-    text = unescape_8bit(text, defects)
-    text = " ".join(text.replace("\r", "").split("\n")).strip()
+        return _long_address_list(text, defects)
+    return _address_list(text, defects)
+
+
+def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]:
     simple = _SIMPLE_ADDRESS.fullmatch(text)
     if simple:
         quoted, quoted_address, bare_name, bare_address, lone = simple.groups()
@@ -165,7 +167,68 @@ def decode_addresses(value: str | None, defects: list[str] | None = None) -> lis
     for name, address in pairs:
         if not name and not address:
             continue
+        if not _PLAUSIBLE_ADDRESS.fullmatch(address):
+            # The stdlib hands back whatever it could not parse as the address ("John" of
+            # "John Smith", an encoded word, "@x.org"): never junk as an address (issue 18).
+            _note(defects, "unparseable address header")
+            continue
         out.append((decode_header_value(name, defects) or "", _clean(address, defects)))
     if not out and text.strip():
         _note(defects, "unparseable address header")
     return out
+
+
+# local@domain: a local part quoted or without spaces, quotes or "@", and a domain without
+# spaces or "@" (RFC 5322 §3.4.1; a domain literal [1.2.3.4] fits too).
+_PLAUSIBLE_ADDRESS = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s"@]+)@[^\s@]+')
+
+
+# One token of an address list: a quoted string, a comment, an angle address, a comma, or a
+# run of anything else. Each alternative is unambiguous (issue 18: linear on any length).
+_ADDRESS_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|\([^()]*\)?|<[^<>]*>?|,|[^",(<]+|[()<>]')
+_ANGLE_ADDRESS = re.compile(rf"<\s*({_ADDR})\s*>")
+
+
+def _long_address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]:
+    """A header over HEADER_VALUE_MAX_CHARS (issue 18): cut between addresses, never inside
+    one (a cut address is junk). The first address is always found, however long its
+    display name (a 20,000-character encoded name is a known trick); when it cannot be
+    found it is left out, with a defect."""
+    _note(defects, f"header longer than {HEADER_VALUE_MAX_CHARS} characters, cut")
+    out: list[tuple[str, str]] = []
+    used = 0
+    for item in _split_address_list(text):
+        used += len(item) + 1
+        if used > HEADER_VALUE_MAX_CHARS and out:
+            break
+        out += _address_list(item, defects) if len(item) <= HEADER_VALUE_MAX_CHARS else _long_address(item, defects)
+        if used > HEADER_VALUE_MAX_CHARS:
+            break
+    return out
+
+
+def _split_address_list(text: str) -> list[str]:
+    items: list[str] = []
+    current: list[str] = []
+    for token in _ADDRESS_TOKEN.findall(text):
+        if token == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(token)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def _long_address(item: str, defects: list[str] | None) -> list[tuple[str, str]]:
+    """One address whose display name alone is over the cap: the address from its angle
+    brackets, the name cut (and noted) before it is decoded."""
+    angle = item.rfind("<")
+    found = _ANGLE_ADDRESS.fullmatch(item[angle:].strip()) if angle >= 0 else None
+    if found is None:
+        _note(defects, "unparseable address header")
+        return []
+    name = item[:angle].strip()
+    if name.startswith('"') and name.endswith('"') and len(name) >= 2:
+        name = name[1:-1]
+    return [(decode_header_value(name, defects) or "", found.group(1))]

@@ -21,6 +21,7 @@ from email.message import Message
 from html import unescape
 
 from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value
+from email_ingestion.mail.mime import message_from_bytes
 
 BODY_TEXT_CHARS = 2000
 HTML_PREVIEW_CHARS = 500
@@ -77,7 +78,7 @@ def _parse_single_part(raw: bytes) -> ParsedMessage | None:
     cut = _header_end(raw)
     if cut is None:
         return None
-    msg = email.message_from_bytes(raw[:cut])
+    msg = message_from_bytes(raw[:cut])
     if msg.defects or msg.get_payload() or msg.get_content_type() not in ("text/plain", "text/html") \
             or (msg.get_content_disposition() or "inline") != "inline" or msg.get_param("name") is not None:
         return None
@@ -100,7 +101,7 @@ def _header_end(raw: bytes) -> int | None:
 
 
 def _parse_full(raw: bytes) -> ParsedMessage:
-    msg = email.message_from_bytes(raw)
+    msg = message_from_bytes(raw)
     parsed = parse_headers(msg)
     if b"\x00" in raw:
         parsed.defects.append("NUL bytes in message")
@@ -113,7 +114,7 @@ def _parse_full(raw: bytes) -> ParsedMessage:
 def parse_partial(header: bytes, parts: list[TextPart], attachments: list[AttachmentInfo],
                   size: int) -> ParsedMessage:
     """Build the fields of a large message from its header and partially fetched text parts."""
-    msg = email.message_from_bytes(header)
+    msg = message_from_bytes(header)
     parsed = parse_headers(msg)
     parsed.attachments = attachments
     texts = {"text/plain": "", "text/html": ""}

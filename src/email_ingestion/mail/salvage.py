@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from email_ingestion.mail.decode import HEADER_VALUE_MAX_CHARS, decode_addresses, decode_header_value
+from email_ingestion.mail.decode import decode_addresses, decode_header_value
 from email_ingestion.mail.parse import KEPT_HEADERS, ParsedMessage, parse_date
 
 SALVAGE_HEADER_BYTES = 262_144  # more header than this is not mail
@@ -32,7 +32,7 @@ def raw_headers(raw: bytes) -> dict[str, str]:
     used = 0  # characters kept for `current`, each line counting at least one: linear in the block
     for line in block.decode("ascii", "surrogateescape").replace("\r", "").split("\n"):
         if line[:1] in (" ", "\t"):
-            if current is not None and used < HEADER_VALUE_MAX_CHARS:
+            if current is not None and used < SALVAGE_HEADER_BYTES:
                 current.append(line.strip())
                 used += len(current[-1]) + 1
             continue
@@ -42,7 +42,9 @@ def raw_headers(raw: bytes) -> dict[str, str]:
         if colon and name and name not in fields:
             current = fields[name] = [value.strip()]
             used = len(value)
-    return {name: " ".join(part for part in parts if part)[:HEADER_VALUE_MAX_CHARS] for name, parts in fields.items()}
+    # Whole values: decode.py caps them itself, and an address list must be cut between
+    # addresses, never inside one (issue 18).
+    return {name: " ".join(part for part in parts if part) for name, parts in fields.items()}
 
 
 def salvage(raw: bytes) -> ParsedMessage:

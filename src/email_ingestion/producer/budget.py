@@ -1,101 +1,84 @@
-"""A time budget for building one message, enforced from outside the building thread.
+"""The per-message CPU budget, kept inside the helper process that builds payloads.
 
-Linear parsers and capped headers make a message cheap, but the stdlib's email package has
-pure-Python loops that are quadratic on hostile input (RFC 2231 parameters, deep MIME), and
-a loop cannot be asked to stop from inside. A watchdog thread raises BudgetExceeded in the
-building thread (PyThreadState_SetAsyncExc) when a message overruns; the builder catches it
-and emits a degraded payload. The exception arrives at the next bytecode boundary, so C code
-already running (one regex match) finishes first: that is why the patterns are linear too.
+Why a process and not an exception (issue 18): linear parsers and capped headers make a
+message cheap, but the stdlib's email package has pure-Python loops that are quadratic on
+hostile input, and a loop cannot be asked to stop from inside. The previous watchdog raised
+an asynchronous exception into the building thread; that exception lands wherever the
+thread happens to be (a gc callback, logging, a library's cleanup) and was once swallowed
+there, and it counted wall-clock time, so on a loaded host healthy messages were cut off
+for waiting for a CPU. Checking the clock cooperatively at safe points would never fire in
+the wrong place, but it cannot stop a quadratic loop inside the stdlib either.
 
-An asynchronous exception can land where Python swallows it: in a garbage-collector
-callback or a `__del__` ("Exception ignored in ..."), and the build would then run on with
-no budget at all. So the watchdog raises again every tick until the build's guard exits.
+So the build runs in a helper process (build_site.py). Here, in that process, a watchdog
+thread reads the building thread's own CPU clock (pthread_getcpuclockid: time spent waiting
+for a CPU does not count) and, when one message has used more than its budget, reports the
+message and stage on the pipe and ends the process with os._exit. Nothing is raised into any
+code; the parent sees the report, builds the degraded payload and starts a fresh helper
+(as rq's work horse is killed by its parent at the deadline).
 """
 
 from __future__ import annotations
 
-import ctypes
+import os
 import threading
 import time
-from types import TracebackType
+from collections.abc import Callable
 
-from email_ingestion.common.errors import BudgetExceeded
-
-TICK_S = 0.05  # how late an overrun may be noticed
-
-
-def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
-    # None clears an exception that was set but not yet raised.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
-                                               if exc_type else ctypes.c_void_p(0))
+TICK_S = 0.05  # how late an overrun may be noticed, in wall time
+OVERRUN_EXIT = 86  # the helper's exit status after an overrun
 
 
-class Watchdog:
-    """One per process; `guard()` around each message's build."""
+def thread_cpu_s(thread_id: int) -> float:
+    """CPU seconds used so far by one thread of this process. Where threads have no CPU
+    clock of their own (macOS), the process's: in the helper that is the building thread
+    plus a watchdog that sleeps."""
+    if not hasattr(time, "pthread_getcpuclockid"):
+        return time.process_time()
+    return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
 
-    def __init__(self, *, budget_s: float) -> None:
+
+class CpuWatchdog:
+    """Watches one building thread: `start(uid)` before a message, `stage(...)` as it moves on,
+    `stop()` after it. On overrun `report(uid, stage, used_s)` runs, then the process exits."""
+
+    def __init__(self, *, budget_s: float, report: Callable[[int, str, float], None],
+                 thread_id: int | None = None) -> None:
         self.budget_s = budget_s
+        self._report = report
+        self._thread_id = thread_id if thread_id is not None else threading.get_ident()
         self._lock = threading.Lock()
-        self._armed: dict[int, float] = {}  # building thread id -> deadline (monotonic)
-        self._fired: set[int] = set()
-        self._active = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._uid: int | None = None
+        self._stage = ""
+        self._started_s = 0.0
+        self._armed = threading.Event()
+        threading.Thread(target=self._watch, name="build-budget", daemon=True).start()
 
-    def guard(self) -> _Guard:
-        return _Guard(self)
-
-    def _arm(self, thread_id: int) -> None:
+    def start(self, uid: int) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="build-watchdog", daemon=True)
-                self._thread.start()
-            self._armed[thread_id] = time.monotonic() + self.budget_s
-            self._fired.discard(thread_id)
-            self._active.set()
+            self._uid, self._stage = uid, "parse"
+            self._started_s = thread_cpu_s(self._thread_id)
+            self._armed.set()
 
-    def _disarm(self, thread_id: int) -> bool:
-        """True when the budget ran out for this build (its exception may still be pending)."""
+    def stage(self, stage: str) -> None:
         with self._lock:
-            self._armed.pop(thread_id, None)
-            fired = thread_id in self._fired
-            self._fired.discard(thread_id)
-            if fired:
-                _raise_in(thread_id, None)
-            return fired
+            self._stage = stage
+            if stage == "salvage":  # the salvage of a message that raised gets a budget of its own
+                self._started_s = thread_cpu_s(self._thread_id)
+
+    def stop(self) -> None:
+        # Under the lock: once stop() returns, no overrun can be reported for this message.
+        with self._lock:
+            self._uid = None
+            self._armed.clear()
 
     def _watch(self) -> None:
         while True:
-            self._active.wait()
+            self._armed.wait()
             time.sleep(TICK_S)
             with self._lock:
-                now = time.monotonic()
-                for thread_id in [t for t, deadline in self._armed.items() if deadline <= now]:
-                    # Again next tick, until the guard exits: the exception may be swallowed.
-                    self._armed[thread_id] = now + TICK_S
-                    self._fired.add(thread_id)
-                    _raise_in(thread_id, BudgetExceeded)
-                if not self._armed:
-                    self._active.clear()
-
-
-class _Guard:
-    __slots__ = ("_watchdog", "_thread_id")
-
-    def __init__(self, watchdog: Watchdog) -> None:
-        self._watchdog = watchdog
-        self._thread_id = threading.get_ident()
-
-    def __enter__(self) -> None:
-        self._watchdog._arm(self._thread_id)  # noqa: SLF001 - the guard is the watchdog's own helper
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        fired = False
-        while True:  # a repeated raise may land here, before the disarm has taken the lock
-            try:
-                fired = self._watchdog._disarm(self._thread_id) or fired  # noqa: SLF001
-                break
-            except BudgetExceeded:
-                fired = True
-        if fired and exc_type is None:
-            raise BudgetExceeded(f"message build took longer than {self._watchdog.budget_s} s")
+                if self._uid is None:
+                    continue
+                used_s = thread_cpu_s(self._thread_id) - self._started_s
+                if used_s > self.budget_s:
+                    self._report(self._uid, self._stage, used_s)
+                    os._exit(OVERRUN_EXIT)

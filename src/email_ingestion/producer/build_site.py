@@ -1,30 +1,48 @@
-"""Where payloads are built: inline, or in a helper process during long syncs.
+"""Where payloads are built: in a helper process, under a per-message CPU budget.
 
-Parsing is CPU work and the read-ahead thread's socket reads are too; in one process they
-queue on the GIL. For passes of several batches a single spawned process builds payloads
-while this process downloads the next batch and writes the previous one to Redis. Short
-incremental passes (the usual IDLE wake-up) build inline: a process start would cost more
-than it saves.
+Every message is built in a spawned helper process (build_child.py), for two reasons. The
+budget can only be enforced reliably from outside the building code (budget.py says why): a
+message that overruns ends the helper, and this side builds its degraded payload and starts
+a fresh one. And parsing is CPU work: in a helper it no longer queues on this process's GIL
+behind the read-ahead thread's socket reads and the Redis writes.
+
+A producer process has a small pool of helpers shared by all its mailboxes (one for a
+single mailbox, cli.FLEET_BUILD_HELPERS for a MAILBOXES_FILE), so memory does not grow with
+the number of mailboxes. A helper stays up between passes (an IDLE wake-up pays no process
+start) and exits by itself after HELPER_IDLE_EXIT_S without work, or when this process goes
+away.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
-import multiprocessing.process
-import os
-import signal
+import multiprocessing.connection
+import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from email_ingestion.common.errors import ParseWorkerError
-from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.producer.payloads import Downloaded, Emission, PayloadBuilder
+from email_ingestion.common.payload import ParseError
+from email_ingestion.imap.fetched import FetchedMessage
+from email_ingestion.producer.budget import OVERRUN_EXIT
+from email_ingestion.producer.build_child import HELPER_IDLE_EXIT_S, NO_MESSAGE, Job, serve
+from email_ingestion.producer.fetch import Downloaded
+from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, Emission, PayloadBuilder
+
+log = logging.getLogger(__name__)
 
 Built = Callable[[], list[Emission]]
-PARALLEL_FROM_BATCHES = 3
+Beat = Callable[[], object]
+POLL_S = 1.0  # how often a wait for the helper looks at whether it is still there
+_BUILD_STAGES = ("parse", "payload", "json")
+START_ATTEMPTS = 3  # helpers that may end between messages in a row before the batch fails
+
+__all__ = ["HELPER_IDLE_EXIT_S", "BuildHelper", "BuildPool", "Builder", "HelperBuilder", "builder_factory"]
 
 
 class Builder(Protocol):
@@ -33,74 +51,220 @@ class Builder(Protocol):
     def close(self) -> None: ...
 
 
-class InlineBuilder:
-    def __init__(self, *, payloads: PayloadBuilder) -> None:
-        self.payloads = payloads
+@dataclass(frozen=True)
+class _Failure:
+    """Why the helper ended in the middle of a message: an overrun it reported, or a death."""
 
-    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        return lambda: self.payloads.build(downloaded, uidvalidity, pass_id)
+    uid: int | None
+    stage: str
+    type: str
+    reason: str
 
-    def close(self) -> None:
-        pass
 
+class BuildHelper:
+    """This side of one helper process: hands it batches, and when it ends in the middle of
+    a message, delivers that message degraded and goes on with a fresh helper."""
 
-class ProcessBuilder:
-    """Builds in one spawned child (portable; no fork of a threaded process)."""
+    def __init__(self, *, log_level: str, log_format: str, secrets: list[str],
+                 budget_s: float = MESSAGE_BUDGET_S) -> None:
+        self.budget_s = budget_s
+        self._child_args = (log_level, log_format, secrets, budget_s)
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self._current: Any = multiprocessing.get_context("spawn").RawValue("q", NO_MESSAGE)  # UID in hand
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._started_before = False
+        self.restarts = 0  # helpers started after the first: overruns, deaths, idle exits
 
-    def __init__(self, *, payloads: PayloadBuilder, log_level: str, log_format: str, secrets: list[str]) -> None:
-        context = (payloads.account, payloads.mailbox, payloads.budget_s)
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_child, initargs=(log_level, log_format, secrets, context))
+    def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
+              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+        """One Emission per message, in order, for the mailbox of `payloads`; `beat` is
+        called as each is done."""
+        with self._lock:
+            out: list[Emission] = []
+            pending = list(messages)
+            while pending:
+                job = Job("build", payloads.account, payloads.mailbox, tuple(pending), uidvalidity, pass_id)
+                got, failure = self._run(job, beat)
+                out += got
+                del pending[:len(got)]
+                if failure is None:
+                    break
+                out.append(self._degraded(payloads, pending.pop(0), failure, uidvalidity, pass_id, beat))
+            return out
 
-    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
-        future = self._pool.submit(_build_in_child, downloaded, uidvalidity, pass_id)
+    def _degraded(self, payloads: PayloadBuilder, message: FetchedMessage, failure: _Failure, uidvalidity: int,
+                  pass_id: str, beat: Beat) -> Emission:
+        stage = failure.stage if failure.stage in _BUILD_STAGES else "parse"
+        error = ParseError.model_validate({"stage": stage, "type": failure.type, "reason": failure.reason})
+        log.warning("message build ended its helper process; delivering a degraded payload",
+                    extra={"uid": message.uid, "stage": failure.stage, "error_type": failure.type})
+        if failure.stage != "salvage":
+            job = Job("salvage", payloads.account, payloads.mailbox, (message,), uidvalidity, pass_id, error)
+            got, again = self._run(job, beat)
+            if got:
+                return got[0]
+            failure = again or failure
+        beat()
+        return payloads.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {failure.type}")
 
-        def result() -> list[Emission]:
+    def _run(self, job: Job, beat: Beat) -> tuple[list[Emission], _Failure | None]:
+        """Runs one job; what it built, and why the helper ended early if it did. A helper
+        that ends with no message in hand (it had just exited for idleness, or was killed
+        between messages) blames no message: the rest of the job goes to a fresh one."""
+        got: list[Emission] = []
+        reasons = []
+        for _ in range(START_ATTEMPTS):
+            conn = self._ensure()
             try:
-                return future.result()
-            except BrokenProcessPool as exc:
-                raise ParseWorkerError(f"payload builder process died: {exc}") from exc
-        return result
+                conn.send(replace(job, messages=job.messages[len(got):]))
+            except OSError:
+                pass  # gone already: its exit status says why, below
+            failure = self._receive(conn, got, beat)
+            if len(got) == len(job.messages):
+                return got, None  # it ended after the last message: nothing lost
+            # Only the next message can have been in hand; a UID read just after the one
+            # before it was sent is no blame.
+            if failure is None or failure.uid == job.messages[len(got)].uid:
+                return got, failure
+            reasons.append(failure.reason)
+        raise ParseWorkerError(f"the payload builder process keeps ending between messages: {reasons}")
+
+    def _receive(self, conn: multiprocessing.connection.Connection, got: list[Emission],
+                 beat: Beat) -> _Failure | None:
+        while True:
+            try:
+                if not conn.poll(POLL_S):
+                    continue  # a long build: the helper's own watchdog bounds it
+                reply = conn.recv()
+            except (EOFError, OSError):
+                return self._ended(self._current.value)
+            if reply[0] == "emission":
+                got.append(reply[1])
+                beat()
+            elif reply[0] == "overrun":
+                _, uid, stage, used_s = reply
+                return self._ended(uid, _Failure(uid, stage, "BudgetExceeded",
+                                                       f"used more than {self.budget_s} s of CPU "
+                                                       f"({used_s:.1f} s)"))
+            else:
+                return None
+
+    def _ended(self, uid: int | None, reported: _Failure | None = None) -> _Failure:
+        """Reaps the helper; the failure it reported, or one made from its exit status.
+        `uid` is the message it had in hand, if any."""
+        process, self._process = self._process, None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        process.join()
+        if reported is not None:
+            return reported
+        in_hand = None if uid is None or uid == NO_MESSAGE else uid
+        code = process.exitcode
+        if code == OVERRUN_EXIT:
+            return _Failure(in_hand, "parse", "BudgetExceeded", f"used more than {self.budget_s} s of CPU")
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return _Failure(in_hand, "parse", "BuilderDied", f"the build process ended ({how})")
+
+    def _ensure(self) -> multiprocessing.connection.Connection:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            return self._conn
+        if self._process is not None:
+            self._ended(None)
+        if self._started_before:
+            self.restarts += 1
+        context = multiprocessing.get_context("spawn")  # portable; no fork of a threaded process
+        ours, theirs = context.Pipe()
+        self._current.value = NO_MESSAGE
+        process = context.Process(target=serve, args=(theirs, self._current, *self._child_args),
+                                  name="payload-builder", daemon=True)
+        process.start()
+        theirs.close()  # so the helper's end of the pipe is the only one: EOF reaches us when it ends
+        self._process, self._conn, self._started_before = process, ours, True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _stop, process, ours)  # a helper never outlives its owner
+        return ours
+
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id while one runs (for tests and operators)."""
+        return self._process.pid if self._process is not None else None
 
     def close(self) -> None:
+        with self._lock:
+            if self._process is not None:
+                _stop(self._process, self._conn)
+                self._process, self._conn = None, None
+
+
+def _stop(process: Any, conn: multiprocessing.connection.Connection | None) -> None:
+    if conn is not None:
+        conn.close()  # the helper sees EOF and exits
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+class BuildPool:
+    """The helpers of one producer process, shared by its mailboxes: at most `size` helper
+    processes (each about 60 MB), however many mailboxes the process follows. A batch takes
+    whichever helper is free; liveness keeps moving while it waits for one."""
+
+    def __init__(self, *, size: int, log_level: str, log_format: str, secrets: list[str],
+                 budget_s: float = MESSAGE_BUDGET_S) -> None:
+        self.helpers = [BuildHelper(log_level=log_level, log_format=log_format, secrets=secrets, budget_s=budget_s)
+                        for _ in range(size)]
+        self._free: queue.Queue[BuildHelper] = queue.Queue()
+        for helper in self.helpers:
+            self._free.put(helper)
+
+    def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
+              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+        while True:
+            try:
+                helper = self._free.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                beat()  # the other mailboxes' batches are being built: this process is working
+        try:
+            return helper.build(payloads, messages, uidvalidity, pass_id, beat)
+        finally:
+            self._free.put(helper)
+
+    def close(self) -> None:
+        for helper in self.helpers:
+            helper.close()
+
+
+class HelperBuilder:
+    """One pass's view of the pool (sync.py asks for one per pass). A batch starts building
+    as soon as it is downloaded, in a thread of its own that waits on a helper, so a helper
+    builds batch N while this process writes N-1 to Redis and the read-ahead thread
+    downloads N+1."""
+
+    def __init__(self, *, pool: BuildPool, payloads: PayloadBuilder, beat: Beat) -> None:
+        self.pool = pool
+        self.payloads = payloads
+        self.beat = beat
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payload-build")
+
+    def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
+        future = self._pool.submit(self.pool.build, self.payloads, downloaded.messages, uidvalidity, pass_id,
+                                   self.beat)
+        return future.result
+
+    def close(self) -> None:
+        # The helpers outlive the pass (each exits by itself when idle); batches submitted
+        # but not asked for (a pass stopped early) are dropped before they start.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def builder_factory(payloads: PayloadBuilder, *, parallel_parse: bool, log_level: str, log_format: str,
-                    secrets: list[str]) -> Callable[[int], Builder]:
-    """Chooses per pass: a helper process for long syncs when PARALLEL_PARSE allows it."""
-    def make(batches: int) -> Builder:
-        if parallel_parse and batches >= PARALLEL_FROM_BATCHES:
-            return ProcessBuilder(payloads=payloads, log_level=log_level, log_format=log_format, secrets=secrets)
-        return InlineBuilder(payloads=payloads)
+def builder_factory(payloads: PayloadBuilder, *, pool: BuildPool) -> Callable[..., Builder]:
+    """Each pass of the mailbox of `payloads` gets a view of the process's helper pool."""
+    def make(batches: int, beat: Beat = lambda: None) -> Builder:
+        return HelperBuilder(pool=pool, payloads=payloads, beat=beat)
     return make
-
-
-# The child's one PayloadBuilder (and so one budget watchdog thread), made by _init_child.
-_child_builder: list[PayloadBuilder] = []
-
-
-def _init_child(log_level: str, log_format: str, secrets: list[str], context: tuple[str, str, float]) -> None:
-    # The parent decides when to stop and then shuts the pool down; Ctrl-C in a terminal
-    # or systemd's SIGTERM to the whole cgroup must not kill the child mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging(log_level, log_format, "producer", Redactor(secrets))
-    account, mailbox, budget_s = context
-    _child_builder.append(PayloadBuilder(account=account, mailbox=mailbox, budget_s=budget_s))
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    """A parent killed outright (SIGKILL, OOM) cannot shut the pool down, and the child never
-    sees EOF on its queue (it holds both ends of the pipe): follow the parent instead."""
-    parent.join()
-    os._exit(0)
-
-
-def _build_in_child(downloaded: Downloaded, uidvalidity: int, pass_id: str) -> list[Emission]:
-    return _child_builder[0].build(downloaded, uidvalidity, pass_id)
-

@@ -31,7 +31,7 @@ from email_ingestion.imap.session import Authenticator, ImapSession
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector, stream_figures
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
-from email_ingestion.producer.build_site import builder_factory
+from email_ingestion.producer.build_site import BuildPool, builder_factory
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.fleet import ProducerFleet
@@ -43,6 +43,10 @@ from email_ingestion.producer.state import StateStore, StreamGuard
 from email_ingestion.producer.sync import MailboxSync
 
 log = logging.getLogger("email_ingestion.producer")
+# Helper processes building payloads for all the mailboxes of a MAILBOXES_FILE producer: two,
+# so one mailbox's hostile message (up to 5 s of CPU) never holds up every other mailbox,
+# and about 120 MB however many mailboxes there are.
+FLEET_BUILD_HELPERS = 2
 
 
 
@@ -94,7 +98,7 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
                  dry_run: bool = False, *, fence: str = "", client: Any = None,
-                 families: ProducerFamilies | None = None) -> ProducerRunner:
+                 families: ProducerFamilies | None = None, builds: BuildPool | None = None) -> ProducerRunner:
     """Wire one mailbox's runner from its settings; nothing connects until it runs. With
     `fence` (the mailbox's lease value) its writes stop the moment the lease is lost."""
     imap = settings.imap
@@ -108,15 +112,21 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
     else:
         client = client or make_redis(settings.redis)
         store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis), fence=fence)
+                           replication=Replication.from_settings(settings.redis), fence=fence,
+                           fingerprints_kept=settings.producer.fingerprints_per_mailbox)
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
-                                   parallel_parse=settings.producer.parallel_parse, log_level=settings.log.level,
-                                   log_format=settings.log.format, secrets=settings.secrets())
+                                   pool=builds or build_pool(settings, size=1))
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
                        metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
     return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+
+
+def build_pool(settings: Settings, *, size: int) -> BuildPool:
+    """The helper processes that build payloads (producer/build_site.py), started on first use."""
+    return BuildPool(size=size, log_level=settings.log.level, log_format=settings.log.format,
+                     secrets=settings.secrets())
 
 
 def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: threading.Event,
@@ -127,9 +137,11 @@ def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: thread
     ownership = Ownership(client, producer_id=producer_id(settings),
                           fleet=fleet_name(mailboxes), lease_ms=settings.producer.producer_lease_ms)
 
+    builds = build_pool(settings, size=FLEET_BUILD_HELPERS)
+
     def make_runner(mailbox: Mailbox, lease: str) -> ProducerRunner:
         return build_runner(mailbox.settings, threading.Event(), redactor, fence=lease, client=client,
-                            families=families)
+                            families=families, builds=builds)
 
     fleet = ProducerFleet(mailboxes=mailboxes, ownership=ownership, make_runner=make_runner, stop_event=stop_event,
                           exit_on_permanent=settings.producer.mailboxes_file is None,

@@ -53,7 +53,13 @@ class DryRunStore:
         if self.on_closed is not None:
             self.on_closed()
 
-    def seen(self, fingerprints: Sequence[str]) -> list[bool]:
+    def start(self, uidvalidity: int, *, position: int, since_ms: int, baseline_until: int) -> MailboxState:
+        return MailboxState(uidvalidity, position, since_ms)  # no baseline: nothing is recorded
+
+    def record_baseline(self, uidvalidity: int, fingerprints: Sequence[str], done_until: int) -> bool:
+        return False
+
+    def gated(self, uidvalidity: int, fingerprints: Sequence[str]) -> list[bool]:
         return [False] * len(fingerprints)
 
 

@@ -1,7 +1,7 @@
-"""Raw FETCH data -> stream payloads: parsing, mapping and the dedup fingerprint (identity.py).
+"""Fetched messages (imap/fetched.py) -> stream payloads: parsing, mapping and the dedup fingerprint (identity.py).
 
-Pure: no sockets and no Redis, so it runs inline or in the helper process that
-build_site.py starts, and the tests drive it with bytes.
+Pure: no sockets and no Redis, so it runs in the helper process that build_site.py starts
+(where the per-message CPU budget is enforced), and the tests drive it with bytes.
 """
 
 from __future__ import annotations
@@ -9,42 +9,35 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
-
-from imapclient.imap_utf7 import decode as decode_utf7
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from email_ingestion.common.clock import Clock, wall_ms
-from email_ingestion.common.errors import BudgetExceeded
 from email_ingestion.common.logging import correlation
 from email_ingestion.common.payload import Address, Attachment, EmailPayload, ParseError
-from email_ingestion.common.text import iso_utc, to_text
-from email_ingestion.imap import bodystructure
-from email_ingestion.mail.parse import ParsedMessage, parse_message, parse_partial
+from email_ingestion.common.text import iso_utc
+from email_ingestion.imap.bodystructure import body_text_parts
+from email_ingestion.imap.fetched import FetchedMessage
+from email_ingestion.mail.parse import ParsedMessage, TextPart, parse_message, parse_partial
 from email_ingestion.mail.salvage import salvage
-from email_ingestion.producer.budget import Watchdog
 from email_ingestion.producer.identity import fingerprint
 
 log = logging.getLogger(__name__)
 
-TEXT_PARTS = "text_parts"  # key under which the fetcher keeps a large message's fetched text parts
-# Time one message may take to build before it goes out degraded. Ordinary mail takes well
-# under a millisecond, a 20 MB one a fraction of a second; hostile mail is cut off here.
+# CPU time one message may take to build before it goes out degraded. Ordinary mail takes
+# well under a millisecond, a 20 MB one a fraction of a second; hostile mail is cut off here.
 MESSAGE_BUDGET_S = 5.0
 # A payload lists this many attachments at most: 50,000 one-byte parts fit in a 3 MB message
 # and would make a 4 MB stream entry.
 MAX_LISTED_ATTACHMENTS = 1000
 
 Stage = Literal["parse", "payload", "json"]
-T = TypeVar("T")
+OnStage = Callable[[str], None]  # told "parse", "payload", "json" or "salvage" as a message moves on
 
 
-@dataclass(frozen=True)
-class Downloaded:
-    """The raw FETCH responses of one batch, in UID order."""
-
-    messages: list[tuple[int, dict[Any, Any]]]
+def _ignore(stage: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -59,9 +52,10 @@ class Emission:
 class PayloadBuilder:
     """Builds the payloads of one mailbox; CPU only.
 
-    Each message is built on its own, under a time budget: whatever goes wrong with one
-    (an exception anywhere, an overrun) gives a degraded payload for it (see
-    common/payload.py), never a failed batch or a skipped message.
+    Whatever goes wrong with one message (an exception anywhere) gives a degraded payload
+    for it (see common/payload.py), never a failed batch or a skipped message. The time
+    budget is not enforced here but around this code, by the helper process that runs it
+    (build_site.py); `on_stage` tells that process which step a message is in.
     """
 
     def __init__(self, *, account: str, mailbox: str, clock_ms: Clock = wall_ms,
@@ -70,52 +64,65 @@ class PayloadBuilder:
         self.mailbox = mailbox
         self.clock_ms = clock_ms
         self.budget_s = budget_s
-        self._watchdog = Watchdog(budget_s=budget_s)
 
-    def build(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> list[Emission]:
-        return [self._emission(uid, data, uidvalidity, pass_id) for uid, data in downloaded.messages]
+    def build(self, messages: Sequence[FetchedMessage], uidvalidity: int, pass_id: str,
+              on_stage: OnStage = _ignore) -> list[Emission]:
+        return [self.emission(message, uidvalidity, pass_id, on_stage) for message in messages]
 
-    def _emission(self, uid: int, data: dict[Any, Any], uidvalidity: int, pass_id: str) -> Emission:
-        with correlation(f"{pass_id}.{uid}") as correlation_id:
-            facts = _Facts.of(data)
-            stage: list[Stage] = ["parse"]
+    def emission(self, message: FetchedMessage, uidvalidity: int, pass_id: str,
+                 on_stage: OnStage = _ignore) -> Emission:
+        """One message's payload; degraded (headers salvaged) when any step raises."""
+        stage: Stage = "parse"
+        with correlation(f"{pass_id}.{message.uid}") as correlation_id:
+            facts = _Facts.of(message)
             try:
-                with self._watchdog.guard():
-                    parsed = _parse(data, facts.size)
-                    stage[0] = "payload"
-                    payload = self.payload(uid, uidvalidity, data, parsed, facts, correlation_id)
-                    stage[0] = "json"
-                    text = _to_json(payload)
-            except (Exception, BudgetExceeded) as exc:  # noqa: BLE001 - issue 9: one message never stops a mailbox
-                parsed, text = self._degraded(uid, uidvalidity, data, facts, correlation_id, stage[0], exc)
+                on_stage(stage)
+                parsed = _parse(message, facts.size)
+                on_stage(stage := "payload")
+                payload = self.payload(message, uidvalidity, parsed, facts, correlation_id)
+                on_stage(stage := "json")
+                text = _to_json(payload)
+            except Exception as exc:  # noqa: BLE001 - issue 9: one message never stops a mailbox
+                error = ParseError(stage=stage, type=type(exc).__name__, reason=_reason(exc))
+                return self.degraded(message, uidvalidity, pass_id, error, on_stage)
             if parsed.defects:
-                log.info("message parsed with defects", extra={"uid": uid, "defects": parsed.defects[:10]})
-            return Emission(_fingerprint_of(data, facts), uid, text)
+                log.info("message parsed with defects", extra={"uid": message.uid, "defects": parsed.defects[:10]})
+            return Emission(_fingerprint_of(message, facts), message.uid, text)
 
-    def _degraded(self, uid: int, uidvalidity: int, data: dict[Any, Any], facts: _Facts, correlation_id: str,
-                  stage: Stage, exc: BaseException) -> tuple[ParsedMessage, str]:
-        reason = f"took longer than {self.budget_s} s" if isinstance(exc, BudgetExceeded) else _reason(exc)
-        error = ParseError(stage=stage, type=type(exc).__name__, reason=reason)
+    def degraded(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
+                 on_stage: OnStage = _ignore) -> Emission:
+        """The payload of a message the parser gave up on: every header that can be read."""
         # No reason in the log: exception texts can quote message content.
         log.warning("message could not be parsed; delivering a degraded payload",
-                    extra={"uid": uid, "stage": stage, "error_type": error.type})
-        try:
-            with self._watchdog.guard():  # salvage gets a budget of its own: it too reads hostile bytes
-                parsed = salvage(data.get(b"BODY[]") or data.get(b"BODY[HEADER]") or b"")
-                return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
-        except (Exception, BudgetExceeded) as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
-            parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
-                                   headers={}, body_truncated=True,
-                                   defects=[f"headers unreadable: {type(again).__name__}"])
-            return parsed, _to_json(self.payload(uid, uidvalidity, data, parsed, facts, correlation_id, error))
+                    extra={"uid": message.uid, "stage": error.stage, "error_type": error.type})
+        on_stage("salvage")
+        with correlation(f"{pass_id}.{message.uid}") as correlation_id:
+            facts = _Facts.of(message)
+            try:
+                parsed = salvage(message.body or message.header or b"")
+                text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
+            except Exception as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
+                return self.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {type(again).__name__}")
+            return Emission(_fingerprint_of(message, facts), message.uid, text)
 
-    def payload(self, uid: int, uidvalidity: int, data: dict[bytes, Any], parsed: ParsedMessage,
+    def bare(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
+             why: str) -> Emission:
+        """The last resort: what the server said about the message, no content read at all
+        (cheap and linear, so it is built where no budget is needed)."""
+        with correlation(f"{pass_id}.{message.uid}") as correlation_id:
+            facts = _Facts.of(message)
+            parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
+                                   headers={}, body_truncated=True, defects=[why])
+            text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
+            return Emission(_fingerprint_of(message, facts), message.uid, text)
+
+    def payload(self, message: FetchedMessage, uidvalidity: int, parsed: ParsedMessage,
                 facts: _Facts, correlation_id: str, parse_error: ParseError | None = None) -> EmailPayload:
-        gm_msgid = facts.gm_msgid
+        uid, gm_msgid = message.uid, message.gmail_msgid
         key = f"gm:{self.account}:{gm_msgid}" if gm_msgid else f"imap:{self.account}:{self.mailbox}:{uidvalidity}:{uid}"
         return EmailPayload(
             idempotency_key=key, account=self.account, mailbox=self.mailbox, uid=uid, uidvalidity=uidvalidity,
-            message_id=parsed.message_id, gmail_msgid=gm_msgid, gmail_thrid=facts.gm_thrid,
+            message_id=parsed.message_id, gmail_msgid=gm_msgid, gmail_thrid=message.gmail_thrid,
             gmail_labels=facts.labels, from_=_address(parsed.from_),
             to=_addresses(parsed.to), cc=_addresses(parsed.cc),
             reply_to=_addresses(parsed.reply_to), subject=parsed.subject, date=parsed.date,
@@ -130,50 +137,36 @@ class PayloadBuilder:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Facts:
-    """What the server said about a message (not its content), each read on its own."""
+    """What the server said about a message (not its content), as the payload shows it."""
 
-    size: int = 0
-    internal: str | None = None
-    gm_msgid: str | None = None
-    gm_thrid: str | None = None
-    labels: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
-    defects: list[str] = field(default_factory=list)
+    size: int
+    internal: str | None
+    labels: list[str]
+    flags: list[str]
+    defects: list[str]
 
     @classmethod
-    def of(cls, data: dict[Any, Any]) -> _Facts:
-        facts = cls()
-        raw = data.get(b"BODY[]")
-        facts.size = facts._read("RFC822.SIZE", lambda: int(data.get(b"RFC822.SIZE", len(raw or b""))), 0)
-        facts.internal = facts._read("INTERNALDATE", lambda: iso_utc(internal_date(data.get(b"INTERNALDATE"))), None)
-        facts.gm_msgid = facts._read("X-GM-MSGID", lambda: gmail_id(data.get(b"X-GM-MSGID")), None)
-        facts.gm_thrid = facts._read("X-GM-THRID", lambda: gmail_id(data.get(b"X-GM-THRID")), None)
-        facts.labels = facts._read("X-GM-LABELS", lambda: [_label(v) for v in data.get(b"X-GM-LABELS") or ()], [])
-        facts.flags = facts._read("FLAGS", lambda: [to_text(flag) for flag in data.get(b"FLAGS") or ()], [])
-        return facts
-
-    def _read(self, item: str, read: Callable[[], T], default: T) -> T:
-        try:
-            return read()
-        except Exception as exc:  # noqa: BLE001 - a broken item costs that item only
-            self.defects.append(f"unreadable {item}: {type(exc).__name__}")
-            return default
+    def of(cls, message: FetchedMessage) -> _Facts:
+        # An absent or unreadable RFC822.SIZE: the bytes we have are the best measure.
+        size = message.size if message.size is not None else len(message.body or b"")
+        return cls(size=size, internal=iso_utc(message.internal_date), labels=list(message.gmail_labels),
+                   flags=list(message.flags), defects=list(message.defects))
 
 
-def _fingerprint_of(data: dict[Any, Any], facts: _Facts) -> str:
+def _fingerprint_of(message: FetchedMessage, facts: _Facts) -> str:
     """The dedup identity from the raw header bytes (whole message or BODY[HEADER]), as the
     re-sync's HEADER.FIELDS fetch computes it; any bytes get one, so no message is lost to it."""
-    header = data.get(b"BODY[]") if TEXT_PARTS not in data else data.get(b"BODY[HEADER]")
+    header = message.body if message.body is not None else message.header
     try:
-        return fingerprint(header or b"", facts.size, facts.gm_msgid)
+        return fingerprint(header or b"", facts.size, message.gmail_msgid)
     except Exception:  # noqa: BLE001 - issue 9: one message never stops a mailbox
         return "x:" + hashlib.sha256(bytes(header or b"")).hexdigest()[:32]
 
 
-def _parse(data: dict[Any, Any], size: int) -> ParsedMessage:
-    return parse_message(data.get(b"BODY[]") or b"") if TEXT_PARTS not in data else _parse_large(data, size)
+def _parse(message: FetchedMessage, size: int) -> ParsedMessage:
+    return parse_message(message.body) if message.body is not None else _parse_large(message, size)
 
 
 def _to_json(payload: EmailPayload) -> str:
@@ -208,10 +201,12 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_large(data: dict[Any, Any], size: int) -> ParsedMessage:
-    parts = list(bodystructure.walk(data.get(b"BODYSTRUCTURE") or ()))
-    attachments = [p.attachment() for p in parts if not p.is_body_text]
-    return parse_partial(data.get(b"BODY[HEADER]") or b"", data[TEXT_PARTS], attachments, size)
+def _parse_large(message: FetchedMessage, size: int) -> ParsedMessage:
+    """A large message from its header, BODYSTRUCTURE and the first bytes of its text parts."""
+    attachments = [p.attachment() for p in message.parts if not p.is_body_text]
+    texts = [TextPart(p.content_type, p.charset, p.encoding, data, complete=len(data) >= p.size)
+             for p in body_text_parts(message.parts) if (data := message.section(p.section)) is not None]
+    return parse_partial(message.header or b"", texts, attachments, size)
 
 
 def _iso_ms(clock_ms: Callable[[], int]) -> str:
@@ -224,19 +219,3 @@ def _address(pair: tuple[str, str] | None) -> Address | None:
 
 def _addresses(pairs: list[tuple[str, str]]) -> list[Address]:
     return [Address(name=name, address=address) for name, address in pairs]
-
-
-def internal_date(value: Any) -> dt.datetime | None:
-    """INTERNALDATE as an aware UTC datetime (plain UTC also pickles; imapclient's FixedOffset does not)."""
-    if not isinstance(value, dt.datetime):
-        return None
-    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def gmail_id(value: Any) -> str | None:
-    return None if value is None else str(int(value)) if isinstance(value, int) else to_text(value)
-
-
-def _label(value: Any) -> str:
-    # Gmail labels are mailbox names: modified UTF-7 (RFC 3501 §5.1.3).
-    return decode_utf7(value) if isinstance(value, bytes) else str(value)

@@ -1,21 +1,23 @@
-"""The producer's Redis state: UID position per mailbox, the dedup index, and the stream.
+"""The producer's Redis state: UID position per mailbox, its fingerprints, and the stream.
 
-Entries and state move together in one Lua script: the dedup check, the XADD, the
-fingerprint record and the advance of `last_uid` happen atomically. A crash before the
-script leaves nothing written; after it, everything. A script whose reply was lost
-(connection dropped mid-call), or a second producer racing on the same mailbox, runs the
-same batch again and adds nothing: within one UIDVALIDITY, a UID at or below the stored
+Entries and state move together in one Lua script (state_lua.py): the dedup check, the
+XADD, the fingerprint record and the advance of `last_uid` happen atomically. A crash
+before the script leaves nothing written; after it, everything. A script whose reply was
+lost (connection dropped mid-call), or a second producer racing on the same mailbox, runs
+the same batch again and adds nothing: within one UIDVALIDITY, a UID at or below the stored
 position is already in the stream.
 
-Fingerprints (see identity.py) are consulted only after a UIDVALIDITY change, where UIDs
-mean nothing any more, for the UIDs up to `resync_until` that the change stored (so a
-re-sync interrupted by a crash or a dropped connection resumes as a re-sync). They are not
-used otherwise because two distinct messages can share them (mail re-sent by a list, test
-fixtures): checking them on every message would silently drop the second one.
+Fingerprints (identity.py, kept by fingerprints.py) decide only across incarnations of the
+folder: a message is skipped when its fingerprint was recorded before the current
+UIDVALIDITY began, whatever its UID and whenever it reappears (the re-sync of a re-created
+folder, a refill after it, a second change). Within one UIDVALIDITY they are not consulted,
+because two distinct messages can share them (mail re-sent by a list, test fixtures):
+checking them there would silently drop the second one.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,60 +30,16 @@ from email_ingestion.common.errors import LeaseLostError
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.redis_client import Replication, redis_errors
 from email_ingestion.common.text import to_text
+from email_ingestion.producer import state_lua
+from email_ingestion.producer.fingerprints import digest, per_bucket
 from email_ingestion.producer.payloads import Emission
 
-# A fenced write first checks that the mailbox's lease (ownership.py) still holds the
-# caller's value; '' means unfenced (dry runs, tools, tests of the script alone).
-_FENCE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-"""
+log = logging.getLogger(__name__)
 
-# KEYS: lease, stream, state, seen. ARGV: fence, uidvalidity, last_uid, now_ms, since_ms,
-# payload field name, producer field name, then per item fingerprint, uid, payload. A fenced
-# entry also records the fence value (who wrote it). Items at or below the stored
-# position are already in the stream; items at or below `resync_until` (a UIDVALIDITY
-# re-sync still in progress) are also skipped when their fingerprint was ever emitted.
-_EMIT = _FENCE + """
-local stream, state, seen = KEYS[2], KEYS[3], KEYS[4]
-local uidvalidity, last_uid, now_ms, since_ms = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local payload_field, producer_field = ARGV[6], ARGV[7]
-local stored = redis.call('HMGET', state, 'uidvalidity', 'last_uid', 'resync_until')
-local position = tonumber(stored[2] or '0')
-local resync_until = tonumber(stored[3] or '0')
-if stored[1] and stored[1] ~= uidvalidity then
-  -- Another UIDVALIDITY without begin_resync (a racing producer saw another one): UIDs
-  -- mean nothing here, so every item is checked by fingerprint.
-  position, resync_until = 0, math.huge
-end
-local added = {}
-for i = 8, #ARGV, 3 do
-  local uid = tonumber(ARGV[i + 1])
-  local fresh = uid > position
-  if fresh and uid <= resync_until then fresh = redis.call('HEXISTS', seen, ARGV[i]) == 0 end
-  if fresh then
-    redis.call('HSET', seen, ARGV[i], uidvalidity .. ':' .. ARGV[i + 1])
-    if ARGV[1] == '' then
-      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2])
-    else
-      added[#added + 1] = redis.call('XADD', stream, '*', payload_field, ARGV[i + 2], producer_field, ARGV[1])
-    end
-  end
-end
-if last_uid > position then position = last_uid end
-redis.call('HSET', state, 'uidvalidity', uidvalidity, 'last_uid', position, 'updated_at_ms', now_ms)
-redis.call('HSETNX', state, 'since_ms', since_ms)
-return added
-"""
-
-# KEYS: lease, state. ARGV: fence, new uidvalidity, resync_until, now_ms. The new
-# UIDVALIDITY is stored together with the highest UID that must be checked by fingerprint,
-# so an interrupted re-sync resumes as a re-sync (issue 9 §3). `since_ms`, the first run's
-# baseline, stays.
-_BEGIN_RESYNC = _FENCE + """
-redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[2], 'last_uid', 0, 'resync_until', ARGV[3],
-           'updated_at_ms', ARGV[4])
-return 1
-"""
+# ~12 bytes each (docs/recovery.md): 60 MB for a mailbox that reaches the cap.
+DEFAULT_FINGERPRINTS_KEPT = 5_000_000
+_FIELDS = ("uidvalidity", "last_uid", "since_ms", "resync_until", "epoch", "replay_until", "baseline_until",
+           "baseline_at")
 
 
 @dataclass(frozen=True)
@@ -89,11 +47,19 @@ class MailboxState:
     uidvalidity: int
     last_uid: int
     since_ms: int
-    resync_until: int = 0  # UIDs up to here are checked by fingerprint (UIDVALIDITY re-sync)
+    resync_until: int = 0  # the highest UID when the current epoch began
+    epoch: int = 0  # incarnation of the folder: +1 per UIDVALIDITY change
+    replay_until: int = 0  # a reset emits UIDs up to here again, fingerprints unchecked
+    baseline_until: int = 0  # first-run mail whose fingerprints are recorded up to here...
+    baseline_at: int = 0  # ... done up to here
 
     @property
     def resyncing(self) -> bool:
         return self.resync_until > self.last_uid
+
+    @property
+    def baseline_pending(self) -> bool:
+        return self.baseline_at < self.baseline_until
 
 
 class StateStore:
@@ -101,59 +67,111 @@ class StateStore:
     is refused with LeaseLostError once the mailbox's lease holds anything else."""
 
     def __init__(self, *, client: redis.Redis, keys: MailboxKeys, replication: Replication = Replication(),
-                 clock_ms: Clock = wall_ms, fence: str = "") -> None:
+                 clock_ms: Clock = wall_ms, fence: str = "", fingerprints_kept: int = DEFAULT_FINGERPRINTS_KEPT) -> None:
         self.redis = client
         self.keys = keys
         self.fence = fence
         self.replication = replication
         self.clock_ms = clock_ms
-        self._emit = client.register_script(_EMIT)
-        self._begin_resync = client.register_script(_BEGIN_RESYNC)
+        self.per_bucket = per_bucket(fingerprints_kept)
+        self._emit = client.register_script(state_lua.EMIT)
+        self._gated = client.register_script(state_lua.GATED)
+        self._begin_resync = client.register_script(state_lua.BEGIN_RESYNC)
+        self._start = client.register_script(state_lua.START)
+        self._baseline = client.register_script(state_lua.BASELINE)
+        self._plan_baseline = client.register_script(state_lua.PLAN_BASELINE)
+        self._rewind = client.register_script(state_lua.REWIND)
 
     def load(self) -> MailboxState | None:
         with redis_errors("state load"):
-            values = self.redis.hmget(self.keys.state, "uidvalidity", "last_uid", "since_ms", "resync_until")
+            values = self.redis.hmget(self.keys.state, *_FIELDS)
+            if values[0] is not None and values[6] is None and int(values[2] or 0) > 0:
+                # INITIAL_SYNC=new/since under a version that kept no baseline fingerprints.
+                if self._plan_baseline(keys=[self.keys.state]):
+                    log.info("recording the fingerprints of the first run's baseline (state of an older version)")
+                values = self.redis.hmget(self.keys.state, *_FIELDS)
         if values[0] is None:
             return None
         return MailboxState(*(int(value or 0) for value in values))
 
     def begin_resync(self, uidvalidity: int, resync_until: int) -> MailboxState:
-        """Adopt a new UIDVALIDITY: position 0, and every UID up to `resync_until` (the
-        mailbox's highest now) is checked by fingerprint, across restarts."""
+        """Adopt a new UIDVALIDITY: a new epoch at position 0; from now on every message whose
+        fingerprint was recorded before is skipped, across restarts."""
         with redis_errors("re-sync start"):
             done = self._begin_resync(keys=[self.keys.lease, self.keys.state],
                                       args=[self.fence, uidvalidity, resync_until, self.clock_ms()])
+        return self._loaded(done)
+
+    def start(self, uidvalidity: int, *, position: int, since_ms: int, baseline_until: int) -> MailboxState:
+        """The first run's state when it skips mail (INITIAL_SYNC=new/since): the mail up to
+        `baseline_until` is not emitted, but its fingerprints are to be recorded."""
+        with redis_errors("first run"):
+            done = self._start(keys=[self.keys.lease, self.keys.state],
+                               args=[self.fence, uidvalidity, position, since_ms, baseline_until, self.clock_ms()])
+        return self._loaded(done)
+
+    def record_baseline(self, uidvalidity: int, fingerprints: Sequence[str], done_until: int) -> bool:
+        """Record fingerprints of first-run mail, and that the baseline is done up to
+        `done_until`; False when the UIDVALIDITY has moved on (nothing written)."""
+        args: list[str | int | bytes] = [self.fence, uidvalidity, done_until, self.per_bucket,
+                                         *(digest(fp) for fp in fingerprints)]
+        with redis_errors("baseline record"):
+            done = self._baseline(keys=[self.keys.lease, self.keys.state, self.keys.fingerprints], args=args)
         self._check_fence(done)
-        state = self.load()
-        assert state is not None
-        return state
+        return bool(done)
+
+    def rewind(self, uid: int) -> int:
+        """`mailbox reset`: position back to `uid`; the UIDs up to the returned one are emitted
+        again without the fingerprint check. Refused (ValueError) while a producer holds the
+        mailbox or when `uid` is above the position; LookupError when nothing is stored."""
+        code, detail = (to_text(x) for x in self._rewind(keys=[self.keys.lease, self.keys.state], args=[uid]))
+        where = f"{self.keys.account} {self.keys.mailbox} on {self.keys.stream}"
+        if code == "no-state":
+            raise LookupError(f"no stored position for {where}")
+        if code == "leased":
+            raise ValueError(f"a producer holds {where} (lease {detail.rsplit(':', 1)[0]!r}): stop it first, or wait "
+                             "PRODUCER_LEASE_MS for the lease of a stopped one to expire; nothing changed")
+        if code == "forward":
+            raise ValueError(f"--uid {uid} is above the stored last_uid {detail}: a reset only goes back")
+        return int(detail)
 
     def emit(self, uidvalidity: int, last_uid: int, items: Sequence[Emission], since_ms: int = 0) -> list[str]:
         """Append the new items and move the position to `last_uid`, atomically.
 
         Returns the stream ids of the entries added (fewer than items when some were
-        already emitted)."""
-        args: list[str | int] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD, PRODUCER]
+        already emitted, or recorded in an earlier incarnation of the folder)."""
+        args: list[str | int | bytes] = [self.fence, uidvalidity, last_uid, self.clock_ms(), since_ms, PAYLOAD,
+                                         PRODUCER, self.per_bucket]
         for item in items:
-            args.extend((item.fingerprint, item.uid, item.payload))
-        keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.seen]
+            args.extend((item.fingerprint, digest(item.fingerprint), item.uid, item.payload))
+        keys = [self.keys.lease, self.keys.stream, self.keys.state, self.keys.fingerprints, self.keys.seen]
         with redis_errors("stream append"):
             added = self._emit(keys=keys, args=args)
         self._check_fence(added)
         self.replication.wait(self.redis, self.keys.stream)  # REDIS_WAIT_REPLICAS
         return [x.decode() if isinstance(x, bytes) else str(x) for x in added]
 
+    def gated(self, uidvalidity: int, fingerprints: Sequence[str]) -> list[bool]:
+        """Per fingerprint: recorded in an earlier incarnation of the folder (skip it)."""
+        if not fingerprints:
+            return []
+        with redis_errors("fingerprint lookup"):
+            args: list[str | int | bytes] = [uidvalidity]
+            for fp in fingerprints:
+                args.extend((fp, digest(fp)))
+            found = self._gated(keys=[self.keys.state, self.keys.fingerprints, self.keys.seen], args=args)
+        return [bool(x) for x in found]
+
+    def _loaded(self, reply: object) -> MailboxState:
+        self._check_fence(reply)
+        state = self.load()
+        assert state is not None
+        return state
+
     def _check_fence(self, reply: object) -> None:
         if reply is None:  # the script's `false`: the lease is not ours
             raise LeaseLostError(f"the lease of {self.keys.account}/{self.keys.mailbox} is no longer ours; "
                                  "nothing was written")
-
-    def seen(self, fingerprints: Sequence[str]) -> list[bool]:
-        if not fingerprints:
-            return []
-        with redis_errors("dedup lookup"):
-            found = self.redis.hmget(self.keys.seen, list(fingerprints))
-        return [value is not None for value in found]
 
 
 class StreamGuard:

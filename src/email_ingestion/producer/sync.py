@@ -1,13 +1,17 @@
 """One sync pass over one mailbox: decide where to start, fetch new mail in batches, emit.
 
 Where a pass starts:
-- no stored state: INITIAL_SYNC decides (all / new / since:DATE);
+- no stored state: INITIAL_SYNC decides (all / new / since:DATE); with new/since the
+  fingerprints of the mail skipped (the baseline) are recorded after the first pass's new
+  mail, so a later re-created copy of that mail is recognised without any date;
 - same UIDVALIDITY: after the stored last UID;
-- UIDVALIDITY changed: the new UIDVALIDITY is stored with the highest UID the mailbox has
-  (`resync_until`); every message up to there is looked at again, but only its fingerprint
-  is fetched first; messages already emitted (or older than the first sync's baseline) are
-  skipped, so a re-created mailbox does not re-deliver itself, even when the re-sync is
-  interrupted and resumed by another process.
+- UIDVALIDITY changed: a new epoch at position 0 (state.py); every message is looked at
+  again, and one whose fingerprint was recorded in an earlier epoch is skipped, however
+  late it reappears. Batches are checked by a header-only FETCH before they are downloaded
+  (single new messages, as IDLE brings them, are checked by the emit script alone), so a
+  re-created mailbox does not re-deliver itself, even when the re-sync is interrupted and
+  resumed by another process. INTERNALDATE decides nothing: servers send dates before 1970,
+  in the far future, or copies with the time of the copy.
 
 A pass covers the UIDs below the UIDNEXT it saw at its start, one window at a time
 (windows.py), and then looks again: mail that arrived meanwhile is synced in the same pass.
@@ -37,6 +41,9 @@ from email_ingestion.producer.windows import Batch, UidWindows
 log = logging.getLogger(__name__)
 
 ShouldStop = Callable[[], bool]
+
+# Baseline batches recorded before new mail is looked at again (10,000 messages at 500).
+BASELINE_STEP_BATCHES = 20
 
 
 @dataclass
@@ -69,7 +76,7 @@ class _Range:
 class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
-                 wait: Callable[[float], bool], make_builder: Callable[[int], Builder],
+                 wait: Callable[[float], bool], make_builder: Callable[..., Builder],
                  clock_ms: Clock = wall_ms) -> None:
         self.session = session
         self.store = store
@@ -81,6 +88,7 @@ class MailboxSync:
         self._make_builder = make_builder
         self.clock_ms = clock_ms
         self.backpressured = False
+        self.baseline_left = False  # the first run's baseline has more to record
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
         with correlation() as pass_id:
@@ -91,7 +99,7 @@ class MailboxSync:
                 # Mail that arrived during the pass was announced in the replies to the pass's
                 # own commands and absorbed there; IDLE will not announce it again (§7).
                 again = self.session.examine()
-                if not _has_new_mail(status, again):
+                if not (_has_new_mail(status, again) or self.baseline_left):
                     break
                 status = again
             self.metrics.polls.inc()
@@ -104,30 +112,52 @@ class MailboxSync:
 
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
+        self.baseline_left = False
         stored = self.store.load()
         last = status.uidnext - 1 if status.uidnext else self.session.highest_uid()
         if stored is not None and stored.uidvalidity != status.uidvalidity:
             stored = self._begin_resync(status, stored, last, result)
-        start = stored.last_uid + 1 if stored else self._first_start(status, last)
+        if stored is None:
+            stored = self._first_start(status, last)
+        start = stored.last_uid + 1 if stored else 1
         if start <= last:
             self._emit_range(_Range(start, last, status, stored), pass_id, should_stop, result)
+        if stored is not None and stored.baseline_pending and not (result.interrupted or should_stop()):
+            self._record_baseline(status.uidvalidity, stored, should_stop, result)
         return not (result.interrupted or should_stop())
 
-    def _first_start(self, status: MailboxStatus, last: int) -> int:
-        """Where the very first pass starts; records the baseline for later resyncs."""
+    def _first_start(self, status: MailboxStatus, last: int) -> MailboxState | None:
+        """Where the very first pass starts (None: at UID 1); records the baseline's extent."""
         mode = self.settings.initial_sync
         if mode == "all":
-            return 1
+            return None
         if mode == "new":
-            self.store.emit(status.uidvalidity, last, [], since_ms=self.clock_ms())
             log.info("first run with INITIAL_SYNC=new: existing mail skipped", extra={"baseline_uid": last})
-            return last + 1
+            return self.store.start(status.uidvalidity, position=last, since_ms=self.clock_ms(), baseline_until=last)
         since = self.settings.since_date
         assert since is not None
         first = self._windows(1, last).first_matching("SINCE", since) or last + 1
         since_ms = int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp() * 1000)
-        self.store.emit(status.uidvalidity, first - 1, [], since_ms=since_ms)
-        return first
+        return self.store.start(status.uidvalidity, position=first - 1, since_ms=since_ms, baseline_until=first - 1)
+
+    def _record_baseline(self, uidvalidity: int, stored: MailboxState, should_stop: ShouldStop,
+                         result: PassResult) -> None:
+        """Record the fingerprints of the mail the first run skipped (header-only FETCHes),
+        a step of BASELINE_STEP_BATCHES batches at a time so that new mail is looked at in
+        between; resumable: the state says how far it got."""
+        log.info("recording fingerprints of the mail present at the first run",
+                 extra={"from_uid": stored.baseline_at + 1, "to_uid": stored.baseline_until})
+        for count, batch in enumerate(self._windows(stored.baseline_at + 1, stored.baseline_until)):
+            if should_stop():
+                result.interrupted = True
+                return
+            if count == BASELINE_STEP_BATCHES:
+                self.baseline_left = True
+                return
+            metas = self.fetcher.metadata(batch.uids)
+            if not self.store.record_baseline(uidvalidity, [m.fingerprint for m in metas], batch.uids[-1]):
+                return  # the UIDVALIDITY moved on: the old UIDs mean nothing any more
+        self.store.record_baseline(uidvalidity, [], stored.baseline_until)
 
     def _begin_resync(self, status: MailboxStatus, stored: MailboxState, last: int,
                       result: PassResult) -> MailboxState:
@@ -135,6 +165,10 @@ class MailboxSync:
                     extra={"old_uidvalidity": stored.uidvalidity, "new_uidvalidity": status.uidvalidity,
                            "resync_until_uid": last})
         self.metrics.uidvalidity_changes.inc()
+        if stored.baseline_pending:
+            log.warning("UIDVALIDITY changed before the first run's baseline was recorded: mail present then "
+                        "and not recorded may be delivered by this re-sync",
+                        extra={"baseline_at_uid": stored.baseline_at, "baseline_until_uid": stored.baseline_until})
         result.uidvalidity_changed = True
         return self.store.begin_resync(status.uidvalidity, last)
 
@@ -143,11 +177,11 @@ class MailboxSync:
                           batch_size=self.settings.batch_size, large_bytes=self.settings.large_message_bytes)
 
     def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult) -> None:
-        """Emit the UIDs of `span` in batches. While a re-sync is in progress, only messages
-        never emitted and not older than the first run's baseline go out."""
+        """Emit the UIDs of `span` in batches. After a UIDVALIDITY change only messages not
+        recorded in an earlier epoch go out."""
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
         progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds)
-        builder = self._make_builder(-(-expected // self.settings.batch_size))
+        builder = self._make_builder(-(-expected // self.settings.batch_size), beat=should_stop)  # liveness moves per message
         batches = iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
@@ -178,18 +212,22 @@ class MailboxSync:
             builder.close()
 
     def _to_fetch(self, batch: Batch, stored: MailboxState | None) -> list[int]:
-        """The UIDs of `batch` to download: during a re-sync, those not yet emitted."""
-        if stored is None or batch.uids[0] > stored.resync_until:
+        """The UIDs of `batch` to download: after a UIDVALIDITY change, those whose
+        fingerprint was not recorded in an earlier epoch (or that a reset replays)."""
+        if stored is None or not _worth_checking(batch, stored):
             return batch.uids
-        check = [uid for uid in batch.uids if uid <= stored.resync_until]
-        rest = [uid for uid in batch.uids if uid > stored.resync_until]
-        return self._not_yet_emitted(check, stored.since_ms) + rest
+        replayed = [uid for uid in batch.uids if uid <= stored.replay_until]
+        check = [uid for uid in batch.uids if uid > stored.replay_until]
+        return replayed + self._not_recorded_before(check, stored.uidvalidity)
 
-    def _not_yet_emitted(self, uids: list[int], since_ms: int) -> list[int]:
+    def _not_recorded_before(self, uids: list[int], uidvalidity: int) -> list[int]:
+        if not uids:
+            return []
         metas = self.fetcher.metadata(uids)
-        seen = self.store.seen([fp for m in metas for fp in (m.fingerprint, m.legacy_fingerprint)])
-        return [m.uid for index, m in enumerate(metas)
-                if not (seen[2 * index] or seen[2 * index + 1]) and m.internal_date_ms >= since_ms]
+        # The legacy form (with INTERNALDATE) only finds what older versions recorded; no
+        # date ever makes a message count as new or old here.
+        gated = self.store.gated(uidvalidity, [fp for m in metas for fp in (m.fingerprint, m.legacy_fingerprint)])
+        return [m.uid for index, m in enumerate(metas) if not (gated[2 * index] or gated[2 * index + 1])]
 
     def _count(self, result: PassResult, fetched: _Fetched, added: int) -> None:
         result.seen += len(fetched.batch.uids)
@@ -224,6 +262,15 @@ def _read_ahead(pool: ThreadPoolExecutor, download: Callable[[], _Fetched | None
     while (fetched := ahead.result()) is not None:
         ahead = submit()
         yield fetched
+
+
+def _worth_checking(batch: Batch, stored: MailboxState) -> bool:
+    """A header-only FETCH before the download pays where old mail is likely: the range
+    known at the change, and any batch of several messages after one (a refill). A single
+    message is downloaded and checked by the emit script, which always decides."""
+    if batch.uids[0] <= stored.resync_until:
+        return True
+    return (stored.epoch > 0 or stored.resync_until > 0) and len(batch.uids) > 1
 
 
 def _has_new_mail(before: MailboxStatus, after: MailboxStatus) -> bool:

@@ -127,10 +127,16 @@ class StreamWorkers:
         """The /status body: one stream's as before; several streams' totals and each stream's own."""
         if len(self.loops) == 1:
             return {**self.loops[0].status(), "handler": handler, "figures": _figures(self.loops[0])}
-        per_stream = {loop.loop.stream: {**loop.status(), "figures": _figures(loop)} for loop in self.loops}
+        # Every counter before any figure: a message is acknowledged before it is counted, so
+        # figures read later are at least as new as the counters (read the other way round, a
+        # body could say "processed 50" with the last batch still pending, issue 18).
+        counters = self.stats().counters()
+        per_stream = {loop.loop.stream: loop.status() for loop in self.loops}
+        for loop in self.loops:
+            per_stream[loop.loop.stream]["figures"] = _figures(loop)
         first = self.loops[0]
         return {"component": "worker", "consumer": first.loop.consumer, "streams": list(per_stream),
-                "group": first.loop.group, "handler": handler, "counters": self.stats().counters(),
+                "group": first.loop.group, "handler": handler, "counters": counters,
                 "circuit_breakers": {b.name: b.snapshot() for b in self.breakers},
                 "redis_unavailable": next((loop.redis_wait.reason for loop in self.loops if loop.redis_wait.reason),
                                           None),
