@@ -263,3 +263,22 @@ def test_sigterm_during_a_slow_batch_renews_the_lease_until_the_last_write(mailb
     done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_exactly_once(redis_client, total)
+
+
+def test_sigterm_while_a_read_hangs_still_exits_within_ten_seconds(mailbox, producer_env, dovecot, redis_client):
+    """SIGTERM while the IMAP connection has gone silent (the answer to IDLE's DONE never
+    comes, and the read timeout is far away): the shutdown cuts the read off after its wait
+    and the process exits 0 within the documented 10 s, nothing written twice."""
+    link = TcpProxy(dovecot.port).start()
+    env = {**producer_env, "IMAP_PORT": str(link.port), "IMAP_TIMEOUT_SECONDS": "120"}
+    mailbox.append(sample_message(1))
+    proc = start_producer(env)
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 1, 60)
+        link.freeze_existing()
+        code, err = stop(proc, signal.SIGTERM, timeout_s=10)
+    finally:
+        link.stop()
+    assert code == 0, err[-2000:]
+    assert "no longer ours" not in err
+    assert redis_client.xlen("email_ingestion_stream") == 1

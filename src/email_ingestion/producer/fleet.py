@@ -49,7 +49,8 @@ FAILED_RETRY_S = 300.0  # a mailbox stopped by a permanent error, that no other 
 UNEXPECTED_RETRY_S = 60.0  # after an error nobody anticipated (a bug): log it, try again
 CANNOT_SERVE_ATTEMPTS = 5  # failed attempts in a row (about 30 s of backoff) before another producer may try
 AVOID_S = 300.0  # how long a producer stays away from a mailbox it could not serve
-STOP_WAIT_S = 8.0  # at shutdown: time for every mailbox to finish the write in hand (the promise is 10 s)
+STOP_WAIT_S = 6.0  # at shutdown: time for every mailbox to finish the write in hand (the promise is 10 s,
+# and a loaded host needs the rest to cut off, release and exit)
 
 MakeRunner = Callable[[Mailbox, str], ProducerRunner]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,7 +117,9 @@ class ProducerRunner:
         What was not written is fetched again by the next owner (the position did not move)."""
         self.stop()
         with contextlib.suppress(Exception):
-            self.session.client.shutdown()
+            # Only the socket: closing imaplib's buffered file would wait for the lock the
+            # reading thread holds while blocked, and shutdown(2) wakes that read at once.
+            self.session.client.socket().shutdown(socket.SHUT_RDWR)
 
     def join(self, timeout_s: float) -> None:
         if self._thread is not None:
