@@ -11,7 +11,9 @@ Pre-loads N payloads of ~3.5 KB into a throwaway redis-server, then times, alter
   2. `python worker.py --handler email_ingestion.worker.handlers:noop_handler --burst` with
      default settings (one process), timed from process start to exit;
 and once, the naive style for reference: COUNT 10 and four round trips per message.
-Prints messages per second and the worker/ceiling ratio.
+Prints messages per second and the worker/ceiling ratio, and, because a shared machine's
+load moves wall-clock rates by more than the difference measured, the CPU seconds each side
+used (its own process plus redis-server's, from INFO cpu): a ratio the load barely moves.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def preload(client: redis.Redis, count: int) -> int:
     return size
 
 
+def redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def ceiling(port: int, count: int) -> float:
     client = redis.Redis(port=port, decode_responses=True)
     client.xgroup_create(STREAM, "ceiling", id="0")
@@ -84,20 +91,27 @@ def naive(client: redis.Redis, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def worker(url: str, count: int, batch_size: int | None) -> tuple[float, float]:
-    """(loop rate: first delivery to last settlement, as the worker logs it; process start to exit)."""
+def worker(url: str, count: int, batch_size: int | None) -> tuple[float, float, float]:
+    """(loop rate: first delivery to last settlement, as the worker logs it; process start to
+    exit; the process's CPU seconds)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "REDIS_"))},
            "REDIS_URL": url, "WORKER_METRICS_PORT": "0", "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"}
     extra = ["--batch-size", str(batch_size)] if batch_size else []
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--consumer", "bench", "--handler",
-                           "email_ingestion.worker.handlers:noop_handler",
-                           "--burst", *extra], env=env, check=True, capture_output=True, text=True)
-    whole_s = time.perf_counter() - started
-    stopped = next(json.loads(line) for line in done.stderr.splitlines() if '"worker stopped"' in line)
+    with tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--consumer", "bench", "--handler",
+                                 "email_ingestion.worker.handlers:noop_handler", "--burst", *extra],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        whole_s = time.perf_counter() - started
+        err.seek(0)
+        lines = err.read().splitlines()
+    if status != 0:
+        raise SystemExit(f"worker exited {status}: {lines[-3:]}")
+    stopped = next(json.loads(line) for line in lines if '"worker stopped"' in line)
     if stopped["processed"] != count:
         raise SystemExit(f"worker processed {stopped['processed']} of {count}")
-    return count / stopped["busy_s"], count / whole_s
+    return count / stopped["busy_s"], count / whole_s, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -113,15 +127,20 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     server = RedisServer(work).start()
     client = server.client()
-    ceiling_runs, worker_runs, process_runs = [], [], []
+    ceiling_runs, worker_runs, process_runs, cpu_ratios = [], [], [], []
     try:
         for _ in range(args.rounds):
             client.flushall()
             size = preload(client, args.messages)
+            redis_before, own_before = redis_cpu_s(client), time.process_time()
             ceiling_runs.append(ceiling(server.port, args.messages))
-            loop_rate, process_rate = worker(server.url, args.messages, args.batch_size)
+            ceiling_cpu_s = time.process_time() - own_before + redis_cpu_s(client) - redis_before
+            redis_before = redis_cpu_s(client)
+            loop_rate, process_rate, worker_cpu_s = worker(server.url, args.messages, args.batch_size)
+            worker_cpu_s += redis_cpu_s(client) - redis_before
             worker_runs.append(loop_rate)
             process_runs.append(process_rate)
+            cpu_ratios.append(ceiling_cpu_s / worker_cpu_s)
         client.flushall()
         preload(client, args.naive_messages)
         naive_rate = naive(client, args.naive_messages)
@@ -135,7 +154,9 @@ def main() -> int:
               "worker_vs_ceiling": round(worker_rate / ceiling_rate, 2),
               "worker_process_msg_per_s": round(max(process_runs)),
               "process_vs_reference": [round(r, 2) for r in ratios],
-              "ceiling_runs": [round(r) for r in ceiling_runs], "worker_runs": [round(r) for r in worker_runs]}
+              "ceiling_runs": [round(r) for r in ceiling_runs], "worker_runs": [round(r) for r in worker_runs],
+              "reference_cpu_vs_worker_cpu": [round(r, 2) for r in cpu_ratios],
+              "load_average": [round(v, 1) for v in os.getloadavg()]}
     if args.json:
         print(json.dumps(result))
     else:
@@ -147,6 +168,8 @@ def main() -> int:
         print(f"  naive (COUNT 10, 4 RTT/msg)    {naive_rate:8.0f} msg/s")
         print(f"  worker loop / reference = {result['worker_vs_ceiling']}")
         print(f"  worker process (start to exit) / reference, per round = {result['process_vs_reference']}")
+        print(f"  reference CPU s / worker CPU s (each with redis-server's), per round = "
+              f"{result['reference_cpu_vs_worker_cpu']}  (load average {result['load_average']})")
     return 0
 
 

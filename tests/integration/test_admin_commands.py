@@ -336,3 +336,72 @@ def test_tools_print_for_people_unless_asked_for_json(mailbox, producer_env, red
     finally:
         exporter.terminate()
         exporter.wait(30)
+
+
+def test_status_reads_a_bounded_amount_of_a_busy_stream_and_a_huge_dlq(redis_server, redis_client):
+    """400 entries of 50 KB appended within the minute and 1,000 dead letters of 20 KB (40 MB
+    in all): two status calls (text, JSON) have Redis send under 30 MB (was 120), estimate the rate, count
+    the reasons of the newest letters and say `email-dlq stats` counts all."""
+    body, pipe = "x" * 50_000, redis_client.pipeline(transaction=False)
+    for i in range(400):
+        pipe.xadd(STREAM, {"payload": json.dumps({"uid": i, "body": body})})
+    for i in range(1000):
+        pipe.xadd(DLQ, {"payload": json.dumps({"uid": i, "body": body[:20_000]}), "reason": "max_retries"})
+    pipe.execute()
+    env = clean_env(redis_server.url)
+    before = int(redis_client.info("stats")["total_net_output_bytes"])
+    text, (code, snap) = ingest(env, "status"), status_json(env)
+    assert code == text.returncode == 1
+    assert int(redis_client.info("stats")["total_net_output_bytes"]) - before < 30_000_000
+    assert snap["stream"]["rate"]["estimated"] is True and snap["stream"]["rate"]["per_s"] > 400 / 60
+    assert snap["dlq"]["size"] == 1000 and snap["dlq"]["growing"] is True and snap["dlq"]["last_hour_at_least"]
+    assert "dead letters growing: 100+ in the last hour, 1000 in all" in text.stdout
+    assert "`email-dlq stats` counts all" in text.stdout
+
+
+def test_status_with_thousands_of_mailboxes_stays_a_screen(redis_server, redis_client):
+    """3,000 mailboxes, 1,000 of them not owned by the live producer: the text names 10 in the
+    problem with the count, shows at most 50 mailbox lines (unfollowed first); --json has all."""
+    from email_ingestion.common.keys import MailboxKeys, producers_key
+    now_ms = int(redis_client.time()[0]) * 1000
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(3000):
+        keys = MailboxKeys(stream=STREAM, account=f"user{i}@example.com", mailbox="INBOX")
+        pipe.hset(keys.state, mapping={"uidvalidity": 1, "last_uid": i, "updated_at_ms": now_ms})
+        if i % 3:
+            pipe.set(keys.lease, "prod-x:1", px=120_000)
+    pipe.zadd(producers_key("default"), {"prod-x": now_ms + 120_000})
+    pipe.execute()
+    env = clean_env(redis_server.url)
+    text = ingest(env, "status").stdout
+    assert len(text.splitlines()) < 80 and "and 990 more (1000 in all)" in text
+    assert "2950 more (3000 mailboxes, 2000 followed" in text and "user0@example.com INBOX: owner=NONE" in text
+    code, snap = status_json(env)
+    assert len(snap["mailboxes"]) == 3000 and sum(b["owner_alive"] for b in snap["mailboxes"]) == 2000
+
+
+def test_watch_into_a_pipe_redraws_without_escapes_and_ends_on_ctrl_c(redis_server, redis_client):
+    """`status --watch 0.2 | reader`: plain blocks (no screen-clearing escapes in a pipe), and
+    SIGINT ends it with the last answer's status and no traceback; --watch 0 is refused."""
+    env = clean_env(redis_server.url)
+    proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "status", "--watch", "0.2"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    seen = []
+    while len([line for line in seen if line.startswith("status: ")]) < 2:
+        seen.append(proc.stdout.readline())
+        assert seen[-1], proc.stderr.read()  # it ended before two answers
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in err and "\x1b" not in "".join(seen) + rest
+    refused = ingest(env, "status", "--watch", "0")
+    assert refused.returncode == 2 and "positive" in refused.stderr
+
+
+def test_consumers_before_any_worker_says_so_in_one_line(redis_server, redis_client):
+    """`consumers` on a stream with no group yet: one line saying no worker has started, exit 1
+    (not redis-py's NOGROUP reply)."""
+    add_payloads(redis_client, 1)
+    done = ingest(clean_env(redis_server.url), "consumers")
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"consumers: no consumer group {GROUP} on {STREAM} yet: no worker has started")

@@ -144,3 +144,37 @@ def test_reset_is_refused_while_a_producer_holds_the_mailbox(mailbox, producer_e
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_uidvalidity_change_during_a_reset_to_zero_still_re_emits_everything(mailbox, producer_env, redis_client,
+                                                                               dovecot):
+    """`reset --uid 0` over 200 messages, the producer killed part-way through the replay, then
+    the folder re-created with all 200 and one new message: every message is re-emitted after
+    the reset (none lost; only those replayed before the change go out twice), the new one once."""
+    mailbox.append(*(sample_message(i) for i in range(200)))
+    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    mark = redis_client.xrevrange(STREAM, count=1)[0][0]
+    assert reset_to_zero(producer_env, mailbox.name).returncode == 0
+    proxy = TcpProxy(dovecot.port, delay_s=0.01).start()
+    try:
+        proc = subprocess.Popen(producer_cmd("--once"), env={**producer_env, "IMAP_PORT": str(proxy.port),
+                                                             "BATCH_SIZE": "10", "PRODUCER_LEASE_MS": "1000"},
+                                stderr=subprocess.DEVNULL)
+        state_key = next(iter(redis_client.scan_iter("*:state")))
+        midway = wait_until(lambda: int(redis_client.hget(state_key, "last_uid")) >= 20, 60, 0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        replayed = int(redis_client.hget(state_key, "last_uid"))
+        assert midway and replayed < 200, "the kill must land mid-replay"
+    finally:
+        proxy.stop()
+    assert wait_until(lambda: not list(redis_client.scan_iter("*:lease")), 30)  # the killed producer's lease
+    mailbox.recreate()
+    mailbox.append(*(sample_message(i) for i in (*range(200), 900)))
+    assert subprocess.run(producer_cmd("--once"), env=producer_env, capture_output=True, timeout=60).returncode == 0
+    again = message_ids_after(redis_client, mark)
+    lost = [i for i in range(200) if again[f"<msg-0-{i}@example.org>"] == 0]
+    twice = [i for i in range(200) if again[f"<msg-0-{i}@example.org>"] == 2]
+    assert lost == [] and len(twice) == replayed and max(again.values()) == 2
+    assert again["<msg-0-900@example.org>"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -105,3 +106,44 @@ def test_kit_and_units_from_an_installed_wheel(wheel: Path, tmp_path: Path):
     assert units.returncode == 0, units.stderr
     producer = (tmp_path / "units" / "email-producer.service").read_text()
     assert f"ExecStart={venv}/bin/email-producer" in producer and "/opt/email-ingestion" not in producer
+
+
+def units_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "email_ingestion", "units", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_units_for_a_venv_path_with_spaces_and_percent_pass_systemd_verify(tmp_path: Path):
+    """`email-ingest units --venv "/x/my venv%1"`: systemd-analyze verify accepts every unit
+    (ExecStart quoted, % doubled) and finds the venv's commands; a relative --env-dir and a
+    path with a quote (which systemd refuses) are refused with one line."""
+    venv, env_dir, units = tmp_path / "my venv%1", tmp_path / "etc dir", tmp_path / "units"
+    (venv / "bin").mkdir(parents=True)
+    env_dir.mkdir()
+    (env_dir / "env").write_text("")
+    for name in ("email-producer", "email-worker", "email-ingest"):
+        (venv / "bin" / name).write_text("#!/bin/sh\n")
+        (venv / "bin" / name).chmod(0o755)
+    assert units_cmd(str(units), "--venv", str(venv), "--env-dir", str(env_dir)).returncode == 0
+    for template, instance in (("email-worker@", "w1"), ("email-producer@", "sales")):
+        shutil.copy(units / f"{template}.service", units / f"{template}{instance}.service")
+    for unit in ("email-producer.service", "email-exporter.service", "email-worker@w1.service"):
+        done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / unit)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0 and "email" not in done.stderr, done.stderr
+    refused = units_cmd(str(tmp_path / "u2"), "--env-dir", "relative/dir")
+    assert refused.returncode == 1 and "absolute" in refused.stderr
+    quoted = units_cmd(str(tmp_path / "u3"), "--venv", str(tmp_path / 'my "venv'))
+    assert quoted.returncode == 1 and "systemd refuses" in quoted.stderr and not (tmp_path / "u3").exists()
+
+
+def test_kit_copy_into_a_directory_holding_one_kit_file_copies_nothing(tmp_path: Path):
+    """`kit copy DIR` where DIR already has one of the kit's files: exit 1 and nothing else
+    written (no half-copied kit)."""
+    (tmp_path / "kit" / "systemd").mkdir(parents=True)
+    (tmp_path / "kit" / "systemd" / "email-worker@.service").write_text("mine\n")
+    done = subprocess.run([sys.executable, "-m", "email_ingestion", "kit", "copy", str(tmp_path / "kit")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "nothing copied" in done.stderr
+    assert [p.name for p in (tmp_path / "kit").rglob("*") if p.is_file()] == ["email-worker@.service"]

@@ -10,6 +10,7 @@ script the code registers was exercised. The second runs it with real processes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +179,7 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     cluster_client.hdel(other.keys.state, "baseline_until")  # as a version before baselines left it
     assert other.load().baseline_pending
     assert other.rewind(0) == 2
+    exercise_gmail_scripts(cluster_client)
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
     assert not crossing, crossing
@@ -185,6 +187,21 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     # stream); everything else is the stream's.
     assert {s for what, slots in recorder.calls for s in slots} - fleet_keys == {key_slot(STREAM.encode())}
     assert recorder.registered <= recorder.called, [s[:60] for s in recorder.registered - recorder.called]
+
+
+def exercise_gmail_scripts(client: Any) -> None:
+    """Gmail's identity emit, claims and download budget (no Gmail-like server on the cluster:
+    called directly, with the stream's keys)."""
+    from email_ingestion.producer.download_budget import DownloadBudget
+    from email_ingestion.producer.gmail_claims import Claims
+    from email_ingestion.producer.gmail_identity import GmailStateStore
+    from email_ingestion.producer.payloads import Emission
+    store = GmailStateStore(client=client, keys=MailboxKeys(STREAM, "g@example.com", "[Gmail]/All Mail"))
+    store.start(9, position=0, since_ms=1, baseline_until=0)
+    assert Claims(store=store).claim(["1001"])
+    assert store.emit(9, 1, [Emission(fingerprint="gm:1001", uid=1, payload="{}", gmail_labels=("\\Inbox",))])
+    DownloadBudget(client=client, stream=STREAM, account="g@example.com", limit_bytes=10_000_000,
+                   wait=lambda _s: True).spend(1000)
 
 
 def run_ownership_rounds(settings: Any, client: Any) -> list[str]:
@@ -374,3 +391,27 @@ def test_streams_sharing_a_tag_stay_apart_on_the_cluster(streams, cluster, clust
     for index, stream in enumerate(streams):
         assert {k.split(":")[2] for k in handled[stream]} == {f"M{index}"}
         assert cluster_client.xpending(stream, GROUP)["pending"] == 0
+
+
+def test_operator_commands_on_the_cluster(cluster, cluster_client, tmp_path):
+    """`email-ingest status --json` and `email-dlq list/show/replay/stats` over two streams on
+    different masters: the figures and the moves are right on a cluster."""
+    dlq_c, dlq_d = dlq_stream(STREAM_C, "email_ingestion_dlq"), dlq_stream(STREAM_D, "email_ingestion_dlq")
+    letter = cluster_client.xadd(dlq_c, {"payload": json.dumps({"uid": 1, "message_id": "<c1@x>"}),
+                                         "reason": "permanent", "original_id": "7-0", "stream": STREAM_C}).decode()
+    cluster_client.xadd(dlq_d, {"payload": "{}", "reason": "max_retries", "stream": STREAM_D})
+    cluster_client.xadd(STREAM_D, {"payload": "{}"})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
+           "REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "WORKER_STREAMS": f"{STREAM_C},{STREAM_D}"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_ingestion", *args, "--env-file", "/dev/null"], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    status = run("status", "--json")
+    snap = json.loads(status.stdout)
+    assert {s["dlq"]["name"]: s["dlq"]["size"] for s in snap["streams"]} == {dlq_c: 1, dlq_d: 1}, status.stderr
+    assert [s["stream"]["rate"]["appended_last_minute"] for s in snap["streams"]] == [0, 1]
+    assert "<c1@x>" in run("dlq", "list").stdout and "reason: permanent" in run("dlq", "show", "7-0").stdout
+    assert run("dlq", "replay", letter).returncode == 0
+    assert cluster_client.xlen(dlq_c) == 0 and cluster_client.xlen(STREAM_C) == 1
+    assert "1 dead letters (max_retries 1)" in run("dlq", "stats").stdout

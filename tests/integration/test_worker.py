@@ -15,6 +15,7 @@ import pytest
 from email_ingestion.common.errors import PermanentError
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.settings import load_settings
+from email_ingestion.common.text import to_text
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from email_ingestion.worker.cli import build_worker
 from email_ingestion.worker.recovery import Recovery
@@ -252,5 +253,20 @@ def test_dlq_purge_older_than(redis_server, redis_client, worker_env):
     old_ms = int(time.time() * 1000) - 3 * 86_400_000
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"}, id=f"{old_ms}-0")
     redis_client.xadd(DLQ, {"payload": "{}", "reason": "permanent"})
-    assert dlq_cli(redis_server.url, "purge", "--older-than", "2d")["purged"] == 1
+    assert dlq_cli(redis_server.url, "purge", "--older-than", "2d", "--yes")["purged"] == 1
     assert redis_client.xlen(DLQ) == 1
+
+
+def test_the_dead_letter_log_line_names_an_id_email_dlq_finds(redis_server, redis_client, worker_env, caplog):
+    """The worker's "moved to the dead-letter queue" line carries the DLQ id and the original
+    stream id, and `email-dlq show` finds the letter by either."""
+    add_payloads(redis_client, 2)
+    with caplog.at_level("ERROR", logger="email_ingestion.worker.processor"):
+        run_burst(worker_env(), Recorder(permanent={0, 1}))
+    lines = [r for r in caplog.records if r.getMessage() == "message moved to the dead-letter queue"]
+    assert len(lines) == 2
+    letters = {to_text(entry_id) for entry_id, _ in redis_client.xrange(DLQ)}
+    assert {r.dlq_id for r in lines} == letters
+    for record in lines:
+        assert dlq_cli(redis_server.url, "show", record.dlq_id)["id"] == record.dlq_id
+        assert dlq_cli(redis_server.url, "show", record.original_id)["id"] == record.dlq_id

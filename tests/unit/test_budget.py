@@ -5,7 +5,9 @@ always yields the degraded payload, and every other message of the batch is buil
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from email_ingestion.common.payload import EmailPayload
-from email_ingestion.imap.fetched import fetched_message
+from email_ingestion.imap.fetched import FetchedMessage, fetched_message
 from email_ingestion.producer.budget import thread_cpu_s
 from email_ingestion.producer.build_site import BuildHelper
 from email_ingestion.producer.payloads import PayloadBuilder
@@ -31,6 +33,16 @@ def heavy(parts: int = 40_000) -> bytes:
     body = b"".join(b"--b\r\nContent-Type: application/octet-stream; name=f%d\r\n\r\nx\r\n" % i for i in range(parts))
     return b"From: heavy@example.org\r\nSubject: heavy\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" \
         + body + b"--b--\r\n"
+
+
+class GilHolder(bytes):
+    """A message body whose first look (find) holds the GIL in one C call that never ends in
+    practice, as a backtracking regex does: only inside a helper process."""
+
+    def find(self, *args: object) -> int:  # type: ignore[override]
+        if multiprocessing.parent_process() is not None:
+            re.match(r"(a+)+$", "a" * 40 + "b")  # 2^40 steps inside _sre, never releasing the GIL
+        return bytes.find(self, *args)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -162,3 +174,29 @@ def test_a_pool_builds_for_several_mailboxes_in_its_few_helpers():
         assert len({h.pid for h in pool.helpers}) == 1 and len(beats) >= 3
     finally:
         pool.close()
+
+
+def test_an_unclosed_tag_of_many_letters_builds_within_its_budget(make_helper):
+    """An HTML-only message that is "<" and 40,000 letters (the html_to_text cap) builds
+    normally within a 1 s CPU budget: the tag pattern is linear (it was quadratic, 6 s of
+    CPU in one GIL-holding regex call that the helper's watchdog cannot interrupt)."""
+    html = b"<" + b"a" * 40_000
+    raw = b"From: h@example.org\r\nSubject: tag\r\nContent-Type: text/html\r\n\r\n" + html + b"\r\n"
+    helper = make_helper(1.0)
+    first, built, last = build(helper, [ok(1), raw, ok(3)])
+    assert [p.parse_error for p in (first, built, last)] == [None, None, None] and helper.restarts == 0
+    assert built.subject == "tag"
+
+
+def test_a_message_holding_the_gil_is_ended_from_outside(make_helper):
+    """A message whose build holds the GIL in one endless C call (the helper's watchdog thread
+    cannot run) is ended by this side once its helper's CPU time passes the budgets: that
+    message goes out degraded (BudgetExceeded), the ones around it normally; nothing hangs."""
+    raw = b"From: g@example.org\r\nSubject: gil\r\n\r\nbody\r\n"
+    stuck = FetchedMessage(uid=2, size=len(raw), body=GilHolder(raw))
+    around = [fetched_message(uid, {b"BODY[]": ok(uid), b"RFC822.SIZE": len(ok(uid))}) for uid in (1, 3)]
+    helper = make_helper(0.5)
+    emissions = helper.build(PayloadBuilder(account="a@x", mailbox="INBOX"), [around[0], stuck, around[1]], 7, "p")
+    first, ended, last = (EmailPayload.from_json(e.payload) for e in emissions)
+    assert first.parse_error is None and last.parse_error is None and last.subject == "m3"
+    assert ended.uid == 2 and ended.parse_error is not None and ended.parse_error.type == "BudgetExceeded"

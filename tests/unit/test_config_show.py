@@ -44,3 +44,28 @@ def test_env_file_is_taken_anywhere_on_the_command_line(clean_env, tmp_path, cap
         clean_env.delenv("EMAIL_INGEST_ENV_FILE", raising=False)
         assert cli.main(argv) == 0
         assert json.loads(capsys.readouterr().out)["BATCH_SIZE"]["value"] == "77"
+
+
+@pytest.mark.parametrize(("variable", "value", "shown"), [
+    ("REDIS_URL", "redis://127.0.0.1:6379/0?password=q-secret", "redis://127.0.0.1:6379/0?password=********"),
+    ("REDIS_URL", "redis://u:p@ss/w#rd?x-secret@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("REDIS_URL", "unix:///run/redis.sock?password=u-secret", "unix:///run/redis.sock?password=********"),
+    ("WORKER_HANDLER", "webhook:https://u:tok-secret@hooks.example.com/services/T0/B0/x-secret?token=t-secret",
+     "webhook:https://hooks.example.com/********?token=********"),
+])
+def test_secrets_inside_urls_are_redacted(clean_env, capsys, variable, value, shown):
+    """A password in REDIS_URL's query, a webhook's userinfo, secret path or token never
+    appears in `config show` (text or JSON); what is left names the host."""
+    clean_env.setenv(variable, value)
+    assert cli.main(["config", "show", "--json", "--env-file", "/dev/null"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)[variable]["value"] == shown and "secret" not in out
+    assert cli.main(["config", "show", "--env-file", "/dev/null"]) == 0
+    assert "secret" not in capsys.readouterr().out
+
+
+def test_stream_flag_is_the_source_of_both_stream_settings(clean_env, capsys):
+    """`--stream s1` sets REDIS_STREAM_NAME and WORKER_STREAMS: both say "command line"."""
+    assert cli.main(["config", "show", "--json", "--stream", "s1", "--env-file", "/dev/null"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["WORKER_STREAMS"] == {"value": "s1", "source": "command line"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from email_ingestion.mail.decode import decode_addresses, decode_bytes, decode_header_value, normalize_charset
@@ -84,6 +84,7 @@ _atoms = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1,
 _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC XYZ.'-", max_size=20)
 
 
+@example(name="A  A", local="0", domain="0", shape="{name} <{addr}>")  # runs of spaces in an unquoted name
 @given(_names, _atoms, _atoms, st.sampled_from(['{name} <{addr}>', '"{name}" <{addr}>', '{addr}', ' <{addr}> ']))
 def test_fast_address_path_agrees_with_the_stdlib_parser(name, local, domain, shape):
     """The regex fast path gives what the general path (email.utils.getaddresses, then the
@@ -92,3 +93,13 @@ def test_fast_address_path_agrees_with_the_stdlib_parser(name, local, domain, sh
     text = shape.format(name=name, addr=f"{local}@{domain}.org")
     expected = [(decode_header_value(n) or "", a) for n, a in email.utils.getaddresses([text]) if n or a]
     assert decode_addresses(text) == expected
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("root (Cron Daemon)", [("Cron Daemon", "root")]),
+    ("Mail Delivery System <MAILER-DAEMON>", [("Mail Delivery System", "MAILER-DAEMON")]),
+    ("John Smith", []), ("=?utf-8?q?x?=", []), ("@x.org", []),
+])
+def test_a_local_part_written_explicitly_is_an_address_and_a_bare_word_is_not(header, expected):
+    """`<MAILER-DAEMON>` and `root (comment)` are what real senders write; a bare word is no address."""
+    assert decode_addresses(header, []) == expected

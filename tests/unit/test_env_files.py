@@ -128,3 +128,28 @@ def test_an_empty_value_means_unset(clean_env, tmp_path):
     env_file.write_text("IMAP_PORT=\nREDIS_PORT=\nBATCH_SIZE=\n")
     settings = load_settings(env_file=env_file)
     assert settings.imap.port is None and settings.redis.port == 6379 and settings.producer.batch_size == 500
+
+
+FOREIGN = {"REDIS_SERVICE_HOST": "10.0.0.1", "REDIS_SERVICE_PORT": "6379", "REDIS_SERVICE_PORT_REDIS": "6379",
+           "REDIS_PORT_6379_TCP": "tcp://10.0.0.1:6379", "REDIS_PORT_6379_TCP_ADDR": "10.0.0.1",
+           "REDIS_PORT_6379_TCP_PROTO": "tcp", "IMAP_SERVICE_HOST": "10.0.0.2", "REDIS_MASTER_SERVICE_HOST": "1",
+           "REDIS_VERSION": "7.2.4", "REDIS_DOWNLOAD_URL": "http://x", "REDIS_DOWNLOAD_SHA": "ab",
+           "INVOCATION_ID": "x", "JOURNAL_STREAM": "8:1", "CREDENTIALS_DIRECTORY": "/run/c", "CI": "true"}
+
+
+def test_kubernetes_docker_and_systemd_variables_are_not_called_misspellings(clean_env, monkeypatch):
+    """A pod next to a Service named redis, a Docker link, an image's build variables and a
+    systemd service's own variables give no warning; a real misspelling beside them still does."""
+    for name, value in FOREIGN.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_PASWORD", "x")
+    warnings = load_settings(env_file=None).warnings
+    assert len(warnings) == 1 and "REDIS_PASWORD" in warnings[0], warnings
+
+
+def test_a_kubernetes_service_link_in_redis_port_is_ignored_with_a_warning(clean_env):
+    """REDIS_PORT=tcp://10.0.0.1:6379 (a Service named redis) is not a port: the default, and a warning, not exit 2."""
+    clean_env.setenv("REDIS_PORT", "tcp://10.0.0.1:6379")
+    settings = load_settings(env_file=None)
+    assert settings.redis.port == 6379
+    assert any("REDIS_PORT=tcp://10.0.0.1:6379 looks like a Kubernetes" in w for w in settings.warnings)

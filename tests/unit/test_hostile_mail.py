@@ -231,7 +231,7 @@ def test_salvage_finds_the_address_of_a_long_from():
 
 
 @pytest.mark.parametrize(("header", "expected"), [
-    ("John Smith", []), ("=?utf-8?b?w6k=?=", []), ("John <john>", []), ("@x.org", []),
+    ("John Smith", []), ("=?utf-8?b?w6k=?=", []), ("John <john>", [("John", "john")]), ("@x.org", []),
     ('"john doe"@x.org', [("", '"john doe"@x.org')]), ("A <a@[1.2.3.4]>", [("A", "a@[1.2.3.4]")]),
     ("a@b.c, bad, c@d.e", [("", "a@b.c"), ("", "c@d.e")]),
 ])

@@ -165,12 +165,14 @@ def test_operator_commands_refuse_a_malformed_redis_url_with_one_line(monkeypatc
 def test_lease_freshness_window_is_bounded_by_the_heartbeat_ttl():
     """Leases count as surely ours for the shorter of lease and heartbeat TTL (minus a third):
     once the heartbeat is gone others may take leases over, long before the lease expires."""
-    from types import SimpleNamespace
+    from email_ingestion.worker.timings import ProcessorTimings
 
-    from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
-    fresh_s = BatchProcessor._fresh_s(SimpleNamespace(timings=ProcessorTimings(12_000, 1.0, 300, 2_000)))  # type: ignore[arg-type]
-    assert fresh_s == pytest.approx((2_000 - 2_000 // 3) / 1000)
-    assert BatchProcessor._fresh_s(SimpleNamespace(timings=ProcessorTimings(3_000, 1.0, 300, 15_000))) == 2.0  # type: ignore[arg-type]
+    def timings(lease_ms: int, heartbeat_ttl_ms: int) -> ProcessorTimings:
+        return ProcessorTimings(lease_ms=lease_ms, renew_interval_s=1.0, handler_timeout_s=300,
+                                heartbeat_ttl_ms=heartbeat_ttl_ms)
+
+    assert timings(12_000, 2_000).fresh_s == pytest.approx((2_000 - 2_000 // 3) / 1000)
+    assert timings(3_000, 15_000).fresh_s == 2.0
 
 
 def test_default_timings_are_consistent_and_a_stall_check_below_the_handler_timeout_is_refused(monkeypatch):

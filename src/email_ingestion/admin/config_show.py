@@ -10,10 +10,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import SecretStr
 
 from email_ingestion.admin import common
+from email_ingestion.common.redis_client import redact_url
 from email_ingestion.common.settings import Settings, settings_fields
 
 REDACTED = "********"
@@ -54,10 +56,23 @@ def _shown(variable: str, value: object) -> str:
     if isinstance(value, SecretStr):
         return REDACTED if value.get_secret_value() else ""
     text = str(value)
-    if variable == "REDIS_URL" and "@" in text:
-        from email_ingestion.common.redis_client import redact_url
-        return redact_url(text)
-    return text
+    if "://" not in text:
+        return text
+    # Any URL (REDIS_URL, a webhook handler's, the token endpoint) may carry a secret: in its
+    # userinfo, in its query (redis-py takes ?password=, webhooks ?token=), and for
+    # webhook:URL in its path too (Slack- and Discord-style hooks are secret paths).
+    head, _, rest = text.partition(":")
+    if rest.startswith("//"):
+        return redact_any_url(text, hide_path=False)
+    return f"{head}:{redact_any_url(rest, hide_path=head == 'webhook')}"
+
+
+def redact_any_url(url: str, *, hide_path: bool) -> str:
+    """The URL without userinfo, with every query value (and, `hide_path`, the path) masked."""
+    parts = urlsplit(redact_url(url))  # userinfo ends at the LAST "@" (redact_url says why)
+    query = "&".join(f"{name}={REDACTED}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    path = f"/{REDACTED}" if hide_path and parts.path.strip("/") else parts.path
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = common.load(args, "email-ingest config")
     if settings is None:
         return common.EXIT_SETTINGS
-    given = {"REDIS_URL": args.redis_url, "REDIS_STREAM_NAME": args.stream, "WORKER_GROUP": args.group}
+    given = {"REDIS_URL": args.redis_url, "REDIS_STREAM_NAME": args.stream, "WORKER_STREAMS": args.stream,
+             "WORKER_GROUP": args.group}
     table = rows(settings, command_line=frozenset(k for k, v in given.items() if v is not None))
     if args.json:
         print(json.dumps({r.variable: {"value": r.value, "source": r.source} for r in table}, indent=2))

@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = listing(where)
     except redis.RedisError as exc:
-        print(f"consumers: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if str(exc).startswith("NOGROUP"):
+            print(f"consumers: no consumer group {where.group} on {where.stream} yet: no worker has started",
+                  file=sys.stderr)
+        else:
+            print(f"consumers: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEGRADED
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -13,6 +13,7 @@ in a checkout (editable install, `python -m`) they are read where they live.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -43,28 +44,68 @@ def source(part: str) -> Path:
 
 
 def copy_kit(target: Path) -> list[Path]:
-    """Copy every part under `target`; refuses to overwrite an existing file."""
-    written = []
-    for part in PARTS:
-        origin, dest = source(part), target / part
-        files = sorted(p for p in origin.rglob("*") if p.is_file()) if origin.is_dir() else [origin]
-        if part == "scripts":
-            files = [p for p in files if p.name in SCRIPTS]
-        for path in files:
-            out = dest / path.relative_to(origin) if origin.is_dir() else dest
-            if out.exists():
-                raise FileExistsError(f"{out} exists: not overwritten (choose an empty directory)")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, out)
-            written.append(out)
-    return written
+    """Copy every part under `target`; refuses to overwrite an existing file, and then copies
+    nothing (no half-copied kit mixing old and new files)."""
+    plan = [(path, out) for part in PARTS for path, out in _files(part, target / part)]
+    existing = [out for _, out in plan if out.exists()]
+    if existing:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the kit's files do): not overwritten, nothing copied "
+                              "(choose an empty directory)")
+    for path, out in plan:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, out)
+    return [out for _, out in plan]
+
+
+def _files(part: str, dest: Path) -> list[tuple[Path, Path]]:
+    origin = source(part)
+    if not origin.is_dir():
+        return [(origin, dest)]
+    files = sorted(p for p in origin.rglob("*") if p.is_file())
+    if part == "scripts":
+        files = [p for p in files if p.name in SCRIPTS]
+    return [(path, dest / path.relative_to(origin)) for path in files]
 
 
 def render_unit(text: str, *, venv: Path, env_dir: Path) -> str:
-    return text.replace(UNIT_VENV, str(venv)).replace(UNIT_ENV_DIR, str(env_dir))
+    """The shipped unit with this installation's paths, in systemd's syntax: "%" doubled (a
+    specifier otherwise), and the command quoted when the path holds a space or a quote
+    (ExecStart splits words at spaces; EnvironmentFile= takes the rest of the line)."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("ExecStart=" + UNIT_VENV):
+            command, _, rest = line[len("ExecStart="):].partition(" ")
+            line = f"ExecStart={_quoted(command.replace(UNIT_VENV, _escaped(venv)))}" + (f" {rest}" if rest else "")
+        lines.append(line.replace(UNIT_VENV, _escaped(venv)).replace(UNIT_ENV_DIR, _escaped(env_dir)))
+    return "".join(lines)
+
+
+def _escaped(path: Path) -> str:
+    return str(path).replace("%", "%%")
+
+
+def _quoted(word: str) -> str:
+    """A command word with spaces in double quotes (check_unit_paths refused quotes and backslashes)."""
+    bare = word.rstrip("\n")
+    return f'"{bare}"' + word[len(bare):] if " " in bare else word
+
+
+def check_unit_paths(venv: Path, env_dir: Path) -> list[str]:
+    """Why the units would not start: systemd wants absolute paths, and the units' ProtectHome=
+    hides /home, /root and /run/user from the service."""
+    if not env_dir.is_absolute():
+        raise ValueError(f"--env-dir {env_dir}: systemd needs an absolute path")
+    for path in (venv, env_dir):
+        if re.search(r"[\"'\\\x00-\x1f\x7f]", str(path)):  # systemd refuses these in a command's name
+            raise ValueError(f"{path}: systemd refuses a path holding a quote, a backslash or a control character")
+    hidden = [p for p in (venv, env_dir) if p.parts[1:2] in (("home",), ("root",)) or p.parts[1:3] == ("run", "user")]
+    return [f"warning: {p} is under a home directory: the units' ProtectHome=yes hides it from the service "
+            "(install under /opt, or drop ProtectHome in a drop-in)" for p in hidden]
 
 
 def write_units(target: Path, *, venv: Path, env_dir: Path) -> list[Path]:
+    for warning in check_unit_paths(venv, env_dir):
+        print(f"units: {warning}", file=sys.stderr)
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for unit in sorted(source("systemd").glob("*.service")):
@@ -92,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             written = copy_kit(args.dir)
         else:
             written = write_units(args.dir, venv=args.venv.absolute(), env_dir=args.env_dir)
-    except (OSError, FileExistsError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"kit: {exc}", file=sys.stderr)
         return 1
     for path in written:

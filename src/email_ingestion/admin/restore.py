@@ -1,4 +1,4 @@
-"""Restore a Redis backup made by scripts/backup.py.
+"""Restore a Redis backup made by `email-ingest backup`.
 
     email-ingest restore FILE [--dry-run]          # validate, print the manual steps
     email-ingest restore FILE --force [--flush]    # restore into the running server

@@ -27,9 +27,12 @@ from email_ingestion.admin.common import (
 from email_ingestion.admin.snapshot import snapshots
 from email_ingestion.common.redis_client import describe
 from email_ingestion.common.settings import Settings
-from email_ingestion.common.text import human_duration
+from email_ingestion.common.text import human_duration, printable
 
 OVERDUE_S = 60  # a due retry not moved back within a minute means no worker is doing it
+# With thousands of mailboxes the text stays a screen: this many named in a problem, this many
+# lines of mailboxes (those nobody follows first); --json has every one.
+NAMED, MAILBOX_LINES = 10, 50
 
 
 def problems(snap: dict[str, Any], settings: Settings) -> list[str]:
@@ -87,17 +90,19 @@ def _no_producer(snap: dict[str, Any], settings: Settings) -> str | None:
 def _unowned_mailboxes(snap: dict[str, Any], settings: Settings) -> str | None:
     if not snap["producers"]:
         return None  # said once, by _no_producer
-    orphans = [f"{b['account']} {b['mailbox']}" for b in snap["mailboxes"] if not b.get("owner_alive")]
+    orphans = [printable(f"{b['account']} {b['mailbox']}") for b in snap["mailboxes"] if not b.get("owner_alive")]
     if not orphans:
         return None
-    return f"mailboxes no live producer owns (not followed): {', '.join(orphans)}"
+    more = f" and {len(orphans) - NAMED} more ({len(orphans)} in all)" if len(orphans) > NAMED else ""
+    return f"mailboxes no live producer owns (not followed): {', '.join(orphans[:NAMED])}{more}"
 
 
 def _dead_letters_growing(snap: dict[str, Any], settings: Settings) -> str | None:
     dlq = snap["dlq"]
     if not dlq["growing"]:
         return None
-    return (f"dead letters growing: {dlq['last_hour']} in the last hour, {dlq['size']} in all "
+    last_hour = f"{dlq['last_hour']}{'+' if dlq.get('last_hour_at_least') else ''}"
+    return (f"dead letters growing: {last_hour} in the last hour, {dlq['size']} in all "
             f"({_reasons(dlq)}): see docs/runbooks/dlq-management.md")
 
 
@@ -111,7 +116,10 @@ def notes(snap: dict[str, Any]) -> list[str]:
 
 
 def _reasons(dlq: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(dlq["by_reason"].items()))
+    text = ", ".join(f"{printable(k)} {v}" for k, v in sorted(dlq["by_reason"].items()))
+    if dlq.get("counted", dlq["size"]) < dlq["size"]:
+        return f"newest {dlq['counted']}: {text}; `email-dlq stats` counts all"
+    return text
 
 
 def render(snap: dict[str, Any], found: list[str]) -> str:
@@ -136,21 +144,34 @@ def _render_mailboxes(snap: dict[str, Any]) -> list[str]:
     if not boxes:
         return ["mailboxes: none has synced into this stream yet"]
     lines = ["mailboxes:"]
-    for box in boxes:
+    shown = sorted(boxes, key=lambda b: bool(b.get("owner_alive")))[:MAILBOX_LINES]  # stable: unfollowed first
+    for box in shown:
         owner = box.get("owner")
         owned = f"owner={owner}" + ("" if box.get("owner_alive") else " (NOT ALIVE)") if owner else "owner=NONE"
-        progress = box.get("progress")
-        lines.append(f"  {box['account']} {box['mailbox']}: {owned} last_uid={box['last_uid']} "
+        progress = box.get("progress") or _progress_text(box.get("sync_progress"))
+        lines.append(f"  {printable(box['account'])} {printable(box['mailbox'])}: {printable(owned)} "
+                     f"last_uid={box['last_uid']} "
                      f"last_sync={box['last_sync']} ({human_duration(box['last_sync_age_s'])} ago)"
                      + (f" first sync {progress}" if progress else "")
                      + (" BACKPRESSURE" if box["backpressure"] else ""))
+    if len(boxes) > len(shown):
+        followed = sum(1 for b in boxes if b.get("owner_alive"))
+        lines.append(f"  ... {len(boxes) - len(shown)} more ({len(boxes)} mailboxes, {followed} followed; --json lists all)")
     return lines
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress or progress.get("done", 0) >= progress.get("total", 0):
+        return ""
+    eta = progress.get("eta_s")
+    return (f"syncing={progress.get('done')}/{progress.get('total')} rate={progress.get('rate_per_s')}/s"
+            f" eta={'?' if eta is None else f'{eta:.0f}s'}")
 
 
 def _render_stream(snap: dict[str, Any]) -> list[str]:
     stream = snap["stream"]
     rate = stream.get("rate") or {}
-    per_s = f"{'>=' if rate.get('at_least') else ''}{rate.get('per_s', 0):g}/s over the last minute"
+    per_s = f"{'~' if rate.get('estimated') else ''}{rate.get('per_s', 0):g}/s over the last minute"
     lines = [f"stream {stream['name']}: length={stream['length']} unacknowledged={snap['unacknowledged']}"
              f"/{snap['max_unacknowledged']} appended {per_s}"]
     for name, group in stream["groups"].items():
@@ -195,7 +216,8 @@ def collect(settings: Settings) -> tuple[dict[str, Any], list[str]]:
 
 
 def watch(settings: Settings, interval_s: float) -> int:
-    """Redraw every `interval_s` until interrupted."""
+    """Redraw every `interval_s` until interrupted; the exit status is the last answer's."""
+    code = EXIT_DEGRADED  # interrupted before the first answer: nothing was shown healthy
     try:
         while True:
             code, text = _once_text(settings)
@@ -225,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 2) until Ctrl-C")
     args = p.parse_args(argv)
+    if args.watch is not None and (args.watch <= 0 or args.json):
+        p.error("--watch takes a positive number of seconds and is for people (not with --json)")
     settings = load(args, "status")
     if settings is None:
         return EXIT_SETTINGS

@@ -26,6 +26,7 @@ from imapclient import IMAPClient
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.errors import (
     AuthError,
+    CredentialsRejectedError,
     IngestionError,
     SettingsError,
     TokenEndpointError,
@@ -47,6 +48,8 @@ SCOPES = ["https://mail.google.com/"]
 AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 REVOKE_URI = "https://oauth2.googleapis.com/revoke"
 REAUTHORISE = "python producer.py --auth-setup"
+ISSUED_AT = "refresh_token_issued_at"  # our field in the token file: when the refresh token was granted
+TESTING_WARN_DAYS = 6.0  # refresh tokens of apps in "Testing" expire after 7 days
 
 
 class TokenStore:
@@ -126,7 +129,7 @@ class TokenStore:
 def _refresh_error(exc: Exception) -> TokenRefreshError:
     text = str(exc)
     if "invalid_grant" in text:
-        return TokenRefreshError(
+        return CredentialsRejectedError(
             "OAuth2 refresh token rejected (invalid_grant): it was revoked, or expired "
             f"(apps left in Testing get 7-day refresh tokens). Re-authorise with: {REAUTHORISE}")
     reason = text.split(":", 1)[0][:120]
@@ -155,18 +158,38 @@ def xoauth2_string(user: str, access_token: str) -> str:
     return f"user={user}\x01auth=Bearer {access_token}\x01\x01"
 
 
-def save_credentials(creds: Credentials, path: Path) -> None:
-    """Write the token file atomically with mode 0600."""
+def save_credentials(creds: Credentials, path: Path, issued_at: dt.datetime | None = None) -> None:
+    """Write the token file atomically with mode 0600. `issued_at` (when the refresh token was
+    granted) is written at setup and kept on every refresh, for the token's age."""
+    data = json.loads(creds.to_json())  # type: ignore[no-untyped-call]
+    data[ISSUED_AT] = iso_utc(issued_at) if issued_at else _stored_issued_at(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.chmod(tmp, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(creds.to_json())  # type: ignore[no-untyped-call]
+            handle.write(json.dumps(data))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _stored_issued_at(path: Path) -> str | None:
+    try:
+        value = json.loads(path.read_text()).get(ISSUED_AT)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def token_age_days(path: Path, now: dt.datetime | None = None) -> float | None:
+    """Days since the refresh token was granted; None for token files written before issue 20."""
+    issued = _stored_issued_at(path)
+    if issued is None:
+        return None
+    age = (now or dt.datetime.now(dt.UTC)) - dt.datetime.fromisoformat(issued.replace("Z", "+00:00"))
+    return round(age.total_seconds() / 86400, 2)
 
 
 def _parse_expiry(value: str) -> dt.datetime:
@@ -191,7 +214,7 @@ def run_setup(settings: GoogleSettings, open_browser: bool = True) -> Path:
     }}
     flow = InstalledAppFlow.from_client_config(config, scopes=SCOPES)
     creds = flow.run_local_server(port=0, open_browser=open_browser, access_type="offline", prompt="consent")
-    save_credentials(creds, settings.token_file)
+    save_credentials(creds, settings.token_file, issued_at=dt.datetime.now(dt.UTC))
     return settings.token_file
 
 
@@ -208,6 +231,7 @@ def token_info(settings: GoogleSettings) -> dict[str, Any]:
         "scopes": list(creds.scopes or []),
         "client_id": creds.client_id,
         "token_uri": creds.token_uri,
+        "refresh_token_age_days": token_age_days(settings.token_file),
     }
 
 
@@ -232,6 +256,16 @@ def revoke(settings: GoogleSettings, revoke_uri: str = REVOKE_URI) -> None:
     settings.token_file.unlink(missing_ok=True)
 
 
+def _warn_about_age(age_days: float | None) -> None:
+    if age_days is None:
+        print("note: the token's age is unknown (written before this version); re-authorise to start "
+              "tracking it", file=sys.stderr)
+    elif age_days >= TESTING_WARN_DAYS:
+        print(f"warning: this refresh token is {age_days:.1f} days old; a Google OAuth app left in "
+              "\"Testing\" gets refresh tokens that expire after 7 days (invalid_grant): publish the app "
+              f"or re-authorise before then ({REAUTHORISE}); see docs/OAUTH2_SETUP.md", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m email_ingestion.auth.oauth2_gmail", description=__doc__.split("\n\n")[0])
     add_version(parser)
@@ -251,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.setup:
             print(f"token written to {run_setup(settings, open_browser=not args.no_browser)} (mode 0600)")
         elif args.info:
-            print(json.dumps(token_info(settings), indent=2))
+            info = token_info(settings)
+            print(json.dumps(info, indent=2))
+            _warn_about_age(info["refresh_token_age_days"])
         elif args.refresh:
             store = TokenStore(settings=settings)
             store.refresh()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +29,12 @@ PROJECT_PREFIXES = ("IMAP_", "REDIS_", "GOOGLE_", "WORKER_", "LOG_", "HEALTH_", 
 # Outside the prefixes, a name this close to a known one is a typo (POLL_INTERVALL_SECONDS,
 # INITAL_SYNC, MAX_RETRYS); the environment holds many unrelated names, so the bar is high.
 NEAR_MISS_CUTOFF = 0.8
+# Names other software puts into every process's environment, never meant for us: Kubernetes
+# service links (a Service "redis" gives REDIS_SERVICE_HOST, REDIS_PORT_6379_TCP_ADDR, ...),
+# Docker links, and the build variables of official images (REDIS_VERSION, *_DOWNLOAD_URL).
+# Only in the environment: a name in our own settings file is meant for us.
+FOREIGN_NAME = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?|VERSION"
+                          r"|DOWNLOAD_(URL|SHA|SHA1|SHA256|SHA512))")
 # Read by the shell scripts, not by Settings.
 SCRIPT_VARIABLES = frozenset({ENV_FILE_VARIABLE, "WORKER_BASE_PORT", "LOG_DIR"})
 
@@ -96,7 +103,7 @@ def unknown_variables(names: Iterable[str], known: Iterable[str], where: str = "
     warnings = []
     for name in sorted(set(names)):
         upper = name.upper()
-        if upper in known_set:
+        if upper in known_set or (not every_name and FOREIGN_NAME.fullmatch(upper)):
             continue
         near = difflib.get_close_matches(upper, candidates, n=1, cutoff=NEAR_MISS_CUTOFF)
         if not (every_name or upper.startswith(PROJECT_PREFIXES) or near):

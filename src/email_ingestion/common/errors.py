@@ -19,6 +19,11 @@ class TokenRefreshError(AuthError):
     """The OAuth2 token endpoint refused to refresh the access token."""
 
 
+class CredentialsRejectedError(TokenRefreshError):
+    """Google refused the refresh token (invalid_grant: revoked, or expired after 7 days for an
+    app in Testing): the mailbox waits in the `credentials` state until a person re-authorises."""
+
+
 class TokenEndpointError(IngestionError):
     """The OAuth2 token endpoint could not be reached; retrying may help."""
 
@@ -63,6 +68,11 @@ class RedisAuthError(AuthError):
 
 class RedisPermissionError(SettingsError):
     """The Redis ACL user lacks a command or key the process needs."""
+
+
+class WaitInterrupted(ImapConnectionError):
+    """A wait inside a sync step (the Gmail download budget) ended because the producer is
+    stopping: nothing of the step was written, it runs again after the restart."""
 
 
 class ImapProtocolError(ImapError):

@@ -93,6 +93,25 @@ class MailboxKeys:
         return f"{self._base}:seen"
 
     @property
+    def gmail_deferred(self) -> str:
+        """Hash: X-GM-MSGID -> "uidvalidity:uid" of messages this Gmail folder left to another
+        folder of the account (claimed there, or INBOX mail seen from All Mail); re-checked
+        every pass, emitted from here if the other folder never does."""
+        return f"{self._base}:gm_deferred"
+
+    @property
+    def progress(self) -> str:
+        """String with TTL: the figures of the sync step in progress (done, total, rate, ETA) as
+        JSON, for `email-ingest status`; beside `state`, which only the sync's scripts write."""
+        return f"{self._base}:progress"
+
+    @property
+    def gmail_modseq(self) -> str:
+        """String: the folder's HIGHESTMODSEQ at its last label check (GMAIL_LABEL_EVENTS);
+        kept out of `state` so that a folder with no state yet can have it."""
+        return f"{self._base}:gm_modseq"
+
+    @property
     def fingerprints(self) -> str:
         """Hash: bucket (0-4095) -> packed 12-byte records (8-byte fingerprint digest, 32-bit
         epoch) of the messages emitted, or present at the first run (producer/fingerprints.py)."""
@@ -167,6 +186,32 @@ def legacy_dlq_stream(stream: str, dlq_name: str) -> str:
         return dlq_name
     # Braces of the configured name would open a tag of their own: escape them.
     return f"{dlq_name.replace('{', '%7B').replace('}', '%7D')}:{tag}"
+
+
+# Buckets of one account's Gmail identity store: 1,000,000 messages make about 61 per
+# bucket, under Redis's hash-max-listpack-entries (128), so every bucket stays a compact
+# listpack instead of a hash table (about a third of the memory; scripts/gmail_identity_memory.py).
+GMAIL_IDENTITY_BUCKETS = 16384
+
+
+def gmail_identity(stream: str, account: str, msgid: str) -> str:
+    """Hash: X-GM-MSGID -> the message's labels at its last event, one bucket of the account's
+    messages ever emitted to `stream` (issue 20: one event per Gmail message, across folders)."""
+    bucket = int(msgid) % GMAIL_IDENTITY_BUCKETS
+    return f"{PREFIX}:{hash_tag(stream)}:gm:{_part(account)}:{bucket}"
+
+
+def gmail_claims(stream: str, account: str, msgid: str) -> str:
+    """Hash: X-GM-MSGID -> "<mailbox>|<expiry ms>": the folder downloading a message not yet
+    emitted, so that the account's other folders do not download it too (a bucket, as above)."""
+    bucket = int(msgid) % GMAIL_IDENTITY_BUCKETS
+    return f"{PREFIX}:{hash_tag(stream)}:gmclaim:{_part(account)}:{bucket}"
+
+
+def gmail_downloads(stream: str, account: str) -> str:
+    """Hash: minute slot (ms since the epoch / slot length) -> body bytes downloaded then, plus
+    `waiting_until_ms` while bodies wait: the account's rolling GMAIL_DAILY_DOWNLOAD_MB budget."""
+    return f"{PREFIX}:{hash_tag(stream)}:gmdl:{_part(account)}"
 
 
 def legacy_consumer_base(stream: str, group: str) -> str:

@@ -1,4 +1,11 @@
-"""The stream payload, schema version 1: what the producer writes and the worker validates.
+"""The stream payload, schema version 2: what the producer writes and the worker validates.
+
+Version 2 (issue 20) adds `event`: "message" (a new message, as in version 1) or
+"labels_changed" (Gmail: the labels of a message already emitted changed; `labels_added`
+and `labels_removed` say how, `gmail_labels` is the set now). A labels_changed payload
+carries the message's identity (`account`, `gmail_msgid`, `gmail_thrid`, the folder and UID
+where the change was seen) but no content: the content fields are null or empty. Workers
+accept versions 1 and 2; a version 1 payload reads as `event: "message"`.
 
 Degraded payloads (issue 9): when a message cannot be built normally (an exception in the
 parser, or its time budget ran out), it is still delivered, with `parse_error` set and
@@ -19,7 +26,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
+MESSAGE_EVENT = "message"
+LABELS_CHANGED_EVENT = "labels_changed"
+Event = Literal["message", "labels_changed"]
 PAYLOAD_FIELD = "payload"
 
 
@@ -54,29 +64,38 @@ class EmailPayload(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    idempotency_key: str = Field(description="stable per message: gmail X-GM-MSGID, else account/mailbox/uidvalidity/uid")
+    schema_version: Literal[1, 2] = Field(default=SCHEMA_VERSION,
+                                          description="2 since issue 20 (adds `event`); workers also accept 1")
+    event: Event = Field(default="message", description="message: a new message; labels_changed: the Gmail "
+                                                        "labels of a message already emitted changed")
+    idempotency_key: str = Field(description="stable per event: gm:<account>:<X-GM-MSGID> for a Gmail message, "
+                                             "gm-labels:<account>:<X-GM-MSGID>:<modseq> for a label change, "
+                                             "else imap:<account>:<mailbox>:<uidvalidity>:<uid>")
     account: str
-    mailbox: str
+    mailbox: str = Field(description="the folder as configured (a SPECIAL-USE name such as \\All stays so)")
     uid: int
     uidvalidity: int
-    message_id: str | None
+    message_id: str | None = None
     gmail_msgid: str | None = None
     gmail_thrid: str | None = None
-    gmail_labels: list[str] = Field(default_factory=list)
-    from_: Address | None = Field(alias="from", serialization_alias="from")
+    gmail_labels: list[str] = Field(default_factory=list,
+                                    description="Gmail: every label at emission, system labels as Gmail names "
+                                                "them (\\Inbox, \\Important, \\Sent, ...); user labels decoded")
+    labels_added: list[str] = Field(default_factory=list, description="labels_changed: labels the message gained")
+    labels_removed: list[str] = Field(default_factory=list, description="labels_changed: labels the message lost")
+    from_: Address | None = Field(default=None, alias="from", serialization_alias="from")
     to: list[Address] = Field(default_factory=list)
     cc: list[Address] = Field(default_factory=list)
     reply_to: list[Address] = Field(default_factory=list)
-    subject: str | None
-    date: str | None = Field(description="Date header as ISO 8601 UTC; null when missing or unparseable")
-    internal_date: str | None = Field(description="the server's INTERNALDATE (arrival), ISO 8601 UTC")
-    size: int = Field(description="RFC822.SIZE in bytes")
+    subject: str | None = None
+    date: str | None = Field(default=None, description="Date header as ISO 8601 UTC; null when missing or unparseable")
+    internal_date: str | None = Field(default=None, description="the server's INTERNALDATE (arrival), ISO 8601 UTC")
+    size: int = Field(default=0, description="RFC822.SIZE in bytes")
     flags: list[str] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict,
                                     description="Message-ID, In-Reply-To, References, Content-Type, List-Id")
-    body_text: str = Field(description="first 2000 characters of the text body, decoded")
-    body_html_preview: str = Field(description="first 500 characters of the HTML body")
+    body_text: str = Field(default="", description="first 2000 characters of the text body, decoded")
+    body_html_preview: str = Field(default="", description="first 500 characters of the HTML body")
     body_truncated: bool = Field(default=False, description="true when the body was cut or fetched partially")
     attachments: list[Attachment] = Field(default_factory=list,
                                           description="at most 1000; more are counted in parse_defects")

@@ -47,7 +47,7 @@ class ImapSettings(BaseSettings):
     timeout_seconds: float = Field(default=30.0, gt=0, description="connect and read timeout")
     idle: bool = Field(default=True, description="use IDLE when the server offers it")
     idle_refresh_seconds: float = Field(default=1500.0, gt=0, lt=1740, description="re-issue IDLE before 29 min")
-    max_connections: int = Field(default=10, ge=1, description="IMAP connections one producer opens per account "
+    max_connections: int = Field(default=4, ge=1, description="IMAP connections one producer opens per account "
                                                                 "(one per mailbox; Gmail allows 15 in all)")
 
     @field_validator("mailbox", "user")
@@ -169,6 +169,8 @@ class ProducerSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=60.0, gt=0, description="full poll even while idling")
     batch_size: int = Field(default=500, ge=1, le=5000, description="UIDs per UID FETCH")
     initial_sync: InitialSync = Field(default="all", description="all | new | since:YYYY-MM-DD")
+    initial_sync_order: Literal["oldest", "newest"] = Field(default="oldest", description="first sync: oldest "
+                                                                                          "mail first, or newest")
     large_message_bytes: int = Field(default=1_000_000, ge=1024, description="above this, fetch text parts only")
     preview_fetch_bytes: int = Field(default=16_384, ge=1024, description="bytes of each text part fetched then")
     fingerprints_per_mailbox: int = Field(default=5_000_000, ge=4096,
@@ -183,6 +185,11 @@ class ProducerSettings(BaseSettings):
                                                                   "mailbox; unset: the IMAP_ settings, one mailbox")
     producer_lease_ms: int = Field(default=30_000, ge=300, description="mailbox ownership lease, renewed at a third")
     producer_id: str = Field(default="", description="this producer among several; empty: the host name")
+    gmail_label_events: bool = Field(default=False, description="Gmail: a label added to or removed from an "
+                                                                "emitted message becomes a labels_changed event")
+    gmail_daily_download_mb: float = Field(default=2000.0, gt=0, description="Gmail: body downloads per account in "
+                                                                             "a rolling 24 h (MB of 10^6 bytes); "
+                                                                             "Gmail allows about 2500")
 
     @field_validator("initial_sync")
     @classmethod
@@ -224,6 +231,10 @@ class WorkerSettings(BaseSettings):
     handler_path: str | None = Field(default=None, description="directories searched for module:callable handlers "
                                                                "before the installed packages, ':'-separated")
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, description="SIGTERM: time to finish messages in hand")
+    settle_interval_ms: int = Field(default=1000, ge=10,
+                                    description="a batch in progress settles what it handled at least this often")
+    settle_max_messages: int = Field(default=500, ge=1,
+                                     description="... or after this many handled messages, whichever comes first")
     metrics_port: int = Field(default=0, ge=0, le=65535,
                               description="port of /metrics, /health, /ready, /status; 0 disables")
 
@@ -327,6 +338,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
     path = resolve_env_file(env_file)
     check_env_file(path)
     overrides = overrides or {}
+    link_warnings = _ignore_service_links(overrides, file_variables(path))
     groups: dict[str, Any] = {}
     for name, (cls, prefix) in _GROUPS.items():
         values = {k: v for k, v in overrides.get(name, {}).items() if v is not None}
@@ -335,9 +347,26 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None,
         except ValidationError as exc:
             raise SettingsError(_describe(exc, prefix)) from None
     known = [row[0] for row in env_reference()]
-    warnings = [*unknown_variables(os.environ, known, where="the environment"),
+    warnings = [*link_warnings, *unknown_variables(os.environ, known, where="the environment"),
                 *unknown_variables(file_variables(path), known, where=str(path), every_name=True)]
     return Settings(**groups, warnings=tuple(warnings), env_file=path)
+
+
+# Kubernetes (and Docker links) set <SERVICE>_PORT=tcp://10.0.0.1:6379 for a Service named
+# "redis" or "imap": not a port, and not meant for us. Ignored with a warning, so a pod next
+# to such a Service starts instead of failing on a setting nobody wrote.
+_SERVICE_LINKS = (("REDIS_PORT", "redis", "port"),)
+
+
+def _ignore_service_links(overrides: dict[str, dict[str, Any]], in_file: list[str]) -> list[str]:
+    warnings = []
+    for variable, group, field in _SERVICE_LINKS:
+        value = os.environ.get(variable, "")
+        given = overrides.get(group, {}).get(field) is not None
+        if re.match(r"^(tcp|udp)://", value) and not given and variable not in in_file:
+            overrides.setdefault(group, {})[field] = _GROUPS[group][0].model_fields[field].default
+            warnings.append(f"{variable}={value} looks like a Kubernetes/Docker service link, not a port: ignored")
+    return warnings
 
 
 def log_warnings(settings: Settings, log: Any) -> None:

@@ -42,3 +42,21 @@ def human_duration(seconds: float | None) -> str:
             rest = (whole % unit_s) // sub_s
             return f"{whole // unit_s}{name}" + (f" {rest}{sub}" if rest else "")
     return f"{whole}s"
+
+
+def printable(value: object, *, keep_newlines: bool = False) -> str:
+    """Text safe to print on a terminal: control characters (C0, DEL, C1: ESC starts ANSI
+    sequences that clear the screen, move the cursor or set the window title) and bidi
+    overrides become visible escapes. Message-IDs and error texts come from strangers' mail."""
+    text = to_text(value)
+    return "".join(_escape(ch, keep_newlines) for ch in text)
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape(ch: str, keep_newlines: bool) -> str:
+    code = ord(ch)
+    if (keep_newlines and ch == "\n") or not (code < 0x20 or 0x7F <= code <= 0x9F or ch in _BIDI):
+        return ch
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -22,6 +22,7 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
 
+from email_ingestion import __version__
 from email_ingestion.common.errors import (
     AuthError,
     ImapConnectionClosedError,
@@ -36,6 +37,7 @@ from email_ingestion.common.text import to_text
 from email_ingestion.imap.fetch_response import parse_bulk_fetch
 from email_ingestion.imap.fetched import FetchedMessage, fetched_messages
 from email_ingestion.imap.folders import mailbox_not_found, names_missing_mailbox
+from email_ingestion.imap.special_use import Folder, is_special_use, resolve
 from email_ingestion.imap.transport_probe import plaintext_on_tls, tls_on_plaintext
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ THROTTLED_OK_MAX_PAUSE_S = 60.0
 # idle_check() returns [] at once when the socket is readable but gives no line: the peer
 # closed it (imapclient swallows the EOF). This many such returns in a row = connection lost.
 IDLE_EMPTY_WAKEUPS = 3
+# RFC 2971 ID fields sent when the server offers ID (Google asks clients to identify).
+CLIENT_ID = {"name": "email-ingestion", "version": __version__, "vendor": "email-ingestion",
+             "support-url": "https://github.com/email-ingestion"}
 _ESEARCH_MIN = re.compile(rb"\bMIN (\d+)", re.I)
 
 
@@ -74,6 +79,7 @@ class MailboxStatus:
     uidvalidity: int
     uidnext: int | None
     exists: int
+    highest_modseq: int | None = None  # CONDSTORE (RFC 7162), where enabled (Gmail)
 
 
 @contextlib.contextmanager
@@ -125,6 +131,7 @@ class ImapSession:
         self._wait = wait or threading.Event().wait  # sleeps; True early when asked to stop
         self._throttled_answers: list[bytes] = []  # status lines that said [THROTTLED], not yet acted on
         self._throttle_pause_s = THROTTLED_OK_PAUSE_S
+        self.folder = Folder(settings.mailbox)  # the server's folder IMAP_MAILBOX means (after connect)
 
     @property
     def client(self) -> IMAPClient:
@@ -153,7 +160,21 @@ class ImapSession:
         self._login()
         with imap_errors("capabilities"):
             self.capabilities = frozenset(self.client.capabilities())
+        self._prepare()
         return self.examine()
+
+    def _prepare(self) -> None:
+        """After login: identify ourselves (RFC 2971, as Google asks), turn on CONDSTORE on
+        Gmail (label changes), and find the folder a SPECIAL-USE name means (RFC 6154)."""
+        with imap_errors("ID"):
+            if b"ID" in self.capabilities:
+                self.client.id_(CLIENT_ID)
+        with imap_errors("ENABLE CONDSTORE"):
+            if self.is_gmail and b"CONDSTORE" in self.capabilities:
+                self.client.enable("CONDSTORE")
+        if self.is_gmail or is_special_use(self.settings.mailbox):
+            with imap_errors("LIST"):
+                self.folder = resolve(self.settings.mailbox, self.client.list_folders())
 
     def _open(self) -> IMAPClient:
         """The TCP (and TLS) connection with its greeting read; a mismatch of IMAP_SSL and
@@ -186,7 +207,7 @@ class ImapSession:
 
     def examine(self) -> MailboxStatus:
         """Select the mailbox read-only (EXAMINE): nothing is marked \\Seen or loses \\Recent."""
-        mailbox = self.settings.mailbox
+        mailbox = self.folder.name
         try:
             with imap_errors(f"examine {mailbox}"):
                 info = self.client.select_folder(mailbox, readonly=True)
@@ -202,6 +223,7 @@ class ImapSession:
             uidvalidity=int(info[b"UIDVALIDITY"]),
             uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
             exists=int(info.get(b"EXISTS", 0)),
+            highest_modseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
         )
         return self.status
 
@@ -280,6 +302,21 @@ class ImapSession:
                 fetched = {uid: v for uid, v in self.client.fetch(list(uids), list(items)).items() if uid in wanted}
         self._after_command()
         return fetched_messages(fetched)
+
+    def fetch_changed(self, last_uid: int, items: Sequence[str], changed_since: int) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH 1:last_uid of the messages whose mod-sequence is above `changed_since`
+        (RFC 7162 CHANGEDSINCE; Gmail's only way to learn of label changes: IDLE is silent)."""
+        if last_uid < 1:
+            return {}
+        with imap_errors("UID FETCH CHANGEDSINCE"):
+            imap = self.client._imap  # noqa: SLF001 - imapclient cannot give a range with modifiers
+            typ, data = imap.uid("FETCH", f"1:{last_uid}", "(" + " ".join(["UID", "MODSEQ", *items]) + ")",
+                                 f"(CHANGEDSINCE {changed_since})")
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID FETCH CHANGEDSINCE failed: {data!r}"[:300])
+            found = parse_fetch_response([d for d in data if d is not None], normalise_times=False, uid_is_key=True)
+        self._after_command()
+        return {uid: values for uid, values in found.items() if 1 <= uid <= last_uid}
 
     def _after_command(self) -> None:
         """Slow down after answers that succeeded but said [THROTTLED] (Gmail), tagged or

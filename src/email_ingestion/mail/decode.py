@@ -156,7 +156,9 @@ def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]
     simple = _SIMPLE_ADDRESS.fullmatch(text)
     if simple:
         quoted, quoted_address, bare_name, bare_address, lone = simple.groups()
-        name = quoted if quoted is not None else (bare_name or "").strip()
+        # An unquoted display name is a phrase of words: runs of white space between them
+        # are one space (RFC 5322 §3.2.2 folding white space), as the general path gives.
+        name = quoted if quoted is not None else " ".join((bare_name or "").split())
         return [(decode_header_value(name, defects) or "", quoted_address or bare_address or lone)]
     try:
         pairs = email.utils.getaddresses([text])
@@ -167,7 +169,7 @@ def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]
     for name, address in pairs:
         if not name and not address:
             continue
-        if not _PLAUSIBLE_ADDRESS.fullmatch(address):
+        if not (_PLAUSIBLE_ADDRESS.fullmatch(address) or _explicit_local_address(address, text)):
             # The stdlib hands back whatever it could not parse as the address ("John" of
             # "John Smith", an encoded word, "@x.org"): never junk as an address (issue 18).
             _note(defects, "unparseable address header")
@@ -181,6 +183,19 @@ def _address_list(text: str, defects: list[str] | None) -> list[tuple[str, str]]
 # local@domain: a local part quoted or without spaces, quotes or "@", and a domain without
 # spaces or "@" (RFC 5322 §3.4.1; a domain literal [1.2.3.4] fits too).
 _PLAUSIBLE_ADDRESS = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s"@]+)@[^\s@]+')
+
+
+# A local part alone (`<MAILER-DAEMON>`, `root (Cron Daemon)`): real senders write these, and
+# written so - in angle brackets, or followed by a comment - they are no guess. A bare word
+# ("John" of "John Smith") stays unparsed. An encoded word is never an address.
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/?^_`{|}~.-]+")
+
+
+def _explicit_local_address(address: str, text: str) -> bool:
+    if not _ATOM.fullmatch(address) or address.startswith("=?"):
+        return False
+    quoted = re.escape(address)
+    return bool(re.search(rf"<\s*{quoted}\s*>", text) or re.search(rf"(?:^|[\s,]){quoted}\s*\(", text))
 
 
 # One token of an address list: a quoted string, a comment, an angle address, a comma, or a

@@ -299,7 +299,10 @@ def _collect_defects(msg: Message, defects: list[str]) -> None:
 
 # A tag is "<" up to the next ">" with no "<" inside: each match attempt stops at the next
 # "<", so scanning is linear (html.parser is quadratic on runs of unclosed tags, issue 9).
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^<>]*>")
+# Possessive: with plain `*` an unclosed "<" + n letters was tried as every split of the
+# letters between the name and the rest, O(n^2) in one C call that holds the GIL, which
+# the helper's CPU watchdog cannot interrupt (40,000 letters: 6 s).
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*+)?[^<>]*+>")
 _SKIP = ("script", "style", "head", "title")
 _BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6"}
 

@@ -40,6 +40,23 @@ class ProducerFamilies:
                                        registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
         self.backpressure = Gauge(f"{NS}_producer_backpressure", "1 while fetching is paused for backpressure",
                                   labels, registry=r)
+        self.gmail_waiting = Gauge(f"{NS}_gmail_download_waiting",
+                                   "1 while bodies wait for the account's GMAIL_DAILY_DOWNLOAD_MB budget",
+                                   labels, registry=r)
+        self.gmail_used = Gauge(f"{NS}_gmail_downloaded_bytes_24h", "Body bytes downloaded in the last 24 hours",
+                                labels, registry=r)
+        self.label_events = counter("gmail_label_events_total", "labels_changed events appended (GMAIL_LABEL_EVENTS)")
+        self.credentials = Gauge(f"{NS}_producer_mailbox_credentials",
+                                 "1 while the mailbox waits for a person to re-authorise (invalid_grant)",
+                                 labels, registry=r)
+        self.sync_done = Gauge(f"{NS}_sync_progress_done", "Messages done in the sync step in progress",
+                               labels, registry=r)
+        self.sync_total = Gauge(f"{NS}_sync_progress_total", "Messages the sync step in progress covers (from "
+                                "the folder's message count)", labels, registry=r)
+        self.sync_rate = Gauge(f"{NS}_sync_progress_rate", "Messages per second of the sync step in progress",
+                               labels, registry=r)
+        self.sync_eta = Gauge(f"{NS}_sync_progress_eta_seconds", "Estimated seconds left in the sync step",
+                              labels, registry=r)
         self.last_uid = Gauge(f"{NS}_producer_last_uid", "Last UID safely in the stream", labels, registry=r)
         self.owned = Gauge(f"{NS}_producer_mailbox_owned",
                            "1 while this producer holds the mailbox's lease and follows it", labels, registry=r)
@@ -74,6 +91,14 @@ class ProducerMetrics:
         self.poll_duration = f.poll_duration.labels(*labels)
         self.backpressure = f.backpressure.labels(*labels)
         self.last_uid = f.last_uid.labels(*labels)
+        self.gmail_waiting = f.gmail_waiting.labels(*labels)
+        self.credentials = f.credentials.labels(*labels)
+        self.sync_done = f.sync_done.labels(*labels)
+        self.sync_total = f.sync_total.labels(*labels)
+        self.sync_rate = f.sync_rate.labels(*labels)
+        self.sync_eta = f.sync_eta.labels(*labels)
+        self.gmail_used = f.gmail_used.labels(*labels)
+        self.label_events = f.label_events.labels(*labels)
         self.owned = f.owned.labels(*labels)
         self.failed = f.failed.labels(*labels)
         self.folder_missing = f.folder_missing.labels(*labels)

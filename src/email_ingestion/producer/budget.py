@@ -15,6 +15,11 @@ for a CPU does not count) and, when one message has used more than its budget, r
 message and stage on the pipe and ends the process with os._exit. Nothing is raised into any
 code; the parent sees the report, builds the degraded payload and starts a fresh helper
 (as rq's work horse is killed by its parent at the deadline).
+
+The watchdog is Python code: it needs the GIL, so it cannot run while the building thread
+holds it in one long C call (a regex that backtracks; a 6 s call went unnoticed). The parent
+therefore also reads the helper's CPU time from outside (`process_cpu_s`) and ends a helper
+whose message has used more than its build and salvage budgets together (build_site.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ from collections.abc import Callable
 
 TICK_S = 0.05  # how late an overrun may be noticed, in wall time
 OVERRUN_EXIT = 86  # the helper's exit status after an overrun
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by another process, read from outside it;
+    None where there is no /proc (macOS) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # proc(5): the fields after the ")" that closes the command name; utime, stime are 14, 15.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu_s(thread_id: int) -> float:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from email_ingestion.common.errors import ParseWorkerError
 from email_ingestion.common.payload import ParseError
 from email_ingestion.imap.fetched import FetchedMessage
-from email_ingestion.producer.budget import OVERRUN_EXIT
+from email_ingestion.producer.budget import OVERRUN_EXIT, process_cpu_s
 from email_ingestion.producer.build_child import HELPER_IDLE_EXIT_S, NO_MESSAGE, Job, serve
 from email_ingestion.producer.fetch import Downloaded
 from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, Emission, PayloadBuilder
@@ -41,6 +41,7 @@ Beat = Callable[[], object]
 POLL_S = 1.0  # how often a wait for the helper looks at whether it is still there
 _BUILD_STAGES = ("parse", "payload", "json")
 START_ATTEMPTS = 3  # helpers that may end between messages in a row before the batch fails
+BACKSTOP_SLACK_S = 1.0  # CPU beyond a message's budgets before this side ends its helper
 
 __all__ = ["HELPER_IDLE_EXIT_S", "BuildHelper", "BuildPool", "Builder", "HelperBuilder", "builder_factory"]
 
@@ -75,6 +76,7 @@ class BuildHelper:
         self._current: Any = multiprocessing.get_context("spawn").RawValue("q", NO_MESSAGE)  # UID in hand
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._started_before = False
+        self._watched: tuple[int, int, float] | None = None  # (helper pid, UID in hand, its CPU s then)
         self.restarts = 0  # helpers started after the first: overruns, deaths, idle exits
 
     def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
@@ -136,7 +138,10 @@ class BuildHelper:
         while True:
             try:
                 if not conn.poll(POLL_S):
-                    continue  # a long build: the helper's own watchdog bounds it
+                    overrun = self._backstop()  # a long build: the helper's own watchdog bounds it...
+                    if overrun is not None:
+                        return overrun
+                    continue
                 reply = conn.recv()
             except (EOFError, OSError):
                 return self._ended(self._current.value)
@@ -150,6 +155,25 @@ class BuildHelper:
                                                        f"({used_s:.1f} s)"))
             else:
                 return None
+
+    def _backstop(self) -> _Failure | None:
+        """... unless the building thread holds the GIL in one long C call (budget.py): seen
+        from here, a helper that has used more CPU on one message than its build and salvage
+        budgets together (plus slack) is ended, and the message blamed."""
+        process, uid = self._process, self._current.value
+        used_s = process_cpu_s(process.pid) if process is not None and uid != NO_MESSAGE else None
+        if process is None or used_s is None:
+            self._watched = None
+            return None
+        if self._watched is None or self._watched[:2] != (process.pid, uid):
+            self._watched = (process.pid, uid, used_s)  # first seen: counts from here (at most POLL_S late)
+            return None
+        if used_s - self._watched[2] <= 2 * self.budget_s + BACKSTOP_SLACK_S:
+            return None
+        process.kill()
+        return self._ended(uid, _Failure(uid, "parse", "BudgetExceeded",
+                                         f"used more than {self.budget_s} s of CPU in a call its own "
+                                         "watchdog could not interrupt"))
 
     def _ended(self, uid: int | None, reported: _Failure | None = None) -> _Failure:
         """Reaps the helper; the failure it reported, or one made from its exit status.

@@ -32,14 +32,18 @@ from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollec
 from email_ingestion.monitoring.health import start_health
 from email_ingestion.monitoring.metrics import ProducerFamilies, ProducerMetrics
 from email_ingestion.producer.build_site import BuildPool, builder_factory
+from email_ingestion.producer.download_budget import BudgetState, DownloadBudget, Pulse
 from email_ingestion.producer.dry_run import DryRunStore, NullGuard
 from email_ingestion.producer.fetch import MessageFetcher
 from email_ingestion.producer.fleet import ProducerFleet
+from email_ingestion.producer.gmail_identity import GmailStateStore
+from email_ingestion.producer.gmail_prefetch import GmailPrefetch
+from email_ingestion.producer.labels import LabelWatcher
 from email_ingestion.producer.mailboxes import Mailbox, fleet_name, load_mailboxes
 from email_ingestion.producer.ownership import Ownership
 from email_ingestion.producer.payloads import PayloadBuilder
 from email_ingestion.producer.runner import ProducerRunner
-from email_ingestion.producer.state import StateStore, StreamGuard
+from email_ingestion.producer.state import StreamGuard
 from email_ingestion.producer.sync import MailboxSync
 
 log = logging.getLogger("email_ingestion.producer")
@@ -98,7 +102,8 @@ def build_authenticator(settings: Settings, redactor: Redactor, metrics: Produce
 
 def build_runner(settings: Settings, stop_event: threading.Event, redactor: Redactor,
                  dry_run: bool = False, *, fence: str = "", client: Any = None,
-                 families: ProducerFamilies | None = None, builds: BuildPool | None = None) -> ProducerRunner:
+                 families: ProducerFamilies | None = None, builds: BuildPool | None = None,
+                 inbox_followed: bool = False) -> ProducerRunner:
     """Wire one mailbox's runner from its settings; nothing connects until it runs. With
     `fence` (the mailbox's lease value) its writes stop the moment the lease is lost."""
     imap = settings.imap
@@ -111,16 +116,34 @@ def build_runner(settings: Settings, stop_event: threading.Event, redactor: Reda
         guard: Any = NullGuard()
     else:
         client = client or make_redis(settings.redis)
-        store = StateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
-                           replication=Replication.from_settings(settings.redis), fence=fence,
-                           fingerprints_kept=settings.producer.fingerprints_per_mailbox)
+        store = GmailStateStore(client=client, keys=MailboxKeys(settings.redis.stream_name, imap.user, imap.mailbox),
+                                replication=Replication.from_settings(settings.redis), fence=fence,
+                                fingerprints_kept=settings.producer.fingerprints_per_mailbox)
         guard = StreamGuard(client=client, stream=settings.redis.stream_name,
                             max_unacked=settings.redis.max_stream_length)
     make_builder = builder_factory(PayloadBuilder(account=imap.user, mailbox=imap.mailbox),
                                    pool=builds or build_pool(settings, size=1))
+    pulse = Pulse(stop_event)  # waits for the download budget tick the runner's liveness
+    gmail = None if dry_run else GmailPrefetch(session=session, store=store, defer_inbox=inbox_followed,
+                                               budget=_budget(settings, store.redis, metrics, pulse))
+    labels = (LabelWatcher(session=session, store=store, account=imap.user, mailbox=imap.mailbox)
+              if settings.producer.gmail_label_events and not dry_run else None)
     sync = MailboxSync(session=session, store=store, guard=guard, fetcher=fetcher, settings=settings.producer,
-                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder)
-    return ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+                       metrics=metrics, wait=stop_event.wait, make_builder=make_builder, gmail=gmail,
+                       label_watcher=labels)
+    runner = ProducerRunner(settings=settings, session=session, sync=sync, metrics=metrics, stop_event=stop_event)
+    pulse.should_stop = runner.should_stop
+    return runner
+
+
+def _budget(settings: Settings, client: Any, metrics: ProducerMetrics, pulse: Pulse) -> DownloadBudget:
+    def show(state: BudgetState) -> None:
+        metrics.gmail_waiting.set(int(state.waiting))
+        metrics.gmail_used.set(state.used_bytes)
+
+    return DownloadBudget(client=client, stream=settings.redis.stream_name, account=settings.imap.user,
+                          limit_bytes=int(settings.producer.gmail_daily_download_mb * 1_000_000),
+                          wait=pulse.wait, on_change=show)
 
 
 def build_pool(settings: Settings, *, size: int) -> BuildPool:
@@ -134,6 +157,8 @@ def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: thread
     """The long-running producer: every mailbox of the list, one Redis client, one registry."""
     client = make_redis(settings.redis)
     families = ProducerFamilies()
+    # Gmail: All Mail leaves INBOX mail to INBOX when both are followed (gmail_claims.py).
+    with_inbox = {(m.stream, m.account) for m in mailboxes if m.name.upper() == "INBOX"}
     ownership = Ownership(client, producer_id=producer_id(settings),
                           fleet=fleet_name(mailboxes), lease_ms=settings.producer.producer_lease_ms)
 
@@ -141,7 +166,8 @@ def build_fleet(settings: Settings, mailboxes: list[Mailbox], stop_event: thread
 
     def make_runner(mailbox: Mailbox, lease: str) -> ProducerRunner:
         return build_runner(mailbox.settings, threading.Event(), redactor, fence=lease, client=client,
-                            families=families, builds=builds)
+                            families=families, builds=builds,
+                            inbox_followed=(mailbox.stream, mailbox.account) in with_inbox)
 
     fleet = ProducerFleet(mailboxes=mailboxes, ownership=ownership, make_runner=make_runner, stop_event=stop_event,
                           exit_on_permanent=settings.producer.mailboxes_file is None,

@@ -29,7 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 from email_ingestion.common.breaker import CircuitBreaker
-from email_ingestion.common.errors import AuthError, LeaseLostError, RedisUnavailableError, SettingsError
+from email_ingestion.common.errors import (
+    AuthError,
+    CredentialsRejectedError,
+    LeaseLostError,
+    RedisUnavailableError,
+    SettingsError,
+)
 from email_ingestion.monitoring.health import Liveness
 from email_ingestion.monitoring.metrics import ProducerFamilies
 from email_ingestion.producer.fleet_status import (
@@ -192,7 +198,9 @@ class ProducerFleet:
             self._release(task)
         else:
             task.failed, task.retry_at = reason, time.monotonic() + retry_s
-            self.gauges.set(task.mailbox, owned=True, failed=True)
+            # After invalid_grant a person must re-authorise: its own state, metric and alert.
+            task.state = "credentials" if isinstance(error, CredentialsRejectedError) else "failed"
+            self.gauges.set(task.mailbox, owned=True, failed=True, credentials=task.state == "credentials")
             log.error("mailbox stopped; the others carry on", extra={
                 "mailbox": task.mailbox.label, "error": reason, "retry_in_s": retry_s})
 

@@ -22,6 +22,7 @@ class MailboxTask:
     offered: bool = False  # taken because another producer could not serve it: not counted in the share
     offer_after: bool = False  # given back because we cannot serve it: offered to the others once released
     failed: str | None = None  # why it is stopped by a permanent error, kept for lack of another taker
+    state: str = "failed"  # when failed: "credentials" after invalid_grant (a person must re-authorise)
     retry_at: float = 0.0  # monotonic
 
 
@@ -31,10 +32,11 @@ class MailboxGauges:
     def __init__(self, families: ProducerFamilies) -> None:
         self.families = families
 
-    def set(self, mailbox: Mailbox, *, owned: bool, failed: bool) -> None:
+    def set(self, mailbox: Mailbox, *, owned: bool, failed: bool, credentials: bool = False) -> None:
         labels = (mailbox.account, mailbox.name)
         self.families.owned.labels(*labels).set(int(owned))
         self.families.failed.labels(*labels).set(int(failed))
+        self.families.credentials.labels(*labels).set(int(credentials))
 
 
 def all_alive(tasks: list[MailboxTask]) -> bool:
@@ -61,7 +63,7 @@ def mailbox_status(tasks: list[MailboxTask], mailboxes: list[Mailbox]) -> dict[s
     """/status's `mailboxes` (those held, each with its state and sync figures) and `not_ours`."""
     following = []
     for task in tasks:
-        state = "failed" if task.failed else "handing over" if task.handing_over else "following"
+        state = task.state if task.failed else "handing over" if task.handing_over else "following"
         body = {**task.runner.status_body(), "stream_name": task.mailbox.stream, "lease": task.lease, "state": state}
         if task.failed:
             body["error"] = task.failed

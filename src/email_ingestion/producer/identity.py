@@ -32,6 +32,10 @@ _FIELD = re.compile(rb"^(" + b"|".join(h.encode() for h in IDENTITY_HEADERS) + r
 
 def header_block(raw: bytes) -> bytes:
     """The header section of a message (everything before the first empty line)."""
+    if raw.startswith((b"\r\n", b"\n")):
+        # An empty first line: no header at all, as the server's HEADER.FIELDS answer says (a
+        # search for two line ends in a row would take the lines after it for the header).
+        return b""
     match = _HEADER_END.search(raw)
     return raw if match is None else raw[:match.start()]
 

@@ -47,6 +47,7 @@ class Emission:
     fingerprint: str
     uid: int
     payload: str
+    gmail_labels: tuple[str, ...] = ()  # as in the payload: the Gmail identity store keeps them (issue 20)
 
 
 class PayloadBuilder:
@@ -87,7 +88,7 @@ class PayloadBuilder:
                 return self.degraded(message, uidvalidity, pass_id, error, on_stage)
             if parsed.defects:
                 log.info("message parsed with defects", extra={"uid": message.uid, "defects": parsed.defects[:10]})
-            return Emission(_fingerprint_of(message, facts), message.uid, text)
+            return Emission(_fingerprint_of(message, facts), message.uid, text, tuple(facts.labels))
 
     def degraded(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
                  on_stage: OnStage = _ignore) -> Emission:
@@ -103,7 +104,7 @@ class PayloadBuilder:
                 text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
             except Exception as again:  # noqa: BLE001 - the last resort: no header at all, still delivered
                 return self.bare(message, uidvalidity, pass_id, error, f"headers unreadable: {type(again).__name__}")
-            return Emission(_fingerprint_of(message, facts), message.uid, text)
+            return Emission(_fingerprint_of(message, facts), message.uid, text, tuple(facts.labels))
 
     def bare(self, message: FetchedMessage, uidvalidity: int, pass_id: str, error: ParseError,
              why: str) -> Emission:
@@ -114,7 +115,7 @@ class PayloadBuilder:
             parsed = ParsedMessage(message_id=None, from_=None, to=[], cc=[], reply_to=[], subject=None, date=None,
                                    headers={}, body_truncated=True, defects=[why])
             text = _to_json(self.payload(message, uidvalidity, parsed, facts, correlation_id, error))
-            return Emission(_fingerprint_of(message, facts), message.uid, text)
+            return Emission(_fingerprint_of(message, facts), message.uid, text, tuple(facts.labels))
 
     def payload(self, message: FetchedMessage, uidvalidity: int, parsed: ParsedMessage,
                 facts: _Facts, correlation_id: str, parse_error: ParseError | None = None) -> EmailPayload:
@@ -151,7 +152,7 @@ class _Facts:
     def of(cls, message: FetchedMessage) -> _Facts:
         # An absent or unreadable RFC822.SIZE: the bytes we have are the best measure.
         size = message.size if message.size is not None else len(message.body or b"")
-        return cls(size=size, internal=iso_utc(message.internal_date), labels=list(message.gmail_labels),
+        return cls(size=size, internal=iso_utc(message.internal_date), labels=sorted(set(message.gmail_labels)),
                    flags=list(message.flags), defects=list(message.defects))
 
 

@@ -245,6 +245,7 @@ class ProducerRunner:
             "failures_in_row": self.status.failures_in_row,
             "circuit_breakers": {b.name: b.snapshot() for b in (self.imap_breaker, self.redis_breaker)},
             "recent_errors": self.status.errors,
+            **self.sync.extra_status(),
         }
 
     def _sleep(self, seconds: float) -> None:

@@ -97,9 +97,19 @@ class StateStore:
     def begin_resync(self, uidvalidity: int, resync_until: int) -> MailboxState:
         """Adopt a new UIDVALIDITY: a new epoch at position 0; from now on every message whose
         fingerprint was recorded before is skipped, across restarts."""
+        before = self.load()
         with redis_errors("re-sync start"):
             done = self._begin_resync(keys=[self.keys.lease, self.keys.state],
                                       args=[self.fence, uidvalidity, resync_until, self.clock_ms()])
+        if done == 2:
+            log.warning("UIDVALIDITY changed during a `mailbox reset --uid 0`: the whole re-created folder is "
+                        "re-emitted, the messages it had re-emitted already once more",
+                        extra={"replayed_to_uid": before.last_uid if before else 0})
+        elif done == 3:
+            log.warning("UIDVALIDITY changed before a `mailbox reset` finished: its UIDs mean nothing any more, "
+                        "the rest of it is not done (reset --uid 0 to re-emit the whole folder)",
+                        extra={"stopped_at_uid": before.last_uid if before else 0,
+                               "replay_until_uid": before.replay_until if before else 0})
         return self._loaded(done)
 
     def start(self, uidvalidity: int, *, position: int, since_ms: int, baseline_until: int) -> MailboxState:

@@ -4,9 +4,9 @@ entries together, atomically (see state.py for what they guarantee).
 State hash fields: uidvalidity, last_uid (the position), epoch (incarnation of the folder,
 +1 per UIDVALIDITY change), resync_until (highest UID when the current epoch began),
 replay_until (UIDs up to here are emitted again without the fingerprint check: a
-`mailbox reset`), baseline_until / baseline_at (first-run baseline: fingerprints of the
-mail present then are recorded up to baseline_until, done up to baseline_at), since_ms,
-updated_at_ms.
+`mailbox reset`), replay_from (the UID that reset went back to), baseline_until /
+baseline_at (first-run baseline: fingerprints of the mail present then are recorded up to
+baseline_until, done up to baseline_at), since_ms, updated_at_ms.
 """
 
 from __future__ import annotations
@@ -92,18 +92,29 @@ return found
 
 # KEYS: lease, state. ARGV: fence, new uidvalidity, resync_until, now_ms. A new epoch
 # begins: position 0, no baseline pending (the old UIDs mean nothing), nothing replayed -
-# except after a `reset --uid 0` not yet begun, which means the whole folder, whatever its
-# UIDs: it replays everything up to the new target. Idempotent: a second call for the same
-# UIDVALIDITY (lost reply) changes nothing.
+# except during a `reset --uid 0` not yet finished (or not begun; replay_from '0', or for
+# states without it a position of 0), which means the whole folder, whatever its UIDs: it
+# replays everything up to the new target (what it had re-emitted already goes out once
+# more: at least once, never a silent end). Returns 1, 2 when such a replay was carried on
+# part-way, or 3 when an unfinished reset to another UID ends here (its UIDs mean nothing
+# any more). Idempotent: a second call for the same UIDVALIDITY (lost reply) changes nothing.
 BEGIN_RESYNC = _FENCE + """
-local s = redis.call('HMGET', KEYS[2], 'uidvalidity', 'last_uid', 'replay_until')
+local s = redis.call('HMGET', KEYS[2], 'uidvalidity', 'last_uid', 'replay_until', 'replay_from')
 if s[1] == ARGV[2] then return 1 end
-local replay = 0
-if tonumber(s[2] or '0') == 0 and tonumber(s[3] or '0') > 0 then replay = ARGV[3] end
+local last, replay_until = tonumber(s[2] or '0'), tonumber(s[3] or '0')
+local replay, outcome = 0, 1
+if last < replay_until then
+  if s[4] == '0' or (not s[4] and last == 0) then
+    replay = ARGV[3]
+    if last > 0 then outcome = 2 end
+  else
+    outcome = 3
+  end
+end
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'uidvalidity', ARGV[2], 'last_uid', 0, 'resync_until', ARGV[3], 'replay_until', replay,
            'baseline_until', 0, 'baseline_at', 0, 'updated_at_ms', ARGV[4])
-return 1
+return outcome
 """
 
 # KEYS: lease, state. ARGV: fence, uidvalidity, position, since_ms, baseline_until, now_ms.
@@ -151,6 +162,6 @@ if lease then return {'leased', lease} end
 local uid, last = tonumber(ARGV[1]), tonumber(s[2] or '0')
 if uid > last then return {'forward', tostring(last)} end
 local replay = math.max(last, tonumber(s[3] or '0'), tonumber(s[4] or '0'))
-redis.call('HSET', KEYS[2], 'last_uid', uid, 'replay_until', replay)
+redis.call('HSET', KEYS[2], 'last_uid', uid, 'replay_until', replay, 'replay_from', uid)
 return {'ok', tostring(replay)}
 """

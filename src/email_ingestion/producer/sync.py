@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +30,16 @@ from dataclasses import dataclass
 
 from email_ingestion.common.clock import Clock, wall_ms
 from email_ingestion.common.logging import correlation
+from email_ingestion.common.redis_client import redis_errors
 from email_ingestion.common.settings import ProducerSettings
 from email_ingestion.imap.session import ImapSession, MailboxStatus
 from email_ingestion.monitoring.metrics import ProducerMetrics
 from email_ingestion.producer.build_site import Builder, Built
 from email_ingestion.producer.fetch import MessageFetcher
-from email_ingestion.producer.progress import Progress
+from email_ingestion.producer.gmail_prefetch import GmailPrefetch
+from email_ingestion.producer.labels import LabelWatcher
+from email_ingestion.producer.newest_first import CHUNK_BATCHES, SweepState, newest_first
+from email_ingestion.producer.progress import PROGRESS_TTL_S, Progress
 from email_ingestion.producer.state import MailboxState, StateStore, StreamGuard
 from email_ingestion.producer.windows import Batch, UidWindows
 
@@ -52,6 +57,7 @@ class PassResult:
     emitted: int = 0
     uidvalidity_changed: bool = False
     interrupted: bool = False
+    label_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,13 @@ class MailboxSync:
     def __init__(self, *, session: ImapSession, store: StateStore, guard: StreamGuard,
                  fetcher: MessageFetcher, settings: ProducerSettings, metrics: ProducerMetrics,
                  wait: Callable[[float], bool], make_builder: Callable[..., Builder],
-                 clock_ms: Clock = wall_ms) -> None:
+                 clock_ms: Clock = wall_ms, gmail: GmailPrefetch | None = None,
+                 label_watcher: LabelWatcher | None = None) -> None:
         self.session = session
+        self.gmail = gmail  # Gmail: one event per X-GM-MSGID across the account's folders (issue 20)
+        self.label_watcher = label_watcher
+        self.sweeps = SweepState(store=store)
+        self.progress: Progress | None = None  # of the step in progress, for /status
         self.store = store
         self.guard = guard
         self.fetcher = fetcher
@@ -95,6 +106,9 @@ class MailboxSync:
             started = time.monotonic()
             result = PassResult()
             status = self.session.examine()
+            if self.label_watcher is not None:
+                self.label_watcher.prime(status.highest_modseq)
+            result.emitted += self._emit_deferred(status, pass_id)
             while self._sync(status, pass_id, should_stop, result):
                 # Mail that arrived during the pass was announced in the replies to the pass's
                 # own commands and absorbed there; IDLE will not announce it again (§7).
@@ -102,6 +116,9 @@ class MailboxSync:
                 if not (_has_new_mail(status, again) or self.baseline_left):
                     break
                 status = again
+            if self.label_watcher is not None and not (result.interrupted or should_stop()):
+                result.label_events = self.label_watcher.check()
+                self.metrics.label_events.inc(result.label_events)
             self.metrics.polls.inc()
             self.metrics.poll_duration.observe(time.monotonic() - started)
             self.guard.trim_acknowledged()
@@ -110,13 +127,35 @@ class MailboxSync:
                                                   "duration_s": round(time.monotonic() - started, 3)})
             return result
 
+    def extra_status(self) -> dict[str, object]:
+        """/status: the sync step's progress, and on Gmail the account's download budget (issue 20)."""
+        extra: dict[str, object] = {"sync_progress": self.progress.snapshot() if self.progress else None}
+        budget = self.gmail.budget if self.gmail is not None and self.gmail.active else None
+        if budget is not None:
+            extra["gmail_download_budget"] = budget.state.snapshot()
+        return extra
+
+    def _show_progress(self, progress: Progress) -> None:
+        snapshot = progress.snapshot()
+        self.metrics.sync_done.set(progress.done)
+        self.metrics.sync_total.set(progress.total)
+        self.metrics.sync_rate.set(float(snapshot["rate_per_s"] or 0))
+        self.metrics.sync_eta.set(float(snapshot["eta_s"] or 0))
+        if progress.done and isinstance(self.store, StateStore):  # for `email-ingest status`; informational
+            with redis_errors("progress"):
+                self.store.redis.set(self.store.keys.progress, json.dumps(snapshot), ex=PROGRESS_TTL_S)
+
     def _sync(self, status: MailboxStatus, pass_id: str, should_stop: ShouldStop, result: PassResult) -> bool:
         """Sync everything below `status`'s UIDNEXT; False when interrupted."""
         self.baseline_left = False
         stored = self.store.load()
         last = status.uidnext - 1 if status.uidnext else self.session.highest_uid()
         if stored is not None and stored.uidvalidity != status.uidvalidity:
+            self.sweeps.clear()
             stored = self._begin_resync(status, stored, last, result)
+        elif self._sweeping(stored):
+            self._sweep(status, last, stored, pass_id, should_stop, result)
+            return not (result.interrupted or should_stop())
         if stored is None:
             stored = self._first_start(status, last)
         start = stored.last_uid + 1 if stored else 1
@@ -125,6 +164,55 @@ class MailboxSync:
         if stored is not None and stored.baseline_pending and not (result.interrupted or should_stop()):
             self._record_baseline(status.uidvalidity, stored, should_stop, result)
         return not (result.interrupted or should_stop())
+
+    def _emit_deferred(self, status: MailboxStatus, pass_id: str) -> int:
+        """Gmail: emit the messages this folder left to another one that never emitted them."""
+        stored = self.store.load()
+        if self.gmail is None or not self.gmail.active or stored is None or stored.uidvalidity != status.uidvalidity:
+            return 0
+        retry = self.gmail.retry_deferred(status.uidvalidity, self.settings.large_message_bytes)
+        if not retry.uids:
+            return 0
+        downloaded = self.gmail.complete(self.fetcher.download(retry.uids, retry.large))
+        builder = self._make_builder(1)
+        try:
+            items = builder.submit(downloaded, status.uidvalidity, pass_id)()
+        finally:
+            builder.close()
+        added = self.store.emit(status.uidvalidity, stored.last_uid, items, since_ms=stored.since_ms)
+        self.gmail.claims.forget(retry.msgids)
+        self.metrics.produced.inc(len(added))
+        return len(added)
+
+    def _sweeping(self, stored: MailboxState | None) -> bool:
+        """INITIAL_SYNC_ORDER=newest: a first sync starts (or resumes) a newest-first sweep."""
+        if self.settings.initial_sync_order != "newest" or not isinstance(self.store, StateStore):
+            return False  # (a dry run keeps no state to resume from)
+        if stored is None:
+            return self.settings.initial_sync != "new"
+        return self.sweeps.load() is not None
+
+    def _sweep(self, status: MailboxStatus, last: int, stored: MailboxState | None, pass_id: str,
+               should_stop: ShouldStop, result: PassResult) -> None:
+        sweep = self.sweeps.load() if stored is not None else None
+        if sweep is None:
+            bottom, since_ms = self._sweep_bottom(last)
+            sweep = self.sweeps.start(uidvalidity=status.uidvalidity, top=last, bottom=bottom, since_ms=since_ms)
+            stored = self.store.load()
+        batches = newest_first(self._windows, bottom=sweep.bottom, top=sweep.floor - 1,
+                               chunk_uids=self.settings.batch_size * CHUNK_BATCHES)
+        span = _Range(sweep.bottom, sweep.floor - 1, status, stored)
+        self._emit_range(span, pass_id, should_stop, result, batches=batches)
+        if not (result.interrupted or should_stop()):
+            self.sweeps.finish(uidvalidity=status.uidvalidity, sweep=sweep)
+
+    def _sweep_bottom(self, last: int) -> tuple[int, int]:
+        """The lowest UID a newest-first sweep goes down to, and the since baseline (ms)."""
+        since = self.settings.since_date
+        if since is None:
+            return 1, 0
+        first = self._windows(1, last).first_matching("SINCE", since) or last + 1
+        return first, int(dt.datetime.combine(since, dt.time(), dt.UTC).timestamp() * 1000)
 
     def _first_start(self, status: MailboxStatus, last: int) -> MailboxState | None:
         """Where the very first pass starts (None: at UID 1); records the baseline's extent."""
@@ -176,22 +264,32 @@ class MailboxSync:
         return UidWindows(session=self.session, first_uid=first_uid, last_uid=last_uid,
                           batch_size=self.settings.batch_size, large_bytes=self.settings.large_message_bytes)
 
-    def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult) -> None:
-        """Emit the UIDs of `span` in batches. After a UIDVALIDITY change only messages not
-        recorded in an earlier epoch go out."""
+    def _emit_range(self, span: _Range, pass_id: str, should_stop: ShouldStop, result: PassResult,
+                    batches: Iterator[Batch] | None = None) -> None:
+        """Emit the UIDs of `span` in batches (ascending, or the newest-first sweep's
+        `batches`). After a UIDVALIDITY change only messages not recorded in
+        an earlier epoch go out."""
+        descending = batches is not None
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
-        progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds)
+        progress = self.progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds,
+                                            label=self.session.settings.mailbox, on_advance=self._show_progress)
         builder = self._make_builder(-(-expected // self.settings.batch_size), beat=should_stop)  # liveness moves per message
-        batches = iter(self._windows(span.first_uid, span.last_uid))
+        batches = batches if batches is not None else iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
 
         def download() -> _Fetched | None:
+            if should_stop():
+                return None  # nothing more read ahead once asked to stop
             batch = next(batches, None)  # may search the next window: this thread only
             if batch is None:
                 return None
-            todo = self._to_fetch(batch, span.stored)
+            gmail = self.gmail if self.gmail is not None and self.gmail.active else None
+            # On Gmail the account's identity store decides, re-sync or not (gmail_identity.py).
+            todo = gmail.to_download(batch.uids, uidvalidity) if gmail else self._to_fetch(batch, span.stored)
             downloaded = self.fetcher.download(todo, batch.large)
+            if gmail:
+                downloaded = gmail.complete(downloaded)
             built = builder.submit(downloaded, uidvalidity, pass_id)
             return _Fetched(batch, built, len(todo) - len(downloaded.messages))
 
@@ -204,7 +302,11 @@ class MailboxSync:
                         result.interrupted = True
                         return
                     items = fetched.built()
-                    added = self.store.emit(uidvalidity, fetched.batch.uids[-1], items, since_ms=since_ms)
+                    # A sweep leaves the position alone (UIDs below are not done) and stores its floor.
+                    position = 0 if descending else fetched.batch.uids[-1]
+                    added = self.store.emit(uidvalidity, position, items, since_ms=since_ms)
+                    if descending:
+                        self.sweeps.done_down_to(fetched.batch.uids[0])
                     self._count(result, fetched, len(added))
                     self.metrics.last_uid.set(fetched.batch.uids[-1])
                     progress.advance(len(fetched.batch.uids))

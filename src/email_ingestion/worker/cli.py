@@ -29,19 +29,17 @@ from email_ingestion.common.exits import EXIT_OK, EXIT_SETTINGS
 from email_ingestion.common.gc_tuning import tune_after_start_up
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.logging import Redactor, setup_logging
-from email_ingestion.common.redis_client import Replication, describe, make_redis
+from email_ingestion.common.redis_client import describe, make_redis
 from email_ingestion.common.settings import Settings, load_settings, log_warnings
 from email_ingestion.monitoring.collectors import ProcessCollector, StreamCollector, StreamsCollector
 from email_ingestion.monitoring.health import Liveness, start_health
 from email_ingestion.monitoring.metrics import WorkerMetricFamilies, WorkerMetrics
 from email_ingestion.worker import timings
-from email_ingestion.worker.backoff import Backoff
-from email_ingestion.worker.dead_letter import DeadLetterQueue
+from email_ingestion.worker.assembly import build_processor
 from email_ingestion.worker.handlers import load_handler
-from email_ingestion.worker.idempotency import Idempotency
+from email_ingestion.worker.kernel_timer import KernelTimer
 from email_ingestion.worker.key_migration import migrate
 from email_ingestion.worker.loop import LoopSettings, WorkerLoop
-from email_ingestion.worker.processor import BatchProcessor, ProcessorTimings
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import RedisWait
 from email_ingestion.worker.retries import RetrySchedule
@@ -85,14 +83,20 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def build_workers(settings: Settings, consumer: str, stop_event: threading.Event,
                   out_of_time: Callable[[], bool] = lambda: False, clock_ms: Clock = wall_ms,
-                  streams: Sequence[str] | None = None) -> StreamWorkers:
+                  streams: Sequence[str] | None = None, hard_deadline: bool = False) -> StreamWorkers:
     """Wire a loop per stream (default: every configured one) and serve their endpoints;
-    nothing connects until they run."""
+    nothing connects until they run. `hard_deadline` (the worker process, main thread
+    only) lets a kernel timer end the process when a handler call holds the GIL past its
+    timeout (kernel_timer.py)."""
     timings.check(settings.worker, settings.retry, settings.health, settings.redis)
     names = list(streams or settings.worker_streams())
     families = WorkerMetricFamilies()
+    timer = KernelTimer(timeout_s=settings.retry.handler_timeout_seconds)
+    if hard_deadline:
+        timer.install()
     loops = [build_loop(settings, stream, consumer, stop_event, out_of_time, clock_ms, families,
-                        breaker_name="redis" if len(names) == 1 else f"redis:{stream}") for stream in names]
+                        breaker_name="redis" if len(names) == 1 else f"redis:{stream}", timer=timer)
+             for stream in names]
     workers = StreamWorkers(loops)
     expose(workers, settings)
     return workers
@@ -106,7 +110,7 @@ def build_worker(settings: Settings, consumer: str, stop_event: threading.Event,
 
 def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threading.Event,
                out_of_time: Callable[[], bool], clock_ms: Clock, families: WorkerMetricFamilies,
-               breaker_name: str = "redis") -> WorkerLoop:
+               breaker_name: str = "redis", timer: KernelTimer | None = None) -> WorkerLoop:
     """One stream's loop, with a Redis client, handler and recovery of its own."""
     retry, health = settings.retry, settings.health
     handler = load_handler(settings.worker.handler, retry, settings.handler_path())
@@ -118,16 +122,10 @@ def build_loop(settings: Settings, stream: str, consumer: str, stop_event: threa
     retries = RetrySchedule(client, keys=keys)
     recovery = Recovery(client, keys=keys, consumer=consumer, claim_min_idle_ms=retry.claim_min_idle_ms,
                         hard_limit_ms=retry.claim_hard_limit_ms, heartbeat_ttl_ms=retry.heartbeat_ttl_ms)
-    processor = BatchProcessor(
-        client, consumer=consumer, handler=handler,
-        idempotency=Idempotency(client, keys=keys, lease_ms=retry.lease_ms, ttl_s=retry.idempotency_ttl_seconds),
-        retries=retries, dlq=DeadLetterQueue(client, keys=keys, clock_ms=clock_ms),
-        backoff=Backoff(retry.retry_base_seconds, retry.retry_factor, retry.retry_cap_seconds, retry.max_retries),
-        max_deliveries=retry.max_deliveries, metrics=metrics, heartbeat=recovery.beat,
-        stop_heartbeat=recovery.stop_beating, touch=recovery.touch, redis_wait=redis_wait,
-        timings=ProcessorTimings(retry.lease_ms, timings.renew_interval_s(retry), retry.handler_timeout_seconds,
-                                 retry.heartbeat_ttl_ms),
-        clock_ms=clock_ms, replication=Replication.from_settings(settings.redis))
+    processor = build_processor(
+        client, settings=settings, keys=keys, consumer=consumer, handler=handler, retries=retries,
+        recovery=recovery, metrics=metrics, redis_wait=redis_wait,
+        timer=timer or KernelTimer(timeout_s=retry.handler_timeout_seconds), clock_ms=clock_ms)
     loop = LoopSettings(keys, consumer, settings.worker.batch_size, settings.worker.block_timeout_ms)
     return WorkerLoop(client, loop=loop, processor=processor, retries=retries, recovery=recovery,
                       metrics=metrics, stop_event=stop_event, redis_wait=redis_wait, out_of_time=out_of_time)
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, shutdown.request)
     signal.signal(signal.SIGINT, shutdown.request)
     try:
-        workers = build_workers(settings, args.consumer, shutdown.event, shutdown.out_of_time)
+        workers = build_workers(settings, args.consumer, shutdown.event, shutdown.out_of_time, hard_deadline=True)
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS

@@ -7,8 +7,9 @@
     email-dlq stats [--json]
 
 Output is one readable line per letter (id, age, reason, account, mailbox, uid, Message-ID);
-JSON only with --json. Acting on more than one letter needs --yes; --dry-run says what would
-happen and changes nothing.
+JSON only with --json. Acting on more than one letter, or on letters chosen by a filter
+(--all, --reason, ...), needs --yes; --dry-run says what would happen and changes nothing. An
+id that is in no DLQ is named on stderr (exit 1); the others are acted on.
 
 Replay puts the original payload back on the stream it came from (the letter's `stream`
 field; older letters: the stream whose DLQ holds them) with its attempts reset and removes it
@@ -21,16 +22,19 @@ several), else WORKER_STREAMS, else REDIS_STREAM_NAME.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from email_ingestion.admin.common import closed_pipe_is_quiet
+from email_ingestion.admin.common import closed_pipe_is_quiet, server_ms
 from email_ingestion.common import entry_fields as F
 from email_ingestion.common.cli_args import add_version
 from email_ingestion.common.clock import Clock, wall_ms
@@ -38,7 +42,7 @@ from email_ingestion.common.errors import AuthError, RedisUnavailableError, Sett
 from email_ingestion.common.keys import dlq_stream, hash_tag
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
-from email_ingestion.common.text import human_duration, iso_from_epoch_s, to_text
+from email_ingestion.common.text import human_duration, iso_from_epoch_s, printable, to_text
 from email_ingestion.worker.dlq_view import Letter, details, table
 
 # KEYS: dlq, stream; ARGV: dlq entry id, then the field names payload, attempt, replayed_from,
@@ -60,6 +64,8 @@ return id
 """
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+PAGE = 500
+STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def parse_duration_s(text: str) -> int:
@@ -78,13 +84,35 @@ class DlqAdmin:
         self._replay = client.register_script(_REPLAY)
 
     def entries(self, limit: int | None = None, ids: list[str] | None = None) -> list[dict[str, Any]]:
-        raw: Any
+        """The letters named by `ids` (DLQ ids, else original stream ids), or the oldest `limit`
+        (all when None)."""
         if ids:
-            found: list[Any] = [self.redis.xrange(self.dlq, entry_id, entry_id) for entry_id in ids]
-            raw = [entry for entries in found for entry in entries]
-        else:
-            raw = self.redis.xrange(self.dlq, count=limit)
-        return [_entry(entry_id, fields) for entry_id, fields in raw]
+            return self.find(ids)
+        return list(itertools.islice(self.pages(), limit))
+
+    def pages(self) -> Iterator[dict[str, Any]]:
+        """Every letter, oldest first, read a page at a time: a DLQ of large payloads is never
+        held in memory (nor sent) all at once."""
+        start = "-"
+        while True:
+            page: Any = self.redis.xrange(self.dlq, min=start, count=PAGE)
+            yield from (_entry(entry_id, fields) for entry_id, fields in page)
+            if len(page) < PAGE:
+                return
+            start = "(" + to_text(page[-1][0])
+
+    def find(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Letters by DLQ id (one lookup each); ids not found that way are looked for as the
+        original stream id, in one pass over the DLQ."""
+        found: dict[str, dict[str, Any]] = {}
+        for entry_id in dict.fromkeys(ids):
+            if STREAM_ID.fullmatch(entry_id):
+                raw: Any = self.redis.xrange(self.dlq, entry_id, entry_id)
+                found.update((e["id"], e) for e in (_entry(i, f) for i, f in raw))
+        wanted = set(ids) - set(found)
+        if wanted:
+            found.update((e["id"], e) for e in self.pages() if e.get(F.ORIGINAL_ID) in wanted)
+        return sorted(found.values(), key=lambda e: _id_key(e["id"]))
 
     def replay(self, ids: list[str]) -> list[dict[str, str]]:
         """Each letter back to the stream it records (this DLQ's stream when it records none)."""
@@ -107,16 +135,23 @@ class DlqAdmin:
         return removed
 
     def stats(self) -> dict[str, Any]:
-        entries = self.entries()
-        now_ms = self.clock_ms()
-        ages = [now_ms - int(e["id"].split("-")[0]) for e in entries]
+        now_ms, reasons, error_types, ages = self.clock_ms(), Counter[str](), Counter[str](), []
+        for entry in self.pages():
+            reasons[entry.get("reason", "?")] += 1
+            error_types[entry.get("error_type", "?")] += 1
+            ages.append(now_ms - int(entry["id"].split("-")[0]))
         return {
-            "dlq": self.dlq, "depth": len(entries),
-            "by_reason": dict(Counter(e.get("reason", "?") for e in entries)),
-            "by_error_type": dict(Counter(e.get("error_type", "?") for e in entries)),
+            "dlq": self.dlq, "depth": len(ages),
+            "by_reason": dict(reasons),
+            "by_error_type": dict(error_types),
             "oldest_age_s": round(max(ages) / 1000, 1) if ages else None,
             "newest_age_s": round(min(ages) / 1000, 1) if ages else None,
         }
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -183,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"dlq: {exc}", file=sys.stderr)
         return 2
-    admins = [DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name))
-              for stream in settings.worker_streams()]
+    # Ages (list, --since, purge --older-than) against Redis's clock, which stamped the ids:
+    # a host clock days off must not make a fresh letter "older than 7d".
+    admins = [DlqAdmin(client, stream, dlq_stream(stream, settings.retry.dlq_stream_name),
+                       clock_ms=functools.partial(server_ms, client)) for stream in settings.worker_streams()]
     try:
         with redis_errors(f"dlq {args.command}"):
             result = _run(admins, args)
@@ -216,9 +253,8 @@ def _run(admins: list[DlqAdmin], args: argparse.Namespace) -> Any:
         return Listing(found[:args.limit], total=len(found), streams=len(admins))
     if args.command == "show":
         for admin in admins:
-            for entry in admin.entries():
-                if args.id in (entry["id"], entry.get(F.ORIGINAL_ID)):
-                    return Shown(entry, Letter.of(entry, admin.stream, admin.clock_ms()), args.payload)
+            for entry in admin.find([args.id]):
+                return Shown(entry, Letter.of(entry, admin.stream, admin.clock_ms()), args.payload)
         return None
     if args.command in ("replay", "purge"):
         return _act(admins, args)
@@ -231,7 +267,7 @@ def _letters(admins: list[DlqAdmin], args: argparse.Namespace) -> list[Letter]:
     found = []
     for admin in admins:
         now_ms = admin.clock_ms()
-        for entry in admin.entries():
+        for entry in admin.pages():
             letter = Letter.of(entry, admin.stream, now_ms)
             if letter.matches(reason=args.reason, account=args.account, max_age_s=max_age_s,
                               search=getattr(args, "search", None)):
@@ -262,15 +298,19 @@ class Plan:
     done: list[dict[str, str]]
     acted: bool
     refused: bool = False
+    missing: list[str] = field(default_factory=list)  # ids named that are not in any DLQ
 
 
 def _act(admins: list[DlqAdmin], args: argparse.Namespace) -> Plan:
     chosen = [(admin, letter) for admin in admins for letter in _chosen(admin, args)]
     letters = [letter for _, letter in chosen]
+    missing = [i for i in args.ids if not any(i in (letter.id, letter.original_id) for letter in letters)]
     if args.dry_run:
-        return Plan(args.command, letters, [], acted=False)
-    if len(letters) > 1 and not args.yes:
-        return Plan(args.command, letters, [], acted=False, refused=True)
+        return Plan(args.command, letters, [], acted=False, missing=missing)
+    # A filter (--all, --reason, ...) picks whatever matches at this moment, possibly a letter
+    # the operator never saw: only one letter named by its id goes without --yes.
+    if (len(letters) > 1 or not args.ids) and letters and not args.yes:
+        return Plan(args.command, letters, [], acted=False, refused=True, missing=missing)
     done: list[dict[str, str]] = []
     for admin in admins:
         ids = [letter.id for owner, letter in chosen if owner is admin]
@@ -281,17 +321,15 @@ def _act(admins: list[DlqAdmin], args: argparse.Namespace) -> Plan:
         else:
             removed = admin.purge(ids)
             done += [{"dlq_id": i, "stream": admin.stream} for i in ids[:removed]]
-    return Plan(args.command, letters, done, acted=True)
+    return Plan(args.command, letters, done, acted=True, missing=missing)
 
 
 def _chosen(admin: DlqAdmin, args: argparse.Namespace) -> list[Letter]:
     now_ms = admin.clock_ms()
     older_than_s = getattr(args, "older_than", None)
     letters = []
-    for entry in admin.entries():
+    for entry in admin.find(args.ids) if args.ids else admin.pages():
         letter = Letter.of(entry, admin.stream, now_ms)
-        if args.ids and letter.id not in args.ids and letter.original_id not in args.ids:
-            continue
         if getattr(args, "error_type", None) and letter.error_type != args.error_type:
             continue
         if older_than_s is not None and letter.age_s < older_than_s:
@@ -330,19 +368,32 @@ def _print_listing(listing: Listing, as_json: bool) -> int:
 
 
 def _print_plan(plan: Plan, as_json: bool) -> int:
+    for missing in plan.missing:
+        print(f"dlq: no dead letter {printable(missing)} (DLQ id or original stream id)", file=sys.stderr)
+    moved = {d["dlq_id"] for d in plan.done}
+    untouched = [letter.id for letter in plan.letters if letter.id not in moved] if plan.acted else []
+    for letter_id in untouched:
+        print(f"dlq: {letter_id} not {plan.command.removesuffix('e')}ed: gone meanwhile (another operator or worker "
+              "acted on it), no payload to replay, or its stream is not one of these", file=sys.stderr)
+    code = _print_plan_body(plan, as_json)
+    return code or (1 if plan.missing or untouched else 0)
+
+
+def _print_plan_body(plan: Plan, as_json: bool) -> int:
     verb = "replayed" if plan.command == "replay" else "purged"
     if as_json:
         # replayed: each letter's new stream id; purged: how many (and which).
         done: Any = plan.done if plan.command == "replay" else len(plan.done)
         print(json.dumps({"acted": plan.acted, "refused": plan.refused, "matched": len(plan.letters),
                           verb: done, "ids": [d["dlq_id"] for d in plan.done],
-                          "would": [letter.id for letter in plan.letters] if not plan.acted else []},
+                          "would": [letter.id for letter in plan.letters] if not plan.acted else [],
+                          "missing": plan.missing},
                          indent=2, sort_keys=True))
         return 1 if plan.refused else 0
     elif plan.acted:
         print(f"{verb} {len(plan.done)} of {len(plan.letters)} dead letters")
         for done in plan.done[:SHOWN_LINES]:
-            target = f" -> {done['stream']} {done['stream_id']}" if "stream_id" in done else ""
+            target = f" -> {printable(done['stream'])} {done['stream_id']}" if "stream_id" in done else ""
             print(f"  {done['dlq_id']}{target}")
         if len(plan.done) > SHOWN_LINES:
             print(f"  ... and {len(plan.done) - SHOWN_LINES} more (--json lists every one)")
@@ -354,8 +405,8 @@ def _print_plan(plan: Plan, as_json: bool) -> int:
         if len(plan.letters) > SHOWN_LINES:
             print(f"... and {len(plan.letters) - SHOWN_LINES} more")
         if plan.refused:
-            print(f"{plan.command}: {len(plan.letters)} letters: add --yes to {plan.command} them (nothing was changed)",
-                  file=sys.stderr)
+            print(f"{plan.command}: {len(plan.letters)} letter(s) chosen by a filter or more than one: add --yes to "
+                  f"{plan.command} them (nothing was changed)", file=sys.stderr)
             return 1
     return 0
 
@@ -363,7 +414,7 @@ def _print_plan(plan: Plan, as_json: bool) -> int:
 def _stats_lines(result: Any) -> list[str]:
     lines = []
     for stats in result if isinstance(result, list) else [result]:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats["by_reason"].items())) or "-"
+        reasons = ", ".join(f"{printable(k)} {v}" for k, v in sorted(stats["by_reason"].items())) or "-"
         lines.append(f"{stats['dlq']}: {stats['depth']} dead letters ({reasons}); oldest "
                      f"{human_duration(stats['oldest_age_s'])}, newest {human_duration(stats['newest_age_s'])} ago")
     return lines

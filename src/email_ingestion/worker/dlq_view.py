@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from email_ingestion.common import entry_fields as F
-from email_ingestion.common.text import human_duration, iso_from_epoch_s
+from email_ingestion.common.text import human_duration, iso_from_epoch_s, printable
 
 SEARCHED = ("id", "original_id", "message_id", "gmail_msgid", "idempotency_key", "error_type")
 
@@ -93,13 +93,17 @@ def table(letters: list[Letter], streams: int) -> list[str]:
 
 
 def _cell(value: Any) -> str:
-    text = str(value) or "-"
+    text = printable(value) or "-"
     return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
 
 
+MAX_FIELD = 2000  # an error text or traceback longer than this is cut in the text view (--json has all)
+
+
 def details(entry: dict[str, Any], letter: Letter, with_payload: bool) -> list[str]:
-    """`email-dlq show`: every metadata field as `name: value`, times as ISO 8601."""
-    lines = [f"{key}: {value}" for key, value in
+    """`email-dlq show`: every metadata field as `name: value`, times as ISO 8601; every
+    value made printable (escapes shown, never sent to the terminal)."""
+    lines = [f"{key}: {_field(value)}" for key, value in
              (("dlq id", letter.id), ("stream", letter.stream), ("original stream id", letter.original_id),
               ("age", human_duration(letter.age_s)), ("reason", letter.reason), ("error", f"{letter.error_type}: "
               f"{letter.error_message}"), ("attempts", letter.attempts), ("account", letter.account),
@@ -107,13 +111,21 @@ def details(entry: dict[str, Any], letter: Letter, with_payload: bool) -> list[s
               ("x-gm-msgid", letter.gmail_msgid), ("idempotency key", letter.idempotency_key))]
     for key in sorted(entry):
         if key.endswith("_ms") and str(entry[key]).isdigit():
-            lines.append(f"{key.removesuffix('_ms')}: {iso_from_epoch_s(int(entry[key]) / 1000)}")
+            lines.append(f"{printable(key.removesuffix('_ms'))}: {iso_from_epoch_s(int(entry[key]) / 1000)}")
     if entry.get("consumer"):
-        lines.append(f"consumer: {entry['consumer']}")
+        lines.append(f"consumer: {_field(entry['consumer'])}")
     if entry.get("traceback"):
-        lines += ["traceback:", *("  " + line for line in entry["traceback"].splitlines())]
+        lines += ["traceback:", *("  " + line for line in _field(entry["traceback"], keep_newlines=True).splitlines())]
     if with_payload:
-        lines += ["payload:", json.dumps(_payload_fields(entry.get(F.PAYLOAD, "")), indent=2, ensure_ascii=False)]
+        content = json.dumps(_payload_fields(entry.get(F.PAYLOAD, "")), indent=2, ensure_ascii=False)
+        lines += ["payload:", printable(content, keep_newlines=True)]
     else:
         lines.append(f"payload: {len(entry.get(F.PAYLOAD, ''))} bytes (--payload to print it)")
     return lines
+
+
+def _field(value: Any, keep_newlines: bool = False) -> str:
+    text = printable(value, keep_newlines=keep_newlines)
+    if len(text) <= MAX_FIELD:
+        return text
+    return f"{text[:MAX_FIELD]}… ({len(text) - MAX_FIELD} more characters: --json for all)"

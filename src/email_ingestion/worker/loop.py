@@ -17,10 +17,11 @@ from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.metrics import WorkerMetrics
 from email_ingestion.worker.delivery import Delivery
-from email_ingestion.worker.processor import BatchProcessor, BatchResult
+from email_ingestion.worker.processor import BatchProcessor
 from email_ingestion.worker.recovery import Recovery
 from email_ingestion.worker.redis_wait import Interrupted, RedisWait
 from email_ingestion.worker.retries import RetrySchedule, moved_reply
+from email_ingestion.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -43,36 +44,6 @@ class LoopSettings:
     @property
     def group(self) -> str:
         return self.keys.group
-
-
-_COUNTED = ("processed", "failed", "dead_lettered", "duplicates")
-
-
-@dataclass
-class WorkerStats:
-    batches: int = 0
-    processed: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    reclaimed: int = 0
-    first_read_at: float | None = None  # monotonic: when the first batch arrived
-    last_settled_at: float | None = None  # monotonic: when the last batch was settled
-
-    def add(self, result: BatchResult) -> None:
-        """Count one settled batch."""
-        self.batches += 1
-        for name in _COUNTED:
-            setattr(self, name, getattr(self, name) + getattr(result, name))
-
-    def counters(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ("batches", *_COUNTED, "reclaimed")}
-
-    @property
-    def busy_s(self) -> float:
-        if self.first_read_at is None or self.last_settled_at is None:
-            return 0.0
-        return self.last_settled_at - self.first_read_at
 
 
 class WorkerLoop:

@@ -40,7 +40,8 @@ from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.exits import EXIT_OK, run_guarded
 from email_ingestion.monitoring.collectors import stream_figures
 from email_ingestion.monitoring.health import Live, Liveness
-from email_ingestion.worker.loop import WorkerLoop, WorkerStats
+from email_ingestion.worker.loop import WorkerLoop
+from email_ingestion.worker.stats import WorkerStats
 
 log = logging.getLogger("email_ingestion.worker")
 
@@ -147,11 +148,8 @@ class StreamWorkers:
     def stats(self) -> WorkerStats:
         """Every stream's counters added up; busy_s from the first read to the last settlement."""
         total = WorkerStats()
-        for stats in (loop.stats for loop in self.loops):
-            for name, value in stats.counters().items():
-                setattr(total, name, getattr(total, name) + value)
-            total.first_read_at = _earliest(total.first_read_at, stats.first_read_at)
-            total.last_settled_at = _latest(total.last_settled_at, stats.last_settled_at)
+        for loop in self.loops:
+            total.merge(loop.stats)
         return total
 
 
@@ -168,10 +166,3 @@ def _total_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
     totals["group_exists"] = all(p["group_exists"] for p in parts)
     return totals
 
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _latest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else max(a, b)

@@ -8,6 +8,8 @@ be late before anything expires. Settings that break a ratio are refused at star
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from email_ingestion.common.errors import SettingsError
 from email_ingestion.common.settings import HealthSettings, RedisSettings, RetrySettings, WorkerSettings
 
@@ -15,6 +17,32 @@ MIN_RENEW_INTERVAL_S = 0.05
 # A blocked XREADGROUP must come back before the socket gives up on it, with room for a
 # slow reply: otherwise every idle read ends in a TimeoutError and a reconnect.
 BLOCK_REPLY_MARGIN_MS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessorTimings:
+    """What a batch processor needs to know about time."""
+
+    lease_ms: int
+    renew_interval_s: float
+    handler_timeout_s: float
+    heartbeat_ttl_ms: int
+    settle_interval_ms: int = 1000
+    settle_max_messages: int = 500
+
+    @classmethod
+    def from_settings(cls, worker: WorkerSettings, retry: RetrySettings) -> ProcessorTimings:
+        return cls(lease_ms=retry.lease_ms, renew_interval_s=renew_interval_s(retry),
+                   handler_timeout_s=retry.handler_timeout_seconds, heartbeat_ttl_ms=retry.heartbeat_ttl_ms,
+                   settle_interval_ms=worker.settle_interval_ms, settle_max_messages=worker.settle_max_messages)
+
+    @property
+    def fresh_s(self) -> float:
+        """How long after a confirmation no lease of the batch can be another worker's:
+        others may take a lease over once our heartbeat is gone, before the lease expires,
+        so ownership is sure for the shorter of the two, minus a margin."""
+        ownership_ms = min(self.lease_ms, self.heartbeat_ttl_ms)
+        return (ownership_ms - lease_margin_ms(ownership_ms)) / 1000
 
 
 def renew_interval_s(retry: RetrySettings) -> float:
