@@ -92,3 +92,45 @@ def test_retries_under_the_old_shared_names_are_moved_at_start(redis_server, red
     assert not redis_client.exists(f"{old}:retry:due", f"{old}:retry:data",
                                    legacy_dlq_stream(stream, "email_ingestion_dlq"))
     assert redis_client.xlen(dlq_stream(stream, "email_ingestion_dlq")) == 1
+
+
+def test_the_upgrade_never_overwrites_and_merges_dead_letters(redis_client):
+    """Old retries whose id is already taken under the new name stay where they are (counted);
+    old dead letters are appended when the new DLQ already exists; a second run moves nothing."""
+    import json
+
+    from email_ingestion.worker.key_migration import migrate
+    stream = "{mail}alice"
+    keys = StreamKeys.of(stream, GROUP, "email_ingestion_dlq")
+    old = legacy_consumer_base(stream, GROUP)
+    for entry_id in ("1-0", "2-0", "3-0"):
+        redis_client.hset(f"{old}:retry:data", entry_id, json.dumps({"payload": "{}", "original_id": entry_id}))
+        redis_client.zadd(f"{old}:retry:due", {entry_id: 5})
+    redis_client.hset(keys.retry_payloads, "2-0", "newer")
+    redis_client.zadd(keys.retries, {"2-0": 9})
+    old_dlq = legacy_dlq_stream(stream, "email_ingestion_dlq")
+    redis_client.xadd(old_dlq, {"payload": "{}", "reason": "old"})
+    redis_client.xadd(keys.dlq, {"payload": "{}", "reason": "new"})
+    result = migrate(redis_client, keys, "email_ingestion_dlq")
+    assert (result.retries, result.kept_old, result.dead_letters) == (2, 1, True)
+    assert redis_client.hget(keys.retry_payloads, "2-0") == b"newer"  # not overwritten
+    assert redis_client.zrange(f"{old}:retry:due", 0, -1) == [b"2-0"]  # kept, not lost
+    assert dict(redis_client.zrange(keys.retries, 0, -1, withscores=True)) == {b"1-0": 5, b"2-0": 9, b"3-0": 5}
+    assert sorted(f[b"reason"] for _, f in redis_client.xrange(keys.dlq)) == [b"new", b"old"]
+    assert not redis_client.exists(old_dlq)
+    assert migrate(redis_client, keys, "email_ingestion_dlq").retries == 0
+
+
+def test_the_upgrade_leaves_the_untagged_namesake_alone(redis_client):
+    """The old names of `{mail}x` are the live names of a stream called `mail`: while `mail`
+    exists, a `{mail}x` worker's start takes neither its retries nor its DLQ."""
+    from email_ingestion.worker.key_migration import migrate
+    plain = StreamKeys.of("mail", GROUP, "email_ingestion_dlq")
+    redis_client.xadd("mail", {"payload": "{}"})
+    redis_client.hset(plain.retry_payloads, "1-0", "{}")
+    redis_client.zadd(plain.retries, {"1-0": 5})
+    redis_client.xadd(plain.dlq, {"payload": "{}", "reason": "permanent"})
+    tagged = StreamKeys.of("{mail}x", GROUP, "email_ingestion_dlq")
+    assert migrate(redis_client, tagged, "email_ingestion_dlq").retries == 0
+    assert redis_client.zcard(plain.retries) == 1 and redis_client.xlen(plain.dlq) == 1
+    assert not redis_client.exists(tagged.retries, tagged.dlq)

@@ -113,3 +113,18 @@ def test_exporter_covers_every_stream_the_workers_read(redis_server, redis_clien
     finally:
         exporter.send_signal(signal.SIGTERM)
         assert exporter.wait(20) == 0
+
+
+def test_snapshots_cover_every_stream(redis_server, redis_client, tmp_path, monkeypatch):
+    """admin/snapshot.py snapshots() over targets(): one snapshot per stream the workers read,
+    each with its own DLQ and retry figures (for `email-ingest status`, issue 21)."""
+    from email_ingestion.admin.common import targets
+    from email_ingestion.admin.snapshot import snapshots
+    from email_ingestion.common.settings import load_settings
+    fill_and_work(redis_server, redis_client, tmp_path)
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("WORKER_STREAMS", f"{A},{B}")
+    found = snapshots(targets(load_settings(env_file=None)), 1000)
+    assert list(found) == [A, B]
+    assert [found[s]["dlq"]["size"] for s in (A, B)] == [2, 2]
+    assert [found[s]["stream"]["length"] for s in (A, B)] == [COUNT, COUNT]

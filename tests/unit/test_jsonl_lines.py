@@ -1,5 +1,5 @@
 """The JSONL handler's file reading, table-driven on real files: complete lines across block
-boundaries, the start of the newest-records window, keys read from a line's head."""
+boundaries, forwards and backwards, the newest-records window, keys read from a line's head."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from email_ingestion.sandbox.sample_payloads import make_payload
 from email_ingestion.worker import jsonl_handler
-from email_ingestion.worker.jsonl_handler import complete_lines, key_of, window_start
+from email_ingestion.worker.jsonl_handler import complete_lines, key_of, lines_backwards, newest_keys
 
 LONG = b"x" * (3 * (1 << 16) + 5)  # longer than three blocks
 
@@ -33,19 +33,35 @@ def test_complete_lines(tmp_path, content, lines):
         os.close(fd)
 
 
-@pytest.mark.parametrize(("content", "records", "start"), [
-    (b"a\nb\nc\n", 2, 2), (b"a\nb\nc\n", 3, 0), (b"a\nb\nc\n", 9, 0), (b"", 5, 0), (b"a\nb\nc\npart", 1, 4),
+@pytest.mark.parametrize(("content", "lines"), [
+    (b"", []), (b"part", []), (b"a\n", [(2, b"a\n")]), (b"a\nb\nc\n", [(6, b"c\n"), (4, b"b\n"), (2, b"a\n")]),
+    (b"a\nb\nc\npart", [(6, b"c\n"), (4, b"b\n"), (2, b"a\n")]), (b"\n\n", [(2, b"\n"), (1, b"\n")]),
+    (b"a\n" + LONG + b"\nc", [(len(LONG) + 3, LONG + b"\n"), (2, b"a\n")]),
+    (LONG + b"\n", [(len(LONG) + 1, LONG + b"\n")]),
 ])
-def test_window_start(tmp_path, monkeypatch, content, records, start):
-    """The window begins at the newest `records` lines, read backwards in small blocks."""
-    monkeypatch.setattr(jsonl_handler, "_BLOCK", 2)
+@pytest.mark.parametrize("block", [1, 2, 7, 1 << 16])
+def test_lines_backwards(tmp_path, monkeypatch, content, lines, block):
+    """Complete lines newest first with their end offsets, whatever the block size."""
+    monkeypatch.setattr(jsonl_handler, "_BLOCK", block)
     path = tmp_path / "f"
     path.write_bytes(content)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert window_start(fd, len(content), records) == start
+        assert list(lines_backwards(fd, len(content))) == lines
     finally:
         os.close(fd)
+
+
+def test_newest_keys_stops_at_the_window(tmp_path):
+    """The newest `records` keys, oldest first, and where to resume reading forwards."""
+    path = tmp_path / "f"
+    path.write_bytes(b"".join(b'{"idempotency_key": "k%d"}\n' % i for i in range(10)) + b'{"idem')
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        keys, resume_at = newest_keys(fd, path.stat().st_size, 3)
+    finally:
+        os.close(fd)
+    assert keys == ["k7", "k8", "k9"] and resume_at == path.stat().st_size - len(b'{"idem')
 
 
 def test_key_of_reads_our_lines_and_skips_foreign_ones():

@@ -51,8 +51,9 @@ class Awaiting:
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.is_closed():
             loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
             self._local.loop = loop
+        # Set at every call: a handler that ran asyncio.run() left the thread without one.
+        asyncio.set_event_loop(loop)
         return loop
 
     def __repr__(self) -> str:

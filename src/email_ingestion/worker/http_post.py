@@ -14,7 +14,8 @@ status line, which is final once the endpoint has sent it.
 Written on http.client rather than requests: requests' timeouts are per socket operation,
 and neither it nor urllib3 lets a caller end a call in progress. The connection is kept
 per thread (each stream's loop has its own) and per origin; one that the endpoint closed
-while idle is replaced once, at once. HTTP(S)_PROXY is not used.
+while idle is replaced once, at once. HTTP(S)_PROXY is not used. Name resolution cannot be
+interrupted; it runs in a thread that the call stops waiting for at the deadline.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -121,6 +124,9 @@ class BoundedPoster:
                 if not isinstance(exc, _STALE):
                     self._drop(url)
                 raise
+            if watchdog.fired:  # the shutdown reads as the end of the headers: not an answer to trust
+                self._drop(url)
+                raise CallTimedOut(f"no complete answer within {self.timeout_s:g} s")
             answer = Answer(response.status, response.getheader("Location"))
             if not _drained(response) or watchdog.fired or response.will_close:
                 self._drop(url)
@@ -140,6 +146,8 @@ class BoundedPoster:
         host, port = parts.hostname or "", parts.port
         conn = (http.client.HTTPSConnection(host, port, timeout=remaining_s, context=self._context)
                 if parts.scheme == "https" else http.client.HTTPConnection(host, port, timeout=remaining_s))
+        # http.client's own seam for making the socket (CPython's tests use it too).
+        conn._create_connection = _connector(deadline)  # type: ignore[attr-defined]
         pool[key] = conn
         return conn, False
 
@@ -147,6 +155,43 @@ class BoundedPoster:
         conn = self._local.__dict__.get("pool", {}).pop(_origin(url), None)
         if conn is not None:
             conn.close()
+
+
+def _connector(deadline: float) -> Callable[..., socket.socket]:
+    """socket.create_connection with name resolution under the deadline too."""
+    def connect(address: tuple[str, int], *_: object, **__: object) -> socket.socket:
+        last: OSError | None = None
+        for family, kind, proto, _name, sockaddr in _resolve(address[0], address[1], deadline):
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last or OSError(f"no address for {address[0]}")
+    return connect
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[Any]:
+    """getaddrinfo by `deadline`: it cannot be interrupted, so it runs in a daemon thread that
+    is left to the system resolver's own timeouts when the deadline passes."""
+    found: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            found["error"] = exc
+    thread = threading.Thread(target=run, name="webhook-resolve", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        raise CallTimedOut(f"the name {host} was not resolved in time")
+    if "error" in found:
+        raise found["error"]
+    return list(found["addresses"])
 
 
 def _drained(response: http.client.HTTPResponse) -> bool:

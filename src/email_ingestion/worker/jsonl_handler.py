@@ -39,7 +39,7 @@ from email_ingestion.common.filelock import locked
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.worker.context import HandlerContext
 
-DEDUP_RECORDS = 200_000  # about 30 MB of keys; hours of traffic at the design rate
+DEDUP_RECORDS = 100_000  # about 15 MB of keys; minutes of traffic at an fsync per record
 _BLOCK = 1 << 16
 # Our own lines start with these fields (EmailPayload's order): the key is read from the
 # head of the line, without parsing a body that may be megabytes long.
@@ -112,7 +112,9 @@ class JsonlHandler:
         """Keys of the complete lines others appended since we last looked."""
         size = os.fstat(fd).st_size
         if self._offset is None or self._offset > size:  # first call, or the file was replaced
-            self._offset = window_start(fd, size, self.dedup_records)
+            newest, self._offset = newest_keys(fd, size, self.dedup_records)
+            for known in newest:
+                self._keys.add(known)
         for line in complete_lines(fd, self._offset, size):  # a partial last line: append_line cuts it
             key = key_of(line)
             if key is not None:
@@ -157,20 +159,39 @@ def _truncate(fd: int, size: int) -> int:
     return size
 
 
-def window_start(fd: int, size: int, records: int) -> int:
-    """Where the newest `records` complete lines begin: just after the newline that ends the
-    line before them, the (records + 1)-th newline from the end; read backwards in blocks."""
-    end, seen = size, 0
+def newest_keys(fd: int, size: int, records: int) -> tuple[list[str], int]:
+    """Keys of the newest `records` complete lines (oldest first), read backwards from the end
+    in one pass, and the end of the newest complete line (where reading forwards resumes)."""
+    keys: list[str] = []
+    resume_at = 0
+    for count, (line_end, line) in enumerate(lines_backwards(fd, size), start=1):
+        resume_at = max(resume_at, line_end)
+        key = key_of(line)
+        if key is not None:
+            keys.append(key)
+        if count >= records:
+            break
+    return keys[::-1], resume_at
+
+
+def lines_backwards(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """(end offset, line with its newline) of each complete line, newest first; a partial last
+    line is skipped. A line longer than a block is joined once, when its start is found."""
+    end = size
+    later: list[bytes] = []  # the chunks, in order, of the line being read, after `end`
+    line_end: int | None = None  # where that line ends (after its newline); None: the partial tail
     while end > 0:
         begin = max(0, end - _BLOCK)
         block = _pread(fd, end - begin, begin)
-        at = len(block)
-        while (at := block.rfind(b"\n", 0, at)) != -1:
-            seen += 1
-            if seen > records:
-                return begin + at + 1
+        cut = len(block)
+        while (newline := block.rfind(b"\n", 0, cut)) != -1:
+            if line_end is not None:
+                yield line_end, b"".join([block[newline + 1:cut], *later, b"\n"])
+            later, line_end, cut = [], begin + newline + 1, newline
+        later.insert(0, block[:cut])
         end = begin
-    return 0
+    if line_end is not None:  # the file's first line
+        yield line_end, b"".join([*later, b"\n"])
 
 
 def complete_lines(fd: int, offset: int, size: int) -> Iterator[bytes]:

@@ -9,6 +9,9 @@ the new ones, atomically (same slot: both carry the tag):
 - retries: every record that has no namesake under the new name (the new one wins: it is
   newer); the record's due time is kept, so it returns to the stream when it was due;
 - the DLQ: renamed when the new one does not exist yet; otherwise left and reported.
+The old names of `{mail}x` are also the current names of a stream called `mail` (no braces):
+while that stream exists they are its own and are left alone (what waits there is handled on
+`mail`, as the old version did for both).
 The old names cannot tell which stream a retry came from: when several streams shared a tag,
 the first worker to start takes them all to its own stream. Each is still handled once more
 (never lost); it may be handled by that stream's handler.
@@ -23,16 +26,18 @@ from dataclasses import dataclass
 
 import redis
 
-from email_ingestion.common.keys import StreamKeys, legacy_consumer_base, legacy_dlq_stream, stream_segment
+from email_ingestion.common.keys import StreamKeys, hash_tag, legacy_consumer_base, legacy_dlq_stream, stream_segment
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 
-# KEYS: old due zset, old records hash, new due zset, new records hash; ARGV: offset, max.
+# KEYS: old due zset, old records hash, new due zset, new records hash, the untagged stream
+# the old names belong to now; ARGV: offset, max.
 # A record whose id is taken under the new name (entry ids of different streams can be
 # equal) stays where it is, counted, never overwritten. Returns {moved, kept, page length}.
 _MOVE_RETRIES = """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {0, 0, 0} end
 local page = redis.call('ZRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1, 'WITHSCORES')
 local moved, kept = 0, 0
 for i = 1, #page, 2 do
@@ -53,11 +58,12 @@ end
 return {moved, kept, #page / 2}
 """
 
-# KEYS: old DLQ, new DLQ; ARGV: max to move. Renamed whole (ids kept) when the new one does
-# not exist; else moved a page at a time (new ids; each letter keeps its dead_at_ms).
+# KEYS: old DLQ, new DLQ, the untagged stream the old name belongs to now; ARGV: max to move.
+# Renamed whole (ids kept) when the new one does not exist; else moved a page at a time (new
+# ids; each letter keeps its dead_at_ms).
 # Returns the number of letters left under the old name.
 _MOVE_DLQ = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   return 0
@@ -85,18 +91,21 @@ def migrate(client: redis.Redis, keys: StreamKeys, dlq_name: str) -> Migrated:
     if not stream_segment(keys.stream):
         return Migrated()
     base = legacy_consumer_base(keys.stream, keys.group)
+    # The old names of `{mail}x` are the current names of the untagged stream `mail`: while it
+    # exists, they are its own (checked in each script, atomically with the move).
+    untagged = hash_tag(keys.stream)[1:-1]
     move = client.register_script(_MOVE_RETRIES)
     moved = kept = 0
     while True:
         done, stayed, seen = move(keys=[f"{base}:retry:due", f"{base}:retry:data", keys.retries,
-                                        keys.retry_payloads], args=[kept, BATCH])
+                                        keys.retry_payloads, untagged], args=[kept, BATCH])
         moved, kept = moved + int(done), kept + int(stayed)
         if int(seen) < BATCH:
             break
     old_dlq = legacy_dlq_stream(keys.stream, dlq_name)
-    exists = bool(client.exists(old_dlq))
+    exists = bool(client.exists(old_dlq)) and not client.exists(untagged)
     move_dlq = client.register_script(_MOVE_DLQ)
-    while int(move_dlq(keys=[old_dlq, keys.dlq], args=[BATCH])):
+    while int(move_dlq(keys=[old_dlq, keys.dlq, untagged], args=[BATCH])):
         pass
     result = Migrated(moved, kept, exists)
     _report(keys, result)

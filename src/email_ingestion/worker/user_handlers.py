@@ -46,8 +46,9 @@ def _extend_path(handler_path: Sequence[str]) -> None:
     for folder in reversed(handler_path):
         if not Path(folder).is_dir():
             raise SettingsError(f"invalid setting WORKER_HANDLER_PATH: {folder} is not a directory")
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
+        absolute = str(Path(folder).resolve())  # a later chdir must not change what is imported
+        if absolute not in sys.path:
+            sys.path.insert(0, absolute)
 
 
 def _module(spec: str, name: str, handler_path: Sequence[str]) -> Any:
