@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
 
 from email_ingestion.common.errors import LeaseLostError
 from email_ingestion.common.keys import MailboxKeys
+from email_ingestion.producer.instances import Instance
 from email_ingestion.producer.ownership import Ownership, fair_share
 from email_ingestion.producer.payloads import Emission
 from email_ingestion.producer.state import StateStore
@@ -113,17 +116,68 @@ def test_release_gives_the_lease_back_only_if_still_ours(redis_client):
     assert p1.holder(KEYS) is None
 
 
+def ids(live: list[str]) -> list[str]:
+    return sorted(i.producer_id for i in map(Instance.parse, live) if i)
+
+
 def test_the_registry_lists_live_producers_and_drops_silent_ones(redis_client):
     """Registrations last one lease time, on Redis's clock."""
     p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
     p1.register()
-    assert sorted(p2.register()) == ["p1", "p2"]
+    assert ids(p2.register()) == ["p1", "p2"]
     time.sleep(LEASE_MS * 0.6 / 1000)
     p2.register()
     time.sleep(LEASE_MS * 0.6 / 1000)
-    assert p2.register() == ["p2"]
+    assert ids(p2.register()) == ["p2"]
     p2.unregister()
-    assert p1.register() == ["p1"]
+    assert ids(p1.register()) == ["p1"]
+
+
+def test_two_live_processes_sharing_an_id_each_count_and_leave_each_other_be(redis_client):
+    """Two processes with one PRODUCER_ID: both registered, so each gets a share, and neither
+    takes the other's leases back as if they were an earlier life of its own."""
+    first, second = owner(redis_client, "host"), owner(redis_client, "host")
+    # A live pid, not ours: our parent.
+    second.instance = Instance(producer_id="host", host=second.instance.host, pid=os.getppid(), nonce="other")
+    held = first.acquire(KEYS)
+    first.register()
+    assert ids(second.register()) == ["host", "host"]
+    assert held and not second.take_back_own and second.acquire(KEYS) is None
+
+
+def test_an_earlier_life_on_this_host_does_not_count_as_another_process(redis_client):
+    """A registration left by a SIGKILLed process of ours (its pid gone) still lets us take our leases back."""
+    dead = owner(redis_client, "host")
+    dead.instance = Instance(producer_id="host", host=dead.instance.host, pid=dead_pid(), nonce="dead")
+    held = dead.acquire(KEYS)
+    dead.register()
+    restarted = owner(redis_client, "host")
+    restarted.register()
+    assert restarted.take_back_own
+    assert (restarted.acquire(KEYS) or held) != held
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_producer_that_cannot_serve_a_mailbox_stays_away_while_another_may_try(redis_client):
+    """The avoid mark: given up only when another live producer is free to try; never round in circles."""
+    a, b = owner(redis_client, "a"), owner(redis_client, "b")
+    a.register()
+    live = b.register()
+    lease = a.acquire(KEYS, live=live)
+    assert lease and a.avoid(KEYS, live=live, mark_ms=60_000)  # b may try: a gives it back
+    a.release(KEYS, lease)
+    assert a.acquire(KEYS, live=live) is None, "a stays away while b may try"
+    taken = b.acquire(KEYS, live=live)
+    assert taken and not b.avoid(KEYS, live=live, mark_ms=60_000), "every live producer failed it: b keeps it"
+    b.release(KEYS, taken)
+    assert b.acquire(KEYS, live=live), "b was not marked"
+    assert a.avoid(KEYS, live=[str(a.instance)], mark_ms=60_000) is False, "alone: keep it"
 
 
 def test_fair_share_covers_every_mailbox():

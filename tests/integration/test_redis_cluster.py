@@ -171,7 +171,7 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     assert cluster_client.xlen(STREAM) <= 6
     admin = DlqAdmin(redis_client.make_redis(settings.redis), STREAM, DLQ)
     assert admin.replay([entry["id"] for entry in admin.entries()])
-    registry = run_ownership_rounds(settings, cluster_client)
+    fleet_keys = {key_slot(key.encode()) for key in run_ownership_rounds(settings, cluster_client)}
     # A first run's baseline (INITIAL_SYNC=new) and a `mailbox reset`, on another mailbox.
     other = StateStore(client=cluster_client, keys=MailboxKeys(STREAM, settings.imap.user, "other"))
     other.start(5, position=2, since_ms=1, baseline_until=2)
@@ -183,9 +183,9 @@ def test_every_script_and_pipeline_stays_on_one_slot(cluster, cluster_client, re
     assert recorder.calls
     crossing = [(what, slots) for what, slots in recorder.calls if len(slots) > 1]
     assert not crossing, crossing
-    # The producers' registry is a key of its own (it names no stream); everything else is the stream's.
-    assert {s for what, slots in recorder.calls for s in slots} - {key_slot(registry.encode())} == {
-        key_slot(STREAM.encode())}
+    # The producers' registry and the mailboxes they offer are keys of their own (they name no
+    # stream); everything else is the stream's.
+    assert {s for what, slots in recorder.calls for s in slots} - fleet_keys == {key_slot(STREAM.encode())}
     assert recorder.registered <= recorder.called, [s[:60] for s in recorder.registered - recorder.called]
 
 
@@ -204,9 +204,10 @@ def exercise_gmail_scripts(client: Any) -> None:
                    wait=lambda _s: True).spend(1000)
 
 
-def run_ownership_rounds(settings: Any, client: Any) -> str:
-    """The long-running producer for a few ownership rounds (register, acquire, renew, release)."""
-    from email_ingestion.common.keys import producers_key
+def run_ownership_rounds(settings: Any, client: Any) -> list[str]:
+    """The long-running producer for a few ownership rounds (register, acquire, renew, release);
+    the fleet's own keys."""
+    from email_ingestion.common.keys import offered_key, producers_key
     from email_ingestion.common.logging import Redactor
     from email_ingestion.producer.cli import build_fleet
     from email_ingestion.producer.mailboxes import fleet_name, load_mailboxes
@@ -224,7 +225,12 @@ def run_ownership_rounds(settings: Any, client: Any) -> str:
     stop.set()
     runner.join(30)
     assert not runner.is_alive() and client.get(lease) is None  # given back at the end
-    return producers_key(fleet_name(mailboxes))
+    # What a fleet does less often: adopt earlier keys, mark a mailbox it cannot serve, offer it.
+    keys = mailboxes[0].keys
+    fleet.ownership.adopt(keys, [dataclasses.replace(keys, layout=1)])
+    fleet.ownership.avoid(keys, live=[], mark_ms=1000)
+    fleet.ownership.offer(mailboxes[0].key)
+    return [producers_key(fleet_name(mailboxes)), offered_key(fleet_name(mailboxes))]
 
 
 def take_over_a_dead_holders_lease(worker: Any, client: Any) -> None:

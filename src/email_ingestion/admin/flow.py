@@ -12,6 +12,7 @@ import redis
 from email_ingestion.common.keys import PREFIX, MailboxKeys
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import SCAN_COUNT, glob_escape
+from email_ingestion.producer.instances import Instance
 
 RATE_WINDOW_MS = 60_000
 # Entries carry whole messages: status (and --watch, every 2 s) reads at most this many of
@@ -30,7 +31,10 @@ def producers(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
         members: Any = client.zrange(key, 0, -1, withscores=True)
         for member, expires_ms in members:
             if expires_ms > now_ms:
-                found.append({"id": to_text(member), "fleet": fleet,
+                # Members are processes (producer/instances.py); leases carry their PRODUCER_ID.
+                instance = Instance.parse(to_text(member))
+                found.append({"id": instance.producer_id if instance else to_text(member), "fleet": fleet,
+                              "process": to_text(member),
                               "registration_expires_in_s": round((expires_ms - now_ms) / 1000, 1)})
     return sorted(found, key=lambda p: (p["id"], p["fleet"]))
 

@@ -38,6 +38,7 @@ from email_ingestion.admin.common import (
 from email_ingestion.admin.snapshot import iso_ms
 from email_ingestion.common.keys import MailboxKeys
 from email_ingestion.common.text import to_text
+from email_ingestion.imap.names import canonical_folder
 from email_ingestion.monitoring.heartbeats import glob_escape
 from email_ingestion.producer.state import StateStore
 
@@ -101,14 +102,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, where: Target) -> dict[str, Any]:
-    keys = MailboxKeys(where.stream, args.account, args.mailbox)
+    mailbox = canonical_folder(args.mailbox)  # "inbox" is INBOX, as the producer keys it
+    keys = MailboxKeys(where.stream, args.account, mailbox)
     if args.action == "show":
-        return {"account": args.account, "mailbox": args.mailbox, "position": position(where.client, keys)}
+        return {"account": args.account, "mailbox": mailbox, "position": position(where.client, keys)}
     if not args.yes:
         return {"would_reset_to": args.uid, "position": position(where.client, keys), "changed": False}
     result = reset(where.client, keys, args.uid)
     if args.forget_done:
-        result["done_markers_deleted"] = forget_done(where, args.account, args.mailbox, args.uid)
+        result["done_markers_deleted"] = forget_done(where, args.account, mailbox, args.uid)
     return {**result, "changed": True}
 
 

@@ -49,6 +49,11 @@ class MailboxNotFoundError(SettingsError):
     """IMAP_MAILBOX names a folder the server does not have; the message lists close ones."""
 
 
+class FolderGoneError(ImapError):
+    """The followed folder, which existed before, is missing now (deleted, renamed, being
+    re-created by a client): a passing condition, retried with backoff (issue 18 §8)."""
+
+
 class TlsVerificationError(SettingsError):
     """The server's certificate failed verification (wrong host, untrusted CA: IMAP_CA_FILE)."""
 

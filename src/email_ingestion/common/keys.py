@@ -54,6 +54,12 @@ def _part(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
+# Per-mailbox keys that hold what a mailbox has done (not who follows it now); adopted from
+# an earlier layout when a mailbox first runs under the current one (producer/ownership.py).
+# A key added to MailboxKeys that records history belongs here.
+MAILBOX_HISTORY_SUFFIXES = ("state", "seen", "fingerprints")
+
+
 @dataclass(frozen=True)
 class MailboxKeys:
     """Keys of one mailbox feeding one stream."""
@@ -61,10 +67,18 @@ class MailboxKeys:
     stream: str
     account: str
     mailbox: str
+    # 1: the layout before issue 18, without the stream's name after its tag, shared by
+    # streams with one tag (`{mail}a`, `{mail}b`); only read to adopt a mailbox's history.
+    layout: int = 2
 
     @property
     def _base(self) -> str:
-        return f"{PREFIX}:{hash_tag(self.stream)}:{_part(self.account)}:{_part(self.mailbox)}"
+        named = stream_segment(self.stream) if self.layout == 2 else ""
+        return f"{PREFIX}:{hash_tag(self.stream)}:{named}{_part(self.account)}:{_part(self.mailbox)}"
+
+    def history(self) -> list[str]:
+        """The keys named in MAILBOX_HISTORY_SUFFIXES, in that order."""
+        return [f"{self._base}:{suffix}" for suffix in MAILBOX_HISTORY_SUFFIXES]
 
     @property
     def state(self) -> str:
@@ -112,6 +126,12 @@ class MailboxKeys:
     def activity(self) -> str:
         """Hash with TTL: what the owning producer is doing (state, detail, sync progress), for the console."""
         return f"{self._base}:activity"
+
+    @property
+    def avoid(self) -> str:
+        """Hash: producer id -> until when (Redis server time, ms) it stays away from the
+        mailbox after it could not serve it, while another live producer may try."""
+        return f"{self._base}:avoid"
 
     @property
     def lease_token(self) -> str:
@@ -214,6 +234,13 @@ def producers_key(fleet: str) -> str:
     """Sorted set: live producers of one fleet (producers reading the same mailbox list),
     scored by when their registration expires (Redis server time, ms)."""
     return f"{PREFIX}:producers:{fleet}"
+
+
+def offered_key(fleet: str) -> str:
+    """Sorted set: mailboxes (Mailbox.key) a producer of the fleet gave back because it could
+    not serve them, scored by when (Redis server time, ms): another producer takes them even
+    above its fair share."""
+    return f"{PREFIX}:offered:{fleet}"
 
 
 def wait_marker(stream: str) -> str:

@@ -63,6 +63,9 @@ class ProducerFamilies:
         self.failed = Gauge(f"{NS}_producer_mailbox_failed",
                             "1 while the mailbox is stopped by a permanent error (credentials, missing folder)",
                             labels, registry=r)
+        self.folder_missing = Gauge(f"{NS}_producer_folder_missing",
+                                    "1 while the followed folder, which existed before, is missing (retried)",
+                                    labels, registry=r)
         Gauge(f"{NS}_build_info", "Build information", ("version", "component"),
               registry=r).labels(__version__, "producer").set(1)
 
@@ -98,6 +101,7 @@ class ProducerMetrics:
         self.label_events = f.label_events.labels(*labels)
         self.owned = f.owned.labels(*labels)
         self.failed = f.failed.labels(*labels)
+        self.folder_missing = f.folder_missing.labels(*labels)
 
 
 class HotHistogram(Collector):

@@ -1,16 +1,22 @@
-"""One producer process, many mailboxes: a thread per owned mailbox, and the ownership round.
+"""One producer process, many mailboxes: a runner per owned mailbox, and the ownership round.
 
 Each mailbox runs its own ProducerRunner (IMAP connection, state, backoff, breakers, IDLE)
 in its own thread, so one mailbox failing, throttled or slow never stalls another. The
-fleet's own loop runs every third of PRODUCER_LEASE_MS: register this producer, renew the
-leases of the mailboxes it follows, stop any whose lease was lost, take unowned mailboxes
-up to its fair share and give back what is above it (ownership.py).
+fleet only schedules and owns leases: its loop runs every third of PRODUCER_LEASE_MS,
+registers this producer, renews the leases it holds, settles runners that ended, gives back
+what it cannot serve or holds above its fair share, and takes unowned mailboxes up to it.
 
-A mailbox stopped by a permanent error (credentials refused, folder missing) keeps its lease
-so that no other producer hits the same wall, shows as failed in /status and the
-`producer_mailbox_failed` gauge, and is tried again every FAILED_RETRY_S. With no
-MAILBOXES_FILE (one mailbox from the IMAP_ settings) such an error ends the process as it
-always did (exit 2 or 3), for systemd and the operator to see.
+Giving a mailbox back is a hand-over: the runner is stopped, its lease is renewed until it
+has finished the write in hand, and only then released, so the next owner starts from the
+position that write left (nothing lost, nothing doubled, nothing refused). A shutdown does
+the same for every mailbox, within STOP_WAIT_S.
+
+A mailbox this producer cannot serve (credentials refused, a folder missing before it was
+ever followed, or CANNOT_SERVE_ATTEMPTS failed attempts in a row) is given back if another
+live producer may try it; this producer then stays away from it for AVOID_S (a mark in
+Redis). When every live producer has failed it lately, the one holding it keeps it: the
+mailbox does not go round. With no MAILBOXES_FILE (one mailbox from the IMAP_ settings) a
+permanent error ends the process as it always did (exit 2 or 3), releasing the lease.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from email_ingestion.common.breaker import CircuitBreaker
@@ -32,100 +37,92 @@ from email_ingestion.common.errors import (
     SettingsError,
 )
 from email_ingestion.monitoring.health import Liveness
+from email_ingestion.monitoring.metrics import ProducerFamilies
+from email_ingestion.producer.fleet_status import (
+    MailboxGauges,
+    MailboxTask,
+    all_alive,
+    mailbox_status,
+    not_ready,
+)
 from email_ingestion.producer.mailboxes import Mailbox
 from email_ingestion.producer.ownership import Ownership, fair_share
 from email_ingestion.producer.runner import ProducerRunner
 
 log = logging.getLogger(__name__)
 
-FAILED_RETRY_S = 300.0  # a mailbox stopped by a permanent error is tried again this often
+FAILED_RETRY_S = 300.0  # a mailbox stopped by a permanent error, that no other producer may try: retried this often
 UNEXPECTED_RETRY_S = 60.0  # after an error nobody anticipated (a bug): log it, try again
-STOP_JOIN_S = 30.0  # at shutdown: time for every mailbox to finish the batch in hand
+CANNOT_SERVE_ATTEMPTS = 5  # failed attempts in a row (about 30 s of backoff) before another producer may try
+AVOID_S = 300.0  # how long a producer stays away from a mailbox it could not serve
+STOP_WAIT_S = 6.0  # at shutdown: time for every mailbox to finish the write in hand (the promise is 10 s,
+# and a loaded host needs the rest to cut off, release and exit)
 
-MakeRunner = Callable[[Mailbox, str, threading.Event], ProducerRunner]
-
-
-@dataclass
-class MailboxTask:
-    """A mailbox this producer owns: its lease value, its runner and the thread running it."""
-
-    mailbox: Mailbox
-    lease: str
-    runner: ProducerRunner
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    ended_with: BaseException | None = None
-    failed: str | None = None  # why it is stopped by a permanent error
-    state: str = "failed"  # when failed: "credentials" after invalid_grant (a person must re-authorise)
-    retry_at: float = 0.0  # monotonic
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+MakeRunner = Callable[[Mailbox, str], ProducerRunner]
 
 
 class ProducerFleet:
     def __init__(self, *, mailboxes: list[Mailbox], ownership: Ownership, make_runner: MakeRunner,
-                 stop_event: threading.Event, exit_on_permanent: bool, stall_s: float) -> None:
+                 stop_event: threading.Event, exit_on_permanent: bool, stall_s: float,
+                 families: ProducerFamilies) -> None:
         self.mailboxes = mailboxes
         self.ownership = ownership
         self.make_runner = make_runner
         self.stop_event = stop_event
         self.exit_on_permanent = exit_on_permanent
+        self.gauges = MailboxGauges(families)
         self.tasks: dict[str, MailboxTask] = {}
         self.live_producers: list[str] = []
         self.liveness = Liveness(stall_s)
         self._lock = threading.Lock()  # tasks is read by /status from the health server's threads
         self._fatal: BaseException | None = None
-        self._stopping: list[MailboxTask] = []
         self._standby_noted: set[str] = set()
-        self.once = False
 
-    def run(self, once: bool = False) -> None:
-        """Until stopped. Raises the permanent error of the only mailbox (exit_on_permanent).
-        With `once`: one pass over every mailbox no other producer follows, then return
-        (raising the first error a mailbox ended with)."""
-        self.once = once
+    def run(self) -> None:
+        """Until stopped. Raises the permanent error of the only mailbox (exit_on_permanent)."""
         try:
-            if once:
-                self._run_once()
-                return
             while not self.stop_event.is_set():
                 self.liveness.tick()
                 self._round_or_warn()
                 if self._fatal is not None:
                     raise self._fatal
-                self.stop_event.wait(self.ownership.renew_interval_s)
+                self._pause(self.ownership.renew_interval_s)
         finally:
             self._shutdown()
 
-    def _run_once(self) -> None:
-        for mailbox in self.mailboxes:
-            self._try_take(mailbox)
-        tasks = list(self.tasks.values())
-        renew_at = time.monotonic() + self.ownership.renew_interval_s
-        while any(t.running for t in tasks):
-            self.liveness.tick()
-            next(t for t in tasks if t.running).thread.join(0.2)  # type: ignore[union-attr]
-            if self.stop_event.is_set():
-                for task in tasks:
-                    task.stop.set()
-            if time.monotonic() >= renew_at:  # a first sync can outlast the lease many times
-                renew_at += self.ownership.renew_interval_s
-                self._renew_or_warn()
-        errors = [t.ended_with for t in tasks if t.ended_with is not None]
-        if errors:
-            raise errors[0]
+    def _pause(self, seconds: float) -> None:
+        """Until the next round; a mailbox being handed over is released as soon as its
+        runner has ended, so the producer waiting for it need not wait a round more."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+            leaving = [t for t in self.tasks.values() if t.handing_over]
+            if not leaving:
+                self.stop_event.wait(left)
+                return
+            leaving[0].runner.join(min(0.2, left))
+            if not leaving[0].runner.running:
+                self._round_or_warn(self._settle)
 
-    def _renew_or_warn(self) -> None:
+    def run_once(self) -> None:
+        """One pass over every mailbox no other producer follows, then return (raising the
+        first error a mailbox ended with)."""
         try:
-            self._renew()
-        except RedisUnavailableError as exc:
-            log.warning("lease renewal failed; retrying", extra={"error": str(exc)})
+            for mailbox in self.mailboxes:
+                self._try_take(mailbox, once=True)
+            tasks = list(self.tasks.values())
+            self._wait_for(tasks, deadline=None)
+            errors = [t.runner.snapshot().ended_with for t in tasks]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                raise first
+        finally:
+            self._shutdown()
 
-    def _round_or_warn(self) -> None:
+    # --- the round ------------------------------------------------------------------------
+
+    def _round_or_warn(self, step: Callable[[], None] | None = None) -> None:
         try:
-            self._round()
+            (step or self._round)()
         except RedisUnavailableError as exc:
             # The mailboxes' own writes wait for Redis too; leases not renewed in time are
             # found lost on the first round that gets through, and taken again.
@@ -133,40 +130,11 @@ class ProducerFleet:
 
     def _round(self) -> None:
         self.live_producers = self.ownership.register()
-        self._reap()
         self._renew()
+        self._settle()
+        self._give_up_unservable()
         self._balance(fair_share(len(self.mailboxes), len(self.live_producers)))
         self._restart_failed()
-
-    def _reap(self) -> None:
-        """Threads that ended by themselves: a lost lease, or an error."""
-        for task in list(self.tasks.values()):
-            if task.thread is None or task.running or task.failed:
-                continue
-            error = task.ended_with
-            if isinstance(error, LeaseLostError):
-                log.warning("mailbox lease lost; given up", extra={"mailbox": task.mailbox.label})
-                self._forget(task)
-                self._check_same_id(task)
-            elif isinstance(error, AuthError | SettingsError):
-                self._mark_failed(task, error, FAILED_RETRY_S)
-            else:  # a bug: the runner retries every transient error itself and returns only when stopped
-                error = error or RuntimeError("the mailbox's runner returned without being stopped")
-                log.error("mailbox stopped by an unexpected error", exc_info=error,
-                          extra={"mailbox": task.mailbox.label})
-                self._mark_failed(task, error, UNEXPECTED_RETRY_S)
-
-    def _mark_failed(self, task: MailboxTask, error: BaseException, retry_s: float) -> None:
-        if self.exit_on_permanent:
-            self._fatal = error
-            return
-        task.failed = f"{type(error).__name__}: {error}"
-        task.state = "credentials" if isinstance(error, CredentialsRejectedError) else "failed"
-        task.runner.metrics.credentials.set(int(task.state == "credentials"))
-        task.retry_at = time.monotonic() + retry_s
-        task.runner.metrics.failed.set(1)
-        log.error("mailbox stopped; the others carry on", extra={
-            "mailbox": task.mailbox.label, "error": task.failed, "retry_in_s": retry_s})
 
     def _renew(self) -> None:
         tasks = list(self.tasks.values())
@@ -174,42 +142,101 @@ class ProducerFleet:
             if not ours:
                 log.warning("mailbox lease lost (expired or taken over); stopping it",
                             extra={"mailbox": task.mailbox.label})
-                self._forget(task)
-                self._check_same_id(task)
+                self._lost(task)
 
-    def _check_same_id(self, task: MailboxTask) -> None:
-        """Taken by a lease under our own id: another live process uses our PRODUCER_ID (a
-        hand-run `--once` next to the service, or two services sharing a host name). Stop
-        taking such leases back, or the two would fence each other in turn."""
-        holder = self.ownership.holder(task.mailbox.keys)
-        if self.ownership.is_our_id(holder) and self.ownership.take_back_own:
-            self.ownership.take_back_own = False
+    def _lost(self, task: MailboxTask) -> None:
+        task.runner.stop()
+        self._forget(task)
+        if self.ownership.lost(task.mailbox.keys):
             log.error("another process runs with this PRODUCER_ID and took a mailbox; give each producer "
                       "its own PRODUCER_ID", extra={"producer_id": self.ownership.producer_id,
                                                     "mailbox": task.mailbox.label})
 
+    def _settle(self) -> None:
+        """Runners that ended: handed over, lease lost, or stopped by an error."""
+        for task in list(self.tasks.values()):
+            snapshot = task.runner.snapshot()
+            if snapshot.running or (task.failed and not task.handing_over):
+                continue
+            error = snapshot.ended_with
+            if task.handing_over:
+                self._release(task)
+            elif isinstance(error, LeaseLostError):
+                log.warning("write refused: the mailbox's lease is no longer ours; given up",
+                            extra={"mailbox": task.mailbox.label, "lease": task.lease})
+                self._lost(task)
+            elif isinstance(error, AuthError | SettingsError):
+                self._cannot_serve(task, error, FAILED_RETRY_S)
+            else:  # a bug: the runner retries every transient error itself and returns only when stopped
+                error = error or RuntimeError("the mailbox's runner returned without being stopped")
+                log.error("mailbox stopped by an unexpected error", exc_info=error,
+                          extra={"mailbox": task.mailbox.label})
+                self._cannot_serve(task, error, UNEXPECTED_RETRY_S)
+
+    def _give_up_unservable(self) -> None:
+        """Mailboxes failing here go to another producer as soon as one may try them (one may
+        have joined since they failed)."""
+        for task in list(self.tasks.values()):
+            if task.handing_over:
+                continue
+            failures = task.runner.snapshot().failures_in_row
+            if (task.failed or failures >= CANNOT_SERVE_ATTEMPTS) and self._avoid(task):
+                log.warning("mailbox failing here; giving it back for another producer to try", extra={
+                    "mailbox": task.mailbox.label, "error": task.failed, "failed_attempts": failures,
+                    "stay_away_s": AVOID_S})
+                task.offer_after = True
+                self._hand_over(task)
+
+    def _cannot_serve(self, task: MailboxTask, error: BaseException, retry_s: float) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        if self.exit_on_permanent:
+            self._fatal = error
+        elif self._avoid(task):
+            log.error("mailbox stopped; another producer may try it, the others carry on",
+                      extra={"mailbox": task.mailbox.label, "error": reason, "stay_away_s": AVOID_S})
+            task.offer_after = True
+            self._release(task)
+        else:
+            task.failed, task.retry_at = reason, time.monotonic() + retry_s
+            # After invalid_grant a person must re-authorise: its own state, metric and alert.
+            task.state = "credentials" if isinstance(error, CredentialsRejectedError) else "failed"
+            self.gauges.set(task.mailbox, owned=True, failed=True, credentials=task.state == "credentials")
+            log.error("mailbox stopped; the others carry on", extra={
+                "mailbox": task.mailbox.label, "error": reason, "retry_in_s": retry_s})
+
+    def _avoid(self, task: MailboxTask) -> bool:
+        """Mark us as unable to serve the mailbox; True if another live producer may try it."""
+        return self.ownership.avoid(task.mailbox.keys, live=self.live_producers, mark_ms=int(AVOID_S * 1000))
+
+    def _restart_failed(self) -> None:
+        now = time.monotonic()
+        for task in list(self.tasks.values()):
+            if task.failed and now >= task.retry_at:
+                log.info("retrying a stopped mailbox", extra={"mailbox": task.mailbox.label})
+                runner = self.make_runner(task.mailbox, task.lease)
+                self._start(MailboxTask(mailbox=task.mailbox, lease=task.lease, runner=runner, offered=task.offered))
+
     def _balance(self, share: int) -> None:
-        while len(self.tasks) > share:
-            self._give_back(list(self.tasks.values())[-1])
+        held = [t for t in self.tasks.values() if not (t.handing_over or t.offered)]
+        for task in held[share:]:
+            log.info("giving a mailbox back to balance producers", extra={"mailbox": task.mailbox.label})
+            self._hand_over(task)
+        taking = share - len(held)
         for mailbox in self._unowned_in_my_order():
-            if len(self.tasks) >= share or self.stop_event.is_set():
-                return
-            self._try_take(mailbox)
+            if taking <= 0 or self.stop_event.is_set():
+                break
+            taking -= self._try_take(mailbox)
+        self._take_offered()
 
-    def _try_take(self, mailbox: Mailbox) -> None:
-        """Follow `mailbox` if its lease is free (or already ours); otherwise note the standby."""
-        lease = self.ownership.acquire(mailbox.keys)
-        if lease is None:
-            self._note_standby(mailbox)
-            return
-        stop = threading.Event()
-        self._start(MailboxTask(mailbox, lease, self.make_runner(mailbox, lease, stop), stop))
-
-    def _note_standby(self, mailbox: Mailbox) -> None:
-        if mailbox.key not in self._standby_noted:
-            self._standby_noted.add(mailbox.key)
-            log.info("mailbox followed by another producer; standing by",
-                     extra={"mailbox": mailbox.label, "holder": self.ownership.holder(mailbox.keys)})
+    def _take_offered(self) -> None:
+        """Mailboxes another producer gave back because it could not serve them: take them
+        above our share, or nobody at its share would."""
+        offered = set(self.ownership.offered())
+        for mailbox in self.mailboxes:
+            if mailbox.key in offered and mailbox.key not in self.tasks and not self.stop_event.is_set():
+                if self._try_take(mailbox):
+                    self.tasks[mailbox.key].offered = True
+                    self.ownership.withdraw(mailbox.key)
 
     def _unowned_in_my_order(self) -> list[Mailbox]:
         """Mailboxes not ours, starting at a place that depends on our id: producers starting
@@ -220,66 +247,94 @@ class ProducerFleet:
         start = zlib.crc32(self.ownership.producer_id.encode()) % len(free)
         return free[start:] + free[:start]
 
-    def _start(self, task: MailboxTask) -> None:
-        key = task.mailbox.key
-        self._standby_noted.discard(key)
-        task.failed, task.ended_with = None, None
-        task.runner.metrics.failed.set(0)
-        task.runner.metrics.owned.set(1)
-        task.thread = threading.Thread(target=self._follow, args=(task,), name=f"mailbox {task.mailbox.label}",
-                                       daemon=True)
-        with self._lock:
-            self.tasks[key] = task
-        log.info("following mailbox", extra={"mailbox": task.mailbox.label, "lease": task.lease})
-        task.thread.start()
+    # --- taking, handing over, releasing ----------------------------------------------------
 
-    def _follow(self, task: MailboxTask) -> None:
+    def _try_take(self, mailbox: Mailbox, *, once: bool = False) -> bool:
+        """Follow `mailbox` if its lease is free (or already ours); otherwise note the standby."""
+        lease = self.ownership.acquire(mailbox.keys, live=self.live_producers)
+        if lease is None:
+            self._note_standby(mailbox)
+            return False
         try:
-            task.runner.run(once=self.once)
-        except LeaseLostError as exc:  # the fence refused a write: this mailbox is someone else's now
-            log.warning("write refused: the mailbox's lease is no longer ours; stopping it",
-                        extra={"mailbox": task.mailbox.label, "lease": task.lease})
-            task.ended_with = exc
-        except BaseException as exc:  # noqa: BLE001 - the fleet decides what an ending means
-            task.ended_with = exc
+            if self.ownership.adopt(mailbox.keys, mailbox.earlier_keys):
+                log.info("mailbox position adopted from an earlier key layout", extra={"mailbox": mailbox.label})
+        except RedisUnavailableError:
+            self.ownership.release(mailbox.keys, lease)
+            raise
+        self._start(MailboxTask(mailbox=mailbox, lease=lease, runner=self.make_runner(mailbox, lease)), once=once)
+        return True
 
-    def _restart_failed(self) -> None:
-        now = time.monotonic()
-        for task in list(self.tasks.values()):
-            if task.failed and now >= task.retry_at:
-                log.info("retrying a stopped mailbox", extra={"mailbox": task.mailbox.label})
-                task.runner = self.make_runner(task.mailbox, task.lease, task.stop)
-                self._start(task)
+    def _note_standby(self, mailbox: Mailbox) -> None:
+        if mailbox.key not in self._standby_noted:
+            self._standby_noted.add(mailbox.key)
+            log.info("mailbox followed by another producer; standing by",
+                     extra={"mailbox": mailbox.label, "holder": self.ownership.holder(mailbox.keys)})
 
-    def _give_back(self, task: MailboxTask) -> None:
-        """Above our fair share (another producer joined). The release may come before our
-        runner has stopped: its writes are fenced from then on, so nothing is doubled."""
-        log.info("giving a mailbox back to balance producers", extra={"mailbox": task.mailbox.label})
+    def _start(self, task: MailboxTask, *, once: bool = False) -> None:
+        self._standby_noted.discard(task.mailbox.key)
+        self.gauges.set(task.mailbox, owned=True, failed=False)
+        with self._lock:
+            self.tasks[task.mailbox.key] = task
+        log.info("following mailbox", extra={"mailbox": task.mailbox.label, "lease": task.lease})
+        task.runner.start(once=once)
+
+    def _hand_over(self, task: MailboxTask) -> None:
+        """Stop the runner; the lease stays ours (renewed) until it has ended, then goes."""
+        task.handing_over = True
+        task.runner.stop()
+
+    def _release(self, task: MailboxTask) -> None:
         self._forget(task)
         self.ownership.release(task.mailbox.keys, task.lease)
+        if task.offer_after:
+            self.ownership.offer(task.mailbox.key)
 
     def _forget(self, task: MailboxTask) -> None:
-        task.stop.set()
-        task.runner.metrics.owned.set(0)
-        task.runner.metrics.failed.set(0)
+        self.gauges.set(task.mailbox, owned=False, failed=False)
         with self._lock:
             self.tasks.pop(task.mailbox.key, None)
-        self._stopping.append(task)
+
+    # --- shutdown -----------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        """Stop every runner, keep their leases renewed until each has finished the write in
+        hand (a write under an expired lease would be refused), then give the leases back.
+        Runners still busy after STOP_WAIT_S (a slow read) are cut off: what they had not
+        written is fetched again by the next owner."""
         tasks = list(self.tasks.values())
-        for task in tasks + self._stopping:
-            task.stop.set()
-        deadline = time.monotonic() + STOP_JOIN_S
-        for task in tasks + self._stopping:
-            if task.thread is not None:
-                task.thread.join(max(0.0, deadline - time.monotonic()))
+        for task in tasks:
+            task.runner.stop()
+        self._wait_for(tasks, deadline=time.monotonic() + STOP_WAIT_S)
+        for task in tasks:
+            if task.runner.running:
+                log.warning("mailbox still busy at shutdown; cut off", extra={"mailbox": task.mailbox.label})
+                task.runner.abort()
         try:
-            for task in tasks:
-                self.ownership.release(task.mailbox.keys, task.lease)
+            for task in list(self.tasks.values()):
+                self._release(task)
             self.ownership.unregister()
         except RedisUnavailableError as exc:
             log.warning("could not give the leases back; they expire by themselves", extra={"error": str(exc)})
+
+    def _wait_for(self, tasks: list[MailboxTask], deadline: float | None) -> None:
+        """Until `tasks`' runners have ended (or `deadline`), renewing their leases: a first
+        sync or the last batch of a shutdown can outlast the lease."""
+        renew_at = time.monotonic() + self.ownership.renew_interval_s
+        while (running := [t for t in tasks if t.runner.running]) and (deadline is None or time.monotonic() < deadline):
+            self.liveness.tick()
+            if self.stop_event.is_set():
+                for task in running:
+                    task.runner.stop()
+            running[0].runner.join(0.2)
+            if time.monotonic() >= renew_at:
+                renew_at += self.ownership.renew_interval_s
+                self._renew_or_warn()
+
+    def _renew_or_warn(self) -> None:
+        try:
+            self._renew()
+        except RedisUnavailableError as exc:
+            log.warning("lease renewal failed; retrying", extra={"error": str(exc)})
 
     # --- what /health, /ready and /status show -------------------------------------------
 
@@ -287,39 +342,19 @@ class ProducerFleet:
         return self.liveness.uptime_s()
 
     def breakers(self) -> list[tuple[str, str, CircuitBreaker]]:
-        with self._lock:
-            runners = [(t.mailbox, t.runner) for t in self.tasks.values()]
-        return [(m.account, m.name, b) for m, r in runners for b in (r.imap_breaker, r.redis_breaker)]
+        return [(t.mailbox.account, t.mailbox.name, b) for t in self._tasks() for b in t.runner.breakers()]
 
     def alive(self) -> bool:
-        with self._lock:
-            runners = [t.runner for t in self.tasks.values() if t.running]
-        return self.liveness.alive() and all(r.liveness.alive() for r in runners)
+        return self.liveness.alive() and all_alive(self._tasks())
 
     def not_ready(self) -> list[str]:
         """Why this producer is not ready, per mailbox it owns (empty: ready)."""
-        reasons = []
-        with self._lock:
-            tasks = list(self.tasks.values())
-        for task in tasks:
-            if task.failed:
-                reasons.append(f"{task.mailbox.label}: stopped: {task.failed}")
-            elif not task.runner.status.connected:
-                reasons.append(f"{task.mailbox.label}: IMAP session not established")
-            elif task.runner.sync.backpressured:
-                reasons.append(f"{task.mailbox.label}: backpressure: stream full of unacknowledged entries")
-        return reasons
+        return not_ready(self._tasks())
 
     def status_body(self) -> dict[str, Any]:
-        with self._lock:
-            tasks = dict(self.tasks)
-        following = []
-        for task in tasks.values():
-            body = {**task.runner.status_body(), "stream_name": task.mailbox.stream, "lease": task.lease,
-                    "state": task.state if task.failed else "following"}
-            if task.failed:
-                body["error"] = task.failed
-            following.append(body)
-        others = [m.label for m in self.mailboxes if m.key not in tasks]
         return {"component": "producer", "producer_id": self.ownership.producer_id,
-                "live_producers": self.live_producers, "mailboxes": following, "not_ours": others}
+                "live_producers": self.live_producers, **mailbox_status(self._tasks(), self.mailboxes)}
+
+    def _tasks(self) -> list[MailboxTask]:
+        with self._lock:
+            return list(self.tasks.values())

@@ -15,6 +15,7 @@ reasoned about without knowing there are others. tomllib is the standard library
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import tomllib
@@ -34,9 +35,11 @@ from email_ingestion.common.settings import (
     Settings,
     require_producer_settings,
 )
+from email_ingestion.imap.names import canonical_folder
 
 _IMAP_KEYS = {"user", "mailbox", "host", "port", "auth_method", "max_connections"}
 _KNOWN = _IMAP_KEYS | {"password_env", "token_file", "stream"}
+_TABLE = "mailbox"  # the one top-level name the file may hold: [[mailbox]]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Mailbox:
     """One mailbox to follow and the settings to follow it with."""
 
     settings: Settings
+    spelled: str = ""  # the folder name as the settings wrote it, when not canonical
 
     @property
     def account(self) -> str:
@@ -71,6 +75,24 @@ class Mailbox:
     def keys(self) -> MailboxKeys:
         return MailboxKeys(self.stream, self.account, self.name)
 
+    @property
+    def earlier_keys(self) -> list[MailboxKeys]:
+        """Where versions before issue 18 kept this mailbox's state: under the folder name as
+        spelled, and without the stream's name when the stream has a hash tag of its own."""
+        names = list(dict.fromkeys([self.name, self.spelled or self.name]))
+        keys = [MailboxKeys(self.stream, self.account, name, layout=1) for name in names]
+        return [k for k in keys if k.state != self.keys.state]
+
+
+def canonical(settings: Settings) -> Mailbox:
+    """`settings` with the folder's one spelling (imap/names.py): one folder, one identity."""
+    spelled = settings.imap.mailbox
+    name = canonical_folder(spelled)
+    if name == spelled:
+        return Mailbox(settings)
+    imap = settings.imap.model_copy(update={"mailbox": name})
+    return Mailbox(dataclasses.replace(settings, imap=imap), spelled=spelled)
+
 
 def load_mailboxes(settings: Settings) -> list[Mailbox]:
     """MAILBOXES_FILE's mailboxes, or the one the IMAP_ settings name. Raises SettingsError
@@ -78,7 +100,7 @@ def load_mailboxes(settings: Settings) -> list[Mailbox]:
     path = settings.producer.mailboxes_file
     if path is None:
         require_producer_settings(settings)
-        return [Mailbox(settings)]
+        return [canonical(settings)]
     mailboxes = [_entry(settings, path, index, table) for index, table in enumerate(_tables(path), start=1)]
     _check_unique(path, mailboxes)
     _check_connections(path, mailboxes)
@@ -99,17 +121,27 @@ def _tables(path: Path) -> list[dict[str, Any]]:
         raise SettingsError(f"invalid setting MAILBOXES_FILE: cannot read {path} ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"invalid setting MAILBOXES_FILE: {path} is not valid TOML ({exc})") from None
-    tables = document.get("mailbox")
+    for name in document:
+        if name != _TABLE:  # a misspelt table would leave its mailboxes silently unfollowed
+            raise SettingsError(f"invalid setting MAILBOXES_FILE: {path} has an unknown table or key {name!r}"
+                                f"{_nearest(name, [_TABLE])}; each mailbox is a [[{_TABLE}]] table")
+    tables = document.get(_TABLE)
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise SettingsError(f"invalid setting MAILBOXES_FILE: {path} has no [[mailbox]] tables")
+        raise SettingsError(f"invalid setting MAILBOXES_FILE: {path} has no [[{_TABLE}]] tables")
     return tables
+
+
+def _nearest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _entry(settings: Settings, path: Path, index: int, table: dict[str, Any]) -> Mailbox:
     where = f"MAILBOXES_FILE {path}, mailbox {index}"
     unknown = sorted(set(table) - _KNOWN)
     if unknown:
-        raise SettingsError(f"invalid setting {where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KNOWN))})")
+        raise SettingsError(f"invalid setting {where}: unknown key {unknown[0]!r}{_nearest(unknown[0], sorted(_KNOWN))}"
+                            f" (known: {', '.join(sorted(_KNOWN))})")
     if not table.get("user"):
         raise SettingsError(f"missing setting {where}: user (the account to read)")
     imap: dict[str, Any] = {k: v for k, v in table.items() if k in _IMAP_KEYS}
@@ -129,7 +161,7 @@ def _entry(settings: Settings, path: Path, index: int, table: dict[str, Any]) ->
         require_producer_settings(entry)
     except SettingsError as exc:
         raise SettingsError(f"{where} ({entry.imap.user}/{entry.imap.mailbox}): {exc}") from None
-    return Mailbox(entry)
+    return canonical(entry)
 
 
 def _override(cls: type[Any], current: Any, **values: Any) -> Any:
@@ -147,11 +179,22 @@ def _password(where: str, variable: object) -> str:
 
 
 def _check_unique(path: Path, mailboxes: list[Mailbox]) -> None:
-    seen = Counter((m.stream, m.account, m.name) for m in mailboxes)
-    for (stream, account, name), count in seen.items():
-        if count > 1:
-            raise SettingsError(f"invalid setting MAILBOXES_FILE {path}: {account}/{name} is listed {count} "
-                                f"times for stream {stream}")
+    """One folder, one entry per stream: two spellings of one folder ("INBOX" and "inbox",
+    "Entw&APw-rfe" and "Entwürfe") would emit every message twice under different
+    idempotency keys. Distinct keys too, so no two entries can ever share a lease."""
+    by_identity: dict[tuple[str, str, str], list[Mailbox]] = {}
+    by_lease: dict[str, Mailbox] = {}
+    for m in mailboxes:
+        by_identity.setdefault((m.stream, m.account, m.name), []).append(m)
+        other = by_lease.setdefault(m.keys.lease, m)
+        if other is not m and (other.stream, other.name) != (m.stream, m.name):
+            raise SettingsError(f"invalid setting MAILBOXES_FILE {path}: {m.label} for streams {other.stream} and "
+                                f"{m.stream} would share one lease and one position; give one stream another name")
+    for (stream, account, name), same in by_identity.items():
+        if len(same) > 1:
+            spellings = ", ".join(repr(m.spelled or m.name) for m in same)
+            raise SettingsError(f"invalid setting MAILBOXES_FILE {path}: {account}/{name} is listed {len(same)} "
+                                f"times for stream {stream} (as {spellings}); list each folder once")
 
 
 def _check_connections(path: Path, mailboxes: list[Mailbox]) -> None:

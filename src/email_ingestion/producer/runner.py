@@ -1,17 +1,24 @@
-"""The producer's life: connect, sync, wait for mail (IDLE or poll), and recover from failure.
+"""One mailbox's life: connect, sync, wait for mail (IDLE or poll), and recover from failure.
 
 Failures that pass by themselves (connection lost, Redis restarting, token endpoint down,
-server throttling) are retried with exponential backoff and full jitter; throttling answers
-add a longer pause so we never hammer a server that asked us to slow down. Credentials
-that are refused end the process with EXIT_AUTH: no amount of retrying fixes them.
+server throttling, a followed folder deleted and not yet re-created) are retried with
+exponential backoff and full jitter; throttling answers add a longer pause so we never
+hammer a server that asked us to slow down. Credentials that are refused, and a folder
+missing before this mailbox was ever followed, end the runner: no amount of retrying fixes
+them.
+
+What the fleet sees of a runner: start, stop (and abort, at the end of a shutdown), a
+snapshot of how it is doing, and how it ended (a LeaseLostError when a write was refused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +33,12 @@ from tenacity import (
 from email_ingestion.common.breaker import CircuitBreaker
 from email_ingestion.common.errors import (
     AuthError,
+    FolderGoneError,
     ImapConnectionClosedError,
     ImapConnectionError,
     ImapProtocolError,
     ImapThrottledError,
+    MailboxNotFoundError,
     ParseWorkerError,
     RedisUnavailableError,
     TokenEndpointError,
@@ -44,7 +53,8 @@ from email_ingestion.producer.sync import MailboxSync
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError, ParseWorkerError)
+TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError, ParseWorkerError,
+             FolderGoneError)
 ONCE_ATTEMPTS = 3
 
 
@@ -56,7 +66,21 @@ class RunnerStatus:
     emitted: int = 0
     reconnects: int = 0
     uidvalidity_changes: int = 0
+    failures_in_row: int = 0  # failed attempts since the last good pass
+    folder_missing: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunnerSnapshot:
+    """How a runner is doing, for the fleet's decisions and /ready."""
+
+    running: bool
+    connected: bool
+    backpressured: bool
+    failures_in_row: int
+    alive: bool
+    ended_with: BaseException | None  # None while running, or when it ended by being stopped
 
 
 class ProducerRunner:
@@ -75,6 +99,52 @@ class ProducerRunner:
         self.liveness = Liveness(health.stall_seconds)
         self.imap_breaker = CircuitBreaker("imap", health.breaker_failures, health.breaker_reset_seconds)
         self.redis_breaker = CircuitBreaker("redis", health.breaker_failures, health.breaker_reset_seconds)
+        self._thread: threading.Thread | None = None
+        self._ended_with: BaseException | None = None
+
+    # --- what the fleet uses ------------------------------------------------------------
+
+    def start(self, *, once: bool = False) -> None:
+        """Run in a thread of its own; how it ended shows in snapshot().ended_with."""
+        label = f"{self.settings.imap.user}/{self.settings.imap.mailbox}"
+        self._thread = threading.Thread(target=self._run_catching, args=(once,), name=f"mailbox {label}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the write in hand, then end (soon after: between batches, or while idling)."""
+        self.stop_event.set()
+
+    def abort(self) -> None:
+        """Stop and cut the IMAP connection: for a shutdown that cannot wait for a slow read.
+        What was not written is fetched again by the next owner (the position did not move)."""
+        self.stop()
+        with contextlib.suppress(Exception):
+            # Only the socket: closing imaplib's buffered file would wait for the lock the
+            # reading thread holds while blocked, and shutdown(2) wakes that read at once.
+            self.session.client.socket().shutdown(socket.SHUT_RDWR)
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def snapshot(self) -> RunnerSnapshot:
+        return RunnerSnapshot(running=self.running, connected=self.status.connected,
+                              backpressured=self.sync.backpressured, failures_in_row=self.status.failures_in_row,
+                              alive=self.liveness.alive(), ended_with=self._ended_with)
+
+    def breakers(self) -> list[CircuitBreaker]:
+        return [self.imap_breaker, self.redis_breaker]
+
+    def _run_catching(self, once: bool) -> None:
+        try:
+            self.run(once=once)
+        except BaseException as exc:  # noqa: BLE001 - how it ended is the fleet's to judge
+            self._ended_with = exc
 
     def should_stop(self) -> bool:
         # Called between batches and every second while idling: the loop's pulse.
@@ -102,11 +172,17 @@ class ProducerRunner:
             log.info("producer stopped")
 
     def _cycle(self, once: bool) -> None:
-        if not self.status.connected:
-            self._connect()
-        self.activity.state("syncing")
-        result = self.sync.run_pass(self.should_stop)
+        with self._folder_gone_is_transient():
+            if not self.status.connected:
+                self._connect()
+            self.activity.state("syncing")
+            result = self.sync.run_pass(self.should_stop)
         self.activity.state("idle")
+        self.status.failures_in_row = 0
+        if self.status.folder_missing:
+            log.info("the followed folder is back", extra={"mailbox": self.settings.imap.mailbox})
+        self.status.folder_missing = False
+        self.metrics.folder_missing.set(0)
         self.status.emitted += result.emitted
         self.status.uidvalidity_changes += int(result.uidvalidity_changed)
         self.imap_breaker.success()
@@ -115,6 +191,20 @@ class ProducerRunner:
         self.status.last_pass_ok_at = self._clock()
         if not once and not self.should_stop():
             self._wait_for_mail()
+
+    @contextlib.contextmanager
+    def _folder_gone_is_transient(self) -> Iterator[None]:
+        """A folder missing before this mailbox was ever followed is a setting to fix; one that
+        existed (a pass succeeded, or a position is stored) and is gone now is being deleted,
+        renamed or re-created by a client: wait for it (issue 18 §8)."""
+        try:
+            yield
+        except MailboxNotFoundError as exc:
+            if self.status.passes == 0 and self.sync.store.load() is None:
+                raise
+            self.status.folder_missing = True
+            self.metrics.folder_missing.set(1)
+            raise FolderGoneError(f"the followed folder is missing now: {exc}") from None
 
     def _connect(self) -> None:
         status = self.session.connect()
@@ -159,7 +249,8 @@ class ProducerRunner:
                          "uidvalidity_changes": self.status.uidvalidity_changes},
             "last_successful_sync": iso_from_epoch_s(last_ok) if last_ok else None,
             "uidvalidity": state.uidvalidity if state else None, "last_uid": state.last_uid if state else None,
-            "backpressure": self.sync.backpressured,
+            "backpressure": self.sync.backpressured, "folder_missing": self.status.folder_missing,
+            "failures_in_row": self.status.failures_in_row,
             "circuit_breakers": {b.name: b.snapshot() for b in (self.imap_breaker, self.redis_breaker)},
             "recent_errors": self.status.errors,
             **self.sync.extra_status(),
@@ -174,6 +265,7 @@ class ProducerRunner:
     def _on_failure(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.connected = False
+        self.status.failures_in_row += 1
         self.session.close()
         self.metrics.reconnects.inc()
         self.status.reconnects += 1
