@@ -21,7 +21,7 @@ class FakeLoop:
         self.redis_wait = SimpleNamespace(reason=None)
 
     def status(self) -> dict:
-        return {"counters": self.stats.counters(), "retries_waiting": 0}
+        return {"counters": self.stats.counters(), "retries_waiting": 0, "handler_outage": None}
 
     def settle(self) -> None:
         # As the processor does: acknowledge (pending drops), then count.
