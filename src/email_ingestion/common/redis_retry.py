@@ -38,6 +38,10 @@ class _Outage:
             if self.failing_since is not None:
                 return
             self.failing_since = time.monotonic()
+        if not log.hasHandlers():
+            # An operator command that configured no logging says what failed in its own
+            # one line; Python's last-resort handler would add this one to stderr.
+            return
         log.warning("Redis command failed; retrying on a new connection",
                     extra={"error": f"{type(error).__name__}: {error}"[:500]})
 
