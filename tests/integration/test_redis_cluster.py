@@ -198,7 +198,10 @@ def exercise_gmail_scripts(client: Any) -> None:
     from email_ingestion.producer.payloads import Emission
     store = GmailStateStore(client=client, keys=MailboxKeys(STREAM, "g@example.com", "[Gmail]/All Mail"))
     store.start(9, position=0, since_ms=1, baseline_until=0)
-    assert Claims(store=store).claim(["1001"])
+    claims = Claims(store=store)
+    assert claims.claim(["1001", "1002"])
+    assert claims.held(["1001"]) == [True]
+    claims.release(["1002"])
     assert store.emit(9, 1, [Emission(fingerprint="gm:1001", uid=1, payload="{}", gmail_labels=("\\Inbox",))])
     DownloadBudget(client=client, stream=STREAM, account="g@example.com", limit_bytes=10_000_000,
                    wait=lambda _s: True).spend(1000)
