@@ -61,7 +61,8 @@ def cluster_client(cluster: RedisClusterSandbox) -> Iterator[redis.cluster.Redis
 def cluster_env(cluster: RedisClusterSandbox, records: Path) -> dict[str, str]:
     return {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "TEST_RECORD_DIR": str(records),
             "TEST_RETRY_EVERY": "5", "TEST_DEAD_EVERY": "7", "RETRY_BASE_SECONDS": "0.05",
-            "RETRY_CAP_SECONDS": "0.2", "WORKER_BLOCK_TIMEOUT_MS": "200", "WORKER_METRICS_PORT": "0"}
+            "RETRY_CAP_SECONDS": "0.2", "WORKER_BLOCK_TIMEOUT_MS": "200", "WORKER_METRICS_PORT": "0",
+            "HANDLER_OUTAGE_FAILURES": "0"}  # the flaky handlers fail on purpose (see tests/support/worker_env.py)
 
 
 class SlotRecorder:
