@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,6 +111,16 @@ class EmailPayload(BaseModel):
     @classmethod
     def from_json(cls, data: str | bytes) -> EmailPayload:
         return cls.model_validate_json(data)
+
+
+def payload_fields(raw: str | bytes | None) -> dict[str, Any]:
+    """A payload's JSON object, unvalidated, or {} when it is not one: operator views read a
+    few identifying fields of whatever a stream or the DLQ holds, broken entries included."""
+    try:
+        value = json.loads(raw or "")
+    except (ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def json_schema() -> dict[str, object]:

@@ -8,7 +8,6 @@ are worker/dlq_admin.py's DlqAdmin, the same code `email-dlq` runs.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import redis
 
 from email_ingestion.common import entry_fields as F
+from email_ingestion.common.payload import payload_fields
 from email_ingestion.common.text import to_text
 from email_ingestion.worker.dlq_admin import DlqAdmin
 
@@ -86,20 +86,12 @@ def _pages(client: redis.Redis, dlq: str, upto: str = "+") -> Iterator[tuple[str
 
 
 def letter_of(entry_id: str, fields: dict[str, str]) -> Letter:
-    payload = _payload(fields.get(F.PAYLOAD, ""))
+    payload = payload_fields(fields.get(F.PAYLOAD, ""))
     dead_at = fields.get("dead_at_ms", "")
     return Letter(entry_id, fields.get("reason", "?"), fields.get("error_type", "?"), fields.get("attempts", ""),
                   fields.get(F.ORIGINAL_ID, ""), fields.get("consumer", ""), str(payload.get("account") or ""),
                   str(payload.get("mailbox") or ""), str(payload.get("uid") or ""), str(payload.get("message_id") or ""),
                   int(dead_at) if dead_at.isdigit() else int(entry_id.split("-")[0]))
-
-
-def _payload(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def letters(client: redis.Redis, dlq: str) -> list[Letter]:

@@ -18,6 +18,7 @@ import redis
 
 from email_ingestion.common import entry_fields as F
 from email_ingestion.common.keys import StreamKeys
+from email_ingestion.common.payload import payload_fields
 from email_ingestion.common.text import to_text
 from email_ingestion.console.dead_letters import is_entry_id
 
@@ -81,14 +82,6 @@ def _hit(where: str, entry_id: str, payload: dict[str, Any]) -> Hit:
     return Hit(where, entry_id, **text)
 
 
-def _parse(raw: str | bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -136,16 +129,16 @@ class Searcher:
         hits = []
         direct: Any = self.redis.xrange(self.keys.stream, entry_id, entry_id)
         for entry, fields in direct:
-            hits.append(_hit("stream", to_text(entry), _parse(fields.get(F.PAYLOAD.encode(), b""))))
+            hits.append(_hit("stream", to_text(entry), payload_fields(fields.get(F.PAYLOAD.encode(), b""))))
         for entry, fields in self._dlq_entries():
             if to_text(entry) == entry_id or to_text(fields.get(F.ORIGINAL_ID.encode())) == entry_id:
-                hits.append(_hit("dlq", to_text(entry), _parse(fields.get(F.PAYLOAD.encode(), b""))))
+                hits.append(_hit("dlq", to_text(entry), payload_fields(fields.get(F.PAYLOAD.encode(), b""))))
         for read, (record_id, record) in enumerate(self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE)):
             if read >= self.max_entries:
                 break
-            data = _parse(record)
+            data = payload_fields(record)
             if to_text(record_id) == entry_id or data.get(F.ORIGINAL_ID) == entry_id:
-                hits.append(_hit("retries", to_text(record_id), _parse(str(data.get(F.PAYLOAD) or ""))))
+                hits.append(_hit("retries", to_text(record_id), payload_fields(str(data.get(F.PAYLOAD) or ""))))
         return hits
 
     def _scan_stream(self, query: str, kind: Kind) -> tuple[list[Hit], int, bool]:
@@ -154,7 +147,7 @@ class Searcher:
             page: Any = self.redis.xrevrange(self.keys.stream, max=start, count=min(PAGE, self.max_entries - read))
             for entry, fields in page:
                 raw = fields.get(F.PAYLOAD.encode(), b"")
-                if needle in raw and _matches(payload := _parse(raw), query, kind):
+                if needle in raw and _matches(payload := payload_fields(raw), query, kind):
                     hits.append(_hit("stream", to_text(entry), payload))
             read += len(page)
             if len(page) < PAGE:
@@ -169,7 +162,7 @@ class Searcher:
         for read, (record_id, record) in enumerate(self.redis.hscan_iter(self.keys.retry_payloads, count=PAGE)):
             if read >= self.max_entries:
                 break
-            payload = _parse(str(_parse(record).get(F.PAYLOAD) or ""))
+            payload = payload_fields(str(payload_fields(record).get(F.PAYLOAD) or ""))
             if _matches(payload, query, kind):
                 hits.append(_hit("retries", to_text(record_id), payload))
         return hits
@@ -178,7 +171,7 @@ class Searcher:
         needle, hits = _needle(query), []
         for entry, fields in self._dlq_entries():
             raw = fields.get(F.PAYLOAD.encode(), b"")
-            if needle in raw and _matches(payload := _parse(raw), query, kind):
+            if needle in raw and _matches(payload := payload_fields(raw), query, kind):
                 hits.append(_hit("dlq", to_text(entry), payload))
         return hits
 

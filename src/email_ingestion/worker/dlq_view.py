@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from email_ingestion.common import entry_fields as F
+from email_ingestion.common.payload import payload_fields
 from email_ingestion.common.text import human_duration, iso_from_epoch_s, printable
 
 SEARCHED = ("id", "original_id", "message_id", "gmail_msgid", "idempotency_key", "error_type")
@@ -38,7 +39,7 @@ class Letter:
 
     @classmethod
     def of(cls, entry: dict[str, Any], stream: str, now_ms: int) -> Letter:
-        payload = _payload_fields(entry.get(F.PAYLOAD, ""))
+        payload = payload_fields(entry.get(F.PAYLOAD, ""))
         text = {k: "" if payload.get(k) is None else str(payload.get(k)) for k in
                 ("account", "mailbox", "uid", "message_id", "gmail_msgid", "idempotency_key")}
         return cls(id=entry["id"], stream=entry.get(F.SOURCE_STREAM) or stream,
@@ -67,14 +68,6 @@ class Letter:
         times = {k.removesuffix("_ms"): iso_from_epoch_s(int(v) / 1000) for k, v in self.metadata.items()
                  if k.endswith("_ms") and str(v).isdigit()}
         return {**self.metadata, **times, **fields, "age": human_duration(self.age_s)}
-
-
-def _payload_fields(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, TypeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 COLUMNS = (("id", "ID"), ("age", "AGE"), ("reason", "REASON"), ("account", "ACCOUNT"), ("mailbox", "MAILBOX"),
@@ -117,7 +110,7 @@ def details(entry: dict[str, Any], letter: Letter, with_payload: bool) -> list[s
     if entry.get("traceback"):
         lines += ["traceback:", *("  " + line for line in _field(entry["traceback"], keep_newlines=True).splitlines())]
     if with_payload:
-        content = json.dumps(_payload_fields(entry.get(F.PAYLOAD, "")), indent=2, ensure_ascii=False)
+        content = json.dumps(payload_fields(entry.get(F.PAYLOAD, "")), indent=2, ensure_ascii=False)
         lines += ["payload:", printable(content, keep_newlines=True)]
     else:
         lines.append(f"payload: {len(entry.get(F.PAYLOAD, ''))} bytes (--payload to print it)")
