@@ -19,6 +19,7 @@ from email_ingestion.common.keys import StreamKeys
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.sample_payloads import add_payloads
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import ROOT, producer_cmd
 from tests.support.waits import wait_until
 
@@ -243,6 +244,29 @@ def test_tail_follow_prints_new_entries_until_stopped(tmp_path, redis_server, re
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+    assert [line.split(" uid=")[1].split()[0] for line in out.read_text().splitlines()] == ["0", "1", "2"]
+
+
+def test_tail_follow_prints_entries_added_while_the_listing_was_printed(tmp_path, redis_server, redis_client):
+    """tail --follow goes on from the last entry it listed: entries added between the
+    listing and the follow (here, while a slow link holds tail's next command) are printed."""
+    add_payloads(redis_client, 1)
+    out = tmp_path / "tail.out"
+    proxy = TcpProxy(redis_server.port, delay_s=0.5).start()
+    try:
+        with open(out, "w") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "tail", "--follow", "--count", "1"],
+                                    env=clean_env(f"redis://127.0.0.1:{proxy.port}/0"), cwd=ROOT, stdout=handle,
+                                    stderr=subprocess.STDOUT)
+        try:
+            assert wait_until(lambda: "uid=0" in out.read_text(), timeout_s=60)
+            add_payloads(redis_client, 2, start=1)  # tail's next command is still on the slow link
+            assert wait_until(lambda: "uid=2" in out.read_text(), timeout_s=60), out.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        proxy.stop()
     assert [line.split(" uid=")[1].split()[0] for line in out.read_text().splitlines()] == ["0", "1", "2"]
 
 
