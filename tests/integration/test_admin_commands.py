@@ -411,8 +411,12 @@ def test_watch_into_a_pipe_redraws_without_escapes_and_ends_on_ctrl_c(redis_serv
     """`status --watch 0.2 | reader`: plain blocks (no screen-clearing escapes in a pipe), and
     SIGINT ends it with the last answer's status and no traceback; --watch 0 is refused."""
     env = clean_env(redis_server.url)
+    # Ctrl-C as at a terminal: a suite run as a background job (`make test &`, some CI
+    # runners) hands its children SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (the watch ran on until the 30 s wait ended).
     proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "status", "--watch", "0.2"], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stderr is not None
     seen = []
     while len([line for line in seen if line.startswith("status: ")]) < 2:
