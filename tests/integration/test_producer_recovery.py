@@ -282,3 +282,41 @@ def test_sigterm_while_a_read_hangs_still_exits_within_ten_seconds(mailbox, prod
     assert code == 0, err[-2000:]
     assert "no longer ours" not in err
     assert redis_client.xlen("email_ingestion_stream") == 1
+
+
+def test_a_build_that_never_ends_does_not_hold_the_shutdown(mailbox, producer_env, redis_client, tmp_path):
+    """The payload helper frozen (SIGSTOP) with batches still to build, then SIGTERM: once the
+    shutdown's wait runs out the batch in hand is dropped unwritten and the process exits 0
+    (it used to wait for the build forever: the interpreter's exit joins the build thread,
+    itself blocked sending the batch to a helper that reads nothing). The position equals
+    what was written, and a re-run delivers every message exactly once."""
+    total = 40
+    mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
+    env = {**producer_env, "BATCH_SIZE": "10"}
+    log_path = tmp_path / "producer.log"
+    with log_path.open("w") as log_file:  # a file, not a pipe: a frozen helper would hold a pipe open
+        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    helpers: list[int] = []
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
+        helpers = children_of(proc.pid)
+        assert helpers, "payloads are built in a helper process"
+        for pid in helpers:
+            os.kill(pid, signal.SIGSTOP)
+        assert redis_client.xlen("email_ingestion_stream") < total, "the freeze must land mid-sync"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        for pid in helpers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    err = log_path.read_text()
+    assert code == 0, err[-2000:]
+    assert "cut off" in err, err[-3000:]
+    written = redis_client.xlen("email_ingestion_stream")
+    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
+    assert int(state[b"last_uid"]) == written
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_exactly_once(redis_client, total)

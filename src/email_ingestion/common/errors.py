@@ -84,6 +84,11 @@ class ParseWorkerError(IngestionError):
     (One that ends over a message costs that message a degraded payload, producer/build_site.py.)"""
 
 
+class ShutdownCutOff(IngestionError):
+    """A shutdown's wait ran out while a batch was being built: the batch is dropped unwritten
+    (the position did not move; the next owner fetches it again)."""
+
+
 class StateError(IngestionError):
     """Root of Redis/state failures."""
 

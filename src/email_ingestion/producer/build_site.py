@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from email_ingestion.common.errors import ParseWorkerError
+from email_ingestion.common.errors import ParseWorkerError, ShutdownCutOff
 from email_ingestion.common.payload import ParseError
 from email_ingestion.imap.fetched import FetchedMessage
 from email_ingestion.producer.budget import OVERRUN_EXIT, process_cpu_s
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 Built = Callable[[], list[Emission]]
 Beat = Callable[[], object]
-POLL_S = 1.0  # how often a wait for the helper looks at whether it is still there
+POLL_S = 0.25  # how often a wait for the helper looks at whether it is still there, or cut off
 _BUILD_STAGES = ("parse", "payload", "json")
 START_ATTEMPTS = 3  # helpers that may end between messages in a row before the batch fails
 BACKSTOP_SLACK_S = 1.0  # CPU beyond a message's budgets before this side ends its helper
@@ -48,6 +48,8 @@ __all__ = ["HELPER_IDLE_EXIT_S", "BuildHelper", "BuildPool", "Builder", "HelperB
 
 class Builder(Protocol):
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built: ...
+
+    def cancel(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,24 +79,33 @@ class BuildHelper:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._started_before = False
         self._watched: tuple[int, int, float] | None = None  # (helper pid, UID in hand, its CPU s then)
+        self._cancelled: threading.Event | None = None  # of the batch in hand: a shutdown stops waiting
         self.restarts = 0  # helpers started after the first: overruns, deaths, idle exits
 
     def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
-              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+              pass_id: str, beat: Beat = lambda: None, cancelled: threading.Event | None = None) -> list[Emission]:
         """One Emission per message, in order, for the mailbox of `payloads`; `beat` is
-        called as each is done."""
+        called as each is done. Raises ShutdownCutOff once `cancelled` is set."""
         with self._lock:
-            out: list[Emission] = []
-            pending = list(messages)
-            while pending:
-                job = Job("build", payloads.account, payloads.mailbox, tuple(pending), uidvalidity, pass_id)
-                got, failure = self._run(job, beat)
-                out += got
-                del pending[:len(got)]
-                if failure is None:
-                    break
-                out.append(self._degraded(payloads, pending.pop(0), failure, uidvalidity, pass_id, beat))
-            return out
+            self._cancelled = cancelled
+            try:
+                return self._build(payloads, messages, uidvalidity, pass_id, beat)
+            finally:
+                self._cancelled = None
+
+    def _build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
+               pass_id: str, beat: Beat) -> list[Emission]:
+        out: list[Emission] = []
+        pending = list(messages)
+        while pending:
+            job = Job("build", payloads.account, payloads.mailbox, tuple(pending), uidvalidity, pass_id)
+            got, failure = self._run(job, beat)
+            out += got
+            del pending[:len(got)]
+            if failure is None:
+                break
+            out.append(self._degraded(payloads, pending.pop(0), failure, uidvalidity, pass_id, beat))
+        return out
 
     def _degraded(self, payloads: PayloadBuilder, message: FetchedMessage, failure: _Failure, uidvalidity: int,
                   pass_id: str, beat: Beat) -> Emission:
@@ -118,12 +129,15 @@ class BuildHelper:
         got: list[Emission] = []
         reasons = []
         for _ in range(START_ATTEMPTS):
+            self._stop_if_cut_off()
             conn = self._ensure()
             try:
                 conn.send(replace(job, messages=job.messages[len(got):]))
             except OSError:
-                pass  # gone already: its exit status says why, below
+                pass  # gone already (or ended by interrupt()): its exit status says why, below
             failure = self._receive(conn, got, beat)
+            if failure is not None:
+                self._stop_if_cut_off()  # ended by interrupt(): no message is to blame
             if len(got) == len(job.messages):
                 return got, None  # it ended after the last message: nothing lost
             # Only the next message can have been in hand; a UID read just after the one
@@ -138,6 +152,7 @@ class BuildHelper:
         while True:
             try:
                 if not conn.poll(POLL_S):
+                    self._stop_if_cut_off()
                     overrun = self._backstop()  # a long build: the helper's own watchdog bounds it...
                     if overrun is not None:
                         return overrun
@@ -174,6 +189,26 @@ class BuildHelper:
         return self._ended(uid, _Failure(uid, "parse", "BudgetExceeded",
                                          f"used more than {self.budget_s} s of CPU in a call its own "
                                          "watchdog could not interrupt"))
+
+    def interrupt(self, cancelled: threading.Event) -> None:
+        """From another thread, after `cancelled` was set: ends the helper if it is building
+        that batch. Killing it is what frees a build thread blocked in sending the batch to
+        a helper that reads nothing (stopped, or stuck in one long call)."""
+        process = self._process
+        if self._cancelled is cancelled and process is not None:
+            process.kill()
+
+    def _stop_if_cut_off(self) -> None:
+        """A shutdown stopped waiting for this batch: its helper is ended, not asked to finish
+        (an endless build must not hold the process; nothing of the batch is written), and
+        nothing is blamed on a message."""
+        if self._cancelled is None or not self._cancelled.is_set():
+            return
+        if self._process is not None:
+            self._process.kill()
+            self._ended(None)
+        self._watched = None
+        raise ShutdownCutOff("the shutdown's wait ran out while this batch was being built")
 
     def _ended(self, uid: int | None, reported: _Failure | None = None) -> _Failure:
         """Reaps the helper; the failure it reported, or one made from its exit status.
@@ -247,17 +282,23 @@ class BuildPool:
             self._free.put(helper)
 
     def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
-              pass_id: str, beat: Beat = lambda: None) -> list[Emission]:
+              pass_id: str, beat: Beat = lambda: None, cancelled: threading.Event | None = None) -> list[Emission]:
         while True:
             try:
                 helper = self._free.get(timeout=POLL_S)
                 break
             except queue.Empty:
+                if cancelled is not None and cancelled.is_set():
+                    raise ShutdownCutOff("the shutdown's wait ran out before this batch found a helper") from None
                 beat()  # the other mailboxes' batches are being built: this process is working
         try:
-            return helper.build(payloads, messages, uidvalidity, pass_id, beat)
+            return helper.build(payloads, messages, uidvalidity, pass_id, beat, cancelled)
         finally:
             self._free.put(helper)
+
+    def interrupt(self, cancelled: threading.Event) -> None:
+        for helper in self.helpers:
+            helper.interrupt(cancelled)
 
     def close(self) -> None:
         for helper in self.helpers:
@@ -275,11 +316,19 @@ class HelperBuilder:
         self.payloads = payloads
         self.beat = beat
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payload-build")
+        self._cancelled = threading.Event()
 
     def submit(self, downloaded: Downloaded, uidvalidity: int, pass_id: str) -> Built:
         future = self._pool.submit(self.pool.build, self.payloads, downloaded.messages, uidvalidity, pass_id,
-                                   self.beat)
+                                   self.beat, self._cancelled)
         return future.result
+
+    def cancel(self) -> None:
+        """The shutdown's wait ran out (runner.abort): the batch being built is dropped, so
+        that neither its waiter nor the interpreter's exit (which joins this pool's thread)
+        waits for a build that may take minutes or never end."""
+        self._cancelled.set()
+        self.pool.interrupt(self._cancelled)
 
     def close(self) -> None:
         # The helpers outlive the pass (each exits by itself when idle); batches submitted

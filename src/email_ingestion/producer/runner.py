@@ -27,6 +27,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_exponential_jitter,
 )
 
@@ -41,6 +42,7 @@ from email_ingestion.common.errors import (
     MailboxNotFoundError,
     ParseWorkerError,
     RedisUnavailableError,
+    ShutdownCutOff,
     TokenEndpointError,
 )
 from email_ingestion.common.settings import Settings
@@ -54,7 +56,7 @@ from email_ingestion.producer.sync import MailboxSync
 log = logging.getLogger(__name__)
 
 TRANSIENT = (ImapConnectionError, ImapProtocolError, RedisUnavailableError, TokenEndpointError, ParseWorkerError,
-             FolderGoneError)
+             FolderGoneError, ShutdownCutOff)
 ONCE_ATTEMPTS = 3
 
 
@@ -119,6 +121,7 @@ class ProducerRunner:
         """Stop and cut the IMAP connection: for a shutdown that cannot wait for a slow read.
         What was not written is fetched again by the next owner (the position did not move)."""
         self.stop()
+        self.sync.cut_off()
         with contextlib.suppress(Exception):
             # Only the socket: closing imaplib's buffered file would wait for the lock the
             # reading thread holds while blocked, and shutdown(2) wakes that read at once.
@@ -226,7 +229,9 @@ class ProducerRunner:
             log.debug("server announced a change")
 
     def _retrying(self, once: bool) -> Retrying:
-        stop = stop_after_attempt(ONCE_ATTEMPTS) if once else (lambda _state: self.should_stop())
+        # A stop ends the retries in --once mode too: a pass cut off by the shutdown is not run again.
+        once_stop = stop_after_attempt(ONCE_ATTEMPTS) | stop_when_event_set(self.stop_event)
+        stop = once_stop if once else (lambda _state: self.should_stop())
         return Retrying(
             retry=retry_if_exception_type(TRANSIENT),
             wait=_backoff,

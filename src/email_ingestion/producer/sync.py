@@ -100,6 +100,8 @@ class MailboxSync:
         self.clock_ms = clock_ms
         self.backpressured = False
         self.baseline_left = False  # the first run's baseline has more to record
+        self._builder: Builder | None = None  # of the emit step in progress
+        self._cut_off = False
 
     def run_pass(self, should_stop: ShouldStop) -> PassResult:
         with correlation() as pass_id:
@@ -134,6 +136,14 @@ class MailboxSync:
         if budget is not None:
             extra["gmail_download_budget"] = budget.state.snapshot()
         return extra
+
+    def cut_off(self) -> None:
+        """The shutdown's wait ran out (runner.abort): the batch being built is dropped
+        unwritten instead of waited for; the position stays where the last write left it."""
+        self._cut_off = True
+        builder = self._builder
+        if builder is not None:
+            builder.cancel()
 
     def _show_progress(self, progress: Progress) -> None:
         snapshot = progress.snapshot()
@@ -273,7 +283,10 @@ class MailboxSync:
         expected = min(span.status.exists, span.last_uid - span.first_uid + 1)
         progress = self.progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds,
                                             label=self.session.settings.mailbox, on_advance=self._show_progress)
-        builder = self._make_builder(-(-expected // self.settings.batch_size), beat=should_stop)  # liveness moves per message
+        batches_expected = -(-expected // self.settings.batch_size)
+        builder = self._builder = self._make_builder(batches_expected, beat=should_stop)  # liveness moves per message
+        if self._cut_off:  # cut off while this step was starting
+            builder.cancel()
         batches = batches if batches is not None else iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
@@ -311,7 +324,8 @@ class MailboxSync:
                     self.metrics.last_uid.set(fetched.batch.uids[-1])
                     progress.advance(len(fetched.batch.uids))
         finally:
-            builder.close()
+            builder.close()  # waits for a build in hand, unless the shutdown cuts it off
+            self._builder = None
 
     def _to_fetch(self, batch: Batch, stored: MailboxState | None) -> list[int]:
         """The UIDs of `batch` to download: after a UIDVALIDITY change, those whose
