@@ -153,7 +153,7 @@ def start_balanced(env: dict[str, str], tmp_path: Path, client: Any, folders: li
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("lease_ms", [LEASE_MS, None], ids=["lease-3s", "default-lease"])
 def test_a_killed_producers_mailboxes_move_to_the_survivor(producer_env, fleet_file, folders, dovecot,
-                                                             redis_client, tmp_path, lease_ms):
+                                                           redis_client, tmp_path, lease_ms):
     """SIGKILL one of two producers with mail arriving: the other takes all twenty mailboxes
     over (the time it took, in lease times, is printed) and every message is in the stream
     exactly once."""
