@@ -66,22 +66,24 @@ def test_touch_resets_idle_time_only_of_entries_still_ours(redis_client):
 
 
 def test_slow_batch_settles_as_it_goes_and_keeps_its_entries_from_the_sweep(env, redis_client):  # noqa: F811
-    """A batch of 10 handlers of 0.4 s outlives CLAIM_HARD_LIMIT_MS (2.5 s). Its worker
+    """A batch of 10 handlers of 0.8 s outlives CLAIM_HARD_LIMIT_MS (5.5 s). Its worker
     acknowledges what it has done along the way (a kill would repeat at most a renewal
-    interval's work), and a second worker starting its sweep at 3 s finds nothing to take:
-    no message is deferred into a second entry, none handled twice."""
+    interval's work), and a second worker starting its sweep at 6 s finds nothing to take:
+    no message is deferred into a second entry, none handled twice. (The timings were half
+    these, with a 1 s heartbeat and lease: a worker descheduled for 0.6 s on a loaded machine
+    could then time its own handler out or lose its heartbeat, for speed alone.)"""
     add_payloads(redis_client, 10)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
-    slow = {**env, "TEST_HANDLER_DELAY_S": "0.4", "LEASE_MS": "1000", "HANDLER_TIMEOUT_SECONDS": "1",
-            "CLAIM_HARD_LIMIT_MS": "2500"}
+    slow = {**env, "TEST_HANDLER_DELAY_S": "0.8", "LEASE_MS": "2000", "HANDLER_TIMEOUT_SECONDS": "3",
+            "HEARTBEAT_TTL_MS": "3000", "CLAIM_HARD_LIMIT_MS": "5500"}
     a = start_worker(slow, "a", "tests.support.handlers:record", "--batch-size", "10")
     b = None
     try:
         assert wait_until(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 10, 30)
         started = time.monotonic()
-        # Past the hard limit, and something acknowledged (on a busy machine 3 s alone was
+        # Past the hard limit, and something acknowledged (on a busy machine the time alone was
         # not always enough for the first settlement: the test then failed on in_hand == 10).
-        assert wait_until(lambda: time.monotonic() - started > 3
+        assert wait_until(lambda: time.monotonic() - started > 6
                           and redis_client.xpending(STREAM, GROUP)["pending"] < 10, 30)
         in_hand = redis_client.xpending(STREAM, GROUP)["pending"]
         b = start_worker({**slow, "TEST_HANDLER_DELAY_S": "0"}, "b", "tests.support.handlers:record")
