@@ -43,7 +43,7 @@ def wait_for(port: int, path: str, predicate, timeout_s: float = 30) -> tuple[in
 
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(20)
+    return proc.wait(60)
 
 
 def test_producer_endpoints(mailbox, producer_env, redis_client):
