@@ -68,7 +68,7 @@ class Producer:
     def following(self) -> int:
         """How many mailboxes this process follows now, by its /status (0 while it is not up)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=5) as answer:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=30) as answer:
                 body = json.load(answer)
         except OSError:
             return 0
