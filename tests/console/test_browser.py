@@ -52,15 +52,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
                  "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(120)
     yield driver
     driver.quit()
 
 
 @pytest.fixture
 def live_producer(producer_env: dict[str, str], redis_client: Any) -> Iterator[subprocess.Popen[str]]:
-    """A producer following the test's mailbox until the test ends (SIGTERM, exit 0)."""
-    proc = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_ID": "p-browser"},
+    """A producer following the test's mailbox until the test ends (SIGTERM, exit 0). IDLE
+    brings the test's mail; the poll interval is an hour so that no periodic pass runs while
+    the overview is read (its state would be "syncing", not "idle": with the default 30 s a
+    pass could fall on that read on a slow machine)."""
+    env = {**producer_env, "PRODUCER_ID": "p-browser", "POLL_INTERVAL_SECONDS": "3600"}
+    proc = subprocess.Popen(producer_cmd(), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     yield proc
     proc.terminate()
@@ -95,7 +99,7 @@ def console_url(redis_server: Any, tmp_path: Path) -> Iterator[str]:
 def find(driver: Any, by: str, value: str) -> Any:
     """The element once the page that holds it is there: a click that navigates may return
     before the new page is parsed, so every lookup waits (bounded) instead of racing it."""
-    assert wait_until(lambda: driver.find_elements(by, value), timeout_s=30), f"no {value} in {driver.current_url}"
+    assert wait_until(lambda: driver.find_elements(by, value), timeout_s=60), f"no {value} in {driver.current_url}"
     return driver.find_elements(by, value)[0]
 
 

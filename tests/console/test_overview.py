@@ -49,7 +49,8 @@ def test_overview_shows_owner_state_and_progress(mailbox, producer_env, redis_cl
     """With a producer running, the overview names it as the mailbox's owner, idle, 3/3 synced,
     and lists it among the live producers."""
     mailbox.append(*[sample_message(i) for i in range(3)])
-    proc = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_ID": "p-live"},
+    # An hourly poll: no periodic pass can turn the state to "syncing" between the wait and the read.
+    proc = subprocess.Popen(producer_cmd(), env={**producer_env, "PRODUCER_ID": "p-live", "POLL_INTERVAL_SECONDS": "3600"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         keys = MailboxKeys(STREAM, USER, mailbox.name)

@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
@@ -18,9 +17,17 @@ from email_ingestion.producer.state import StateStore
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_payloads import add_payloads
 from tests.conftest import ROOT
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
 STREAM, GROUP = "email_ingestion_stream", "email_processor_group"
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 @pytest.fixture
@@ -36,12 +43,8 @@ def server(tmp_path):
     conf.write_text(conf.read_text() + f"aclfile {tmp_path / 'users.acl'}\n")
     subprocess.run([str(tmp_path / "start.sh")], check=True)
     client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    # A loaded machine can take longer than the 5 s the fixed loop of 100 tries allowed.
+    assert wait_until(lambda: _answers(client), timeout_s=60, interval_s=0.05), "redis-server never answered"
     yield tmp_path, port, client
     try:
         client.shutdown(nosave=True)

@@ -50,14 +50,14 @@ def test_token_command_shows_the_refresh_tokens_age_and_warns_near_7_days(tmp_pa
 
 def status_of(port: int) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
     except OSError:
         return None
 
 
 def metrics_of(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         return response.read().decode()
 
 

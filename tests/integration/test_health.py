@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -43,7 +43,7 @@ def wait_for(port: int, path: str, predicate, timeout_s: float = 30) -> tuple[in
 
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(20)
+    return proc.wait(60)
 
 
 def test_producer_endpoints(mailbox, producer_env, redis_client):

@@ -12,12 +12,14 @@ import pytest
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import producer_cmd
+from tests.support.machine import scaled_budget_s
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.slow
 
 WINDOW_S = 3.0  # CPU is measured over this long after the drop
 MAX_CPU_S = 1.0  # a spinning loop burns about WINDOW_S; a reconnect and an IDLE, a fraction
+# (here: scaled by the machine's measured slowness, as a reconnect costs more CPU on a slower one)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -39,8 +41,8 @@ def test_connection_closed_during_idle_is_replaced_without_spinning(mailbox, pro
         before = cpu_seconds(proc.pid)
         assert proxy.close_existing() == 1
         time.sleep(WINDOW_S)  # the measurement window, not a wait for an outcome
-        used = cpu_seconds(proc.pid) - before
-        assert used < MAX_CPU_S, f"{used:.2f} s of CPU in {WINDOW_S} s after the drop"
+        used, allowed = cpu_seconds(proc.pid) - before, min(scaled_budget_s(MAX_CPU_S), WINDOW_S / 2)
+        assert used < allowed, f"{used:.2f} s of CPU in {WINDOW_S} s after the drop"
         assert wait_until(lambda: proxy.connections > connections and b"IDLE" in proxy.last_from_client, 30)
         mailbox.append(sample_message(2))
         assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") == 2, 30)

@@ -32,7 +32,7 @@ def write_file(tmp_path: Path, entries: list[dict[str, str]]) -> Path:
 
 def status(port: int) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as answer:
             body: dict[str, Any] = json.load(answer)
             return body
     except OSError:
@@ -41,7 +41,7 @@ def status(port: int) -> dict[str, Any]:
 
 def metric(port: int, name: str) -> float | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
             text = answer.read().decode()
     except OSError:
         return None

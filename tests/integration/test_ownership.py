@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -14,18 +13,30 @@ from email_ingestion.producer.instances import Instance
 from email_ingestion.producer.ownership import Ownership, fair_share
 from email_ingestion.producer.payloads import Emission
 from email_ingestion.producer.state import StateStore
+from tests.support.waits import wait_until
 
 STREAM = "email_ingestion_stream"
 KEYS = MailboxKeys(STREAM, "a@x.org", "INBOX")
-LEASE_MS = 400
+# Long enough that no pause of the test process (a loaded CI machine deschedules it for
+# seconds) lets a lease lapse between two calls: the tests that need a lease gone expire it
+# on purpose (expire_lease) or use SHORT_LEASE_MS, and wait for Redis to drop it.
+LEASE_MS = 60_000
+SHORT_LEASE_MS = 400
 
 
 def items(*uids: int) -> list[Emission]:
     return [Emission(f"fp{uid}", uid, f'{{"uid": {uid}}}') for uid in uids]
 
 
-def owner(redis_client, producer_id: str) -> Ownership:
-    return Ownership(redis_client, producer_id=producer_id, fleet="f", lease_ms=LEASE_MS)
+def owner(redis_client, producer_id: str, lease_ms: int = LEASE_MS) -> Ownership:
+    return Ownership(redis_client, producer_id=producer_id, fleet="f", lease_ms=lease_ms)
+
+
+def expire_lease(redis_client) -> None:
+    """The holder pauses past its lease: Redis lets the lease key expire, as it would after
+    LEASE_MS of silence (the wait is on the key, not on a guess at how long that takes)."""
+    redis_client.pexpire(KEYS.lease, 1)
+    assert wait_until(lambda: not redis_client.exists(KEYS.lease), timeout_s=30)
 
 
 @pytest.fixture(autouse=True)
@@ -40,17 +51,18 @@ def test_a_held_lease_is_refused_to_others_and_renewed_only_by_its_holder(redis_
     assert lease is not None and lease.startswith("p1:")
     assert p2.acquire(KEYS) is None
     assert p2.renew([(KEYS, "p2:999")]) == [False]
-    for _ in range(3):  # past the lease time in all, renewed in between
-        time.sleep(LEASE_MS / 2000)
-        assert p1.renew([(KEYS, lease)]) == [True]
+    redis_client.pexpire(KEYS.lease, 5_000)  # most of the lease time has gone by
+    assert p2.renew([(KEYS, "p2:999")]) == [False] and redis_client.pttl(KEYS.lease) <= 5_000
+    assert p1.renew([(KEYS, lease)]) == [True]
+    assert redis_client.pttl(KEYS.lease) > 5_000, "a renewal gives the holder a whole lease time again"
     assert p2.acquire(KEYS) is None
 
 
 def test_an_expired_lease_goes_to_the_next_producer_with_a_higher_token(redis_client):
     """Once p1's lease expires p2 takes it, with a larger fencing token; p1's renewal fails."""
     p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
-    first = p1.acquire(KEYS)
-    time.sleep(LEASE_MS * 1.5 / 1000)
+    first = owner(redis_client, "p1", SHORT_LEASE_MS).acquire(KEYS)
+    assert wait_until(lambda: not redis_client.exists(KEYS.lease), timeout_s=30)  # expires on its own
     second = p2.acquire(KEYS)
     assert first and second and int(second.rsplit(":", 1)[1]) > int(first.rsplit(":", 1)[1])
     assert p1.renew([(KEYS, first)]) == [False]
@@ -64,7 +76,7 @@ def test_a_write_with_a_stale_lease_is_refused_and_changes_nothing(redis_client)
     assert old is not None
     stale = StateStore(client=redis_client, keys=KEYS, fence=old)
     assert len(stale.emit(5, 2, items(1, 2))) == 2
-    time.sleep(LEASE_MS * 1.5 / 1000)  # p1 "paused" past its lease
+    expire_lease(redis_client)  # p1 "paused" past its lease
     new = p2.acquire(KEYS)
     assert new is not None
     with pytest.raises(LeaseLostError):
@@ -80,7 +92,7 @@ def test_a_write_with_a_stale_lease_is_refused_and_changes_nothing(redis_client)
 def test_an_expired_lease_nobody_took_still_fences(redis_client):
     """Expired and not yet taken: the old owner's write is refused too (it cannot know it is safe)."""
     lease = owner(redis_client, "p1").acquire(KEYS)
-    time.sleep(LEASE_MS * 1.5 / 1000)
+    expire_lease(redis_client)
     with pytest.raises(LeaseLostError):
         StateStore(client=redis_client, keys=KEYS, fence=lease or "").emit(5, 1, items(1))
     assert redis_client.xlen(STREAM) == 0
@@ -108,7 +120,7 @@ def test_release_gives_the_lease_back_only_if_still_ours(redis_client):
     """Release after a takeover must not delete the new owner's lease."""
     p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
     old = p1.acquire(KEYS)
-    time.sleep(LEASE_MS * 1.5 / 1000)
+    expire_lease(redis_client)
     new = p2.acquire(KEYS)
     p1.release(KEYS, old or "")
     assert p1.holder(KEYS) == new
@@ -121,14 +133,14 @@ def ids(live: list[str]) -> list[str]:
 
 
 def test_the_registry_lists_live_producers_and_drops_silent_ones(redis_client):
-    """Registrations last one lease time, on Redis's clock."""
+    """Registrations last one lease time, on Redis's clock: p1 falls silent after a last
+    announcement of SHORT_LEASE_MS and drops out; p2, announcing on, stays."""
     p1, p2 = owner(redis_client, "p1"), owner(redis_client, "p2")
     p1.register()
     assert ids(p2.register()) == ["p1", "p2"]
-    time.sleep(LEASE_MS * 0.6 / 1000)
-    p2.register()
-    time.sleep(LEASE_MS * 0.6 / 1000)
-    assert ids(p2.register()) == ["p2"]
+    p1.lease_ms = SHORT_LEASE_MS
+    p1.register()
+    assert wait_until(lambda: ids(p2.register()) == ["p2"], timeout_s=30)
     p2.unregister()
     assert ids(p1.register()) == ["p1"]
 

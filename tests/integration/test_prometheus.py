@@ -84,7 +84,7 @@ class Api:
     def get(self, path: str, **params: str) -> Any:
         url = f"{self.base}/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=30) as response:
                 return json.loads(response.read())["data"]
         except OSError:
             return None

@@ -209,13 +209,18 @@ def test_sigkill_the_master_while_mail_arrives(request, producer_env, tmp_path, 
         watch = Watch(topology.master.client())
         feeder = threading.Thread(target=feed, args=(mailbox.name, mailbox.server, total, 0.03))
         feeder.start()
-        threading.Thread(target=watch.run, daemon=True).start()
+        watcher = threading.Thread(target=watch.run, daemon=True)
+        watcher.start()
         assert wait_until(lambda: watch.length >= total // 3, 60), "no mail flowed"
         if lagging:
             topology.freeze_replication()
             time.sleep(1.0)
         watch.stop.set()
-        time.sleep(0.06)
+        watcher.join(30)
+        # The last sample is taken here, just before the kill, not left to the watcher: a
+        # descheduled watcher's last sample could be a second old, and what was written
+        # after it (and lost) would not count in "written in the last second".
+        watch.samples.append((time.monotonic(), int(topology.master.client().xlen(STREAM))))
         at_kill = watch.length
         topology.kill_master()
         killed_at = time.monotonic()

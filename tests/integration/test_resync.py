@@ -136,7 +136,7 @@ def test_resync_survives_a_connection_reset_after_its_first_batch(mailbox, produ
         assert wait_until(lambda: resync_position(redis_client, uidvalidity) >= highest, 90)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=60)
         proxy.stop()
     assert "reconnecting after backoff" in err
     assert proxy.connections >= 2

@@ -87,7 +87,7 @@ def test_a_letter_goes_back_to_the_stream_it_records(redis_server, redis_client)
 
 def metric_samples(port: int, name: str) -> dict[str, float]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
             text = response.read().decode()
     except OSError:
         return {}

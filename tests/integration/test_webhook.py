@@ -55,7 +55,9 @@ def server():
     httpd.server_close()
 
 
-def call(url: str, timeout_s: float = 2.0) -> None:
+def call(url: str, timeout_s: float = 60.0) -> None:
+    """One handler call. The default timeout is generous: a loopback answer can take seconds
+    on a loaded machine, and a tight one turned a 200 into a timeout (RetryLater)."""
     import logging
     payload = make_payload(1)
     ctx = HandlerContext(payload.idempotency_key, 2, "1-0", "w1", logging.getLogger("t"))

@@ -6,12 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from email_ingestion.common.keys import StreamKeys
 from email_ingestion.sandbox.sample_payloads import add_payloads, make_payload
 from tests.conftest import ROOT
 from tests.support.waits import finish, wait_until
@@ -43,13 +43,24 @@ def recorded(env: dict[str, str]) -> Counter[str]:
     return counts
 
 
+def orphaned(client, consumer: str) -> bool:
+    """`consumer`'s heartbeat (TTL 1 s) is gone and its entries are idle past CLAIM_MIN_IDLE_MS
+    (500 ms): a rescuer may take them now (waited for instead of slept for)."""
+    if client.exists(StreamKeys(STREAM, GROUP).heartbeat(consumer)):
+        return False
+    mine = [p for p in client.xpending_range(STREAM, GROUP, "-", "+", 1000) if p["consumer"] == consumer.encode()]
+    return all(p["time_since_delivered"] >= 500 for p in mine)
+
 
 def test_four_workers_ten_thousand_messages_each_exactly_once(env, redis_client):
     """Four workers share 10,000 messages and handle each exactly once, leaving nothing pending."""
     total = 10_000
     for start in range(0, total, 2000):
         add_payloads(redis_client, 2000, start=start)
-    workers = [start_worker(env, f"w{i}", "tests.support.handlers:record", "--burst", "--batch-size", "100")
+    # Nobody dies here: a 1 s heartbeat would lapse whenever a worker is descheduled for about
+    # 0.7 s (four workers on a loaded 2-core machine), and another would take its batch over.
+    live = {**env, "HEARTBEAT_TTL_MS": "15000", "LEASE_MS": "30000"}
+    workers = [start_worker(live, f"w{i}", "tests.support.handlers:record", "--burst", "--batch-size", "100")
                for i in range(4)]
     results = [finish(w, 180) for w in workers]
     assert all(code == 0 for code, _ in results), [err[-1000:] for _, err in results]
@@ -72,7 +83,7 @@ def test_sigkilled_worker_loses_nothing(env, redis_client):
     pending_on_victim = [p for p in redis_client.xpending_range(STREAM, GROUP, "-", "+", 100)
                          if p["consumer"] == b"victim"]
     assert pending_on_victim, "the kill must leave messages pending for the test to mean anything"
-    time.sleep(1.2)  # the victim's heartbeat (TTL 1 s) expires
+    assert wait_until(lambda: orphaned(redis_client, "victim"), 60)
     rescuer = start_worker(env, "rescuer", "tests.support.handlers:record", "--burst")
     code, err = finish(rescuer, 60)
     assert code == 0, err[-2000:]
@@ -93,13 +104,14 @@ def test_sigstopped_worker_past_claim_time_causes_no_double_effect(env, redis_cl
     assert wait_until(lambda: any(markers.iterdir()), 30)
     a.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(1.5)  # past A's heartbeat TTL (1 s) and the claim idle time (0.5 s)
+        assert wait_until(lambda: orphaned(redis_client, "a"), 60)
         b = start_worker({**slow, "TEST_HANDLER_DELAY_S": "0"}, "b", "tests.support.handlers:slow_jsonl()", "--burst")
         code, err = finish(b, 60)
         assert code == 0, err[-2000:]
     finally:
         a.send_signal(signal.SIGCONT)
-    time.sleep(3)  # A wakes up and finishes its (now stale) handler call
+    # SIGTERM drains the batch in hand: A finishes its (now stale) handler call before it
+    # exits, so no sleep is needed for that call to have happened by the check below.
     a.send_signal(signal.SIGTERM)
     finish(a, 30)
     lines = jsonl.read_text().splitlines()

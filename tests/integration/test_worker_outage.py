@@ -99,7 +99,7 @@ def start_worker(env: dict[str, str], handler: str, log_path: Path) -> subproces
 
 def get(env: dict[str, str], path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}{path}", timeout=30) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()

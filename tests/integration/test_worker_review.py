@@ -70,22 +70,24 @@ def test_touch_resets_idle_time_only_of_entries_still_ours(redis_client):
 
 
 def test_slow_batch_settles_as_it_goes_and_keeps_its_entries_from_the_sweep(env, redis_client):  # noqa: F811
-    """A batch of 10 handlers of 0.4 s outlives CLAIM_HARD_LIMIT_MS (2.5 s). Its worker
+    """A batch of 10 handlers of 0.8 s outlives CLAIM_HARD_LIMIT_MS (5.5 s). Its worker
     acknowledges what it has done along the way (a kill would repeat at most a renewal
-    interval's work), and a second worker starting its sweep at 3 s finds nothing to take:
-    no message is deferred into a second entry, none handled twice."""
+    interval's work), and a second worker starting its sweep at 6 s finds nothing to take:
+    no message is deferred into a second entry, none handled twice. (The timings were half
+    these, with a 1 s heartbeat and lease: a worker descheduled for 0.6 s on a loaded machine
+    could then time its own handler out or lose its heartbeat, for speed alone.)"""
     add_payloads(redis_client, 10)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
-    slow = {**env, "TEST_HANDLER_DELAY_S": "0.4", "LEASE_MS": "1000", "HANDLER_TIMEOUT_SECONDS": "1",
-            "CLAIM_HARD_LIMIT_MS": "2500"}
+    slow = {**env, "TEST_HANDLER_DELAY_S": "0.8", "LEASE_MS": "2000", "HANDLER_TIMEOUT_SECONDS": "3",
+            "HEARTBEAT_TTL_MS": "3000", "CLAIM_HARD_LIMIT_MS": "5500"}
     a = start_worker(slow, "a", "tests.support.handlers:record", "--batch-size", "10")
     b = None
     try:
         assert wait_until(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 10, 30)
         started = time.monotonic()
-        # Past the hard limit, and something acknowledged (on a busy machine 3 s alone was
+        # Past the hard limit, and something acknowledged (on a busy machine the time alone was
         # not always enough for the first settlement: the test then failed on in_hand == 10).
-        assert wait_until(lambda: time.monotonic() - started > 3
+        assert wait_until(lambda: time.monotonic() - started > 6
                           and redis_client.xpending(STREAM, GROUP)["pending"] < 10, 30)
         in_hand = redis_client.xpending(STREAM, GROUP)["pending"]
         b = start_worker({**slow, "TEST_HANDLER_DELAY_S": "0"}, "b", "tests.support.handlers:record")
@@ -103,14 +105,17 @@ def test_slow_batch_settles_as_it_goes_and_keeps_its_entries_from_the_sweep(env,
 
 def test_long_recovery_round_keeps_the_heartbeat(env, redis_client):  # noqa: F811
     """A rescuer taking over 1,500 orphans one at a time (a round of up to 1,000, seconds
-    long) renews its heartbeat as it goes: a 1 s heartbeat never lapses, so nobody takes the
+    long) renews its heartbeat as it goes: a 3 s heartbeat never lapses, so nobody takes the
     rescuer for dead."""
     add_payloads(redis_client, 1500)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
     redis_client.xreadgroup(GROUP, "dead", {STREAM: ">"}, count=1500)
     time.sleep(0.6)  # idle past CLAIM_MIN_IDLE_MS (500 ms)
-    rescuer = start_worker(env, "rescuer", "noop", "--burst", stderr=subprocess.DEVNULL)  # 1,500 log lines
-    missing, seen = 0, False
+    # 3 s, not the fixture's 1 s: a renewal every second, so only a stall of two seconds (not a
+    # loaded machine descheduling the rescuer for 0.7 s) can make it lapse; the round is longer.
+    rescuer = start_worker({**env, "HEARTBEAT_TTL_MS": "3000"}, "rescuer", "noop", "--burst",
+                           stderr=subprocess.DEVNULL)  # 1,500 log lines
+    missing, seen, started = 0, False, time.monotonic()
     stop = threading.Event()
     try:
         while rescuer.poll() is None and not stop.wait(0.02):
@@ -120,6 +125,7 @@ def test_long_recovery_round_keeps_the_heartbeat(env, redis_client):  # noqa: F8
             missing += seen and not alive and redis_client.xpending(STREAM, GROUP)["pending"] > 0
     finally:
         code, _ = finish(rescuer, 120)
+        print(f"\nrecovery of 1,500 orphans took {time.monotonic() - started:.1f} s")
     assert code == 0
     assert seen and missing == 0
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0

@@ -17,8 +17,9 @@ from email_ingestion.common.payload import EmailPayload
 from email_ingestion.imap.fetched import fetched_message
 from email_ingestion.mail.decode import decode_addresses
 from email_ingestion.producer.build_site import BuildHelper
-from email_ingestion.producer.payloads import PayloadBuilder
+from email_ingestion.producer.payloads import MESSAGE_BUDGET_S, PayloadBuilder
 from email_ingestion.sandbox.hostile_mail import NON_TEXT_CODECS, hostile_messages, nested_multipart
+from tests.support.machine import scaled_budget_s
 
 # Messages the linear parser must handle without falling back: a degraded payload for one
 # of these means a parser step is superlinear again (or raises).
@@ -27,8 +28,11 @@ NEEDS_FALLBACK = {"nested-1000"}
 
 @pytest.fixture(scope="module")
 def helper() -> Iterator[BuildHelper]:
-    """One real helper process with the default budget, as the producer builds in."""
-    made = BuildHelper(log_level="WARNING", log_format="text", secrets=[])
+    """One real helper process with the default budget, as the producer builds in; scaled by
+    this machine's measured slowness (the heaviest linear example costs a third of the budget
+    here, and a CI runner can be twice as slow)."""
+    made = BuildHelper(log_level="WARNING", log_format="text", secrets=[],
+                       budget_s=scaled_budget_s(MESSAGE_BUDGET_S))
     yield made
     made.close()
 

@@ -160,6 +160,9 @@ class BuildHelper:
                 reply = conn.recv()
             except (EOFError, OSError):
                 return self._ended(self._current.value)
+            # A reply ends the message in hand: the next one's CPU counts from its own start,
+            # even under the same UID (mailboxes share helpers; a retried batch).
+            self._watched = None
             if reply[0] == "emission":
                 got.append(reply[1])
                 beat()
