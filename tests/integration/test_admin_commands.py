@@ -19,6 +19,7 @@ from email_ingestion.common.keys import StreamKeys
 from email_ingestion.sandbox.dovecot import free_port
 from email_ingestion.sandbox.sample_mail import sample_message
 from email_ingestion.sandbox.sample_payloads import add_payloads
+from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from tests.conftest import ROOT, producer_cmd
 from tests.support.waits import wait_until
 
@@ -246,6 +247,29 @@ def test_tail_follow_prints_new_entries_until_stopped(tmp_path, redis_server, re
     assert [line.split(" uid=")[1].split()[0] for line in out.read_text().splitlines()] == ["0", "1", "2"]
 
 
+def test_tail_follow_prints_entries_added_while_the_listing_was_printed(tmp_path, redis_server, redis_client):
+    """tail --follow goes on from the last entry it listed: entries added between the
+    listing and the follow (here, while a slow link holds tail's next command) are printed."""
+    add_payloads(redis_client, 1)
+    out = tmp_path / "tail.out"
+    proxy = TcpProxy(redis_server.port, delay_s=0.5).start()
+    try:
+        with open(out, "w") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "tail", "--follow", "--count", "1"],
+                                    env=clean_env(f"redis://127.0.0.1:{proxy.port}/0"), cwd=ROOT, stdout=handle,
+                                    stderr=subprocess.STDOUT)
+        try:
+            assert wait_until(lambda: "uid=0" in out.read_text(), timeout_s=60)
+            add_payloads(redis_client, 2, start=1)  # tail's next command is still on the slow link
+            assert wait_until(lambda: "uid=2" in out.read_text(), timeout_s=60), out.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        proxy.stop()
+    assert [line.split(" uid=")[1].split()[0] for line in out.read_text().splitlines()] == ["0", "1", "2"]
+
+
 def test_prune_deletes_only_dead_idle_empty_consumers(redis_server, redis_client):
     """Dead with nothing pending: deleted. Dead holding entries, or alive: kept, entries still pending."""
     add_payloads(redis_client, 2)
@@ -387,8 +411,12 @@ def test_watch_into_a_pipe_redraws_without_escapes_and_ends_on_ctrl_c(redis_serv
     """`status --watch 0.2 | reader`: plain blocks (no screen-clearing escapes in a pipe), and
     SIGINT ends it with the last answer's status and no traceback; --watch 0 is refused."""
     env = clean_env(redis_server.url)
+    # Ctrl-C as at a terminal: a suite run as a background job (`make test &`, some CI
+    # runners) hands its children SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (the watch ran on until the 30 s wait ended).
     proc = subprocess.Popen([sys.executable, "-m", "email_ingestion", "status", "--watch", "0.2"], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stderr is not None
     seen = []
     while len([line for line in seen if line.startswith("status: ")]) < 2:

@@ -139,11 +139,17 @@ def test_initial_sync_new_baseline_survives_a_recreation_without_internaldate(ma
 
 def test_initial_sync_since_baseline_survives_a_recreation_without_internaldate(mailbox, producer_env,
                                                                                  redis_client):
-    """INITIAL_SYNC=since:2024-01-01: mail of 1965 and 2023 is skipped, 2099 mail emitted;
-    copies dated now (INTERNALDATE not kept) bring none of it back, a new message once."""
-    for index, when in ((0, BEFORE_1970), (1, dt.datetime(2023, 6, 1, tzinfo=dt.UTC)), (2, FAR_FUTURE)):
+    """INITIAL_SYNC=since:2024-01-01: mail of 2019 and 2023 is skipped, 2099 mail emitted;
+    copies dated now (INTERNALDATE not kept) bring none of it back, a new message once.
+
+    Not a date before 1970 here: Dovecot caches received dates as unsigned 32-bit numbers, so
+    its SEARCH SINCE answers 1965 for such a message until the date is cached and 2101 after
+    (seen flipping between runs); `since:` follows what the server answers (docs/producer.md)."""
+    for index, when in ((0, dt.datetime(2019, 3, 1, tzinfo=dt.UTC)), (1, dt.datetime(2023, 6, 1, tzinfo=dt.UTC)),
+                        (2, FAR_FUTURE)):
         mailbox.append(sample_message(index), msg_time=when)
     once(producer_env, INITIAL_SYNC="since:2024-01-01")
+    assert [p["message_id"] for p in stream_payloads(redis_client)] == [mid(2)]
     mailbox.recreate()
     mailbox.append(*[sample_message(i) for i in (0, 1, 2, 700)])
     once(producer_env, INITIAL_SYNC="since:2024-01-01")

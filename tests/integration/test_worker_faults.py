@@ -26,6 +26,7 @@ from email_ingestion.sandbox.tcp_proxy import TcpProxy
 from email_ingestion.worker.cli import build_worker
 from email_ingestion.worker.delivery import Delivery
 from email_ingestion.worker.idempotency import Idempotency, lease_value
+from email_ingestion.worker.lease_keeper import LeaseKeeper
 from email_ingestion.worker.recovery import Recovery
 from tests.conftest import ROOT
 from tests.support.waits import finish, wait_until
@@ -179,6 +180,27 @@ def test_hung_handler_times_out_frees_its_batch_and_ends_in_the_dlq(env, redis_c
     assert letter[b"error_type"] == b"HandlerTimeoutError"
     assert recorded(env) == Counter({key(0): 1, key(2): 1, key(3): 1})
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_no_heartbeat_after_stop_beating_though_the_lease_keeper_renews(redis_client):
+    """Item 4's race: the hung batch's lease keeper keeps renewing while the timeout path
+    deletes the heartbeat; a renewal that comes after the DEL must not bring it back (it
+    did, a TTL of false life that the hung-handler test caught under load)."""
+    idem = Idempotency(redis_client, keys=KEYS, lease_ms=60_000, ttl_s=60)
+    recovery = Recovery(redis_client, keys=KEYS, consumer="w", claim_min_idle_ms=500, hard_limit_ms=3_600_000,
+                        heartbeat_ttl_ms=60_000)
+    item = ("k1", lease_value("w", "1-1"))
+    idem.acquire([item])
+    keeper = LeaseKeeper(idem, items=[item], entry_ids=["1-1"], heartbeat=recovery.beat, touch=recovery.touch,
+                         interval_s=0.001, confirmed_at=0.0, fresh_s=1.0)
+    with keeper:
+        assert wait_until(lambda: redis_client.exists(KEYS.heartbeat("w")), 30)
+        recovery.stop_beating()
+        renewed_since = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        # Several more renewals after the DEL, each followed by its heartbeat call.
+        assert wait_until(lambda: redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] >= renewed_since + 5,
+                          30)
+    assert not redis_client.exists(KEYS.heartbeat("w"))
 
 
 # --- stalls and stolen work ------------------------------------------------------------------

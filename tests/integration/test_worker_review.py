@@ -29,6 +29,9 @@ from tests.support.waits import finish, wait_until
 pytestmark = pytest.mark.slow
 
 
+HOUR_MS = 3_600_000
+
+
 def _rescuer(client, *, hard_limit_ms: int = 3_600_000, claim_min_idle_ms: int = 60_000) -> Recovery:
     return Recovery(client, keys=KEYS, consumer="rescuer", claim_min_idle_ms=claim_min_idle_ms,
                     hard_limit_ms=hard_limit_ms, heartbeat_ttl_ms=1000)
@@ -42,9 +45,10 @@ def test_hard_limit_sweep_finds_stuck_entries_behind_fresh_ones(redis_client):
     redis_client.xgroup_create(STREAM, GROUP, id="0")
     ids = [entry_id for entry_id, _ in redis_client.xreadgroup(GROUP, "busy", {STREAM: ">"})[0][1]]
     redis_client.set(KEYS.heartbeat("busy"), "1", px=60_000)
-    time.sleep(0.5)
-    redis_client.xclaim(STREAM, GROUP, "busy", 0, ids[:40], justid=True)  # fresh again
-    claimed = _rescuer(redis_client, hard_limit_ms=300).reclaim(limit=1).deliveries
+    # Ages set on the server (XCLAIM IDLE), not slept: with a 300 ms limit, a test paused
+    # that long on a loaded machine saw its fresh entries age past the limit too.
+    redis_client.xclaim(STREAM, GROUP, "busy", 0, ids[40:], idle=HOUR_MS, justid=True)  # stuck
+    claimed = _rescuer(redis_client, hard_limit_ms=HOUR_MS // 2).reclaim(limit=1).deliveries
     assert [d.entry_id.encode() for d in claimed][0] in ids[40:]
 
 
@@ -54,13 +58,14 @@ def test_touch_resets_idle_time_only_of_entries_still_ours(redis_client):
     add_payloads(redis_client, 5)
     redis_client.xgroup_create(STREAM, GROUP, id="0")
     ids = [entry_id.decode() for entry_id, _ in redis_client.xreadgroup(GROUP, "w", {STREAM: ">"})[0][1]]
-    time.sleep(0.3)
-    redis_client.xclaim(STREAM, GROUP, "other", 0, [ids[0]])
+    redis_client.xclaim(STREAM, GROUP, "w", 0, ids, idle=HOUR_MS, justid=True)  # an hour old (server-set)
+    redis_client.xclaim(STREAM, GROUP, "other", 0, [ids[0]], idle=HOUR_MS)
     mine = Recovery(redis_client, keys=KEYS, consumer="w", claim_min_idle_ms=0, hard_limit_ms=1, heartbeat_ttl_ms=1)
     assert mine.touch(ids) == 4
     pending = {p["message_id"].decode(): p for p in redis_client.xpending_range(STREAM, GROUP, "-", "+", 10)}
-    assert pending[ids[0]]["consumer"] == b"other"
-    assert all(pending[i]["consumer"] == b"w" and pending[i]["time_since_delivered"] < 200 for i in ids[1:])
+    assert pending[ids[0]]["consumer"] == b"other" and pending[ids[0]]["time_since_delivered"] >= HOUR_MS
+    # Young again: well under the hour, however long this test was paused on a busy machine.
+    assert all(pending[i]["consumer"] == b"w" and pending[i]["time_since_delivered"] < HOUR_MS // 2 for i in ids[1:])
     assert all(pending[i]["times_delivered"] == 1 for i in ids[1:])
 
 

@@ -133,7 +133,11 @@ def test_worker_streams_variable_with_endpoints_and_sigterm(env, redis_client, t
     log = tmp_path / "worker.log"
     worker = start_worker({**env, "WORKER_STREAMS": f"{A},{B}", "WORKER_METRICS_PORT": str(port)}, "w", log)
     try:
-        code, body = wait_for(port, "/status", lambda a: a[0] == 200 and json.loads(a[1])["counters"]["processed"] == 50)
+        code, body = wait_for(port, "/status", lambda a: a[0] == 200 and json.loads(a[1])["counters"]["processed"] == 50,
+                              timeout_s=60)
+        # Checked here: a wait that ran out (a start-up slowed by a loaded machine) would
+        # otherwise show up below as a misleading "pending 30 != 0".
+        assert code == 200 and json.loads(body)["counters"]["processed"] == 50, body
         status = json.loads(body)
         assert status["streams"] == [A, B] and set(status["per_stream"]) == {A, B}
         assert status["per_stream"][B]["counters"]["processed"] == 20

@@ -18,7 +18,7 @@ import pytest
 
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.imap.fetched import FetchedMessage, fetched_message
-from email_ingestion.producer.budget import thread_cpu_s
+from email_ingestion.producer.budget import process_cpu_s, thread_cpu_s
 from email_ingestion.producer.build_site import BuildHelper
 from email_ingestion.producer.payloads import PayloadBuilder
 from tests.support.waits import wait_until
@@ -91,18 +91,28 @@ def test_overrun_yields_the_degraded_payload_and_spares_the_rest(make_helper, mo
 def test_waiting_for_a_cpu_does_not_count(make_helper):
     """A helper stopped in the middle of a message (SIGSTOP: a process waiting for a CPU on a
     loaded host) for longer than the whole budget still delivers it normally: the budget
-    counts CPU time (about 2.6 s of 5 here), not wall time (over 6 s)."""
-    helper = make_helper(5.0)
-    build(helper, [ok(1)])  # the helper is up
+    counts CPU time, not wall time. The budget is set from what the message costs on this
+    machine now (measured first), so a slower machine cannot turn it into an overrun."""
+    calibrating = make_helper(600.0)
+    build(calibrating, [ok(1)])  # the helper is up: its start-up CPU is not counted below
+    pid = calibrating.pid
+    assert pid is not None
+    before_s = process_cpu_s(pid)
+    assert build(calibrating, [heavy(40_000)])[0].parse_error is None
+    after_s = process_cpu_s(pid)
+    assert before_s is not None and after_s is not None
+    budget_s = 3 * (after_s - before_s) + 1.0
+    helper = make_helper(budget_s)
+    build(helper, [ok(1)])
     pid = helper.pid
     assert pid is not None
     result: list[EmailPayload] = []
-    worker = threading.Thread(target=lambda: result.extend(build(helper, [heavy(80_000)])))
+    worker = threading.Thread(target=lambda: result.extend(build(helper, [heavy(40_000)])))
     worker.start()
     assert wait_until(lambda: helper._current.value == 1, timeout_s=60, interval_s=0.001)  # noqa: SLF001
     os.kill(pid, signal.SIGSTOP)
     try:
-        time.sleep(6.0)  # wall time passes beyond the budget; the stopped helper's CPU clock does not move
+        time.sleep(budget_s + 1.0)  # wall time passes beyond the budget; the stopped helper's CPU clock does not move
     finally:
         os.kill(pid, signal.SIGCONT)
     worker.join(timeout=120)

@@ -48,6 +48,18 @@ def newest(client: redis.Redis, stream: str, count: int) -> list[tuple[Any, dict
     return list(reversed(entries))
 
 
+def follow_from(client: redis.Redis, stream: str, printed: list[tuple[Any, dict[bytes, bytes]]], count: int) -> str:
+    """Where --follow starts: right after the last entry printed, from the same read. A
+    second look at the stream's top would skip what was added between the two reads (under
+    load, the entries a producer added while the listing was being printed)."""
+    if printed:
+        return to_text(printed[-1][0])
+    if count > 0:
+        return "0-0"  # the stream was empty when listed: everything added since is new
+    top: Any = client.xrevrange(stream, count=1)  # --count 0: only what comes after now
+    return to_text(top[0][0]) if top else "0-0"
+
+
 def follow(client: redis.Redis, stream: str, last_id: str, show_content: bool, stop: list[bool]) -> None:
     while not stop:
         replies: Any = client.xread({stream: last_id}, block=FOLLOW_BLOCK_MS) or []
@@ -75,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         for entry_id, fields in entries:
             print(summary(entry_id, fields, args.show_content), flush=True)
         if args.follow:
-            top = where.client.xrevrange(where.stream, count=1)
-            follow(where.client, where.stream, to_text(top[0][0]) if top else "0-0", args.show_content, stop)
+            follow(where.client, where.stream, follow_from(where.client, where.stream, entries, args.count),
+                   args.show_content, stop)
     except KeyboardInterrupt:
         return EXIT_HEALTHY
     except redis.RedisError as exc:

@@ -27,6 +27,7 @@ batch-mates with it, and their delivery counters would climb to the DLQ together
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,12 @@ class Recovery:
         # None (in-process tests, tools): the loop's own renewals are the only ones.
         self.heartbeat = None if heartbeat_client is None else HeartbeatThread(
             heartbeat_client, key=keys.heartbeat(consumer), ttl_ms=heartbeat_ttl_ms, record=self.record)
+        # Once stop_beating() has deleted the key, no thread of ours may set it again: the
+        # lease keeper of a hung call's batch still runs while the timeout path exits, and its
+        # renewal landing after the DEL made the dead worker look alive for a TTL. A beat in
+        # flight holds the lock, so the DEL waits for it.
+        self._beat_lock = threading.Lock()
+        self._stopped = False
 
     def touch(self, entry_ids: list[str]) -> int:
         """Reset the PEL idle time of those of `entry_ids` still pending on this consumer."""
@@ -87,10 +94,17 @@ class Recovery:
         return int(self._touch(keys=[self.stream], args=[self.group, self.consumer, *entry_ids]))
 
     def beat(self, pipe: Any = None) -> None:
-        (pipe or self.redis).set(self.keys.heartbeat(self.consumer), self.record(), px=self.heartbeat_ttl_ms)
+        """Renew the heartbeat now, or queue it in `pipe`; nothing after stop_beating(). (A
+        pipeline is executed by the thread that queued it: the loop, or a settlement, which
+        the timeout path runs itself before it stops beating.)"""
+        with self._beat_lock:
+            if not self._stopped:
+                (pipe or self.redis).set(self.keys.heartbeat(self.consumer), self.record(), px=self.heartbeat_ttl_ms)
 
     def keep_beating(self) -> None:
         """Start renewing the heartbeat on its own thread (heartbeat.py)."""
+        with self._beat_lock:
+            self._stopped = False
         if self.heartbeat is not None:
             self.heartbeat.start()
 
@@ -100,9 +114,12 @@ class Recovery:
             self.heartbeat.stop()
 
     def stop_beating(self) -> None:
-        """Stop renewing, then delete the key: from now on this consumer looks dead."""
+        """Stop renewing, then delete the key: from now on this consumer looks dead (until
+        keep_beating(): a loop run again in the same process)."""
         self.pause_beating()
-        self.redis.delete(self.keys.heartbeat(self.consumer))
+        with self._beat_lock:
+            self._stopped = True
+            self.redis.delete(self.keys.heartbeat(self.consumer))
 
     def reclaim(self, own_idle_ms: int | None = None, limit: int | None = None) -> Reclaimed:
         """Claim up to `limit` messages left pending: this consumer's own idle past
