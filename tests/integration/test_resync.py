@@ -93,6 +93,7 @@ def test_fingerprints_of_older_versions_are_still_recognised(mailbox, make_setti
     assert [p["message_id"] for p in stream_payloads(redis_client)[3:]] == ["<msg-0-3@example.org>"]
 
 
+@pytest.mark.slow
 def test_resync_killed_midway_resumes_as_a_resync(mailbox, producer_env, redis_client, dovecot):
     """SIGKILL while a re-sync (of a copy that kept INTERNALDATE) is half done; the next run
     goes on checking fingerprints up to the stored target: 0 old messages again, each new one once."""

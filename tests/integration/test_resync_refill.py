@@ -53,6 +53,7 @@ def test_refill_in_steps_after_the_resync_began_repeats_nothing(mailbox, produce
     assert lost_and_repeated(redis_client, {*range(20), 100, 101, 102}) == ([], [])
 
 
+@pytest.mark.slow
 def test_folder_first_seen_empty_then_refilled_one_by_one_repeats_nothing(mailbox, producer_env, redis_client):
     """The producer sees the re-created folder empty; the mail then comes back in a batch
     and one message at a time (as IDLE brings it, checked by the emit script alone)."""
