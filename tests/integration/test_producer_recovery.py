@@ -327,3 +327,42 @@ def test_a_build_that_never_ends_does_not_hold_the_shutdown(mailbox, producer_en
     done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_exactly_once(redis_client, total)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_frozen_build_does_not_hold_a_once_run_at_a_signal(mailbox, producer_env, redis_client, tmp_path, sig):
+    """--once with the payload helper frozen (SIGSTOP) mid-sync, then SIGTERM/SIGINT: the shutdown's
+    wait runs out and cuts the build off as in the daemon (it used to wait for the pass forever),
+    exit 0, the position equals what was written, and a re-run delivers every message exactly once."""
+    total = 40
+    mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
+    env = {**producer_env, "BATCH_SIZE": "10"}
+    log_path = tmp_path / "producer.log"
+    with log_path.open("w") as log_file:  # a file, not a pipe: a frozen helper would hold a pipe open
+        proc = subprocess.Popen(producer_cmd("--once"), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    helpers: list[int] = []
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
+        helpers = children_of(proc.pid)
+        assert helpers, "payloads are built in a helper process"
+        for pid in helpers:
+            os.kill(pid, signal.SIGSTOP)
+        assert redis_client.xlen("email_ingestion_stream") < total, "the freeze must land mid-sync"
+        proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the --once run did not exit within 60 s of the signal") from None
+    finally:
+        proc.kill()
+        for pid in helpers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    err = log_path.read_text()
+    assert code == 0, err[-2000:]
+    written = redis_client.xlen("email_ingestion_stream")
+    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
+    assert int(state[b"last_uid"]) == written
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_exactly_once(redis_client, total)

@@ -317,7 +317,7 @@ class ProducerFleet:
             log.warning("could not give the leases back; they expire by themselves", extra={"error": str(exc)})
 
     def _wait_for(self, tasks: list[MailboxTask], deadline: float | None) -> None:
-        """Until `tasks`' runners have ended (or `deadline`), renewing their leases: a first
+        """Until `tasks`' runners have ended (or `deadline`; with none, a stop), renewing their leases: a first
         sync or the last batch of a shutdown can outlast the lease."""
         renew_at = time.monotonic() + self.ownership.renew_interval_s
         while (running := [t for t in tasks if t.runner.running]) and (deadline is None or time.monotonic() < deadline):
@@ -325,6 +325,8 @@ class ProducerFleet:
             if self.stop_event.is_set():
                 for task in running:
                     task.runner.stop()
+                if deadline is None:
+                    return  # a signal during --once: _shutdown's wait bounds it (a build may never end)
             running[0].runner.join(0.2)
             if time.monotonic() >= renew_at:
                 renew_at += self.ownership.renew_interval_s
