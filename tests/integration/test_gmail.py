@@ -380,3 +380,46 @@ def test_trashing_is_a_label_event_when_trash_is_followed(gmail, follow, redis_c
     [change] = messages_by_msgid(redis_client, "labels_changed")[str(msgid)]
     assert change["labels_added"] == ["\\Trash"] and change["labels_removed"] == ["\\Inbox"]
     assert len(messages_by_msgid(redis_client)[str(msgid)]) == 1
+
+
+def test_a_frozen_build_of_mail_left_to_inbox_is_cut_off_at_shutdown(gmail, follow, redis_client):
+    """All Mail emitting a message INBOX left to it (its deferred retry) with the payload helper
+    frozen (SIGSTOP): runner.abort() cuts that build off like any other (it waited for it forever),
+    nothing is written for it, and a later pass emits it once."""
+    import signal
+
+    from email_ingestion.common.logging import Redactor
+    from email_ingestion.producer.cli import build_pool, build_runner
+    from email_ingestion.producer.mailboxes import load_mailboxes
+    msgid = gmail.store.add(message(1), ["\\Inbox"])
+    gmail.store.add(message(2), [])
+    [all_mail] = load_mailboxes(follow(gmail, "\\All"))
+    pool = build_pool(all_mail.settings, size=1)
+
+    def runner() -> Any:  # All Mail alone, told that INBOX is followed (by a producer that is down)
+        return build_runner(all_mail.settings, threading.Event(), Redactor(all_mail.settings.secrets()),
+                            inbox_followed=True, builds=pool)
+
+    runner().run(once=True)  # message 2 built (the helper stays for the next pass); message 1 left to INBOX
+    assert len(stream_payloads(redis_client)) == 1
+    gmail.store.relabel(msgid, remove=["\\Inbox"])
+    helper = pool.helpers[0]
+    assert helper.pid is not None
+    os.kill(helper.pid, signal.SIGSTOP)
+    try:
+        frozen = runner()
+        thread = threading.Thread(target=frozen.run, kwargs={"once": True}, daemon=True)
+        thread.start()
+        assert wait_until(helper._lock.locked, 60), "the deferred message's build is in hand"
+        frozen.abort()
+        thread.join(60)
+        assert not thread.is_alive(), "the deferred build held the shutdown"
+    finally:
+        if helper.pid is not None:
+            os.kill(helper.pid, signal.SIGKILL)
+    assert len(stream_payloads(redis_client)) == 1
+    runner().run(once=True)
+    pool.close()
+    [payload] = messages_by_msgid(redis_client)[str(msgid)]
+    assert not payload["parse_error"]
+    assert len(stream_payloads(redis_client)) == 2

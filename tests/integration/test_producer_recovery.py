@@ -366,3 +366,50 @@ def test_a_frozen_build_does_not_hold_a_once_run_at_a_signal(mailbox, producer_e
     done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_exactly_once(redis_client, total)
+
+
+@pytest.mark.timeout(600)
+def test_one_frozen_helper_of_a_shared_pool_costs_no_mailbox_a_message(dovecot, mailbox, producer_env,
+                                                                       redis_client, tmp_path):
+    """Three mailboxes of a MAILBOXES_FILE share the helper pool; one helper frozen (SIGSTOP)
+    mid-sync, then SIGTERM: exit 0, nothing degraded, and a re-run leaves every message of
+    every mailbox in the stream exactly once."""
+    from tests.conftest import USER, Mailbox, imap_admin
+    per_box = 20
+    boxes = [mailbox]
+    admin = imap_admin(dovecot)
+    for k in range(2):
+        name = f"{mailbox.name}-{k}"
+        admin.create_folder(name)
+        boxes.append(Mailbox(dovecot, name))
+    admin.logout()
+    for b, box in enumerate(boxes):
+        box.append(*[many_parts(b * 1000 + i, 16_000) for i in range(per_box)])
+    path = tmp_path / "mailboxes.toml"
+    path.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = "{box.name}"\n' for box in boxes),
+                    encoding="utf-8")
+    env = {**producer_env, "BATCH_SIZE": "5", "MAILBOXES_FILE": str(path)}
+    log_path = tmp_path / "producer.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    helpers: list[int] = []
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 180)
+        assert wait_until(lambda: len(children_of(proc.pid)) >= 2, 60), "two helpers build for three mailboxes"
+        helpers = children_of(proc.pid)[:1]
+        os.kill(helpers[0], signal.SIGSTOP)
+        assert redis_client.xlen("email_ingestion_stream") < 3 * per_box, "the freeze must land mid-sync"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        for pid in helpers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    err = log_path.read_text()
+    assert code == 0, err[-2000:]
+    assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]], "degraded at the cut-off"
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]]
+    assert_exactly_once(redis_client, 3 * per_box)

@@ -145,6 +145,14 @@ class MailboxSync:
         if builder is not None:
             builder.cancel()
 
+    def _cuttable_builder(self, batches: int, *, beat: Callable[[], object]) -> Builder:
+        """Every builder of a pass is one cut_off() reaches (a build that never ends must
+        not hold the shutdown, whichever step asked for it)."""
+        builder = self._builder = self._make_builder(batches, beat=beat)
+        if self._cut_off:  # cut off while this step was starting
+            builder.cancel()
+        return builder
+
     def _show_progress(self, progress: Progress) -> None:
         snapshot = progress.snapshot()
         self.metrics.sync_done.set(progress.done)
@@ -184,11 +192,12 @@ class MailboxSync:
         if not retry.uids:
             return 0
         downloaded = self.gmail.complete(self.fetcher.download(retry.uids, retry.large))
-        builder = self._make_builder(1)
+        builder = self._cuttable_builder(1, beat=lambda: None)
         try:
             items = builder.submit(downloaded, status.uidvalidity, pass_id)()
         finally:
             builder.close()
+            self._builder = None
         added = self.store.emit(status.uidvalidity, stored.last_uid, items, since_ms=stored.since_ms)
         self.gmail.claims.forget(retry.msgids)
         self.metrics.produced.inc(len(added))
@@ -284,9 +293,7 @@ class MailboxSync:
         progress = self.progress = Progress(total=expected, interval_s=self.settings.progress_interval_seconds,
                                             label=self.session.settings.mailbox, on_advance=self._show_progress)
         batches_expected = -(-expected // self.settings.batch_size)
-        builder = self._builder = self._make_builder(batches_expected, beat=should_stop)  # liveness moves per message
-        if self._cut_off:  # cut off while this step was starting
-            builder.cancel()
+        builder = self._cuttable_builder(batches_expected, beat=should_stop)  # liveness moves per message
         batches = batches if batches is not None else iter(self._windows(span.first_uid, span.last_uid))
         uidvalidity = span.status.uidvalidity
         since_ms = span.stored.since_ms if span.stored else 0
