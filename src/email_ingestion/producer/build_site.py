@@ -80,6 +80,7 @@ class BuildHelper:
         self._started_before = False
         self._watched: tuple[int, int, float] | None = None  # (helper pid, UID in hand, its CPU s then)
         self._cancelled: threading.Event | None = None  # of the batch in hand: a shutdown stops waiting
+        self._cut_lock = threading.Lock()  # interrupt() kills only while that batch is still in hand
         self.restarts = 0  # helpers started after the first: overruns, deaths, idle exits
 
     def build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
@@ -87,11 +88,13 @@ class BuildHelper:
         """One Emission per message, in order, for the mailbox of `payloads`; `beat` is
         called as each is done. Raises ShutdownCutOff once `cancelled` is set."""
         with self._lock:
-            self._cancelled = cancelled
+            with self._cut_lock:
+                self._cancelled = cancelled
             try:
                 return self._build(payloads, messages, uidvalidity, pass_id, beat)
             finally:
-                self._cancelled = None
+                with self._cut_lock:
+                    self._cancelled = None
 
     def _build(self, payloads: PayloadBuilder, messages: Sequence[FetchedMessage], uidvalidity: int,
                pass_id: str, beat: Beat) -> list[Emission]:
@@ -197,9 +200,12 @@ class BuildHelper:
         """From another thread, after `cancelled` was set: ends the helper if it is building
         that batch. Killing it is what frees a build thread blocked in sending the batch to
         a helper that reads nothing (stopped, or stuck in one long call)."""
-        process = self._process
-        if self._cancelled is cancelled and process is not None:
-            process.kill()
+        # Checked and killed under one lock: a batch that ended in between (its helper then
+        # taken by another mailbox's batch) must not lose that batch's message in hand.
+        with self._cut_lock:
+            process = self._process
+            if self._cancelled is cancelled and process is not None:
+                process.kill()
 
     def _stop_if_cut_off(self) -> None:
         """A shutdown stopped waiting for this batch: its helper is ended, not asked to finish
