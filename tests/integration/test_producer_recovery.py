@@ -413,3 +413,38 @@ def test_one_frozen_helper_of_a_shared_pool_costs_no_mailbox_a_message(dovecot, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]]
     assert_exactly_once(redis_client, 3 * per_box)
+
+
+@pytest.mark.timeout(600)
+def test_a_write_held_by_redis_at_the_cut_off_is_written_once_or_not_at_all(mailbox, producer_env, redis_client,
+                                                                            tmp_path):
+    """Redis holds writes (CLIENT PAUSE WRITE) while batches are being written, then SIGTERM: the
+    shutdown cuts off what it cannot wait for; after the pause the position equals what was
+    written, and a re-run leaves every message exactly once with none degraded."""
+    total = 40
+    mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
+    env = {**producer_env, "BATCH_SIZE": "10"}
+    log_path = tmp_path / "producer.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
+        redis_client.execute_command("CLIENT", "PAUSE", "12000", "WRITE")
+        assert redis_client.xlen("email_ingestion_stream") < total, "the pause must land mid-sync"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("no exit within 60 s of SIGTERM") from None
+    finally:
+        proc.kill()
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+    err = log_path.read_text()
+    assert code == 0, err[-2000:]
+    written = redis_client.xlen("email_ingestion_stream")
+    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
+    assert int(state[b"last_uid"]) == written
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]]
+    assert_exactly_once(redis_client, total)
