@@ -32,7 +32,7 @@ class LateKill:
 
     def kill(self) -> None:
         if self._by.is_set():
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 10
             while not self._ready() and time.monotonic() < deadline:
                 time.sleep(0.001)
         self._process.kill()
