@@ -5,6 +5,7 @@ always yields the degraded payload, and every other message of the batch is buil
 from __future__ import annotations
 
 import gc
+import math
 import multiprocessing
 import os
 import re
@@ -18,8 +19,9 @@ import pytest
 
 from email_ingestion.common.payload import EmailPayload
 from email_ingestion.imap.fetched import FetchedMessage, fetched_message
+from email_ingestion.producer import build_site
 from email_ingestion.producer.budget import process_cpu_s, thread_cpu_s
-from email_ingestion.producer.build_site import BuildHelper
+from email_ingestion.producer.build_site import BACKSTOP_SLACK_S, BuildHelper
 from email_ingestion.producer.payloads import PayloadBuilder
 from tests.support.waits import wait_until
 
@@ -210,3 +212,37 @@ def test_a_message_holding_the_gil_is_ended_from_outside(make_helper):
     first, ended, last = (EmailPayload.from_json(e.payload) for e in emissions)
     assert first.parse_error is None and last.parse_error is None and last.subject == "m3"
     assert ended.uid == 2 and ended.parse_error is not None and ended.parse_error.type == "BudgetExceeded"
+
+
+def attachments(parts: int) -> bytes:
+    """Legitimate mail whose build costs CPU in proportion to `parts`."""
+    body = b"".join(b"--b\r\nContent-Type: application/octet-stream; name=f%d\r\n\r\nx\r\n" % i for i in range(parts))
+    return b"From: a@b.c\r\nSubject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + body + b"--b--\r\n"
+
+
+def cpu_of_one_build(raw: bytes) -> float:
+    """The reference: CPU seconds one build of `raw` takes in this process, on this machine, now."""
+    message = fetched_message(1, {b"BODY[]": raw, b"RFC822.SIZE": len(raw)})
+    started = time.process_time()
+    PayloadBuilder(account="a@x", mailbox="INBOX").build([message], 7, "ref")
+    return max(time.process_time() - started, 0.01)
+
+
+def test_messages_sharing_a_uid_do_not_add_up_to_an_overrun(make_helper, monkeypatch):
+    """The parent's backstop counts one message's CPU from that message's start: many cheap
+    messages, all uid 1 (as two mailboxes sharing a helper pool send), one per build call on one
+    helper, each well within its budget, together use more CPU than the backstop allows one
+    message, and none of them may be ended for it (the backstop once kept the first one's CPU
+    reading as the baseline). Sizes are calibrated against a build measured in this run."""
+    monkeypatch.setattr(build_site, "POLL_S", 0.005)  # the backstop looks during every message
+    raw = attachments(4000)
+    one_s = cpu_of_one_build(raw)
+    budget_s = 5 * one_s  # room for one build to vary; far below what all of them use together
+    rounds = math.ceil(1.5 * (2 * budget_s + BACKSTOP_SLACK_S) / one_s) + 1
+    helper, payloads = make_helper(budget_s), PayloadBuilder(account="a@x", mailbox="INBOX")
+    message = fetched_message(1, {b"BODY[]": raw, b"RFC822.SIZE": len(raw)})
+    errors = []
+    for _ in range(rounds):
+        (emission,) = helper.build(payloads, [message], 7, "p")
+        errors.append(EmailPayload.from_json(emission.payload).parse_error)
+    assert errors == [None] * rounds and helper.restarts == 0, (one_s, budget_s, rounds, errors)
