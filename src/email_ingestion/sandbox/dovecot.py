@@ -17,8 +17,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +77,8 @@ class DovecotServer:
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        self.root = _home_for(Path(self.root))
+        weakref.finalize(self, shutil.rmtree, self.root, True)  # at exit (the server stopped by then) or when dropped
         self.port = self.port or free_port()
         self.ssl_port = self.ssl_port or free_port()
 
@@ -207,6 +210,24 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
             os.chown(entry.path, uid, gid)
+
+
+def _home_for(link: Path) -> Path:
+    """The folder Dovecot runs from. Its unprivileged processes (auth as `dovecot`, mail as
+    `nobody`) must search every folder above it, and a per-user temporary folder does not stay
+    searchable: pytest makes /tmp/pytest-of-<user> private (0700) again at every session start,
+    which cut a Dovecot of a suite running beside it off its own files ("Temporary
+    authentication failure"). So the server lives in a folder of its own directly in the system
+    temporary folder, and `link` (the folder the caller chose) points to it."""
+    home = Path(tempfile.mkdtemp(prefix="email-ingestion-dovecot-"))
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()  # an earlier server's
+    elif link.is_dir() and not any(link.iterdir()):
+        link.rmdir()  # made empty by the caller (tmp_path_factory.mktemp)
+    if not link.exists():
+        link.symlink_to(home, target_is_directory=True)
+    return home
 
 
 def _make_traversable(path: Path) -> None:
