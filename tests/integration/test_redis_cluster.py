@@ -403,7 +403,9 @@ def test_operator_commands_on_the_cluster(cluster, cluster_client, tmp_path):
     dlq_c, dlq_d = dlq_stream(STREAM_C, "email_ingestion_dlq"), dlq_stream(STREAM_D, "email_ingestion_dlq")
     letter = cluster_client.xadd(dlq_c, {"payload": json.dumps({"uid": 1, "message_id": "<c1@x>"}),
                                          "reason": "permanent", "original_id": "7-0", "stream": STREAM_C}).decode()
-    cluster_client.xadd(dlq_d, {"payload": "{}", "reason": "max_retries", "stream": STREAM_D})
+    # An id of its own: ids are per stream, and two letters written in the same millisecond to two
+    # DLQs get the same one, which `replay <id>` then rightly refuses as ambiguous (seen once).
+    cluster_client.xadd(dlq_d, {"payload": "{}", "reason": "max_retries", "stream": STREAM_D}, id="1-1")
     cluster_client.xadd(STREAM_D, {"payload": "{}"})
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKER_"))},
            "REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "WORKER_STREAMS": f"{STREAM_C},{STREAM_D}"}
