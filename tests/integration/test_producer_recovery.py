@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -291,6 +293,58 @@ def test_sigterm_while_a_read_hangs_still_exits(mailbox, producer_env, dovecot, 
     assert redis_client.xlen("email_ingestion_stream") == 1
 
 
+class ShutdownRun:
+    """A producer whose log goes to a file (a frozen helper would hold a pipe open, and a
+    pipe nobody reads would stall the producer), that a test freezes parts of and signals."""
+
+    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
+        self.proc, self.log_path, self.frozen = proc, log_path, list[int]()
+
+    def freeze(self, pids: list[int]) -> None:
+        for pid in pids:
+            self.frozen.append(pid)  # before the signal: the clean-up must find every one
+            os.kill(pid, signal.SIGSTOP)
+
+    def exit_code_after(self, sig: int, timeout_s: float = 60) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within {timeout_s} s of {signal.Signals(sig).name}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextlib.contextmanager
+def shutdown_run(env: dict[str, str], log_path: Path, *args: str) -> Iterator[ShutdownRun]:
+    """Starts the producer; on leaving, whatever happened, kills it and every helper frozen."""
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(producer_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    run = ShutdownRun(proc, log_path)
+    try:
+        yield run
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in run.frozen:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def assert_position_is_what_was_written(client) -> None:
+    written = client.xlen("email_ingestion_stream")
+    state = client.hgetall(next(iter(client.scan_iter("*:state"))))
+    assert int(state[b"last_uid"]) == written
+
+
+def assert_a_rerun_completes_exactly_once(client, env: dict[str, str], total: int, timeout_s: float = 300) -> None:
+    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p["uid"] for p in stream_payloads(client) if p["parse_error"]], "degraded at the cut-off"
+    assert_exactly_once(client, total)
+
+
 def test_a_build_that_never_ends_does_not_hold_the_shutdown(mailbox, producer_env, redis_client, tmp_path):
     """The payload helper frozen (SIGSTOP) with batches still to build, then SIGTERM: once the
     shutdown's wait runs out the batch in hand is dropped unwritten and the process exits 0
@@ -300,33 +354,18 @@ def test_a_build_that_never_ends_does_not_hold_the_shutdown(mailbox, producer_en
     total = 40
     mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
     env = {**producer_env, "BATCH_SIZE": "10"}
-    log_path = tmp_path / "producer.log"
-    with log_path.open("w") as log_file:  # a file, not a pipe: a frozen helper would hold a pipe open
-        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    helpers: list[int] = []
-    try:
+    with shutdown_run(env, tmp_path / "producer.log") as run:
         assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
-        helpers = children_of(proc.pid)
+        helpers = children_of(run.proc.pid)
         assert helpers, "payloads are built in a helper process"
-        for pid in helpers:
-            os.kill(pid, signal.SIGSTOP)
+        run.freeze(helpers)
         assert redis_client.xlen("email_ingestion_stream") < total, "the freeze must land mid-sync"
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-    finally:
-        proc.kill()
-        for pid in helpers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    err = log_path.read_text()
+        code = run.exit_code_after(signal.SIGTERM)
+    err = run.log()
     assert code == 0, err[-2000:]
     assert "cut off" in err, err[-3000:]
-    written = redis_client.xlen("email_ingestion_stream")
-    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
-    assert int(state[b"last_uid"]) == written
-    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert_exactly_once(redis_client, total)
+    assert_position_is_what_was_written(redis_client)
+    assert_a_rerun_completes_exactly_once(redis_client, env, total)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -337,35 +376,16 @@ def test_a_frozen_build_does_not_hold_a_once_run_at_a_signal(mailbox, producer_e
     total = 40
     mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
     env = {**producer_env, "BATCH_SIZE": "10"}
-    log_path = tmp_path / "producer.log"
-    with log_path.open("w") as log_file:  # a file, not a pipe: a frozen helper would hold a pipe open
-        proc = subprocess.Popen(producer_cmd("--once"), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    helpers: list[int] = []
-    try:
+    with shutdown_run(env, tmp_path / "producer.log", "--once") as run:
         assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
-        helpers = children_of(proc.pid)
+        helpers = children_of(run.proc.pid)
         assert helpers, "payloads are built in a helper process"
-        for pid in helpers:
-            os.kill(pid, signal.SIGSTOP)
+        run.freeze(helpers)
         assert redis_client.xlen("email_ingestion_stream") < total, "the freeze must land mid-sync"
-        proc.send_signal(sig)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the --once run did not exit within 60 s of the signal") from None
-    finally:
-        proc.kill()
-        for pid in helpers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    err = log_path.read_text()
-    assert code == 0, err[-2000:]
-    written = redis_client.xlen("email_ingestion_stream")
-    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
-    assert int(state[b"last_uid"]) == written
-    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert_exactly_once(redis_client, total)
+        code = run.exit_code_after(sig)
+    assert code == 0, run.log()[-2000:]
+    assert_position_is_what_was_written(redis_client)
+    assert_a_rerun_completes_exactly_once(redis_client, env, total)
 
 
 @pytest.mark.timeout(600)
@@ -389,30 +409,15 @@ def test_one_frozen_helper_of_a_shared_pool_costs_no_mailbox_a_message(dovecot, 
     path.write_text("".join(f'[[mailbox]]\nuser = "{USER}"\nmailbox = "{box.name}"\n' for box in boxes),
                     encoding="utf-8")
     env = {**producer_env, "BATCH_SIZE": "5", "MAILBOXES_FILE": str(path)}
-    log_path = tmp_path / "producer.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    helpers: list[int] = []
-    try:
+    with shutdown_run(env, tmp_path / "producer.log") as run:
         assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 180)
-        assert wait_until(lambda: len(children_of(proc.pid)) >= 2, 60), "two helpers build for three mailboxes"
-        helpers = children_of(proc.pid)[:1]
-        os.kill(helpers[0], signal.SIGSTOP)
+        assert wait_until(lambda: len(children_of(run.proc.pid)) >= 2, 60), "two helpers build for three mailboxes"
+        run.freeze(children_of(run.proc.pid)[:1])
         assert redis_client.xlen("email_ingestion_stream") < 3 * per_box, "the freeze must land mid-sync"
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-    finally:
-        proc.kill()
-        for pid in helpers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    err = log_path.read_text()
-    assert code == 0, err[-2000:]
+        code = run.exit_code_after(signal.SIGTERM)
+    assert code == 0, run.log()[-2000:]
     assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]], "degraded at the cut-off"
-    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]]
-    assert_exactly_once(redis_client, 3 * per_box)
+    assert_a_rerun_completes_exactly_once(redis_client, env, 3 * per_box, timeout_s=400)
 
 
 @pytest.mark.timeout(600)
@@ -424,27 +429,14 @@ def test_a_write_held_by_redis_at_the_cut_off_is_written_once_or_not_at_all(mail
     total = 40
     mailbox.append(*[many_parts(i, 16_000) for i in range(total)])
     env = {**producer_env, "BATCH_SIZE": "10"}
-    log_path = tmp_path / "producer.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(producer_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
-        assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
-        redis_client.execute_command("CLIENT", "PAUSE", "12000", "WRITE")
-        assert redis_client.xlen("email_ingestion_stream") < total, "the pause must land mid-sync"
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("no exit within 60 s of SIGTERM") from None
+        with shutdown_run(env, tmp_path / "producer.log") as run:
+            assert wait_until(lambda: redis_client.xlen("email_ingestion_stream") >= 10, 120)
+            redis_client.execute_command("CLIENT", "PAUSE", "12000", "WRITE")
+            assert redis_client.xlen("email_ingestion_stream") < total, "the pause must land mid-sync"
+            code = run.exit_code_after(signal.SIGTERM)
     finally:
-        proc.kill()
         redis_client.execute_command("CLIENT", "UNPAUSE")
-    err = log_path.read_text()
-    assert code == 0, err[-2000:]
-    written = redis_client.xlen("email_ingestion_stream")
-    state = redis_client.hgetall(next(iter(redis_client.scan_iter("*:state"))))
-    assert int(state[b"last_uid"]) == written
-    done = subprocess.run(producer_cmd("--once"), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert not [p["uid"] for p in stream_payloads(redis_client) if p["parse_error"]]
-    assert_exactly_once(redis_client, total)
+    assert code == 0, run.log()[-2000:]
+    assert_position_is_what_was_written(redis_client)
+    assert_a_rerun_completes_exactly_once(redis_client, env, total)

@@ -16,6 +16,7 @@ import redis
 from email_ingestion.admin import flow
 from email_ingestion.admin.common import Target, id_ms, server_ms
 from email_ingestion.common.keys import PREFIX, hash_tag
+from email_ingestion.common.stream_pages import StreamPages
 from email_ingestion.common.text import to_text
 from email_ingestion.monitoring.heartbeats import glob_escape, live_workers, unescape
 
@@ -128,16 +129,10 @@ def retries(target: Target, now_ms: int) -> dict[str, Any]:
 
 
 def dead_letters(target: Target) -> dict[str, Any]:
-    client, reasons, end, read = target.client, Counter[str](), "+", 0
-    while read < DLQ_MAX_READ:
-        page: Any = client.xrevrange(target.dlq, max=end, count=DLQ_PAGE)
-        reasons.update(to_text(fields.get(b"reason", b"?")) for _, fields in page)
-        read += len(page)
-        if len(page) < DLQ_PAGE:
-            break
-        end = "(" + to_text(page[-1][0])
-    size = int(client.xlen(target.dlq))
-    return {"name": target.dlq, "size": size, "by_reason": dict(reasons), "counted": read}
+    newest = StreamPages(target.client, target.dlq, page_size=DLQ_PAGE, newest_first=True, max_entries=DLQ_MAX_READ)
+    reasons = Counter(to_text(fields.get(b"reason", b"?")) for _, fields in newest)
+    size = int(target.client.xlen(target.dlq))
+    return {"name": target.dlq, "size": size, "by_reason": dict(reasons), "counted": newest.read}
 
 
 def snapshot(target: Target, max_unacked: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import redis
 
 from email_ingestion.common import entry_fields as F
 from email_ingestion.common.payload import payload_fields
+from email_ingestion.common.stream_pages import StreamPages
 from email_ingestion.common.text import to_text
 from email_ingestion.worker.dlq_admin import DlqAdmin
 
@@ -74,15 +75,8 @@ class Plan:
 
 
 def _pages(client: redis.Redis, dlq: str, upto: str = "+") -> Iterator[tuple[str, dict[str, str]]]:
-    start, read = "-", 0
-    while read < MAX_READ:
-        page: Any = client.xrange(dlq, min=start, max=upto, count=PAGE)
-        for entry_id, raw in page:
-            yield to_text(entry_id), {to_text(k): to_text(v) for k, v in raw.items()}
-        read += len(page)
-        if len(page) < PAGE:
-            return
-        start = "(" + to_text(page[-1][0])
+    for entry_id, raw in StreamPages(client, dlq, page_size=PAGE, last=upto, max_entries=MAX_READ):
+        yield to_text(entry_id), {to_text(k): to_text(v) for k, v in raw.items()}
 
 
 def letter_of(entry_id: str, fields: dict[str, str]) -> Letter:

@@ -19,6 +19,7 @@ import redis
 from email_ingestion.common import entry_fields as F
 from email_ingestion.common.keys import StreamKeys
 from email_ingestion.common.payload import payload_fields
+from email_ingestion.common.stream_pages import StreamPages
 from email_ingestion.common.text import to_text
 from email_ingestion.console.dead_letters import is_entry_id
 
@@ -142,18 +143,14 @@ class Searcher:
         return hits
 
     def _scan_stream(self, query: str, kind: Kind) -> tuple[list[Hit], int, bool]:
-        needle, hits, read, start = _needle(query), [], 0, "+"
-        while read < self.max_entries:
-            page: Any = self.redis.xrevrange(self.keys.stream, max=start, count=min(PAGE, self.max_entries - read))
-            for entry, fields in page:
-                raw = fields.get(F.PAYLOAD.encode(), b"")
-                if needle in raw and _matches(payload := payload_fields(raw), query, kind):
-                    hits.append(_hit("stream", to_text(entry), payload))
-            read += len(page)
-            if len(page) < PAGE:
-                return hits, read, False
-            start = "(" + to_text(page[-1][0])
-        return hits, read, True
+        needle, hits = _needle(query), []
+        newest = StreamPages(self.redis, self.keys.stream, page_size=PAGE, newest_first=True,
+                             max_entries=self.max_entries)
+        for entry, fields in newest:
+            raw = fields.get(F.PAYLOAD.encode(), b"")
+            if needle in raw and _matches(payload := payload_fields(raw), query, kind):
+                hits.append(_hit("stream", to_text(entry), payload))
+        return hits, newest.read, newest.truncated
 
     def _scan_retries(self, query: str, kind: Kind) -> list[Hit]:
         # Every record is parsed: the payload is JSON inside JSON there, so the byte check
@@ -176,11 +173,4 @@ class Searcher:
         return hits
 
     def _dlq_entries(self) -> Iterator[tuple[Any, dict[bytes, bytes]]]:
-        start, read = "-", 0
-        while read < self.max_entries:
-            page: Any = self.redis.xrange(self.keys.dlq, min=start, count=PAGE)
-            yield from page
-            read += len(page)
-            if len(page) < PAGE:
-                return
-            start = "(" + to_text(page[-1][0])
+        return iter(StreamPages(self.redis, self.keys.dlq, page_size=PAGE, max_entries=self.max_entries))

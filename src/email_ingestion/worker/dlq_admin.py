@@ -42,6 +42,7 @@ from email_ingestion.common.errors import AuthError, RedisUnavailableError, Sett
 from email_ingestion.common.keys import dlq_stream, hash_tag
 from email_ingestion.common.redis_client import make_redis, redis_errors
 from email_ingestion.common.settings import load_settings
+from email_ingestion.common.stream_pages import StreamPages
 from email_ingestion.common.text import human_duration, iso_from_epoch_s, printable, to_text
 from email_ingestion.worker.dlq_view import Letter, details, table
 
@@ -93,13 +94,7 @@ class DlqAdmin:
     def pages(self) -> Iterator[dict[str, Any]]:
         """Every letter, oldest first, read a page at a time: a DLQ of large payloads is never
         held in memory (nor sent) all at once."""
-        start = "-"
-        while True:
-            page: Any = self.redis.xrange(self.dlq, min=start, count=PAGE)
-            yield from (_entry(entry_id, fields) for entry_id, fields in page)
-            if len(page) < PAGE:
-                return
-            start = "(" + to_text(page[-1][0])
+        yield from (_entry(entry_id, fields) for entry_id, fields in StreamPages(self.redis, self.dlq, page_size=PAGE))
 
     def find(self, ids: list[str]) -> list[dict[str, Any]]:
         """Letters by DLQ id (one lookup each); ids not found that way are looked for as the
