@@ -55,3 +55,9 @@ def test_search_says_when_its_limit_left_entries_unsearched(redis_client):
     assert (cut.stream_entries_read, cut.stream_truncated, cut.hits) == (1500, True, [])
     whole = Searcher(redis_client, keys=keys, max_entries=2000).search("m0@example.org", "message_id")
     assert (whole.stream_entries_read, whole.stream_truncated, len(whole.hits)) == (2000, False, 1)
+
+
+def test_a_second_pass_counts_afresh(redis_client, ids):
+    pages = StreamPages(redis_client, KEY, page_size=100, max_entries=1500)
+    assert len(list(pages)) == len(list(pages)) == 1500
+    assert (pages.read, pages.truncated) == (1500, True)

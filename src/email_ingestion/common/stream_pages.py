@@ -29,6 +29,7 @@ class StreamPages:
 
     def __iter__(self) -> Iterator[Entry]:
         low, high = self.first, self.last
+        self.read, self.truncated = 0, False  # counts of this pass, should it be iterated again
         while True:
             left = None if self.max_entries is None else self.max_entries - self.read
             if left == 0:
